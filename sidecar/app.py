@@ -1,0 +1,116 @@
+"""``make_app(config)`` -> the public ``web.Application``: wiring only.
+
+Every request goes through :func:`dispatch`: canonical path -> route -> the
+WebSocket or HTTP handler. aiohttp's own router is not used for matching, so the
+rules in :mod:`sidecar.routing` are the only ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, Route
+from .deadline import HeaderDeadline
+from .handshake import wants_websocket
+from .httpproxy import proxy_http
+from .logs import event
+from .metrics import NO_ROUTE, Metrics
+from .reasons import Reason, Rejection
+from .rejection import reject
+from .routing import BadPath, CanonicalPath, Router, canonicalize
+from .runtime import RUNTIME, Runtime
+from .websocket import handle_websocket
+
+# Request-head limits (aiohttp answers 400 past them): 8 KiB a line, 100 fields.
+HANDLER_ARGS = {"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100}
+
+
+def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDeadline | None = None) -> web.Application:
+    rt = Runtime(config=config, router=Router(config.routes), metrics=metrics or Metrics())
+    middlewares = [deadline.middleware] if deadline is not None else []
+    app = web.Application(middlewares=middlewares, handler_args=HANDLER_ARGS)
+    app[RUNTIME] = rt
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.on_startup.append(_open_client)
+    app.on_shutdown.append(_close_sessions)
+    app.on_cleanup.append(_close_client)
+    return app
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    if wants_websocket(request.headers):
+        target = _route(request, rt, websocket=True)
+        if isinstance(target, web.StreamResponse):
+            return target
+        return await handle_websocket(request, rt, *target)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    route_label, status = NO_ROUTE, 500
+    try:
+        target = _route(request, rt, websocket=False)
+        response: web.StreamResponse
+        if isinstance(target, web.StreamResponse):
+            response = target
+        else:
+            route, path = target
+            route_label = route.name
+            if route.websocket:
+                response = reject(request, rt, Rejection(Reason.NOT_WEBSOCKET), route, websocket=False)
+            else:
+                response = await proxy_http(request, rt, route, path)
+        status = response.status
+        return response
+    finally:
+        rt.metrics.http_requests.labels(route_label, f"{status // 100}xx").inc()
+        rt.metrics.http_duration.labels(route_label).observe(loop.time() - started)
+
+
+def _route(request: web.Request, rt: Runtime, *, websocket: bool) -> tuple[Route, CanonicalPath] | web.Response:
+    """The route and canonical path, or the rejection (bad_path, no_route)."""
+    try:
+        path = canonicalize(request.raw_path.partition("?")[0])
+    except BadPath as exc:
+        return reject(request, rt, Rejection(Reason.BAD_PATH, detail=exc.why), None, websocket=websocket)
+    resolution = rt.router.resolve(path.decoded)
+    route = resolution.route
+    # An upgrade to a path with no WebSocket route is refused here rather than
+    # passed to a plain route: the client learns which WebSocket paths exist.
+    if route is None or (websocket and not route.websocket):
+        return reject(
+            request, rt, Rejection(Reason.NO_ROUTE), None, websocket=websocket, suggestion=resolution.suggestion
+        )
+    return route, path
+
+
+async def _open_client(app: web.Application) -> None:
+    # No connection limit: every WebSocket session holds one upstream connection.
+    connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+    app[RUNTIME].client = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    )
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """Shutdown: every open session gets a close frame on both legs (1001)."""
+    rt = app[RUNTIME]
+    sessions = list(rt.sessions)
+    for session in sessions:
+        if not session.stop.done():
+            session.stop.set_result((1001, "sidecar shutting down"))
+    if sessions:
+        event(logging.INFO, "ws.closing_all", sessions=len(sessions))
+    for _ in range(int(rt.close_timeout * 10)):
+        if not rt.sessions:
+            break
+        await asyncio.sleep(0.1)
+
+
+async def _close_client(app: web.Application) -> None:
+    client = app[RUNTIME].client
+    if client is not None:
+        await client.close()

@@ -1,0 +1,74 @@
+"""Command line: ``sidecar serve --config FILE`` and ``sidecar check FILE``.
+
+Exit status: 0 on success, 2 when the config has errors (every one is printed,
+each with its file:line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, Problem, load_config
+from .logs import configure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sidecar", description="WebSocket-aware reverse proxy for edge agents.")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
+    check = commands.add_parser("check", help="validate a routes file without serving")
+    check.add_argument("file", help="routes file to validate")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args.file)
+    return _serve(args.config)
+
+
+def _load(path: str, *, strict: bool) -> tuple[Config | None, list[Problem]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
+    return load_config(text, file=path, env=os.environ, strict=strict)
+
+
+def _report(problems: list[Problem]) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+
+
+def _check(path: str) -> int:
+    config, problems = _load(path, strict=False)
+    _report(problems)
+    if config is None:
+        errors = sum(p.severity == "error" for p in problems)
+        print(f"{path}: {errors} error(s); not valid", file=sys.stderr)
+        return 2
+    print(f"{path}: valid, {len(config.routes)} route(s)")
+    for route in config.routes:
+        kind = "websocket" if route.websocket else "http"
+        target = route.upstream.name + " " + (route.upstream_path or "(same path)")
+        auth = route.auth.name if route.auth else "none"
+        print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
+    return 0
+
+
+def _serve(path: str) -> int:
+    config, problems = _load(path, strict=True)
+    _report(problems)
+    if config is None:
+        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
+        return 2
+    configure(config.log_level, config.log_format)
+    from .server import serve  # imports aiohttp: keep 'check' light
+
+    asyncio.run(serve(config))
+    return 0

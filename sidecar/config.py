@@ -1,0 +1,625 @@
+"""``routes.yaml`` -> frozen dataclasses. Pure: no I/O beyond the text it is given.
+
+Validation collects every problem, each with its ``file:line``, instead of stopping
+at the first. ``${VAR}`` and ``${VAR:-default}`` are expanded in scalar values (never
+in keys), after YAML parsing, so an environment value can never change the file's
+structure; ``$$`` is a literal ``$``.
+
+A secret is hashed as soon as it is read: config objects hold only SHA-256 digests,
+so no ``repr``, log line or exception can carry one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Severity = Literal["error", "warning"]
+T = TypeVar("T")
+
+DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file)."""
+
+    file: str
+    line: int
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config has errors; ``problems`` lists every one (warnings included)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__(f"{len(errors)} error(s) in config:\n" + "\n".join(map(str, errors)))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str  # scheme://host[:port][/base], no userinfo/query (validated)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentIdRule:
+    header: str | None = "X-Edge-Agent-Id"
+    query: str | None = "edge_agent_id"
+    pattern: re.Pattern[str] = re.compile(DEFAULT_AGENT_ID_PATTERN)
+    required: bool = True
+    forward_header: str = "X-Edge-Agent-Id"
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    name: str
+    secret_digests: tuple[bytes, ...] = field(repr=False, default=())
+    agent_id: AgentIdRule | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    websocket: bool
+    upstream: Upstream
+    paths: tuple[str, ...] = ()
+    prefix: str | None = None  # always ends with '/'
+    upstream_path: str | None = None
+    auth: AuthPolicy | None = None
+    forward_authorization: bool = False
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+    def describe_paths(self) -> str:
+        if self.prefix is not None:
+            return self.prefix + "*"
+        return ", ".join(self.paths)
+
+
+@dataclass(frozen=True)
+class Config:
+    routes: tuple[Route, ...]
+    upstreams: Mapping[str, Upstream]
+    auth: Mapping[str, AuthPolicy]
+    listen_host: str = "0.0.0.0"
+    port: int = 8080
+    header_timeout: float = 10.0
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    log_level: str = "info"
+    log_format: Literal["json", "text"] = "json"
+    source: str = "<memory>"
+    digest: str = ""
+
+
+def digest_secret(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+# --- interpolation ---------------------------------------------------------------
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\})")
+
+
+@dataclass
+class _Expanded:
+    value: str
+    unset: list[str]
+    used: list[str]
+
+
+def _expand(text: str, env: Mapping[str, str]) -> _Expanded:
+    unset: list[str] = []
+    used: list[str] = []
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            return "$"
+        used.append(name)
+        value = env.get(name)
+        if m.group(2) is not None:
+            return value if value else m.group(3)
+        if value is None:
+            unset.append(name)
+            return ""
+        return value
+
+    value = _VAR.sub(one, text)
+    if "${" in _VAR.sub("", text):
+        raise ValueError("malformed '${...}' (use ${NAME} or ${NAME:-default}; $$ for '$')")
+    return _Expanded(value, unset, used)
+
+
+# --- the loader ------------------------------------------------------------------
+
+_BOOL = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Loader:
+    """Walks the YAML node tree, converting and collecting problems."""
+
+    def __init__(self, file: str, env: Mapping[str, str], strict: bool) -> None:
+        self.file = file
+        self.env = env
+        self.strict = strict
+        self.problems: list[Problem] = []
+        self._reported_unset: set[tuple[str, int]] = set()
+
+    def error(self, node: Node | None, message: str) -> None:
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message))
+
+    def warn(self, node: Node | None, message: str) -> None:
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message, "warning"))
+
+    # scalars
+
+    def text(self, node: Node, where: str) -> _Expanded | None:
+        if not isinstance(node, ScalarNode):
+            self.error(node, f"{where}: expected a single value, got a {_kind(node)}")
+            return None
+        try:
+            expanded = _expand(str(node.value), self.env)
+        except ValueError as exc:
+            self.error(node, f"{where}: {exc}")
+            return None
+        for name in expanded.unset:
+            if (name, _line(node)) in self._reported_unset:
+                continue
+            self._reported_unset.add((name, _line(node)))
+            message = f"{where}: environment variable {name} is referenced but not set"
+            (self.error if self.strict else self.warn)(node, message)
+        return expanded
+
+    def string(self, node: Node, where: str) -> str | None:
+        expanded = self.text(node, where)
+        return None if expanded is None else expanded.value
+
+    def convert(self, node: Node, where: str, what: str, parse: Callable[[str], T]) -> T | None:
+        raw = self.string(node, where)
+        if raw is None:
+            return None
+        try:
+            return parse(raw.strip())
+        except ValueError:
+            self.error(node, f"{where}: expected {what}, got {raw!r}")
+            return None
+
+    def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
+        value = self.convert(node, where, "a whole number", int)
+        if value is not None and not lo <= value <= hi:
+            self.error(node, f"{where}: {value} is out of range ({lo} to {hi})")
+            return None
+        return value
+
+    def boolean(self, node: Node, where: str) -> bool | None:
+        return self.convert(node, where, "true or false", _parse_bool)
+
+    def duration(self, node: Node, where: str) -> float | None:
+        value = self.convert(node, where, "a duration such as 10s, 500ms or 2m", _parse_duration)
+        if value is not None and value <= 0:
+            self.error(node, f"{where}: must be greater than zero")
+            return None
+        return value
+
+    def size(self, node: Node, where: str) -> int | None:
+        value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
+        if value is not None and value <= 0:
+            self.error(node, f"{where}: must be greater than zero")
+            return None
+        return value
+
+    # collections
+
+    def mapping(self, node: Node, where: str, known: set[str]) -> dict[str, Node] | None:
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{where}: expected a mapping (key: value), got a {_kind(node)}")
+            return None
+        out: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
+            if key is None:
+                self.error(key_node, f"{where}: keys must be plain names")
+                continue
+            if key in out:
+                self.error(key_node, f"{where}: duplicate key '{key}'")
+                continue
+            if known and key not in known:
+                self.error(key_node, f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(known))})")
+                continue
+            out[key] = value_node
+        return out
+
+    def sequence(self, node: Node, where: str) -> list[Node] | None:
+        if isinstance(node, ScalarNode):
+            return [node]  # a single value stands for a list of one
+        if not isinstance(node, SequenceNode):
+            self.error(node, f"{where}: expected a list, got a {_kind(node)}")
+            return None
+        return list(node.value)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() not in _BOOL:
+        raise ValueError(text)
+    return _BOOL[text.lower()]
+
+
+def _kind(node: Node) -> str:
+    return {MappingNode: "mapping", SequenceNode: "list", ScalarNode: "value"}.get(type(node), "node")
+
+
+def _parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", text)
+    if not m or m.group(2).lower() not in _SIZES:
+        raise ValueError(text)
+    return int(m.group(1)) * _SIZES[m.group(2).lower()]
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2 token
+_TOP = {"listen", "metrics", "log", "upstreams", "auth", "routes"}
+
+
+def load_config(
+    text: str, *, file: str = "routes.yaml", env: Mapping[str, str] | None = None, strict: bool = True
+) -> tuple[Config | None, list[Problem]]:
+    """Parse and validate ``text``. Returns the config (``None`` if any error) and
+    every problem found. ``strict`` makes an unset variable an error (``serve``);
+    otherwise it is a warning (``check``, which also runs where secrets are absent)."""
+    loader = _Loader(file, {} if env is None else env, strict)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = int(mark.line) + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [Problem(file, line, f"YAML syntax: {problem}")]
+    if root is None:
+        return None, [Problem(file, 0, "the file is empty")]
+    config = _build(loader, root, text)
+    if any(p.severity == "error" for p in loader.problems):
+        return None, loader.problems
+    return config, loader.problems
+
+
+def _build(ld: _Loader, root: Node, text: str) -> Config | None:
+    top = ld.mapping(root, "top level", _TOP)
+    if top is None:
+        return None
+    settings: dict[str, object] = {}
+    if "listen" in top:
+        _listen(ld, top["listen"], settings)
+    if "metrics" in top:
+        _metrics(ld, top["metrics"], settings)
+    if "log" in top:
+        _log(ld, top["log"], settings)
+    upstreams = _upstreams(ld, top.get("upstreams"))
+    policies, policy_nodes = _policies(ld, top.get("auth"))
+    routes = _routes(ld, top.get("routes"), root, upstreams, policies)
+    used = {r.auth.name for r in routes if r.auth is not None}
+    for name, policy_node in policy_nodes.items():
+        if name not in used:
+            ld.warn(policy_node, f"auth.{name}: not used by any route")
+    return Config(
+        routes=tuple(routes),
+        upstreams=upstreams,
+        auth=policies,
+        source=ld.file,
+        digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "listen", {"host", "port", "header_timeout"}) or {}
+    if "host" in m:
+        out["listen_host"] = ld.string(m["host"], "listen.host")
+    if "port" in m:
+        out["port"] = ld.integer(m["port"], "listen.port", 0, 65535)
+    if "header_timeout" in m:
+        out["header_timeout"] = ld.duration(m["header_timeout"], "listen.header_timeout")
+    _drop_none(out)
+
+
+def _metrics(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "metrics", {"host", "port"}) or {}
+    if "host" in m:
+        out["metrics_host"] = ld.string(m["host"], "metrics.host")
+    if "port" in m:
+        out["metrics_port"] = ld.integer(m["port"], "metrics.port", 0, 65535)
+    _drop_none(out)
+
+
+def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "log", {"level", "format"}) or {}
+    if "level" in m:
+        level = ld.string(m["level"], "log.level")
+        if level is not None and level.lower() not in {"debug", "info", "warning", "error"}:
+            ld.error(m["level"], f"log.level: expected debug, info, warning or error, got {level!r}")
+        elif level is not None:
+            out["log_level"] = level.lower()
+    if "format" in m:
+        fmt = ld.string(m["format"], "log.format")
+        if fmt is not None and fmt.lower() not in {"json", "text"}:
+            ld.error(m["format"], f"log.format: expected json or text, got {fmt!r}")
+        elif fmt is not None:
+            out["log_format"] = fmt.lower()
+
+
+def _drop_none(out: dict[str, object]) -> None:
+    for key in [k for k, v in out.items() if v is None]:
+        del out[key]
+
+
+def _upstreams(ld: _Loader, node: Node | None) -> dict[str, Upstream]:
+    if node is None:
+        ld.error(None, "upstreams: missing (at least one upstream is needed)")
+        return {}
+    out: dict[str, Upstream] = {}
+    for name, spec in (ld.mapping(node, "upstreams", set()) or {}).items():
+        where = f"upstreams.{name}"
+        m = ld.mapping(spec, where, {"url", "connect_timeout", "read_timeout"})
+        if m is None:
+            continue
+        if "url" not in m:
+            ld.error(spec, f"{where}: missing 'url'")
+            continue
+        url = ld.string(m["url"], f"{where}.url")
+        if url is None:
+            continue
+        problem = _url_problem(url)
+        if problem:
+            ld.error(m["url"], f"{where}.url: {problem}")
+            continue
+        kwargs: dict[str, float] = {}
+        for key in ("connect_timeout", "read_timeout"):
+            if key in m and (value := ld.duration(m[key], f"{where}.{key}")) is not None:
+                kwargs[key] = value
+        out[name] = Upstream(name=name, url=url.rstrip("/"), **kwargs)
+    return out
+
+
+def _url_problem(url: str) -> str | None:
+    if not url:
+        return "is empty"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username or parts.password:
+        return "must not carry credentials (user:password@)"
+    if parts.query or parts.fragment:
+        return "must not have a query string or fragment"
+    return None
+
+
+def _policies(ld: _Loader, node: Node | None) -> tuple[dict[str, AuthPolicy], dict[str, Node]]:
+    out: dict[str, AuthPolicy] = {}
+    specs = {} if node is None else ld.mapping(node, "auth", set()) or {}
+    for name, spec in specs.items():
+        where = f"auth.{name}"
+        m = ld.mapping(spec, where, {"bearer", "agent_id"})
+        if m is None:
+            continue
+        digests: tuple[bytes, ...] = ()
+        if "bearer" in m:
+            digests = _secrets(ld, m["bearer"], f"{where}.bearer")
+        else:
+            ld.error(spec, f"{where}: missing 'bearer' (the list of accepted secrets)")
+        rule = _agent_id(ld, m["agent_id"], f"{where}.agent_id") if "agent_id" in m else None
+        out[name] = AuthPolicy(name=name, secret_digests=digests, agent_id=rule)
+    return out, specs
+
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
+
+
+def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
+    items = ld.sequence(node, where) or []
+    digests: list[bytes] = []
+    unset: list[str] = []
+    used: list[str] = []
+    for item in items:
+        expanded = ld.text(item, where)
+        if expanded is None:
+            continue
+        unset += expanded.unset
+        used += expanded.used
+        if not expanded.used and expanded.value:
+            ld.warn(item, f"{where}: a secret is written in the file; use ${{VAR}} so it comes from the environment")
+        if not expanded.value:
+            continue  # an optional secret (${EDGE_SECRET_PREVIOUS:-}) that is not set
+        if not _B64TOKEN.fullmatch(expanded.value):
+            # Never quote the value: it is a secret.
+            ld.error(item, f"{where}: a secret has characters a Bearer token cannot carry (RFC 6750 section 2.1)")
+            continue
+        digests.append(digest_secret(expanded.value))
+    if not digests and not unset:
+        names = ", ".join(dict.fromkeys(used)) or "the list"
+        ld.error(node, f"{where}: no secret is set ({names} empty); requests could never be admitted")
+    return tuple(digests)
+
+
+def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
+    m = ld.mapping(node, where, {"header", "query", "pattern", "required", "forward_header"})
+    if m is None:
+        return None
+    kwargs: dict[str, object] = {}
+    for key in ("header", "forward_header"):
+        if key in m and (value := ld.string(m[key], f"{where}.{key}")) is not None:
+            if not _HEADER.fullmatch(value):
+                ld.error(m[key], f"{where}.{key}: {value!r} is not a valid header name")
+            else:
+                kwargs[key] = value
+    if "query" in m and (query := ld.string(m["query"], f"{where}.query")) is not None:
+        kwargs["query"] = query or None
+    if "pattern" in m and (pattern := ld.string(m["pattern"], f"{where}.pattern")) is not None:
+        try:
+            kwargs["pattern"] = re.compile(pattern)
+        except re.error as exc:
+            ld.error(m["pattern"], f"{where}.pattern: not a valid regular expression ({exc})")
+    if "required" in m and (required := ld.boolean(m["required"], f"{where}.required")) is not None:
+        kwargs["required"] = required
+    if "header" in kwargs and "forward_header" not in kwargs:
+        kwargs["forward_header"] = kwargs["header"]
+    return AgentIdRule(**kwargs)  # type: ignore[arg-type]
+
+
+_ROUTE_KEYS = {
+    "name", "type", "paths", "prefix", "upstream", "upstream_path", "auth",
+    "forward_authorization", "max_message_size",
+}  # fmt: skip
+
+
+def _routes(
+    ld: _Loader, node: Node | None, root: Node, upstreams: Mapping[str, Upstream], policies: Mapping[str, AuthPolicy]
+) -> list[Route]:
+    if node is None:
+        ld.error(root, "routes: missing (at least one route is needed)")
+        return []
+    routes: list[Route] = []
+    seen_paths: dict[str, str] = {}
+    seen_names: set[str] = set()
+    for index, spec in enumerate(ld.sequence(node, "routes") or []):
+        route = _route(ld, spec, f"routes[{index}]", upstreams, policies)
+        if route is None:
+            continue
+        if route.name in seen_names:
+            ld.error(spec, f"routes[{index}]: duplicate route name '{route.name}'")
+        seen_names.add(route.name)
+        for path in route.paths + ((route.prefix + "*",) if route.prefix else ()):
+            if path in seen_paths:
+                ld.error(
+                    spec, f"routes[{index}] ({route.name}): path {path} is already used by route '{seen_paths[path]}'"
+                )
+            seen_paths[path] = route.name
+        routes.append(route)
+    return routes
+
+
+def _route(
+    ld: _Loader, spec: Node, where: str, upstreams: Mapping[str, Upstream], policies: Mapping[str, AuthPolicy]
+) -> Route | None:
+    m = ld.mapping(spec, where, _ROUTE_KEYS)
+    if m is None:
+        return None
+    ok = True
+    name = ld.string(m["name"], f"{where}.name") if "name" in m else None
+    if name is None or not _NAME.fullmatch(name):
+        ld.error(m.get("name", spec), f"{where}.name: required, lower-case letters, digits, '_' or '-' (got {name!r})")
+        ok = False
+    where = f"{where} ({name})" if name else where
+    kind = ld.string(m["type"], f"{where}.type") if "type" in m else None
+    if kind not in ("websocket", "http"):
+        ld.error(m.get("type", spec), f"{where}.type: required, 'websocket' or 'http' (got {kind!r})")
+        ok = False
+    paths: list[str] = []
+    prefix = None
+    if ("paths" in m) == ("prefix" in m):
+        ld.error(spec, f"{where}: give exactly one of 'paths' (exact) or 'prefix'")
+        ok = False
+    for item in ld.sequence(m["paths"], f"{where}.paths") or [] if "paths" in m else []:
+        path = ld.string(item, f"{where}.paths")
+        if path is not None and _path_ok(ld, item, f"{where}.paths", path):
+            paths.append(path)
+    if "prefix" in m and (prefix := ld.string(m["prefix"], f"{where}.prefix")) is not None:
+        if not _path_ok(ld, m["prefix"], f"{where}.prefix", prefix):
+            prefix = None
+        prefix = None if prefix is None else prefix.rstrip("/") + "/"
+    upstream = None
+    if "upstream" not in m:
+        ld.error(spec, f"{where}: missing 'upstream'")
+    elif (up_name := ld.string(m["upstream"], f"{where}.upstream")) is not None:
+        upstream = upstreams.get(up_name)
+        if upstream is None:
+            ld.error(
+                m["upstream"],
+                f"{where}.upstream: no upstream named '{up_name}' (defined: {', '.join(upstreams) or 'none'})",
+            )
+    upstream_path = None
+    if "upstream_path" in m and (upstream_path := ld.string(m["upstream_path"], f"{where}.upstream_path")) is not None:
+        if not _path_ok(ld, m["upstream_path"], f"{where}.upstream_path", upstream_path):
+            upstream_path = None
+        if "prefix" in m:
+            ld.error(m["upstream_path"], f"{where}.upstream_path: only routes with exact 'paths' can rewrite the path")
+    policy = None
+    if "auth" in m and (auth_name := ld.string(m["auth"], f"{where}.auth")) is not None:
+        policy = policies.get(auth_name)
+        if policy is None:
+            ld.error(
+                m["auth"],
+                f"{where}.auth: no auth policy named '{auth_name}' (defined: {', '.join(policies) or 'none'})",
+            )
+    forward = (
+        ld.boolean(m["forward_authorization"], f"{where}.forward_authorization")
+        if "forward_authorization" in m
+        else False
+    )
+    max_size = ld.size(m["max_message_size"], f"{where}.max_message_size") if "max_message_size" in m else None
+    if max_size is not None and kind != "websocket":
+        ld.error(m["max_message_size"], f"{where}.max_message_size: only WebSocket routes have messages")
+    if not ok or upstream is None or (not paths and prefix is None):
+        return None
+    assert name is not None
+    return Route(
+        name=name,
+        websocket=kind == "websocket",
+        upstream=upstream,
+        paths=tuple(paths),
+        prefix=prefix,
+        upstream_path=upstream_path,
+        auth=policy,
+        forward_authorization=bool(forward),
+        max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
+    )
+
+
+def _path_ok(ld: _Loader, node: Node, where: str, path: str) -> bool:
+    # Imported here: routing imports this module for Route.
+    from .routing import BadPath, canonicalize
+
+    try:
+        canonical = canonicalize(path)
+    except BadPath as exc:
+        ld.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
+        return False
+    if canonical.wire != path or "%" in path:
+        ld.error(node, f"{where}: write {path!r} without percent-escapes")
+        return False
+    return True

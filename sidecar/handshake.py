@@ -1,0 +1,45 @@
+"""RFC 6455 section 4.2.1 opening-handshake checks. Pure: no I/O, no aiohttp."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from multidict import MultiMapping
+
+
+def tokens(headers: MultiMapping[str], name: str) -> set[str]:
+    """The comma-separated tokens of every ``name`` header, lower-cased."""
+    return {t.strip().lower() for value in headers.getall(name, ()) for t in value.split(",")}
+
+
+def wants_websocket(headers: MultiMapping[str]) -> bool:
+    """Does the request ask to upgrade to WebSocket? (It may still be malformed.)"""
+    return "websocket" in tokens(headers, "Upgrade")
+
+
+def handshake_problem(method: str, version: tuple[int, int], headers: MultiMapping[str]) -> str | None:
+    """``None`` for a valid client handshake, else a short description of the fault."""
+    if method != "GET":
+        return f"method must be GET, not {method}"
+    if version < (1, 1):
+        return "HTTP/1.1 or later is required"
+    if "upgrade" not in tokens(headers, "Connection"):
+        return "'Connection' must include 'Upgrade'"
+    versions = headers.getall("Sec-WebSocket-Version", ())
+    if list(versions) != ["13"]:
+        return "'Sec-WebSocket-Version' must be 13"
+    keys = headers.getall("Sec-WebSocket-Key", ())
+    if len(keys) != 1:
+        return "exactly one 'Sec-WebSocket-Key' is required"
+    try:
+        if len(base64.b64decode(keys[0].strip(), validate=True)) != 16:
+            return "'Sec-WebSocket-Key' must be 16 bytes, base64-encoded"
+    except binascii.Error:
+        return "'Sec-WebSocket-Key' is not valid base64"
+    return None
+
+
+def offered_protocols(headers: MultiMapping[str]) -> list[str]:
+    """Subprotocols the client offered, in its order of preference."""
+    return [t.strip() for value in headers.getall("Sec-WebSocket-Protocol", ()) for t in value.split(",") if t.strip()]

@@ -1,0 +1,69 @@
+"""Plain HTTP routes: a streaming reverse proxy.
+
+Bodies stream both ways in chunks as they arrive (never buffered whole), redirects
+are passed back rather than followed, encodings are left alone, hop-by-hop headers
+are dropped (RFC 9110 section 7.6.1) and repeated ones such as Set-Cookie kept.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from .auth import admit
+from .config import Route
+from .handshake import tokens
+from .reasons import Rejection
+from .rejection import reject
+from .routing import CanonicalPath
+from .runtime import Runtime
+from .upstream import HOP_BY_HOP, SKIP_AUTO_HEADERS, forward_headers, rejection_for, upstream_url
+
+
+async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
+    admission = admit(route.auth, request.headers, request.query)
+    if admission.reason is not None:
+        rejection = Rejection(admission.reason, agent_id=admission.agent_id)
+        return reject(request, rt, rejection, route, websocket=False)
+
+    target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
+    url = upstream_url(route.upstream, target, request.query_string)
+    headers = forward_headers(
+        request.headers, route, admission.agent_id, remote=request.remote, scheme=request.scheme, host=request.host
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout
+    )
+    try:
+        upstream = await rt.http().request(
+            request.method,
+            url,
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            timeout=timeout,
+        )
+    except Exception as exc:
+        mapped = rejection_for(exc)
+        if mapped is None:
+            raise
+        return reject(request, rt, mapped, route, websocket=False)
+
+    try:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_response_headers(upstream.headers))
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        upstream.release()
+
+
+def _response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | tokens(headers, "Connection")
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)

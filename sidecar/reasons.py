@@ -1,0 +1,131 @@
+"""The one table of rejection reasons.
+
+Every refusal the sidecar makes is one :class:`Reason`. The same value becomes the
+HTTP status, the ``X-Sidecar-Reason`` header, the ``error`` field of the JSON body,
+the ``reason`` field of the log line and the ``reason`` label of the rejection
+counters. Nothing else in the package spells a reason code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class _Spec:
+    status: int
+    message: str
+
+
+class Reason(enum.Enum):
+    """Why the sidecar refused a request. ``value`` is the wire code."""
+
+    NO_ROUTE = "no_route"
+    BAD_PATH = "bad_path"
+    NOT_WEBSOCKET = "not_websocket"
+    BAD_HANDSHAKE = "bad_handshake"
+    MISSING_TOKEN = "missing_token"
+    MALFORMED_TOKEN = "malformed_token"
+    INVALID_TOKEN = "invalid_token"
+    MISSING_AGENT_ID = "missing_agent_id"
+    INVALID_AGENT_ID = "invalid_agent_id"
+    AGENT_ID_MISMATCH = "agent_id_mismatch"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_REJECTED = "upstream_rejected"
+
+    @property
+    def status(self) -> int:
+        return _SPECS[self].status
+
+    @property
+    def message(self) -> str:
+        return _SPECS[self].message
+
+
+_SPECS: dict[Reason, _Spec] = {
+    Reason.NO_ROUTE: _Spec(
+        404,
+        "No route has this path. Use one of the WebSocket paths listed in "
+        "'websocket_paths', spelled exactly (case, no trailing slash).",
+    ),
+    Reason.BAD_PATH: _Spec(
+        400,
+        "The request path is not in canonical form (empty or dot segments, "
+        "encoded slashes or backslashes, ';', control characters or a bad "
+        "percent-escape). Send the path exactly as the route names it.",
+    ),
+    Reason.NOT_WEBSOCKET: _Spec(
+        426,
+        "This path only accepts WebSocket connections. Connect with a WebSocket "
+        "client (ws:// or wss://), not a plain HTTP request.",
+    ),
+    Reason.BAD_HANDSHAKE: _Spec(
+        400,
+        "The WebSocket handshake is malformed: it must be a GET with "
+        "'Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13' "
+        "and a valid Sec-WebSocket-Key (RFC 6455 section 4.1).",
+    ),
+    Reason.MISSING_TOKEN: _Spec(
+        401,
+        "No Authorization header. Send 'Authorization: Bearer <EDGE_SECRET>'.",
+    ),
+    Reason.MALFORMED_TOKEN: _Spec(
+        401,
+        "The Authorization header is not a single 'Bearer <token>' "
+        "(RFC 6750 section 2.1). Send exactly one header, scheme 'Bearer', "
+        "one space, then the token.",
+    ),
+    Reason.INVALID_TOKEN: _Spec(
+        401,
+        "The Bearer token matches no configured secret. Check that the agent "
+        "and the sidecar have the same EDGE_SECRET.",
+    ),
+    Reason.MISSING_AGENT_ID: _Spec(
+        400,
+        "No agent id. Send it in the X-Edge-Agent-Id header or the edge_agent_id query parameter.",
+    ),
+    Reason.INVALID_AGENT_ID: _Spec(
+        400,
+        "The agent id does not match the allowed pattern (letters, digits, "
+        "'_', '-', '.'; see the route's agent_id.pattern).",
+    ),
+    Reason.AGENT_ID_MISMATCH: _Spec(
+        400,
+        "The agent id was given more than once with different values (header "
+        "and query, or repeated). Send one id, or the same id everywhere.",
+    ),
+    Reason.UPSTREAM_UNAVAILABLE: _Spec(
+        502,
+        "The backend could not be reached. Check that it is running and that UPSTREAM_URL points at it.",
+    ),
+    Reason.UPSTREAM_TIMEOUT: _Spec(
+        504,
+        "The backend did not answer in time. Check that it is healthy and not overloaded or asleep.",
+    ),
+    Reason.UPSTREAM_REJECTED: _Spec(
+        502,
+        "The backend refused the WebSocket handshake; its status is in "
+        "X-Sidecar-Upstream-Status. Check the backend's logs for this path.",
+    ),
+}
+
+# Values for RFC 6750 section 3.1 ``error=`` on 401s, where one applies.
+BEARER_ERRORS: dict[Reason, str] = {
+    Reason.MALFORMED_TOKEN: "invalid_request",
+    Reason.INVALID_TOKEN: "invalid_token",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A refusal: the reason, plus facts that make it actionable.
+
+    ``detail`` is extra, non-secret text (never a token or header value).
+    """
+
+    reason: Reason
+    detail: str | None = None
+    upstream_status: int | None = None
+    agent_id: str | None = None

@@ -1,0 +1,186 @@
+"""The frame pump: client <-> upstream, both directions, until one side ends.
+
+Each direction is one task that reads a whole message (aiohttp reassembles
+fragments, up to the route's size limit) and writes it to the other leg with the
+same opcode. Awaiting the write is the backpressure: when a peer stops reading,
+the writer waits for the socket to drain, the pump stops reading, and aiohttp
+pauses the other socket, so memory stays bounded by the buffers plus one message.
+Pings are answered by each leg itself (aiohttp's autoping), on both legs.
+
+How a session ends is decided once, by whichever side ends first, and the other
+side is always told with a real close frame (RFC 6455 section 7.4):
+
+==========================  ======================  ==============================
+first event                 to the other side       initiator label
+==========================  ======================  ==============================
+close frame (code, reason)  the same code, reason   the side that sent it
+TCP gone, no close frame    1011 to the client,     the side that vanished
+                            1001 to the upstream    (code label 1006)
+protocol fault (1002/1007/  the same code           sidecar
+1009) detected by aiohttp
+sidecar stops the session   its code (e.g. 1001)    sidecar
+==========================  ======================  ==============================
+
+1005, 1006 and 1015 are never put on the wire (RFC 6455 section 7.4.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from aiohttp import WSMsgType
+from aiohttp.http_websocket import WebSocketError
+
+Side = Literal["client", "upstream"]
+Initiator = Literal["client", "upstream", "sidecar"]
+
+ABNORMAL = 1006  # a label only: never sent (RFC 6455 section 7.4.1)
+_NOT_ON_THE_WIRE = frozenset({0, 1005, 1006, 1015})
+_VANISHED_CODE = {"client": 1001, "upstream": 1011}  # what the *other* side is sent
+_VANISHED_REASON = {"client": b"client went away", "upstream": b"upstream went away"}
+
+
+class Leg(Protocol):
+    """What the pump needs of a WebSocket: aiohttp's server and client responses."""
+
+    async def receive(self, timeout: float | None = None) -> object: ...  # noqa: ASYNC109
+    async def send_frame(self, message: bytes, opcode: WSMsgType, compress: int | None = None) -> None: ...
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+@dataclass
+class Direction:
+    """Per-direction tallies: local ints for the log line, Prometheus children for scraping."""
+
+    messages_metric: Counter
+    bytes_metric: Counter
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class End:
+    """How a session ended."""
+
+    initiator: Initiator
+    code: int  # the close code the initiator sent (or ABNORMAL as a label)
+    reason: str = ""
+
+
+def on_the_wire(code: int) -> int:
+    """A received close code as it may be passed on."""
+    if code in _NOT_ON_THE_WIRE or not 1000 <= code <= 4999:
+        return 1000 if code in (0, 1005) else 1002
+    return code
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """A pump's last word: ``code`` None means the TCP connection vanished."""
+
+    side: Side
+    code: int | None
+    reason: str = ""
+    fault: bool = False  # aiohttp failed the leg (protocol error, too big) and sent ``code``
+
+
+async def _pump(src: Leg, dst: Leg, side: Side, tally: Direction) -> _Stopped | None:
+    """Relay ``src``'s messages to ``dst``. ``None`` means stopped by the other side."""
+    text, binary = WSMsgType.TEXT, WSMsgType.BINARY
+    count_messages, count_bytes = tally.messages_metric.inc, tally.bytes_metric.inc
+    while True:
+        msg = await src.receive()
+        kind = msg.type  # type: ignore[attr-defined]
+        if kind is binary or kind is text:
+            data: bytes = msg.data  # type: ignore[attr-defined]
+            try:
+                await dst.send_frame(data, kind)
+            except ConnectionError:
+                return None  # dst is closing; its own pump reports why
+            size = len(data)
+            tally.messages += 1
+            tally.bytes += size
+            count_messages()
+            count_bytes(size)
+        elif kind is WSMsgType.CLOSE:
+            return _Stopped(side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
+        elif kind is WSMsgType.CLOSING:
+            return None  # we closed this leg from the other task
+        elif kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):  # type: ignore[attr-defined]
+            return _Stopped(side, msg.data.code, str(msg.data), fault=True)  # type: ignore[attr-defined]
+        else:  # CLOSED, or ERROR from the transport: gone without a close frame
+            return _Stopped(side, None)
+
+
+async def relay(
+    client: Leg,
+    upstream: Leg,
+    upstream_tally: Direction,
+    downstream_tally: Direction,
+    stop: asyncio.Future[tuple[int, str]],
+) -> End:
+    """Run both pumps until one side ends, then close the other side properly.
+
+    ``stop`` lets the sidecar end the session itself: its result is the
+    (code, reason) for the client; the upstream is sent 1001.
+    """
+    up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally))
+    down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally))
+    pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
+    first: _Stopped | None = None
+    try:
+        while first is None and (up in pending or down in pending):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:
+                code, reason = stop.result()
+                await _close_both(client, upstream, code, reason)
+                return End("sidecar", code, reason)
+            for task in (up, down):
+                if task in done and first is None:
+                    first = task.result()
+        if first is None:  # both pumps found their destination closing
+            first = _Stopped("client", None)
+        return await _finish(first, client, upstream)
+    except BaseException:
+        # Cancelled or failed: still leave neither peer without a close frame.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(_close_both(client, upstream, 1011, "sidecar error"), 1.0)
+        raise
+    finally:
+        for task in (up, down):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _finish(first: _Stopped, client: Leg, upstream: Leg) -> End:
+    origin, other = (client, upstream) if first.side == "client" else (upstream, client)
+    if first.code is None:
+        await other.close(code=_VANISHED_CODE[first.side], message=_VANISHED_REASON[first.side])
+        return End(first.side, ABNORMAL)
+    code = on_the_wire(first.code)
+    reason = first.reason.encode("utf-8")[:123]
+    if first.fault:
+        # aiohttp already sent ``code`` to the faulty side; tell the other why.
+        await other.close(code=code, message=f"{first.side}: {first.reason}".encode()[:123])
+        return End("sidecar", code, first.reason)
+    # Pass the close on, then answer the initiator by echoing its code
+    # (RFC 6455 section 5.5.1).
+    await other.close(code=code, message=reason)
+    await origin.close(code=code, message=reason)
+    return End(first.side, first.code or 1005, first.reason)  # an empty close frame reads as 1005
+
+
+async def _close_both(client: Leg, upstream: Leg, code: int, reason: str) -> None:
+    await asyncio.gather(
+        client.close(code=code, message=reason.encode()[:123]),
+        upstream.close(code=1001, message=b"sidecar closing the session"),
+        return_exceptions=True,
+    )

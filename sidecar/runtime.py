@@ -1,0 +1,39 @@
+"""The state one running app carries: passed in, never module-level."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, Route
+from .metrics import Metrics
+from .routing import Router
+
+
+@dataclass(eq=False)
+class Session:
+    """An open WebSocket session; ``stop`` ends it from outside (code, reason to the client)."""
+
+    route: Route
+    agent_id: str | None
+    stop: asyncio.Future[tuple[int, str]]
+
+
+@dataclass(eq=False)
+class Runtime:
+    config: Config
+    router: Router
+    metrics: Metrics
+    close_timeout: float = 5.0
+    client: aiohttp.ClientSession | None = None
+    sessions: set[Session] = field(default_factory=set)
+
+    def http(self) -> aiohttp.ClientSession:
+        assert self.client is not None, "the app has not started"
+        return self.client
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,106 @@
+"""Listening: the public listener, the metrics listener, and an orderly stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .app import make_app
+from .config import Config
+from .deadline import HeaderDeadline
+from .logs import event
+from .metrics import Metrics
+
+
+@dataclass
+class Running:
+    runner: web.AppRunner
+    server: asyncio.Server
+    metrics_runner: web.AppRunner | None
+    port: int
+    metrics_port: int | None
+
+    async def close(self) -> None:
+        """Stop accepting, close every WebSocket session properly, then release."""
+        self.server.close()
+        await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+
+
+async def start(
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    port: int | None = None,
+    metrics_port: int | None = None,
+) -> Running:
+    """Start serving ``config``. ``port``/``metrics_port`` override the config's (tests
+    pass 0 for a free port; there, unlike in the config, 0 does not mean "off")."""
+    metrics = metrics or Metrics()
+    deadline = HeaderDeadline(config.header_timeout)
+    app = make_app(config, metrics, deadline)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
+    await runner.setup()
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        deadline.wrap(runner.server),
+        config.listen_host,
+        config.port if port is None else port,
+        reuse_address=True,
+        backlog=1024,
+    )
+    bound = _bound_port(server)
+    metrics_runner, mport = None, None
+    wanted = config.metrics_port if metrics_port is None else metrics_port
+    if metrics_port is not None or config.metrics_port:
+        metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
+    return Running(runner, server, metrics_runner, bound, mport)
+
+
+def _bound_port(server: asyncio.Server) -> int:
+    sock: socket.socket = server.sockets[0]
+    return int(sock.getsockname()[1])
+
+
+async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+    async def scrape(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner, site.port
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then stop in order."""
+    running = await start(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    event(
+        logging.INFO,
+        "sidecar.started",
+        listen=f"{config.listen_host}:{running.port}",
+        metrics=f"{config.metrics_host}:{running.metrics_port}" if running.metrics_port else "off",
+        routes=[r.name for r in config.routes],
+        config=config.source,
+        config_sha256=config.digest[:12],
+    )
+    await stopping.wait()
+    event(logging.INFO, "sidecar.stopping")
+    await running.close()
+    event(logging.INFO, "sidecar.stopped")

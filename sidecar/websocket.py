@@ -1,0 +1,115 @@
+"""A WebSocket route: handshake, auth, upstream handshake, then the relay.
+
+Nothing goes upstream until the client's handshake is valid and admitted, and the
+client gets its 101 only after the upstream has answered 101 with a valid
+``Sec-WebSocket-Accept``; it then gets the subprotocol the upstream chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from .auth import admit
+from .config import Route
+from .handshake import handshake_problem, offered_protocols
+from .logs import event
+from .reasons import Reason, Rejection
+from .rejection import reject
+from .relay import Direction, End, relay
+from .routing import CanonicalPath
+from .runtime import Runtime, Session
+from .upstream import connect_websocket, forward_headers, rejection_for, upstream_url
+
+
+async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    problem = handshake_problem(request.method, (request.version.major, request.version.minor), request.headers)
+    if problem is not None:
+        return reject(request, rt, Rejection(Reason.BAD_HANDSHAKE, detail=problem), route, websocket=True)
+    admission = admit(route.auth, request.headers, request.query)
+    if admission.reason is not None:
+        rejection = Rejection(admission.reason, agent_id=admission.agent_id)
+        return reject(request, rt, rejection, route, websocket=True)
+    agent_id = admission.agent_id
+
+    url = upstream_url(route.upstream, route.upstream_path or path.wire, request.query_string)
+    headers = forward_headers(
+        request.headers, route, agent_id, remote=request.remote, scheme=request.scheme, host=request.host
+    )
+    try:
+        upstream = await connect_websocket(
+            rt.http(), route, url, headers, offered_protocols(request.headers), close_timeout=rt.close_timeout
+        )
+    except Exception as exc:
+        mapped = rejection_for(exc)
+        if mapped is None:
+            raise
+        rejection = Rejection(rejection.reason, rejection.detail, rejection.upstream_status, agent_id=agent_id)
+        return reject(request, rt, rejection, route, websocket=True)
+
+    client = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        compress=False,
+        autoclose=False,
+        autoping=True,
+        max_msg_size=route.max_message_size,
+        timeout=rt.close_timeout,
+        decode_text=False,
+    )
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close(code=1001, message=b"client went away")
+        raise
+
+    metrics = rt.metrics
+    metrics.ws_handshake_duration.labels(route.name).observe(loop.time() - started)
+    metrics.ws_connections.labels(route.name).inc()
+    active = metrics.ws_active.labels(route.name)
+    active.inc()
+    alias = path.decoded
+    event(
+        logging.INFO,
+        "ws.established",
+        route=route.name,
+        alias=alias,
+        agent_id=agent_id,
+        upstream=str(url.with_query(None)),
+        subprotocol=upstream.protocol,
+        client=request.remote,
+    )
+    session = Session(route, agent_id, loop.create_future())
+    rt.sessions.add(session)
+    up = Direction(metrics.ws_messages.labels(route.name, "upstream"), metrics.ws_bytes.labels(route.name, "upstream"))
+    down = Direction(
+        metrics.ws_messages.labels(route.name, "downstream"), metrics.ws_bytes.labels(route.name, "downstream")
+    )
+    opened = loop.time()
+    end = End("sidecar", 1011, "sidecar error")
+    try:
+        end = await relay(client, upstream, up, down, session.stop)
+    finally:
+        rt.sessions.discard(session)
+        active.dec()
+        duration = loop.time() - opened
+        metrics.ws_session_duration.labels(route.name).observe(duration)
+        metrics.ws_closes.labels(route.name, end.initiator, str(end.code)).inc()
+        event(
+            logging.INFO,
+            "ws.closed",
+            route=route.name,
+            agent_id=agent_id,
+            code=end.code,
+            reason=end.reason,
+            initiator=end.initiator,
+            duration_s=round(duration, 3),
+            messages_up=up.messages,
+            bytes_up=up.bytes,
+            messages_down=down.messages,
+            bytes_down=down.bytes,
+        )
+    return client

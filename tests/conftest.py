@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import Config, load_config
+from sidecar.metrics import Metrics
+from sidecar.server import Running, start
+
+from .upstream import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-0123456789abcdef"
+OLD_SECRET = "old-secret-fedcba9876543210"
+
+
+def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config:
+    """The shipped routes.yaml (or ``text``), with the test environment."""
+    text = text if text is not None else (ROOT / "routes.yaml").read_text()
+    environment = {"EDGE_SECRET": SECRET, "UPSTREAM_URL": upstream_url, **env}
+    config, problems = load_config(text, env=environment)
+    assert config is not None, problems
+    return config
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    b = await Backend().start()
+    yield b
+    await b.stop()
+
+
+class Sidecar:
+    def __init__(self, running: Running, metrics: Metrics) -> None:
+        self.running = running
+        self.metrics = metrics
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def url(self, path: str, scheme: str = "ws") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def start_sidecar() -> AsyncIterator[StartSidecar]:
+    started: list[Running] = []
+
+    async def _start(config: Config, *, metrics_port: int | None = None) -> Sidecar:
+        metrics = Metrics()
+        running = await start(config, metrics=metrics, port=0, metrics_port=metrics_port)
+        started.append(running)
+        return Sidecar(running, metrics)
+
+    yield _start
+    for running in started:
+        await running.close()
+
+
+@pytest.fixture
+async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
+    return await start_sidecar(config_for(backend.url))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

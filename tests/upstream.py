@@ -1,0 +1,146 @@
+"""A real backend for the integration tests: aiohttp on 127.0.0.1, port 0.
+
+WebSocket ``/edge/ws`` echoes every message with its type, and obeys a few text
+commands so tests can make the *backend* act: ``close <code> <reason>`` closes with
+that code, ``vanish`` drops the TCP connection without a close frame, ``send <n>``
+sends an n-byte binary message. Every handshake and request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    raw_path: str
+    query_string: str
+    headers: dict[str, list[str]]
+    body: bytes = b""
+
+
+@dataclass
+class Backend:
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    closes: list[tuple[int | None, str]] = field(default_factory=list)
+    ws_open: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def record(self, request: web.Request, body: bytes = b"") -> None:
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k.lower(), []).append(v)
+        self.seen.append(Seen(request.method, request.path, request.raw_path, request.query_string, headers, body))
+
+    async def ws(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"), max_msg_size=64 * 1024 * 1024, autoclose=True)
+        await ws.prepare(request)
+        self.ws_open += 1
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    cmd = msg.data.split(" ", 2)
+                    if cmd[0] == "close":
+                        await ws.close(code=int(cmd[1]), message=(cmd[2] if len(cmd) > 2 else "").encode())
+                        break
+                    if cmd[0] == "vanish":
+                        assert request.transport is not None
+                        request.transport.abort()
+                        break
+                    if cmd[0] == "send":
+                        await ws.send_bytes(b"x" * int(cmd[1]))
+                        continue
+                    await ws.send_str(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+        finally:
+            self.ws_open -= 1
+            self.closes.append((ws.close_code, ""))
+        return ws
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.record(request, body)
+        return web.json_response({"method": request.method, "path": request.raw_path, "received": len(body)})
+
+    async def cookies(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        response = web.Response(text="two cookies")
+        response.headers.add("Set-Cookie", "a=1; Path=/")
+        response.headers.add("Set-Cookie", "b=2; Path=/")
+        response.headers["Connection"] = "X-Private"
+        response.headers["X-Private"] = "hop-by-hop"
+        return response
+
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        raise web.HTTPFound("/elsewhere")
+
+    async def gzipped(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        return web.Response(body=gzip.compress(b"hello " * 100), headers={"Content-Encoding": "gzip"})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Sends one chunk, then waits until the test releases it: proves streaming."""
+        self.record(request)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first;")
+        await self.release.wait()
+        await response.write(b"second")
+        await response.write_eof()
+        return response
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """Reports the first chunk as soon as it arrives: proves request streaming."""
+        self.record(request)
+        first = await request.content.readany()
+        self.first_chunk.set_result(first)
+        rest = await request.read()
+        return web.json_response({"received": len(first) + len(rest)})
+
+    async def hang(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def start(self) -> Backend:
+        self.release = asyncio.Event()
+        self.first_chunk: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        app = web.Application()
+        app.router.add_get("/edge/ws", self.ws)
+        app.router.add_get("/slow/ws", self.hang)
+        app.router.add_route("*", "/edge/message", self.echo)
+        app.router.add_get("/cookies", self.cookies)
+        app.router.add_get("/redirect", self.redirect)
+        app.router.add_get("/gzip", self.gzipped)
+        app.router.add_get("/stream", self.stream)
+        app.router.add_post("/upload", self.upload)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site.port
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj)
