@@ -1,0 +1,193 @@
+"""sidecar.auth: Bearer token and agent id checks. No sockets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from multidict import CIMultiDict, MultiDict
+
+from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id
+from sidecar.config import AgentIdRule, AuthPolicy, digest_secret, load_config
+from sidecar.reasons import Reason
+
+from .conftest import OLD_SECRET, ROOT, SECRET
+
+
+@pytest.fixture(scope="module")
+def policy() -> AuthPolicy:
+    """The shipped ``auth.edge`` policy, mid-rotation (current and previous secret)."""
+    env = {"EDGE_SECRET": SECRET, "EDGE_SECRET_PREVIOUS": OLD_SECRET}
+    config, problems = load_config((ROOT / "routes.yaml").read_text(), env=env)
+    assert config is not None, [str(p) for p in problems]
+    return config.auth["edge"]
+
+
+def test_policy_holds_both_digests(policy: AuthPolicy) -> None:
+    assert policy.secret_digests == (digest_secret(SECRET), digest_secret(OLD_SECRET))
+
+
+# --- check_bearer ---------------------------------------------------------------
+
+BEARER = [
+    # Authorization values, reason (None: accepted)
+    ([], Reason.MISSING_TOKEN),
+    ([f"Bearer {SECRET}", f"Bearer {SECRET}"], Reason.MALFORMED_TOKEN),  # two headers, even equal
+    ([f"Bearer {SECRET}", "Bearer other"], Reason.MALFORMED_TOKEN),
+    ([""], Reason.MALFORMED_TOKEN),
+    (["Basic x"], Reason.MALFORMED_TOKEN),
+    (["Basic dXNlcjpwYXNz"], Reason.MALFORMED_TOKEN),
+    (["Bearer"], Reason.MALFORMED_TOKEN),
+    (["Bearer "], Reason.MALFORMED_TOKEN),
+    (["Bearer a b"], Reason.MALFORMED_TOKEN),
+    (["Bearer tok en"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer\t{SECRET}"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer{SECRET}"], Reason.MALFORMED_TOKEN),
+    ([f"Token {SECRET}"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer {SECRET},Bearer {SECRET}"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer {SECRET}\n"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer {SECRET}\x00"], Reason.MALFORMED_TOKEN),
+    (["Bearer =abc"], Reason.MALFORMED_TOKEN),
+    (["Bearer t\u00f6ken"], Reason.MALFORMED_TOKEN),
+    ([f"Bearer {SECRET}"], None),
+    ([f"bearer {SECRET}"], None),  # the scheme is case-insensitive
+    ([f"BEARER {SECRET}"], None),
+    ([f"BeArEr {SECRET}"], None),
+    ([f" Bearer {SECRET} "], None),  # optional whitespace around a field value
+    ([f"Bearer  {SECRET}"], None),  # 1*SP
+    ([f"Bearer {OLD_SECRET}"], None),  # the previous secret, during a rotation
+    (["Bearer wrong"], Reason.INVALID_TOKEN),
+    ([f"Bearer {SECRET.upper()}"], Reason.INVALID_TOKEN),  # the token is case-sensitive
+    ([f"Bearer {SECRET}x"], Reason.INVALID_TOKEN),
+    ([f"Bearer {SECRET[:-1]}"], Reason.INVALID_TOKEN),
+    ([f"Bearer {SECRET}=="], Reason.INVALID_TOKEN),
+]
+
+
+@pytest.mark.parametrize(("values", "reason"), BEARER, ids=[repr(b[0]) for b in BEARER])
+def test_check_bearer(policy: AuthPolicy, values: list[str], reason: Reason | None) -> None:
+    assert check_bearer(values, policy) is reason
+
+
+def test_check_bearer_without_secrets_admits_nobody() -> None:
+    assert check_bearer([f"Bearer {SECRET}"], AuthPolicy(name="empty")) is Reason.INVALID_TOKEN
+
+
+def test_check_bearer_only_previous_secret() -> None:
+    only_old = AuthPolicy(name="old", secret_digests=(digest_secret(OLD_SECRET),))
+    assert check_bearer([f"Bearer {OLD_SECRET}"], only_old) is None
+    assert check_bearer([f"Bearer {SECRET}"], only_old) is Reason.INVALID_TOKEN
+
+
+# --- resolve_agent_id -----------------------------------------------------------
+
+RULE = AgentIdRule()
+
+AGENT_IDS = [
+    # header values, query values, expected admission
+    ([], [], Admission(None, Reason.MISSING_AGENT_ID)),
+    (["edge_13238407486"], [], Admission("edge_13238407486")),
+    (["edge_1"], [], Admission("edge_1")),
+    ([], ["edge_1"], Admission("edge_1")),
+    (["a.b-c_D9"], [], Admission("a.b-c_D9")),
+    (["a" * 128], [], Admission("a" * 128)),
+    (["a" * 129], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    ([""], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_1\r"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_1\n"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_1\r\nX-Admin: 1"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_1\x00"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge 1"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_\u00e9"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_\u0661"], [], Admission(None, Reason.INVALID_AGENT_ID)),  # Arabic-Indic digit one
+    (["edge/1"], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    ([], ["edge 1"], Admission(None, Reason.INVALID_AGENT_ID)),
+    (["edge_1"], ["edge_1"], Admission("edge_1")),  # header and query agree
+    (["edge_1"], ["edge_2"], Admission(None, Reason.AGENT_ID_MISMATCH)),
+    (["edge_1", "edge_1"], [], Admission("edge_1")),
+    (["edge_1", "edge_2"], [], Admission(None, Reason.AGENT_ID_MISMATCH)),
+    ([], ["edge_1", "edge_2"], Admission(None, Reason.AGENT_ID_MISMATCH)),
+    (["edge_1"], ["edge 2"], Admission(None, Reason.INVALID_AGENT_ID)),  # invalid before mismatch
+]
+
+
+@pytest.mark.parametrize(("header", "query", "expected"), AGENT_IDS, ids=[repr(a[:2]) for a in AGENT_IDS])
+def test_resolve_agent_id(header: list[str], query: list[str], expected: Admission) -> None:
+    assert resolve_agent_id(header, query, RULE) == expected
+
+
+def test_agent_id_optional() -> None:
+    assert resolve_agent_id([], [], AgentIdRule(required=False)) == Admission(None)
+    assert resolve_agent_id(["bad id"], [], AgentIdRule(required=False)) == Admission(None, Reason.INVALID_AGENT_ID)
+
+
+def test_agent_id_control_characters_refused_even_if_the_pattern_allows_them() -> None:
+    permissive = AgentIdRule(pattern=re.compile(r".+", re.DOTALL))
+    assert resolve_agent_id(["ok id"], [], permissive) == Admission("ok id")
+    assert resolve_agent_id(["bad\nid"], [], permissive) == Admission(None, Reason.INVALID_AGENT_ID)
+    assert resolve_agent_id(["bad\x7f"], [], permissive) == Admission(None, Reason.INVALID_AGENT_ID)
+
+
+# --- admit ----------------------------------------------------------------------
+
+GOOD = f"Bearer {SECRET}"
+
+ADMIT = [
+    # headers, query, expected admission
+    ([("Authorization", GOOD), ("X-Edge-Agent-Id", "edge_1")], [], Admission("edge_1")),
+    ([("authorization", GOOD), ("x-edge-agent-id", "edge_1")], [], Admission("edge_1")),  # header names: any case
+    ([("Authorization", GOOD)], [("edge_agent_id", "edge_1")], Admission("edge_1")),
+    ([("Authorization", GOOD), ("X-Edge-Agent-Id", "edge_1")], [("edge_agent_id", "edge_1")], Admission("edge_1")),
+    (
+        [("Authorization", GOOD), ("X-Edge-Agent-Id", "edge_1")],
+        [("edge_agent_id", "edge_2")],
+        Admission(None, Reason.AGENT_ID_MISMATCH),
+    ),
+    ([("Authorization", GOOD)], [], Admission(None, Reason.MISSING_AGENT_ID)),
+    ([("Authorization", GOOD)], [("EDGE_AGENT_ID", "edge_1")], Admission(None, Reason.MISSING_AGENT_ID)),  # query
+    ([("Authorization", GOOD), ("X-Edge-Agent-Id", "bad id")], [], Admission(None, Reason.INVALID_AGENT_ID)),
+    # the token is checked first: its reason wins over any agent id problem
+    ([("X-Edge-Agent-Id", "edge_1")], [], Admission("edge_1", Reason.MISSING_TOKEN)),
+    ([], [], Admission(None, Reason.MISSING_TOKEN)),
+    ([("Authorization", "Bearer wrong"), ("X-Edge-Agent-Id", "bad id")], [], Admission(None, Reason.INVALID_TOKEN)),
+    ([("Authorization", "Bearer wrong")], [], Admission(None, Reason.INVALID_TOKEN)),
+    ([("Authorization", "Basic x"), ("X-Edge-Agent-Id", "edge_1")], [], Admission("edge_1", Reason.MALFORMED_TOKEN)),
+    (
+        [("Authorization", GOOD), ("Authorization", GOOD), ("X-Edge-Agent-Id", "edge_1")],
+        [],
+        Admission("edge_1", Reason.MALFORMED_TOKEN),
+    ),
+    (
+        [("Authorization", "Bearer wrong"), ("X-Edge-Agent-Id", "edge_1")],
+        [("edge_agent_id", "edge_2")],
+        Admission(None, Reason.INVALID_TOKEN),
+    ),
+]
+
+
+@pytest.mark.parametrize(("headers", "query", "expected"), ADMIT, ids=[f"admit{i}" for i in range(len(ADMIT))])
+def test_admit(
+    policy: AuthPolicy, headers: list[tuple[str, str]], query: list[tuple[str, str]], expected: Admission
+) -> None:
+    assert admit(policy, CIMultiDict(headers), MultiDict(query)) == expected
+
+
+def test_admit_without_policy_admits_anything() -> None:
+    assert admit(None, CIMultiDict(), MultiDict()) == Admission(None)
+    assert admit(None, CIMultiDict({"Authorization": "Basic x"}), MultiDict()) == Admission(None)
+
+
+def test_admit_policy_without_agent_id_rule() -> None:
+    bare = AuthPolicy(name="bare", secret_digests=(digest_secret(SECRET),))
+    assert admit(bare, CIMultiDict({"Authorization": GOOD}), MultiDict()) == Admission(None)
+    headers = CIMultiDict({"Authorization": "Bearer wrong", "X-Edge-Agent-Id": "edge_1"})
+    assert admit(bare, headers, MultiDict()) == Admission(None, Reason.INVALID_TOKEN)
+
+
+def test_admit_rule_with_header_only() -> None:
+    rule = AgentIdRule(header="X-Id", query=None)
+    only_header = AuthPolicy(name="h", secret_digests=(digest_secret(SECRET),), agent_id=rule)
+    query = MultiDict({"edge_agent_id": "edge_1"})
+    assert admit(only_header, CIMultiDict({"Authorization": GOOD}), query) == Admission(None, Reason.MISSING_AGENT_ID)
+    headers = CIMultiDict({"Authorization": GOOD, "x-id": "edge_1"})
+    assert admit(only_header, headers, MultiDict()) == Admission("edge_1")
