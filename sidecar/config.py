@@ -121,21 +121,25 @@ _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\})")
 @dataclass
 class _Expanded:
     value: str
-    unset: list[str]
-    used: list[str]
+    unset: list[str]  # referenced without a default, and not set
+    used: list[str]  # every variable referenced
+    defaulted: bool = False  # some of the value is a default written in the file
 
 
 def _expand(text: str, env: Mapping[str, str]) -> _Expanded:
     unset: list[str] = []
     used: list[str] = []
+    defaulted = False
 
     def one(m: re.Match[str]) -> str:
+        nonlocal defaulted
         name = m.group(1)
         if name is None:
             return "$"
         used.append(name)
         value = env.get(name)
         if m.group(2) is not None:
+            defaulted = defaulted or (not value and bool(m.group(3)))
             return value if value else m.group(3)
         if value is None:
             unset.append(name)
@@ -145,7 +149,7 @@ def _expand(text: str, env: Mapping[str, str]) -> _Expanded:
     value = _VAR.sub(one, text)
     if "${" in _VAR.sub("", text):
         raise ValueError("malformed '${...}' (use ${NAME} or ${NAME:-default}; $$ for '$')")
-    return _Expanded(value, unset, used)
+    return _Expanded(value, unset, used, defaulted)
 
 
 # --- the loader ------------------------------------------------------------------
@@ -168,6 +172,7 @@ class _Loader:
         self.strict = strict
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
+        self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -324,12 +329,11 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _metrics(ld, top["metrics"], settings)
     if "log" in top:
         _log(ld, top["log"], settings)
-    upstreams = _upstreams(ld, top.get("upstreams"))
+    upstreams, upstream_names = _upstreams(ld, top.get("upstreams"))
     policies, policy_nodes = _policies(ld, top.get("auth"))
-    routes = _routes(ld, top.get("routes"), root, upstreams, policies)
-    used = {r.auth.name for r in routes if r.auth is not None}
+    routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
     for name, policy_node in policy_nodes.items():
-        if name not in used:
+        if name not in ld.auth_refs:
             ld.warn(policy_node, f"auth.{name}: not used by any route")
     return Config(
         routes=tuple(routes),
@@ -382,12 +386,14 @@ def _drop_none(out: dict[str, object]) -> None:
         del out[key]
 
 
-def _upstreams(ld: _Loader, node: Node | None) -> dict[str, Upstream]:
+def _upstreams(ld: _Loader, node: Node | None) -> tuple[dict[str, Upstream], set[str]]:
+    """The valid upstreams, and the names of every one defined (valid or not)."""
     if node is None:
         ld.error(None, "upstreams: missing (at least one upstream is needed)")
-        return {}
+        return {}, set()
     out: dict[str, Upstream] = {}
-    for name, spec in (ld.mapping(node, "upstreams", set()) or {}).items():
+    specs = ld.mapping(node, "upstreams", set()) or {}
+    for name, spec in specs.items():
         where = f"upstreams.{name}"
         m = ld.mapping(spec, where, {"url", "connect_timeout", "read_timeout"})
         if m is None:
@@ -407,7 +413,7 @@ def _upstreams(ld: _Loader, node: Node | None) -> dict[str, Upstream]:
             if key in m and (value := ld.duration(m[key], f"{where}.{key}")) is not None:
                 kwargs[key] = value
         out[name] = Upstream(name=name, url=url.rstrip("/"), **kwargs)
-    return out
+    return out, set(specs)
 
 
 def _url_problem(url: str) -> str | None:
@@ -455,22 +461,25 @@ def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
     digests: list[bytes] = []
     unset: list[str] = []
     used: list[str] = []
+    invalid = False
     for item in items:
         expanded = ld.text(item, where)
         if expanded is None:
+            invalid = True
             continue
         unset += expanded.unset
         used += expanded.used
-        if not expanded.used and expanded.value:
+        if expanded.value and (not expanded.used or expanded.defaulted):
             ld.warn(item, f"{where}: a secret is written in the file; use ${{VAR}} so it comes from the environment")
         if not expanded.value:
             continue  # an optional secret (${EDGE_SECRET_PREVIOUS:-}) that is not set
         if not _B64TOKEN.fullmatch(expanded.value):
             # Never quote the value: it is a secret.
             ld.error(item, f"{where}: a secret has characters a Bearer token cannot carry (RFC 6750 section 2.1)")
+            invalid = True
             continue
         digests.append(digest_secret(expanded.value))
-    if not digests and not unset:
+    if not digests and not unset and not invalid:
         names = ", ".join(dict.fromkeys(used)) or "the list"
         ld.error(node, f"{where}: no secret is set ({names} empty); requests could never be admitted")
     return tuple(digests)
@@ -508,7 +517,12 @@ _ROUTE_KEYS = {
 
 
 def _routes(
-    ld: _Loader, node: Node | None, root: Node, upstreams: Mapping[str, Upstream], policies: Mapping[str, AuthPolicy]
+    ld: _Loader,
+    node: Node | None,
+    root: Node,
+    upstreams: Mapping[str, Upstream],
+    policies: Mapping[str, AuthPolicy],
+    defined: tuple[set[str], set[str]],
 ) -> list[Route]:
     if node is None:
         ld.error(root, "routes: missing (at least one route is needed)")
@@ -517,7 +531,7 @@ def _routes(
     seen_paths: dict[str, str] = {}
     seen_names: set[str] = set()
     for index, spec in enumerate(ld.sequence(node, "routes") or []):
-        route = _route(ld, spec, f"routes[{index}]", upstreams, policies)
+        route = _route(ld, spec, f"routes[{index}]", upstreams, policies, defined)
         if route is None:
             continue
         if route.name in seen_names:
@@ -534,8 +548,16 @@ def _routes(
 
 
 def _route(
-    ld: _Loader, spec: Node, where: str, upstreams: Mapping[str, Upstream], policies: Mapping[str, AuthPolicy]
+    ld: _Loader,
+    spec: Node,
+    where: str,
+    upstreams: Mapping[str, Upstream],
+    policies: Mapping[str, AuthPolicy],
+    defined: tuple[set[str], set[str]],
 ) -> Route | None:
+    """``defined`` names every upstream and auth policy in the file, valid or not: a
+    reference to one that failed validation is not reported a second time."""
+    defined_upstreams, defined_policies = defined
     m = ld.mapping(spec, where, _ROUTE_KEYS)
     if m is None:
         return None
@@ -567,7 +589,7 @@ def _route(
         ld.error(spec, f"{where}: missing 'upstream'")
     elif (up_name := ld.string(m["upstream"], f"{where}.upstream")) is not None:
         upstream = upstreams.get(up_name)
-        if upstream is None:
+        if upstream is None and up_name not in defined_upstreams:
             ld.error(
                 m["upstream"],
                 f"{where}.upstream: no upstream named '{up_name}' (defined: {', '.join(upstreams) or 'none'})",
@@ -580,8 +602,9 @@ def _route(
             ld.error(m["upstream_path"], f"{where}.upstream_path: only routes with exact 'paths' can rewrite the path")
     policy = None
     if "auth" in m and (auth_name := ld.string(m["auth"], f"{where}.auth")) is not None:
+        ld.auth_refs.add(auth_name)
         policy = policies.get(auth_name)
-        if policy is None:
+        if policy is None and auth_name not in defined_policies:
             ld.error(
                 m["auth"],
                 f"{where}.auth: no auth policy named '{auth_name}' (defined: {', '.join(policies) or 'none'})",

@@ -24,6 +24,8 @@ def handshake_problem(method: str, version: tuple[int, int], headers: MultiMappi
         return f"method must be GET, not {method}"
     if version < (1, 1):
         return "HTTP/1.1 or later is required"
+    if "websocket" not in tokens(headers, "Upgrade"):
+        return "'Upgrade' must include 'websocket'"
     if "upgrade" not in tokens(headers, "Connection"):
         return "'Connection' must include 'Upgrade'"
     versions = headers.getall("Sec-WebSocket-Version", ())

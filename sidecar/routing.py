@@ -122,9 +122,14 @@ class Router:
             # A variant of a literal route path must not slip through to a prefix
             # route: a case-insensitive backend would serve it without the auth.
             return Resolution(None, suggestion=meant)
-        for candidate in self._prefixed:
-            assert candidate.prefix is not None
+        folded = path.casefold()
+        for candidate in self._prefixed:  # longest first
+            prefix = candidate.prefix
+            assert prefix is not None
             # Prefixes end with '/': '/api/' covers '/api' and '/api/...', not '/apix'.
-            if path.startswith(candidate.prefix) or path == candidate.prefix[:-1]:
-                return Resolution(candidate)
+            if folded.startswith(prefix.casefold()) or folded == prefix[:-1].casefold():
+                if path.startswith(prefix) or path == prefix[:-1]:
+                    return Resolution(candidate)
+                # A case variant must not fall through to a shorter prefix.
+                return Resolution(None, suggestion=prefix)
         return Resolution(None)

@@ -107,7 +107,7 @@ async def connect_websocket(
             autoclose=False,
             autoping=True,
             compress=0,
-            max_msg_size=route.max_message_size,
+            max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
             decode_text=False,
         )

@@ -48,7 +48,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         mapped = rejection_for(exc)
         if mapped is None:
             raise
-        rejection = Rejection(rejection.reason, rejection.detail, rejection.upstream_status, agent_id=agent_id)
+        rejection = Rejection(mapped.reason, mapped.detail, mapped.upstream_status, agent_id=agent_id)
         return reject(request, rt, rejection, route, websocket=True)
 
     client = web.WebSocketResponse(
@@ -56,7 +56,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         compress=False,
         autoclose=False,
         autoping=True,
-        max_msg_size=route.max_message_size,
+        max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
         timeout=rt.close_timeout,
         decode_text=False,
     )

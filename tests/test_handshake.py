@@ -153,14 +153,6 @@ def test_invalid_handshake(method: str, version: tuple[int, int], hdrs: CIMultiD
     assert handshake_problem(method, version, hdrs) == problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG sidecar/handshake.py handshake_problem: never checks 'Upgrade: websocket' "
-        "(RFC 6455 section 4.2.1 item 3), so a request without it is called valid. "
-        "Latent today: app.dispatch only calls it after wants_websocket()."
-    ),
-)
 def test_handshake_without_upgrade_websocket_is_a_problem() -> None:
     assert handshake_problem("GET", (1, 1), headers(drop=("Upgrade",))) is not None
 

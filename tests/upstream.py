@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -32,6 +31,7 @@ class Backend:
     seen: list[Seen] = field(default_factory=list)
     closes: list[tuple[int | None, str]] = field(default_factory=list)
     ws_open: int = 0
+    flood_sent: int = 0
     runner: web.AppRunner | None = None
 
     @property
@@ -46,30 +46,51 @@ class Backend:
 
     async def ws(self, request: web.Request) -> web.StreamResponse:
         self.record(request)
-        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"), max_msg_size=64 * 1024 * 1024, autoclose=True)
+        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"), max_msg_size=64 * 1024 * 1024, autoclose=False)
         await ws.prepare(request)
         self.ws_open += 1
         try:
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.CLOSE:
+                    self.closes.append((msg.data, msg.extra or ""))
+                    await ws.close(code=msg.data or 1000, message=(msg.extra or "").encode())
+                    break
                 if msg.type is WSMsgType.TEXT:
-                    cmd = msg.data.split(" ", 2)
-                    if cmd[0] == "close":
-                        await ws.close(code=int(cmd[1]), message=(cmd[2] if len(cmd) > 2 else "").encode())
+                    over = await self.command(ws, request, msg.data)
+                    if over:
                         break
-                    if cmd[0] == "vanish":
-                        assert request.transport is not None
-                        request.transport.abort()
-                        break
-                    if cmd[0] == "send":
-                        await ws.send_bytes(b"x" * int(cmd[1]))
-                        continue
-                    await ws.send_str(msg.data)
+                    if over is None:
+                        await ws.send_str(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     await ws.send_bytes(msg.data)
+                elif msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSING):
+                    self.closes.append((None, "vanished"))
+                    break
         finally:
             self.ws_open -= 1
-            self.closes.append((ws.close_code, ""))
         return ws
+
+    async def command(self, ws: web.WebSocketResponse, request: web.Request, text: str) -> bool | None:
+        """Acts on a command message: True when the session is over, None if not a command."""
+        cmd = text.split(" ", 2)
+        if cmd[0] == "close":
+            await ws.close(code=int(cmd[1]), message=(cmd[2] if len(cmd) > 2 else "").encode())
+            self.closes.append((int(cmd[1]), "sent by backend"))
+            return True
+        if cmd[0] == "vanish":
+            assert request.transport is not None
+            request.transport.abort()
+            return True
+        if cmd[0] == "send":
+            await ws.send_bytes(b"x" * int(cmd[1]))
+        elif cmd[0] == "flood":  # flood <count> <size>: counts what the socket accepted
+            for _ in range(int(cmd[1])):
+                await ws.send_bytes(b"f" * int(cmd[2]))
+                self.flood_sent += 1
+        else:
+            return None
+        return False
 
     async def echo(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -112,6 +133,10 @@ class Backend:
         rest = await request.read()
         return web.json_response({"received": len(first) + len(rest)})
 
+    async def forbidden(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        raise web.HTTPForbidden(text="backend says no")
+
     async def hang(self, request: web.Request) -> web.StreamResponse:
         self.record(request)
         await asyncio.sleep(3600)
@@ -123,6 +148,8 @@ class Backend:
         app = web.Application()
         app.router.add_get("/edge/ws", self.ws)
         app.router.add_get("/slow/ws", self.hang)
+        app.router.add_get("/hang", self.hang)
+        app.router.add_get("/forbidden/ws", self.forbidden)
         app.router.add_route("*", "/edge/message", self.echo)
         app.router.add_get("/cookies", self.cookies)
         app.router.add_get("/redirect", self.redirect)
@@ -130,7 +157,8 @@ class Backend:
         app.router.add_get("/stream", self.stream)
         app.router.add_post("/upload", self.upload)
         app.router.add_route("*", "/{tail:.*}", self.echo)
-        self.runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a hanging handler ends when the sidecar hangs up.
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -140,7 +168,3 @@ class Backend:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj)

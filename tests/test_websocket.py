@@ -1,0 +1,419 @@
+"""WebSocket routes end to end: real backend, real sidecar, python `websockets` as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .conftest import OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for
+from .upstream import Backend
+
+AGENT = "edge_13238407486"
+GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
+
+
+def ws_connect(sidecar: Sidecar, path: str = "/edge/ws", headers: dict[str, str] | None = None, **kw: Any) -> Any:
+    return connect(sidecar.url(path), additional_headers=GOOD if headers is None else headers, **kw)
+
+
+async def closed_by_peer(ws: ClientConnection) -> tuple[int, str]:
+    """Wait for the peer's close frame; the code and reason it carried."""
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code is not None
+    return ws.close_code, ws.close_reason or ""
+
+
+async def rejected(sidecar: Sidecar, path: str, headers: dict[str, str]) -> tuple[int, Any, dict[str, Any]]:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(sidecar.url(path), additional_headers=headers):
+            pass
+    response = info.value.response
+    return response.status_code, response.headers, json.loads(response.body or b"{}")
+
+
+# --- aliases, headers, the handshake --------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["/edge/ws", "/ws/edge"])
+async def test_both_aliases_reach_the_one_backend_endpoint_with_query_kept(
+    sidecar: Sidecar, backend: Backend, alias: str
+) -> None:
+    headers = {**GOOD, "X-Forwarded-For": "6.6.6.6"}
+    async with ws_connect(sidecar, f"{alias}?edge_agent_id={AGENT}&v=2", headers) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+    seen = backend.seen[0]
+    assert seen.path == "/edge/ws"
+    assert seen.query_string == f"edge_agent_id={AGENT}&v=2"
+    assert seen.headers["x-edge-agent-id"] == [AGENT]
+    assert seen.headers["authorization"] == [f"Bearer {SECRET}"]  # the shipped routes.yaml forwards it
+    assert seen.headers["x-forwarded-for"] == ["127.0.0.1"]  # set by the sidecar, not the client's
+
+
+async def test_agent_id_from_query_alone_is_sent_upstream_as_header(sidecar: Sidecar, backend: Backend) -> None:
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    async with ws_connect(sidecar, "/edge/ws?edge_agent_id=edge_1", headers) as ws:
+        await ws.send("x")
+        await ws.recv()
+    assert backend.seen[0].headers["x-edge-agent-id"] == ["edge_1"]
+
+
+async def test_previous_secret_is_accepted_during_rotation(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, EDGE_SECRET_PREVIOUS=OLD_SECRET))
+    async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {OLD_SECRET}"}) as ws:
+        await ws.send("rotated")
+        assert await ws.recv() == "rotated"
+
+
+async def test_subprotocol_is_the_one_the_upstream_chose(sidecar: Sidecar, backend: Backend) -> None:
+    async with ws_connect(sidecar, subprotocols=["chat.v1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "chat.v1"
+    async with ws_connect(sidecar, subprotocols=["chat.v9"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol is None
+    assert backend.seen[0].headers["sec-websocket-protocol"] == ["chat.v1"]
+
+
+# --- the relay -----------------------------------------------------------------------
+
+
+async def test_text_stays_text_binary_stays_binary_order_kept(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        for i in range(50):
+            await ws.send(f"text {i}")
+            await ws.send(bytes([i, 0, 255]))
+        for i in range(50):
+            assert await ws.recv() == f"text {i}"
+            assert await ws.recv() == bytes([i, 0, 255])
+
+
+async def test_fragmented_message_arrives_whole(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        await ws.send(["frag", "men", "ted ✓"])
+        assert await ws.recv() == "fragmented ✓"
+        await ws.send([b"\x00", b"\x01\x02"])
+        assert await ws.recv() == b"\x00\x01\x02"
+
+
+async def test_ping_payload_is_answered(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 10)  # resolves only on a pong with the same payload
+
+
+async def test_also_works_with_aiohttp_client(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(sidecar.url("/ws/edge"), headers=GOOD) as ws:
+        await ws.send_bytes(b"\x01" * 70000)
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.BINARY and msg.data == b"\x01" * 70000
+        await ws.close(code=4100, message=b"aiohttp done")
+        assert ws.close_code == 4100
+
+
+async def test_client_close_code_and_reason_reach_upstream(sidecar: Sidecar, backend: Backend) -> None:
+    async with ws_connect(sidecar) as ws:
+        await ws.send("x")
+        await ws.recv()
+        await ws.close(code=4001, reason="agent shutting down")
+        assert ws.close_code == 4001  # the echo, RFC 6455 section 5.5.1
+    await _until(lambda: backend.closes)
+    assert backend.closes == [(4001, "agent shutting down")]
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="4001") == 1
+
+
+async def test_upstream_close_code_and_reason_reach_client(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        await ws.send("close 4002 backend restarting")
+        assert await closed_by_peer(ws) == (4002, "backend restarting")
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="4002") == 1
+
+
+async def test_close_without_status_is_passed_on_as_1000_never_1005(sidecar: Sidecar, backend: Backend) -> None:
+    async with ws_connect(sidecar) as ws:
+        ws.transport.write(b"\x88\x80\x00\x00\x00\x00")  # a masked close frame with no payload
+        await closed_by_peer(ws)
+    await _until(lambda: backend.closes)
+    assert backend.closes == [(1000, "")]
+
+
+async def test_upstream_vanishing_gives_client_1011_and_gauge_returns_to_zero(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 1
+        await ws.send("vanish")
+        code, _ = await closed_by_peer(ws)
+        assert code == 1011
+    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
+
+
+async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: Backend) -> None:
+    ws = await ws_connect(sidecar)
+    await ws.send("x")
+    await ws.recv()
+    ws.transport.abort()  # no close frame
+    await _until(lambda: backend.closes)
+    assert backend.closes == [(1001, "client went away")]
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
+
+
+SMALL = """
+upstreams: {backend: {url: "${UPSTREAM_URL}"}}
+auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
+routes:
+  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge, max_message_size: 1KiB}
+"""
+
+
+async def test_oversized_message_closes_that_session_with_1009_only(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, SMALL))
+    async with ws_connect(sidecar) as bystander, ws_connect(sidecar) as ws:
+        await ws.send("y" * 1024)  # at the limit: fine
+        assert await ws.recv() == "y" * 1024
+        await ws.send(b"z" * 1025)
+        code, _ = await closed_by_peer(ws)
+        assert code == 1009
+        await bystander.send("still here")
+        assert await bystander.recv() == "still here"
+    await _until(lambda: len(backend.closes) == 2)
+    assert backend.closes[0][0] == 1009
+
+
+async def test_oversized_message_from_upstream_closes_with_1009(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, SMALL))
+    async with ws_connect(sidecar) as ws:
+        await ws.send("send 2048")
+        code, _ = await closed_by_peer(ws)
+        assert code == 1009
+
+
+async def test_client_that_stops_reading_pushes_back_on_the_upstream(sidecar: Sidecar, backend: Backend) -> None:
+    """128 MiB offered while the client reads nothing: the backend must be made to wait
+    (what is in flight is bounded by socket buffers, not by the sidecar), and once the
+    client reads, every byte arrives."""
+    count, size = 128, 1024 * 1024
+    async with ws_connect(sidecar, max_queue=1, max_size=2 * size) as ws:
+        await ws.send(f"flood {count} {size}")
+        last = -1
+        while backend.flood_sent != last:  # until the backend is stuck
+            last = backend.flood_sent
+            await asyncio.sleep(0.5)
+        assert backend.flood_sent < count / 2
+        for _ in range(count):
+            assert len(await asyncio.wait_for(ws.recv(), 10)) == size
+    assert backend.flood_sent == count
+
+
+# --- every rejection, before anything reaches the backend -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "reason"),
+    [
+        ("/nope", GOOD, 404, "no_route"),
+        ("/edge/message", GOOD, 404, "no_route"),
+        ("/edge/ws", {"X-Edge-Agent-Id": AGENT}, 401, "missing_token"),
+        ("/edge/ws", {**GOOD, "Authorization": f"Basic {SECRET}"}, 401, "malformed_token"),
+        ("/edge/ws", {**GOOD, "Authorization": "Bearer wrong-secret"}, 401, "invalid_token"),
+        ("/edge/ws", {"Authorization": f"Bearer {SECRET}"}, 400, "missing_agent_id"),
+        ("/edge/ws", {**GOOD, "X-Edge-Agent-Id": "edge 1"}, 400, "invalid_agent_id"),
+        ("/edge/ws?edge_agent_id=edge_1%0d%0aX-Admin:%201", GOOD, 400, "invalid_agent_id"),
+        ("/edge/ws?edge_agent_id=edge_2", GOOD, 400, "agent_id_mismatch"),
+        ("//edge/ws", GOOD, 400, "bad_path"),
+        ("/edge/ws/..", GOOD, 400, "bad_path"),
+        ("/edge%2Fws", GOOD, 400, "bad_path"),
+    ],
+)
+async def test_rejections_say_why(
+    sidecar: Sidecar, backend: Backend, path: str, headers: dict[str, str], status: int, reason: str
+) -> None:
+    got_status, got_headers, body = await rejected(sidecar, path, headers)
+    assert (got_status, got_headers["X-Sidecar-Reason"], body["error"]) == (status, reason, reason)
+    assert body["message"]
+    assert SECRET not in json.dumps(body) and SECRET not in str(got_headers)
+    assert backend.seen == []  # nothing went upstream
+    route = "edge" if body["route"] == "edge" else "none"
+    assert sidecar.sample("sidecar_ws_rejections_total", route=route, reason=reason) == 1
+
+
+async def test_no_route_lists_websocket_paths_and_suggests_the_near_miss(sidecar: Sidecar) -> None:
+    status, _, body = await rejected(sidecar, "/edge/ws/", GOOD)
+    assert status == 404
+    assert body["websocket_paths"] == ["/edge/ws", "/ws/edge"]
+    assert body["did_you_mean"] == "/edge/ws"
+    _, _, body = await rejected(sidecar, "/EDGE/WS", GOOD)
+    assert body["did_you_mean"] == "/edge/ws"
+
+
+async def test_401s_carry_www_authenticate_with_rfc6750_error(sidecar: Sidecar) -> None:
+    _, headers, _ = await rejected(sidecar, "/edge/ws", {"X-Edge-Agent-Id": AGENT})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar"'
+    _, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "Authorization": "Bearer"})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar", error="invalid_request"'
+    _, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "Authorization": "Bearer nope"})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar", error="invalid_token"'
+
+
+async def test_plain_request_to_websocket_route_is_426(sidecar: Sidecar, backend: Backend) -> None:
+    async with aiohttp.ClientSession() as session, session.get(sidecar.url("/edge/ws", "http"), headers=GOOD) as r:
+        assert r.status == 426
+        assert r.headers["X-Sidecar-Reason"] == "not_websocket"
+        assert r.headers["Upgrade"] == "websocket"
+        assert (await r.json())["route"] == "edge"
+    assert backend.seen == []
+    assert sidecar.sample("sidecar_http_rejections_total", route="edge", reason="not_websocket") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"Sec-WebSocket-Version": "8"}, "Sec-WebSocket-Version"),
+        ({"Sec-WebSocket-Key": "not base64!"}, "Sec-WebSocket-Key"),
+        ({"Sec-WebSocket-Key": "c2hvcnQ="}, "16 bytes"),
+        ({"Connection": "keep-alive"}, "Connection"),
+    ],
+)
+async def test_malformed_handshake_is_400(
+    sidecar: Sidecar, backend: Backend, change: dict[str, str], detail: str
+) -> None:
+    headers = {
+        **GOOD,
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **change,
+    }
+    async with aiohttp.ClientSession() as session, session.get(sidecar.url("/edge/ws", "http"), headers=headers) as r:
+        assert r.status == 400
+        assert r.headers["X-Sidecar-Reason"] == "bad_handshake"
+        assert r.headers["Sec-WebSocket-Version"] == "13"
+        assert detail in (await r.json())["detail"]
+    assert backend.seen == []
+
+
+async def test_upstream_unavailable_is_502(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for("http://127.0.0.1:9"))  # discard port: nothing listens
+    status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
+    assert body["route"] == "edge"
+
+
+UPSTREAM_PATH = """
+upstreams: {backend: {url: "${UPSTREAM_URL}", connect_timeout: 300ms}}
+auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
+routes:
+  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, upstream_path: "${WS_PATH}", auth: edge}
+"""
+
+
+async def test_upstream_timeout_is_504(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, UPSTREAM_PATH, WS_PATH="/slow/ws"))
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (504, "upstream_timeout")
+
+
+async def test_upstream_refusing_the_handshake_is_502_with_its_status(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, UPSTREAM_PATH, WS_PATH="/forbidden/ws"))
+    status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_rejected")
+    assert headers["X-Sidecar-Upstream-Status"] == "403"
+    assert body["upstream_status"] == 403
+
+
+async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: StartSidecar) -> None:
+    async def bad_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBhY2NlcHQ=\r\n\r\n"
+        )
+        await writer.drain()
+
+    server = await asyncio.start_server(bad_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}"))
+        status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "101",
+    )
+
+
+# --- slow or oversized handshakes, shutdown --------------------------------------------
+
+DEADLINE = """
+listen: {header_timeout: 300ms}
+upstreams: {backend: {url: "${UPSTREAM_URL}"}}
+routes:
+  - {name: default, type: http, prefix: /, upstream: backend}
+"""
+
+
+async def test_handshake_headers_not_arriving_in_time_are_cut_off(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, DEADLINE))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
+    writer.close()
+
+
+async def test_oversized_headers_are_refused(sidecar: Sidecar, backend: Backend) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.split()[1] in (b"400", b"431")
+    writer.close()
+    assert backend.seen == []
+
+
+async def test_stopping_the_sidecar_closes_sessions_with_1001_on_both_legs(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url))
+    async with ws_connect(sidecar) as ws:
+        await ws.send("x")
+        await ws.recv()
+        closing = asyncio.ensure_future(sidecar.running.close())
+        code, _ = await closed_by_peer(ws)
+        await closing
+    assert code == 1001
+    assert backend.closes == [(1001, "sidecar closing the session")]
+
+
+async def test_metrics_count_messages_bytes_and_connections(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:
+        await ws.send(b"12345")
+        await ws.recv()
+        await ws.send("abc")
+        await ws.recv()
+    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") == 1
+    assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 2
+    assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="downstream") == 2
+    assert sidecar.sample("sidecar_ws_bytes_total", route="edge", direction="upstream") == 8
+    assert sidecar.sample("sidecar_ws_handshake_duration_seconds_count", route="edge") == 1
+    assert sidecar.sample("sidecar_ws_session_duration_seconds_count", route="edge") == 1
+
+
+async def _until(condition: Any) -> None:
+    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - the state lives in another component
+            await asyncio.sleep(0.01)
