@@ -28,7 +28,7 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
         return reject(request, rt, rejection, route, websocket=False)
 
     target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
-    url = upstream_url(route.upstream, target, request.query_string)
+    url = upstream_url(route.upstream, target, request.rel_url.raw_query_string)
     headers = forward_headers(
         request.headers, route, admission.agent_id, remote=request.remote, scheme=request.scheme, host=request.host
     )

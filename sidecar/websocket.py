@@ -36,7 +36,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         return reject(request, rt, rejection, route, websocket=True)
     agent_id = admission.agent_id
 
-    url = upstream_url(route.upstream, route.upstream_path or path.wire, request.query_string)
+    url = upstream_url(route.upstream, route.upstream_path or path.wire, request.rel_url.raw_query_string)
     headers = forward_headers(
         request.headers, route, agent_id, remote=request.remote, scheme=request.scheme, host=request.host
     )

@@ -47,12 +47,12 @@ async def test_both_aliases_reach_the_one_backend_endpoint_with_query_kept(
     sidecar: Sidecar, backend: Backend, alias: str
 ) -> None:
     headers = {**GOOD, "X-Forwarded-For": "6.6.6.6"}
-    async with ws_connect(sidecar, f"{alias}?edge_agent_id={AGENT}&v=2", headers) as ws:
+    async with ws_connect(sidecar, f"{alias}?edge_agent_id={AGENT}&v=a%20b", headers) as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
     seen = backend.seen[0]
     assert seen.path == "/edge/ws"
-    assert seen.query_string == f"edge_agent_id={AGENT}&v=2"
+    assert seen.query_string == f"edge_agent_id={AGENT}&v=a%20b"  # byte for byte
     assert seen.headers["x-edge-agent-id"] == [AGENT]
     assert seen.headers["authorization"] == [f"Bearer {SECRET}"]  # the shipped routes.yaml forwards it
     assert seen.headers["x-forwarded-for"] == ["127.0.0.1"]  # set by the sidecar, not the client's

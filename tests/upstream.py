@@ -42,7 +42,9 @@ class Backend:
         headers: dict[str, list[str]] = {}
         for k, v in request.headers.items():
             headers.setdefault(k.lower(), []).append(v)
-        self.seen.append(Seen(request.method, request.path, request.raw_path, request.query_string, headers, body))
+        self.seen.append(
+            Seen(request.method, request.path, request.raw_path, request.rel_url.raw_query_string, headers, body)
+        )
 
     async def ws(self, request: web.Request) -> web.StreamResponse:
         self.record(request)

@@ -1,0 +1,225 @@
+"""Plain HTTP routes end to end: real backend, real sidecar, aiohttp and raw sockets as clients."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from .conftest import SECRET, Sidecar, StartSidecar, config_for, free_port
+from .upstream import Backend
+
+AGENT = "edge_13238407486"
+GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
+
+
+def http(sidecar: Sidecar, path: str) -> str:
+    return sidecar.url(path, "http")
+
+
+async def raw(port: int, request: bytes) -> bytes:
+    """Send bytes exactly as written; return everything the server sends back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+async def test_edge_message_is_proxied_with_identity_and_forwarding_headers(sidecar: Sidecar, backend: Backend) -> None:
+    headers = {**GOOD, "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil", "Forwarded": "for=6.6.6.6"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(http(sidecar, "/edge/message?x=1"), data=b"hi", headers=headers) as r,
+    ):
+        assert r.status == 200
+        assert await r.json() == {"method": "POST", "path": "/edge/message?x=1", "received": 2}
+    seen = backend.seen[0]
+    assert seen.body == b"hi"
+    assert seen.headers["x-edge-agent-id"] == [AGENT]
+    assert seen.headers["authorization"] == [f"Bearer {SECRET}"]
+    assert seen.headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen.headers["x-forwarded-proto"] == ["http"]
+    assert seen.headers["x-forwarded-host"] == [f"127.0.0.1:{sidecar.port}"]
+    assert "forwarded" not in seen.headers
+    assert sidecar.sample("sidecar_http_requests_total", route="edge-message", status_class="2xx") == 1
+    assert sidecar.sample("sidecar_http_request_duration_seconds_count", route="edge-message") == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "reason"),
+    [
+        ({"X-Edge-Agent-Id": AGENT}, 401, "missing_token"),
+        ({**GOOD, "Authorization": "Bearer nope"}, 401, "invalid_token"),
+        ({"Authorization": f"Bearer {SECRET}"}, 400, "missing_agent_id"),
+        ({**GOOD, "X-Edge-Agent-Id": "x" * 129}, 400, "invalid_agent_id"),
+    ],
+)
+async def test_edge_message_rejections(
+    sidecar: Sidecar, backend: Backend, headers: dict[str, str], status: int, reason: str
+) -> None:
+    async with aiohttp.ClientSession() as s, s.post(http(sidecar, "/edge/message"), data=b"x", headers=headers) as r:
+        assert r.status == status
+        assert r.headers["X-Sidecar-Reason"] == reason
+        body = await r.json()
+        assert (body["error"], body["route"]) == (reason, "edge-message")
+        assert SECRET not in json.dumps(body)
+    assert backend.seen == []
+    assert sidecar.sample("sidecar_http_rejections_total", route="edge-message", reason=reason) == 1
+    assert sidecar.sample("sidecar_http_requests_total", route="edge-message", status_class=f"{status // 100}xx") == 1
+
+
+async def test_catch_all_relays_path_query_and_method_unchanged(sidecar: Sidecar, backend: Backend) -> None:
+    async with aiohttp.ClientSession() as s, s.put(http(sidecar, "/api/v1/things?b=2&a=%20x"), data=b"{}") as r:
+        assert r.status == 200
+    seen = backend.seen[0]
+    assert (seen.method, seen.raw_path) == ("PUT", "/api/v1/things?b=2&a=%20x")
+    assert "x-edge-agent-id" not in seen.headers  # no auth on the catch-all, nothing invented
+
+
+async def test_hop_by_hop_headers_are_removed_but_identity_survives(sidecar: Sidecar, backend: Backend) -> None:
+    request = (
+        b"POST /edge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Authorization: Bearer " + SECRET.encode() + b"\r\nX-Edge-Agent-Id: " + AGENT.encode() + b"\r\n"
+        b"Connection: close, X-Edge-Agent-Id, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n"
+        b"TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+        b"\r\nhi"
+    )
+    response = await raw(sidecar.port, request)
+    assert response.startswith(b"HTTP/1.1 200")
+    seen = backend.seen[0].headers
+    for name in ("x-private", "keep-alive", "te", "proxy-authorization", "upgrade", "http2-settings"):
+        assert name not in seen, name
+    assert seen["x-edge-agent-id"] == [AGENT]
+
+
+async def test_upgrade_on_plain_route_never_upgrades(sidecar: Sidecar, backend: Backend) -> None:
+    headers = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMAAABkAAQAAP__"}
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/anything"), headers=headers) as r:
+        assert r.status == 200
+    assert "upgrade" not in backend.seen[0].headers
+
+
+async def test_websocket_upgrade_on_plain_route_is_no_route(sidecar: Sidecar, backend: Backend) -> None:
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await s.ws_connect(http(sidecar, "/edge/message"), headers=GOOD)
+    assert info.value.status == 404
+    assert info.value.headers is not None and info.value.headers["X-Sidecar-Reason"] == "no_route"
+    assert backend.seen == []
+
+
+async def test_repeated_response_headers_are_kept_and_hop_by_hop_dropped(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/cookies")) as r:
+        assert r.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+        assert "X-Private" not in r.headers
+
+
+async def test_redirects_are_passed_back_not_followed(sidecar: Sidecar, backend: Backend) -> None:
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/redirect"), allow_redirects=False) as r:
+        assert r.status == 302
+        assert r.headers["Location"] == "/elsewhere"
+    assert [seen.path for seen in backend.seen] == ["/redirect"]
+
+
+async def test_bodies_are_not_decompressed(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(http(sidecar, "/gzip")) as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(await r.read()) == b"hello " * 100
+
+
+async def test_response_streams_before_the_backend_finishes(sidecar: Sidecar, backend: Backend) -> None:
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/stream")) as r:
+        assert await asyncio.wait_for(r.content.readexactly(6), 10) == b"first;"  # backend still holding
+        backend.release.set()
+        assert await r.read() == b"second"
+
+
+async def test_request_body_streams_to_the_backend(sidecar: Sidecar, backend: Backend) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        # The second chunk is sent only once the backend has the first: a proxy that
+        # buffered the whole body would deadlock here.
+        await asyncio.wait_for(asyncio.shield(backend.first_chunk), 10)
+        yield b"b" * 1000
+
+    async with aiohttp.ClientSession() as s, s.post(http(sidecar, "/upload"), data=body()) as r:
+        assert await r.json() == {"received": 2000}
+
+
+async def test_upstream_unavailable_is_502(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}"))
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/anything")) as r:
+        assert (r.status, r.headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
+        assert (await r.json())["route"] == "default"
+    assert sidecar.sample("sidecar_http_rejections_total", route="default", reason="upstream_unavailable") == 1
+
+
+READ_TIMEOUT = """
+upstreams: {backend: {url: "${UPSTREAM_URL}", read_timeout: 300ms}}
+routes:
+  - {name: default, type: http, prefix: /, upstream: backend}
+"""
+
+
+async def test_upstream_not_answering_is_504(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, READ_TIMEOUT))
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/hang")) as r:
+        assert (r.status, r.headers["X-Sidecar-Reason"]) == (504, "upstream_timeout")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//edge/message",
+        "/edge//message",
+        "/edge/./message",
+        "/x/../edge/message",
+        "/x/%2e%2e/edge/message",
+        "/edge%2fmessage",
+        "/edge/message;a=b",
+        "/edge\\message",
+        "/edge/message%00",
+    ],
+)
+async def test_path_tricks_never_reach_the_backend(sidecar: Sidecar, backend: Backend, path: str) -> None:
+    response = await raw(
+        sidecar.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b"X-Sidecar-Reason: bad_path" in response
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(("path", "meant"), [("/EDGE/MESSAGE", "/edge/message"), ("/edge/message/", "/edge/message")])
+async def test_near_misses_of_an_authenticated_path_do_not_fall_through(
+    sidecar: Sidecar, backend: Backend, path: str, meant: str
+) -> None:
+    async with aiohttp.ClientSession() as s, s.post(http(sidecar, path), data=b"x") as r:
+        assert (r.status, (await r.json())["did_you_mean"]) == (404, meant)
+    assert backend.seen == []
+
+
+async def test_encoded_unreserved_characters_still_need_the_auth(sidecar: Sidecar, backend: Backend) -> None:
+    response = await raw(
+        sidecar.port, b"POST /%65dge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert response.startswith(b"HTTP/1.1 401")
+    assert b"X-Sidecar-Reason: missing_token" in response
+    assert backend.seen == []
+
+
+async def test_sidecar_metrics_are_not_on_the_public_port(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(http(sidecar, "/metrics")) as r:
+            assert "sidecar_" not in await r.text()  # the backend answered, not the sidecar
+        assert [seen.path for seen in backend.seen] == ["/metrics"]
+        async with s.get(f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics") as r:
+            text = await r.text()
+    assert 'sidecar_http_requests_total{route="default",status_class="2xx"} 1.0' in text
