@@ -592,7 +592,7 @@ def _route(
         if upstream is None and up_name not in defined_upstreams:
             ld.error(
                 m["upstream"],
-                f"{where}.upstream: no upstream named '{up_name}' (defined: {', '.join(upstreams) or 'none'})",
+                f"{where}.upstream: no upstream named '{up_name}' ({_defined(defined_upstreams)})",
             )
     upstream_path = None
     if "upstream_path" in m and (upstream_path := ld.string(m["upstream_path"], f"{where}.upstream_path")) is not None:
@@ -607,7 +607,7 @@ def _route(
         if policy is None and auth_name not in defined_policies:
             ld.error(
                 m["auth"],
-                f"{where}.auth: no auth policy named '{auth_name}' (defined: {', '.join(policies) or 'none'})",
+                f"{where}.auth: no auth policy named '{auth_name}' ({_defined(defined_policies)})",
             )
     forward = (
         ld.boolean(m["forward_authorization"], f"{where}.forward_authorization")
@@ -631,6 +631,10 @@ def _route(
         forward_authorization=bool(forward),
         max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
     )
+
+
+def _defined(names: set[str]) -> str:
+    return "defined: " + (", ".join(sorted(names)) or "none")
 
 
 def _path_ok(ld: _Loader, node: Node, where: str, path: str) -> bool:

@@ -1,0 +1,110 @@
+"""The command line as scripts and deploys use it: real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from .conftest import ROOT, SECRET, free_port
+from .upstream import Backend
+
+SIDECAR = [sys.executable, "-m", "sidecar"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
+    return subprocess.run(
+        [*SIDECAR, *args], capture_output=True, text=True, env={**clean, **(env or {})}, cwd=ROOT, timeout=60
+    )
+
+
+def test_check_summarises_the_shipped_config_and_warns_of_unset_secret() -> None:
+    result = run("check", "routes.yaml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "routes.yaml: valid, 3 route(s)"
+    assert lines[1].split()[:4] == ["edge", "websocket", "/edge/ws,", "/ws/edge"]
+    assert "auth=edge" in lines[1] and "backend" in lines[1]
+    assert "environment variable EDGE_SECRET is referenced but not set" in result.stderr
+    assert "routes.yaml:25: warning:" in result.stderr
+
+
+def test_check_lists_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "upstreams:\n"
+        "  backend: {url: ftp://x}\n"
+        "routes:\n"
+        "  - {name: a, type: websocket, paths: [/x], upstream: nowhere, colour: red}\n"
+        "  - {name: b, type: http, paths: [/x], upstream: backend, auth: missing}\n"
+    )
+    result = run("check", str(bad))
+    assert result.returncode == 2
+    for expected in (
+        f"{bad}:2: error: upstreams.backend.url: must start with http:// or https://",
+        f"{bad}:4: error: routes[0]: unknown key 'colour'",
+        f"{bad}:4: error: routes[0] (a).upstream: no upstream named 'nowhere' (defined: backend)",
+        f"{bad}:5: error: routes[1] (b).auth: no auth policy named 'missing'",
+    ):
+        assert expected in result.stderr, result.stderr
+
+
+def test_check_reports_yaml_syntax_errors_with_a_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("routes:\n  - name: a\n   type: http\n")
+    result = run("check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:3: error: YAML syntax" in result.stderr
+
+
+def test_serve_refuses_to_start_without_the_secret() -> None:
+    for env in ({}, {"EDGE_SECRET": ""}):
+        result = run("serve", "--config", "routes.yaml", env=env)
+        assert result.returncode == 2
+        assert "EDGE_SECRET" in result.stderr
+        assert "not starting" in result.stderr
+
+
+async def test_serve_relays_then_sigterm_closes_sessions_with_1001_and_exits_0() -> None:
+    backend = await Backend().start()
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "EDGE_SECRET": SECRET,
+        "UPSTREAM_URL": backend.url,
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+        "LOG_FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        started = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert b'"event": "sidecar.started"' in started
+        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
+            await ws.send("over real sockets")
+            assert await ws.recv() == "over real sockets"
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1001
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert backend.closes == [(1001, "sidecar closing the session")]
+        logged = (await process.stderr.read()).decode()
+        assert '"event": "ws.closed"' in logged and SECRET not in logged
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await backend.stop()

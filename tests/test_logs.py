@@ -1,0 +1,73 @@
+"""Log lines: one per event, structured, and never a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from sidecar.logs import JsonFormatter, TextFormatter
+
+from .conftest import SECRET, Sidecar
+
+AGENT = "edge_13238407486"
+WRONG = "wrong-token-must-not-be-logged"
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    formatter = JsonFormatter()
+    return [json.loads(formatter.format(r)) for r in caplog.records if r.name == "sidecar"]
+
+
+async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
+    async with connect(sidecar.url("/ws/edge"), additional_headers=headers) as ws:
+        await ws.send("hello")
+        await ws.recv()
+        await ws.close(code=4000, reason="done")
+    with pytest.raises(InvalidStatus):
+        async with connect(sidecar.url("/edge/ws"), additional_headers={**headers, "Authorization": f"Bearer {WRONG}"}):
+            pass
+    await _settle(caplog)
+    events = {line["event"]: line for line in lines(caplog)}
+    established = events["ws.established"]
+    assert (established["route"], established["alias"], established["agent_id"]) == ("edge", "/ws/edge", AGENT)
+    assert str(established["upstream"]).endswith("/edge/ws")
+    closed = events["ws.closed"]
+    assert (closed["code"], closed["reason"], closed["initiator"]) == (4000, "done", "client")
+    assert (closed["messages_up"], closed["bytes_up"], closed["messages_down"], closed["bytes_down"]) == (1, 5, 1, 5)
+    rejected = events["ws.rejected"]
+    assert (rejected["reason"], rejected["status"], rejected["agent_id"]) == ("invalid_token", 401, AGENT)
+    assert rejected["client"] == "127.0.0.1"
+    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in caplog.records)
+    assert SECRET not in everything and WRONG not in everything
+    assert SECRET[:8] not in everything  # not even in part
+
+
+async def test_invalid_agent_id_is_not_logged(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    with pytest.raises(InvalidStatus):
+        async with connect(sidecar.url("/edge/ws?edge_agent_id=evil%0AX-Injected:%201"), additional_headers=headers):
+            pass
+    (line,) = [x for x in lines(caplog) if x["event"] == "ws.rejected"]
+    assert line["reason"] == "invalid_agent_id"
+    assert "agent_id" not in line
+    assert "X-Injected" not in json.dumps(lines(caplog))
+
+
+def test_text_format_is_key_value() -> None:
+    record = logging.LogRecord("sidecar", logging.INFO, __file__, 1, "ws.closed", None, None)
+    record.fields = {"code": 1000, "reason": "a b"}
+    assert TextFormatter().format(record).endswith('INFO    ws.closed code=1000 reason="a b"')
+
+
+async def _settle(caplog: pytest.LogCaptureFixture) -> None:
+    async with asyncio.timeout(10):
+        while not any(r.getMessage() == "ws.closed" for r in caplog.records):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
