@@ -66,8 +66,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         status = response.status
         return response
     finally:
+        elapsed = loop.time() - started
         rt.metrics.http_requests.labels(route_label, f"{status // 100}xx").inc()
-        rt.metrics.http_duration.labels(route_label).observe(loop.time() - started)
+        rt.metrics.http_duration.labels(route_label).observe(elapsed)
+        event(
+            logging.DEBUG,
+            "http.request",
+            route=route_label,
+            method=request.method,
+            status=status,
+            duration_s=round(elapsed, 4),
+            client=request.remote,
+        )
 
 
 def _route(request: web.Request, rt: Runtime, *, websocket: bool) -> tuple[Route, CanonicalPath] | web.Response:

@@ -417,3 +417,30 @@ async def _until(condition: Any) -> None:
     async with asyncio.timeout(10):
         while not condition():  # noqa: ASYNC110 - the state lives in another component
             await asyncio.sleep(0.01)
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame with an all-zero mask (so the payload goes as written); len < 126."""
+    return bytes([0x80 | opcode, 0x80 | len(payload), 0, 0, 0, 0]) + payload
+
+
+async def test_invalid_close_code_from_client_is_a_protocol_error_on_both_legs(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    async with ws_connect(sidecar) as ws:
+        ws.transport.write(masked_frame(0x8, (1004).to_bytes(2, "big")))  # 1004 is reserved
+        code, _ = await closed_by_peer(ws)
+    assert code == 1002
+    await _until(lambda: backend.closes)
+    assert backend.closes[0][0] == 1002
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1002") == 1
+
+
+async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    async with ws_connect(sidecar) as ws:
+        ws.transport.write(masked_frame(0x1, b"\xff\xfe"))
+        code, _ = await closed_by_peer(ws)
+    assert code == 1007  # decided by the backend, passed through unchanged
+    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1
