@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The package only: no tests, no dev extras ("[test]" is never installed).
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY sidecar/ ./sidecar/
 RUN pip install --no-cache-dir /src \
     && rm -rf /src
