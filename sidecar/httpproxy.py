@@ -7,6 +7,8 @@ are dropped (RFC 9110 section 7.6.1) and repeated ones such as Set-Cookie kept.
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
@@ -14,6 +16,7 @@ from multidict import CIMultiDict, MultiMapping
 from .auth import admit
 from .config import Route
 from .handshake import tokens
+from .logs import event
 from .reasons import Rejection
 from .rejection import reject
 from .routing import CanonicalPath
@@ -52,16 +55,26 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
             raise
         return reject(request, rt, mapped, route, websocket=False)
 
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(_response_headers(upstream.headers))
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_response_headers(upstream.headers))
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
         await response.write_eof()
-        return response
+    except ConnectionError:
+        # The client went away mid-response: nothing to answer, nothing to log loudly.
+        upstream.close()  # what is unread must not go back to the pool
+        event(logging.DEBUG, "http.client_gone", route=route.name, client=request.remote)
+    except aiohttp.ClientError as exc:
+        # The backend broke off mid-body. The status line is gone already, so the
+        # client learns it from a truncated body: the connection is closed.
+        event(logging.WARNING, "http.upstream_broke", route=route.name, error=type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
     finally:
-        upstream.release()
+        upstream.release()  # back to the pool when read to the end; closed otherwise
+    return response
 
 
 def _response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:

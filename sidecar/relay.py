@@ -125,6 +125,8 @@ async def relay(
     upstream_tally: Direction,
     downstream_tally: Direction,
     stop: asyncio.Future[tuple[int, str]],
+    *,
+    close_timeout: float,
 ) -> End:
     """Run both pumps until one side ends, then close the other side properly.
 
@@ -147,7 +149,8 @@ async def relay(
                     first = task.result()
         if first is None:  # both pumps found their destination closing
             first = _Stopped("client", None)
-        return await _finish(first, client, upstream)
+        other_pump = down if first.side == "client" else up
+        return await _finish(first, client, upstream, other_pump, close_timeout)
     except BaseException:
         # Cancelled or failed: still leave neither peer without a close frame.
         with contextlib.suppress(BaseException):
@@ -160,22 +163,43 @@ async def relay(
                 await task
 
 
-async def _finish(first: _Stopped, client: Leg, upstream: Leg) -> End:
+async def _finish(
+    first: _Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[_Stopped | None], close_timeout: float
+) -> End:
     origin, other = (client, upstream) if first.side == "client" else (upstream, client)
     if first.code is None:
         await other.close(code=_VANISHED_CODE[first.side], message=_VANISHED_REASON[first.side])
         return End(first.side, ABNORMAL)
     code = on_the_wire(first.code)
-    reason = first.reason.encode("utf-8")[:123]
     if first.fault:
         # aiohttp already sent ``code`` to the faulty side; tell the other why.
         await other.close(code=code, message=f"{first.side}: {first.reason}".encode()[:123])
         return End("sidecar", code, first.reason)
-    # Pass the close on, then answer the initiator by echoing its code
-    # (RFC 6455 section 5.5.1).
-    await other.close(code=code, message=reason)
-    await origin.close(code=code, message=reason)
+    # The closing handshake, relayed (RFC 6455 section 7.1.2): pass the close frame
+    # on, keep relaying what the other side still sends until its close arrives,
+    # then answer the initiator with that (normally the echo of its own code).
+    reason = first.reason.encode("utf-8")[:123]
+    reply: _Stopped | None = None
+    with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+        await other.send_frame(code.to_bytes(2, "big") + reason, WSMsgType.CLOSE)
+        reply = await asyncio.wait_for(asyncio.shield(other_pump), close_timeout)
+    echo = code if reply is None or reply.code is None or reply.fault else on_the_wire(reply.code)
+    await origin.close(code=echo, message=reason)
+    await _drop(other)
     return End(first.side, first.code or 1005, first.reason)  # an empty close frame reads as 1005
+
+
+async def _drop(leg: Leg) -> None:
+    """End a leg whose closing handshake is already done, without a second close frame.
+
+    aiohttp's ``close()`` always writes one; closing its transport first makes that
+    write a no-op, and ``close()`` then only releases aiohttp's state.
+    """
+    writer = getattr(leg, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.close()
+    await leg.close()
 
 
 async def _close_both(client: Leg, upstream: Leg, code: int, reason: str) -> None:

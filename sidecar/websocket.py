@@ -91,7 +91,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
     opened = loop.time()
     end = End("sidecar", 1011, "sidecar error")
     try:
-        end = await relay(client, upstream, up, down, session.stop)
+        end = await relay(client, upstream, up, down, session.stop, close_timeout=rt.close_timeout)
     finally:
         rt.sessions.discard(session)
         active.dec()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -223,3 +224,24 @@ async def test_sidecar_metrics_are_not_on_the_public_port(backend: Backend, star
         async with s.get(f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics") as r:
             text = await r.text()
     assert 'sidecar_http_requests_total{route="default",status_class="2xx"} 1.0' in text
+
+
+async def test_client_hanging_up_mid_response_is_quiet(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert b"first;" in await asyncio.wait_for(reader.readuntil(b"first;"), 10)
+    writer.transport.abort()  # gone, mid-response
+    backend.release.set()
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/cookies")) as r:
+        assert r.status == 200  # still serving
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_backend_breaking_off_mid_body_truncates_the_response(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/broken")) as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()

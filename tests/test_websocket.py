@@ -444,3 +444,17 @@ async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
         code, _ = await closed_by_peer(ws)
     assert code == 1007  # decided by the backend, passed through unchanged
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1
+
+
+async def test_messages_in_flight_when_the_client_closes_still_arrive(sidecar: Sidecar, backend: Backend) -> None:
+    async with ws_connect(sidecar) as ws:
+        frames = [masked_frame(0x1, f"m{i}".encode()) for i in range(5)]
+        ws.transport.write(b"".join(frames) + masked_frame(0x8, (4000).to_bytes(2, "big") + b"bye"))
+        got = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                got.append(await asyncio.wait_for(ws.recv(), 10))
+    assert got == [f"m{i}" for i in range(5)]  # the echoes the backend sent before its close reply
+    assert ws.close_code == 4000
+    await _until(lambda: backend.closes)
+    assert backend.closes == [(4000, "bye")]

@@ -127,6 +127,16 @@ class Backend:
         await response.write_eof()
         return response
 
+    async def broken(self, request: web.Request) -> web.StreamResponse:
+        """Promises 1000 bytes, sends 5, then drops the connection."""
+        self.record(request)
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"start")
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
     async def upload(self, request: web.Request) -> web.StreamResponse:
         """Reports the first chunk as soon as it arrives: proves request streaming."""
         self.record(request)
@@ -157,6 +167,7 @@ class Backend:
         app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/gzip", self.gzipped)
         app.router.add_get("/stream", self.stream)
+        app.router.add_get("/broken", self.broken)
         app.router.add_post("/upload", self.upload)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         # handler_cancellation: a hanging handler ends when the sidecar hangs up.
