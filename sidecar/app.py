@@ -12,6 +12,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 
 from .config import Config, Route
 from .deadline import HeaderDeadline
@@ -35,6 +36,7 @@ def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDea
     app = web.Application(middlewares=middlewares, handler_args=HANDLER_ARGS)
     app[RUNTIME] = rt
     app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.on_response_prepare.append(_server_header)
     app.on_startup.append(_open_client)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_client)
@@ -95,6 +97,12 @@ def _route(request: web.Request, rt: Runtime, *, websocket: bool) -> tuple[Route
             request, rt, Rejection(Reason.NO_ROUTE), None, websocket=websocket, suggestion=resolution.suggestion
         )
     return route, path
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp announces itself with its version; a backend's own Server passes.
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = "sidecar"
 
 
 async def _open_client(app: web.Application) -> None:

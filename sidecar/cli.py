@@ -70,5 +70,13 @@ def _serve(path: str) -> int:
     configure(config.log_level, config.log_format)
     from .server import serve  # imports aiohttp: keep 'check' light
 
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:  # from binding the listeners: the port is taken, or privileged
+        print(
+            f"not starting: cannot listen on {config.listen_host}:{config.port} "
+            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

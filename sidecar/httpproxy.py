@@ -50,10 +50,10 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
             timeout=timeout,
         )
     except Exception as exc:
-        mapped = rejection_for(exc)
-        if mapped is None:
+        failure = rejection_for(exc, admission.agent_id)
+        if failure is None:
             raise
-        return reject(request, rt, mapped, route, websocket=False)
+        return reject(request, rt, failure, route, websocket=False)
 
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(_response_headers(upstream.headers))

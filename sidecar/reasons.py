@@ -74,8 +74,8 @@ _SPECS: dict[Reason, _Spec] = {
     Reason.MALFORMED_TOKEN: _Spec(
         401,
         "The Authorization header is not a single 'Bearer <token>' "
-        "(RFC 6750 section 2.1). Send exactly one header, scheme 'Bearer', "
-        "one space, then the token.",
+        "(RFC 6750 section 2.1). Send exactly one header: the word 'Bearer', "
+        "a space, then the token.",
     ),
     Reason.INVALID_TOKEN: _Spec(
         401,

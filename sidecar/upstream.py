@@ -71,17 +71,18 @@ def forward_headers(
     return out
 
 
-def rejection_for(exc: BaseException) -> Rejection | None:
-    """Map an exception from talking to the backend to the reason a client is given."""
+def rejection_for(exc: BaseException, agent_id: str | None) -> Rejection | None:
+    """Map an exception from talking to the backend to the reason a client is given
+    (``None``: not a backend failure, let it propagate)."""
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         if exc.status == 101:
             detail = "the backend answered 101 without a valid WebSocket handshake (Sec-WebSocket-Accept)"
-            return Rejection(Reason.UPSTREAM_REJECTED, detail=detail, upstream_status=101)
-        return Rejection(Reason.UPSTREAM_REJECTED, upstream_status=exc.status)
+            return Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=agent_id)
+        return Rejection(Reason.UPSTREAM_REJECTED, upstream_status=exc.status, agent_id=agent_id)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return Rejection(Reason.UPSTREAM_TIMEOUT)
+        return Rejection(Reason.UPSTREAM_TIMEOUT, agent_id=agent_id)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return Rejection(Reason.UPSTREAM_UNAVAILABLE, detail=type(exc).__name__)
+        return Rejection(Reason.UPSTREAM_UNAVAILABLE, type(exc).__name__, agent_id=agent_id)
     return None
 
 

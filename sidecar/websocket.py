@@ -45,11 +45,10 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
             rt.http(), route, url, headers, offered_protocols(request.headers), close_timeout=rt.close_timeout
         )
     except Exception as exc:
-        mapped = rejection_for(exc)
-        if mapped is None:
+        failure = rejection_for(exc, agent_id)
+        if failure is None:
             raise
-        rejection = Rejection(mapped.reason, mapped.detail, mapped.upstream_status, agent_id=agent_id)
-        return reject(request, rt, rejection, route, websocket=True)
+        return reject(request, rt, failure, route, websocket=True)
 
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),

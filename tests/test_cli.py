@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,14 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1001_and_exits_0()
             process.kill()
             await process.wait()
         await backend.stop()
+
+
+def test_serve_says_clearly_when_the_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--config", "routes.yaml", env={"EDGE_SECRET": SECRET, "PORT": str(port)})
+    assert result.returncode == 1
+    assert f"cannot listen on 0.0.0.0:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -245,3 +245,12 @@ async def test_backend_breaking_off_mid_body_truncates_the_response(sidecar: Sid
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
+
+
+async def test_head_and_server_header(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.head(http(sidecar, "/cookies")) as r:
+            assert r.status == 200
+            assert await r.read() == b""
+        async with s.get(http(sidecar, "/nope/ws"), headers={"Upgrade": "websocket", "Connection": "Upgrade"}) as r:
+            assert r.headers["Server"] == "sidecar"  # not aiohttp's name and version

@@ -173,7 +173,7 @@ class Backend:
         # handler_cancellation: a hanging handler ends when the sidecar hangs up.
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
         self.port = site.port
         return self
@@ -181,3 +181,16 @@ class Backend:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+async def _serve_forever(port: int) -> None:
+    backend = Backend(port=port)
+    await backend.start()
+    print(f"test backend: WebSocket echo on ws://127.0.0.1:{backend.port}/edge/ws, HTTP echo on every other path")
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # python -m tests.upstream [PORT]: a backend to try the sidecar against
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 8000))
