@@ -21,7 +21,11 @@ protocol fault (1002/1007/  the same code           sidecar
 sidecar stops the session   its code (e.g. 1001)    sidecar
 ==========================  ======================  ==============================
 
-1005, 1006 and 1015 are never put on the wire (RFC 6455 section 7.4.1).
+A close frame is relayed as a closing handshake (RFC 6455 section 7.1.2): the
+other side gets it, the other direction keeps flowing until that side's close
+reply arrives, and the reply goes back to the initiator. Messages in flight when
+a peer closes are delivered, not dropped. 1005, 1006 and 1015 are never put on the
+wire (RFC 6455 section 7.4.1).
 """
 
 from __future__ import annotations
