@@ -7,7 +7,12 @@ on the metrics listener.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -31,15 +36,8 @@ class Metrics:
         self.ws_connections = Counter(
             "sidecar_ws_connections", "WebSocket sessions established.", ["route"], registry=r
         )
-        self.ws_messages = Counter(
-            "sidecar_ws_messages",
-            "WebSocket messages relayed; direction is upstream (client to backend) or downstream.",
-            ["route", "direction"],
-            registry=r,
-        )
-        self.ws_bytes = Counter(
-            "sidecar_ws_bytes", "WebSocket payload bytes relayed.", ["route", "direction"], registry=r
-        )
+        self.relayed = RelayCollector()
+        r.register(self.relayed)
         self.ws_closes = Counter(
             "sidecar_ws_closes",
             "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
@@ -71,3 +69,54 @@ class Metrics:
             ["route"],
             registry=r,
         )
+
+
+@dataclass(eq=False)
+class Tally:
+    """What one session relayed in one direction (``upstream``: client to backend,
+    ``downstream``). Plain ints on the relay's hot path; :class:`RelayCollector`
+    adds them up only when Prometheus scrapes."""
+
+    route: str
+    direction: str
+    messages: int = 0
+    bytes: int = 0
+
+
+class RelayCollector(Collector):
+    """``sidecar_ws_messages_total`` and ``sidecar_ws_bytes_total``: the sessions that
+    ended plus, at scrape time, the ones still open."""
+
+    def __init__(self) -> None:
+        self._live: set[Tally] = set()
+        self._ended: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def open(self, route: str, direction: str) -> Tally:
+        tally = Tally(route, direction)
+        self._live.add(tally)
+        return tally
+
+    def close(self, tally: Tally) -> None:
+        self._live.discard(tally)
+        key = (tally.route, tally.direction)
+        messages, nbytes = self._ended.get(key, (0, 0))
+        self._ended[key] = (messages + tally.messages, nbytes + tally.bytes)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals = dict(self._ended)
+        for tally in list(self._live):
+            key = (tally.route, tally.direction)
+            messages, nbytes = totals.get(key, (0, 0))
+            totals[key] = (messages + tally.messages, nbytes + tally.bytes)
+        labels = ["route", "direction"]
+        messages_family = CounterMetricFamily(
+            "sidecar_ws_messages",
+            "WebSocket messages relayed; direction is upstream (client to backend) or downstream.",
+            labels=labels,
+        )
+        bytes_family = CounterMetricFamily("sidecar_ws_bytes", "WebSocket payload bytes relayed.", labels=labels)
+        for (route, direction), (messages, nbytes) in sorted(totals.items()):
+            messages_family.add_metric([route, direction], messages)
+            bytes_family.add_metric([route, direction], nbytes)
+        yield messages_family
+        yield bytes_family

@@ -38,6 +38,8 @@ from typing import Literal, Protocol
 from aiohttp import WSMsgType
 from aiohttp.http_websocket import WebSocketError
 
+from .metrics import Tally
+
 Side = Literal["client", "upstream"]
 Initiator = Literal["client", "upstream", "sidecar"]
 
@@ -53,20 +55,6 @@ class Leg(Protocol):
     async def receive(self, timeout: float | None = None) -> object: ...  # noqa: ASYNC109
     async def send_frame(self, message: bytes, opcode: WSMsgType, compress: int | None = None) -> None: ...
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
-
-
-class Counter(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
-@dataclass
-class Direction:
-    """Per-direction tallies: local ints for the log line, Prometheus children for scraping."""
-
-    messages_metric: Counter
-    bytes_metric: Counter
-    messages: int = 0
-    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,10 +83,9 @@ class _Stopped:
     fault: bool = False  # aiohttp failed the leg (protocol error, too big) and sent ``code``
 
 
-async def _pump(src: Leg, dst: Leg, side: Side, tally: Direction) -> _Stopped | None:
+async def _pump(src: Leg, dst: Leg, side: Side, tally: Tally) -> _Stopped | None:
     """Relay ``src``'s messages to ``dst``. ``None`` means stopped by the other side."""
     text, binary = WSMsgType.TEXT, WSMsgType.BINARY
-    count_messages, count_bytes = tally.messages_metric.inc, tally.bytes_metric.inc
     while True:
         msg = await src.receive()
         kind = msg.type  # type: ignore[attr-defined]
@@ -108,11 +95,8 @@ async def _pump(src: Leg, dst: Leg, side: Side, tally: Direction) -> _Stopped | 
                 await dst.send_frame(data, kind)
             except ConnectionError:
                 return None  # dst is closing; its own pump reports why
-            size = len(data)
             tally.messages += 1
-            tally.bytes += size
-            count_messages()
-            count_bytes(size)
+            tally.bytes += len(data)
         elif kind is WSMsgType.CLOSE:
             return _Stopped(side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
         elif kind is WSMsgType.CLOSING:
@@ -126,8 +110,8 @@ async def _pump(src: Leg, dst: Leg, side: Side, tally: Direction) -> _Stopped | 
 async def relay(
     client: Leg,
     upstream: Leg,
-    upstream_tally: Direction,
-    downstream_tally: Direction,
+    upstream_tally: Tally,
+    downstream_tally: Tally,
     stop: asyncio.Future[tuple[int, str]],
     *,
     close_timeout: float,

@@ -18,7 +18,7 @@ from .handshake import handshake_problem, offered_protocols
 from .logs import event
 from .reasons import Reason, Rejection
 from .rejection import reject
-from .relay import Direction, End, relay
+from .relay import End, relay
 from .routing import CanonicalPath
 from .runtime import Runtime, Session
 from .upstream import connect_websocket, forward_headers, rejection_for, upstream_url
@@ -83,16 +83,16 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
     )
     session = Session(route, agent_id, loop.create_future())
     rt.sessions.add(session)
-    up = Direction(metrics.ws_messages.labels(route.name, "upstream"), metrics.ws_bytes.labels(route.name, "upstream"))
-    down = Direction(
-        metrics.ws_messages.labels(route.name, "downstream"), metrics.ws_bytes.labels(route.name, "downstream")
-    )
+    up = metrics.relayed.open(route.name, "upstream")
+    down = metrics.relayed.open(route.name, "downstream")
     opened = loop.time()
     end = End("sidecar", 1011, "sidecar error")
     try:
         end = await relay(client, upstream, up, down, session.stop, close_timeout=rt.close_timeout)
     finally:
         rt.sessions.discard(session)
+        metrics.relayed.close(up)
+        metrics.relayed.close(down)
         active.dec()
         duration = loop.time() - opened
         metrics.ws_session_duration.labels(route.name).observe(duration)

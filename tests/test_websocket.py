@@ -401,6 +401,8 @@ async def test_metrics_count_messages_bytes_and_connections(sidecar: Sidecar) ->
     async with ws_connect(sidecar) as ws:
         await ws.send(b"12345")
         await ws.recv()
+        # counted while the session is still open, not only when it ends
+        assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="downstream") == 1
         await ws.send("abc")
         await ws.recv()
     await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
