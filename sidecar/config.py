@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .headers import is_reserved
+
 Severity = Literal["error", "warning"]
 T = TypeVar("T")
 
@@ -107,6 +109,17 @@ class Config:
     log_format: Literal["json", "text"] = "json"
     source: str = "<memory>"
     digest: str = ""
+
+
+def identity_headers(config: Config) -> frozenset[str]:
+    """Lower-cased names of the headers the sidecar vouches for: every auth policy's
+    agent id header and forward header. A client's copy is never passed upstream."""
+    names: set[str] = set()
+    for policy in config.auth.values():
+        rule = policy.agent_id
+        if rule is not None:
+            names |= {h.lower() for h in (rule.header, rule.forward_header) if h}
+    return frozenset(names)
 
 
 def digest_secret(value: str) -> bytes:
@@ -494,6 +507,8 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
         if key in m and (value := ld.string(m[key], f"{where}.{key}")) is not None:
             if not _HEADER.fullmatch(value):
                 ld.error(m[key], f"{where}.{key}: {value!r} is not a valid header name")
+            elif is_reserved(value):
+                ld.error(m[key], f"{where}.{key}: {value!r} is a header the sidecar or HTTP itself owns")
             else:
                 kwargs[key] = value
     if "query" in m and (query := ld.string(m["query"], f"{where}.query")) is not None:

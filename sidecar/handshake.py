@@ -7,10 +7,7 @@ import binascii
 
 from multidict import MultiMapping
 
-
-def tokens(headers: MultiMapping[str], name: str) -> set[str]:
-    """The comma-separated tokens of every ``name`` header, lower-cased."""
-    return {t.strip().lower() for value in headers.getall(name, ()) for t in value.split(",")}
+from .headers import tokens
 
 
 def wants_websocket(headers: MultiMapping[str]) -> bool:

@@ -15,13 +15,13 @@ from multidict import CIMultiDict, MultiMapping
 
 from .auth import admit
 from .config import Route
-from .handshake import tokens
+from .headers import HOP_BY_HOP, tokens
 from .logs import event
 from .reasons import Rejection
 from .rejection import reject
 from .routing import CanonicalPath
 from .runtime import Runtime
-from .upstream import HOP_BY_HOP, SKIP_AUTO_HEADERS, forward_headers, rejection_for, upstream_url
+from .upstream import SKIP_AUTO_HEADERS, forward_headers, rejection_for, upstream_url
 
 
 async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
@@ -33,7 +33,13 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
     target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
     url = upstream_url(route.upstream, target, request.rel_url.raw_query_string)
     headers = forward_headers(
-        request.headers, route, admission.agent_id, remote=request.remote, scheme=request.scheme, host=request.host
+        request.headers,
+        route,
+        admission.agent_id,
+        identity=rt.identity_headers,
+        remote=request.remote,
+        scheme=request.scheme,
+        host=request.host,
     )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout

@@ -17,9 +17,15 @@ from .config import Route
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _HEX = frozenset(string.hexdigits)
-# Bytes that are refused whether raw or percent-encoded: separators a backend
-# may reinterpret (backslash, ';' path parameters) and control characters.
-_REFUSED = frozenset(b"\\;") | frozenset(range(0x20)) | {0x7F}
+# What may stand unescaped in a path (RFC 3986 section 3.3: pchar and '/'), less
+# ';', which some backends read as path parameters. Anything else raw ('#', '\\',
+# space, '"', '<', non-ASCII ...) is refused: a backend or client library could
+# cut the path there or read it differently.
+_RAW_OK = frozenset(_UNRESERVED | set("!$&'()*+,=:@/"))
+# Bytes refused even percent-encoded: separators a backend may reinterpret ('\\',
+# ';'), '%' itself (a double-decoding backend would see a second escape) and
+# control characters. An encoded '/' is refused too (below).
+_REFUSED = frozenset(b"\\;%") | frozenset(range(0x20)) | {0x7F}
 
 
 class BadPath(ValueError):
@@ -64,10 +70,9 @@ def canonicalize(raw: str) -> CanonicalPath:
             wire.append(chr(byte) if chr(byte) in _UNRESERVED else "%" + hexpair.upper())
             i += 3
             continue
-        code = ord(ch)
-        if code > 0x7E or code <= 0x20 or code in _REFUSED:
+        if ch not in _RAW_OK:
             raise BadPath(f"refused character {ch!r}")
-        decoded.append(code)
+        decoded.append(ord(ch))
         wire.append(ch)
         i += 1
     try:

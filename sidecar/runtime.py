@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from .config import Config, Route
+from .config import Config, Route, identity_headers
 from .metrics import Metrics
 from .routing import Router
 
@@ -30,6 +30,10 @@ class Runtime:
     close_timeout: float = 5.0
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    identity_headers: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity_headers = identity_headers(self.config)
 
     def http(self) -> aiohttp.ClientSession:
         assert self.client is not None, "the app has not started"

@@ -13,24 +13,8 @@ from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from .config import Route, Upstream
-from .handshake import tokens
+from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
 from .reasons import Reason, Rejection
-
-# RFC 9110 section 7.6.1: hop-by-hop fields, plus the ones the sidecar owns. Any
-# field named in Connection is hop-by-hop too (removed in forward_headers).
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "proxy-authorization", "proxy-authenticate", "http2-settings",
-    }
-)  # fmt: skip
-_SIDECAR_OWNED = frozenset({"host", "expect", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-_WEBSOCKET_OWNED = frozenset(
-    {
-        "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-        "sec-websocket-protocol", "sec-websocket-accept", "content-length",
-    }
-)  # fmt: skip
 
 # What aiohttp's client would otherwise add on its own: the backend sees only what
 # the client sent (plus the forwarding headers).
@@ -47,20 +31,25 @@ def forward_headers(
     route: Route,
     agent_id: str | None,
     *,
+    identity: frozenset[str],
     remote: str | None,
     scheme: str,
     host: str,
 ) -> CIMultiDict[str]:
-    """The request's end-to-end headers, minus what the sidecar owns, plus its own."""
-    drop = HOP_BY_HOP | _SIDECAR_OWNED | tokens(headers, "Connection")
+    """The request's end-to-end headers, minus what the sidecar owns, plus its own.
+
+    ``identity`` names the headers the sidecar vouches for (the agent id headers of
+    every auth policy): a client's copy never passes, on any route, catch-all included.
+    """
+    drop = HOP_BY_HOP | SIDECAR_OWNED | identity | tokens(headers, "Connection")
     if route.websocket:
-        drop |= _WEBSOCKET_OWNED
+        drop |= WEBSOCKET_OWNED
     if route.auth is not None and not route.forward_authorization:
         drop |= {"authorization"}
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in drop and not k.lower().startswith(FORWARDED_PREFIX)
+    )
     rule = route.auth.agent_id if route.auth is not None else None
-    if rule is not None:
-        drop |= {h.lower() for h in (rule.header, rule.forward_header) if h}
-    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
     # Set after the Connection-token filtering: a client cannot strip these.
     if rule is not None and agent_id is not None:
         out[rule.forward_header] = agent_id

@@ -38,7 +38,13 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
 
     url = upstream_url(route.upstream, route.upstream_path or path.wire, request.rel_url.raw_query_string)
     headers = forward_headers(
-        request.headers, route, agent_id, remote=request.remote, scheme=request.scheme, host=request.host
+        request.headers,
+        route,
+        agent_id,
+        identity=rt.identity_headers,
+        remote=request.remote,
+        scheme=request.scheme,
+        host=request.host,
     )
     try:
         upstream = await connect_websocket(

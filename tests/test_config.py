@@ -464,6 +464,16 @@ ONE_MISTAKE = [
         "6: error: auth.e.agent_id.header: 'X Id' is not a valid header name",
     ),
     (
+        "forward-header-host",
+        BASE.replace("    bearer:", "    agent_id: {forward_header: Host}\n    bearer:"),
+        "6: error: auth.e.agent_id.forward_header: 'Host' is a header the sidecar or HTTP itself owns",
+    ),
+    (
+        "header-x-forwarded",
+        BASE.replace("    bearer:", "    agent_id: {header: X-Forwarded-User}\n    bearer:"),
+        "6: error: auth.e.agent_id.header: 'X-Forwarded-User' is a header the sidecar or HTTP itself owns",
+    ),
+    (
         "agent-id-unknown-key",
         BASE.replace("    bearer:", "    agent_id: {headr: X-Id}\n    bearer:"),
         "6: error: auth.e.agent_id: unknown key 'headr' (expected one of: forward_header, header, pattern, "

@@ -7,7 +7,8 @@ import base64
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.handshake import handshake_problem, offered_protocols, tokens, wants_websocket
+from sidecar.handshake import handshake_problem, offered_protocols, wants_websocket
+from sidecar.headers import tokens
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()  # 16 bytes
 VALID = [

@@ -34,7 +34,6 @@ ACCEPTED = [
     ("/%2a", "/*", "/%2A"),  # other escapes are kept, hex upper-cased
     ("/a%3a", "/a:", "/a%3A"),
     ("/a%20b", "/a b", "/a%20b"),
-    ("/a%25b", "/a%b", "/a%25b"),
     ("/%C3%A9", "/\u00e9", "/%C3%A9"),
     ("/%e2%82%ac", "/\u20ac", "/%E2%82%AC"),
     ("/...", "/...", "/..."),  # three dots is a name, not a dot segment
@@ -78,6 +77,14 @@ REFUSED = [
     ("/edge/ws\r\n", "refused character '\\r'"),
     ("/edge/ws\t", "refused character '\\t'"),
     ("/edge ws", "refused character ' '"),
+    ("/edge/message#x", "refused character '#'"),
+    ("/edge/ws#", "refused character '#'"),
+    ('/edge/"ws"', "refused character '\"'"),
+    ("/edge/<ws>", "refused character '<'"),
+    ("/edge/ws|x", "refused character '|'"),
+    ("/edge/wsé", "refused character 'é'"),
+    ("/edge%252Fmessage", "refused character %25"),
+    ("/a%25b", "refused character %25"),
     ("/edge\x7f", "refused character '\\x7f'"),
     ("/edge%7F", "refused character %7F"),
     ("/\u00e9", "refused character '\u00e9'"),
