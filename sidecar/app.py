@@ -13,6 +13,7 @@ import logging
 import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.typedefs import Handler
 
 from .config import Config, Route
 from .deadline import HeaderDeadline
@@ -32,15 +33,22 @@ HANDLER_ARGS = {"max_field_size": 8190, "max_line_size": 8190, "max_headers": 10
 
 def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDeadline | None = None) -> web.Application:
     rt = Runtime(config=config, router=Router(config.routes), metrics=metrics or Metrics())
+    # dispatch is the last middleware and never calls aiohttp's handler: every
+    # request reaches it, whatever aiohttp's router would have made of the target
+    # ('*', a newline in the path ...). The router has no routes at all.
     middlewares = [deadline.middleware] if deadline is not None else []
-    app = web.Application(middlewares=middlewares, handler_args=HANDLER_ARGS)
+    app = web.Application(middlewares=[*middlewares, _dispatch], handler_args=HANDLER_ARGS)
     app[RUNTIME] = rt
-    app.router.add_route("*", "/{tail:.*}", dispatch)
     app.on_response_prepare.append(_server_header)
     app.on_startup.append(_open_client)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_client)
     return app
+
+
+@web.middleware
+async def _dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await dispatch(request)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

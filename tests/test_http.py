@@ -212,6 +212,14 @@ async def test_near_misses_of_an_authenticated_path_do_not_fall_through(
     assert backend.seen == []
 
 
+@pytest.mark.parametrize("target", ["*", "/x%0Ay", "http://evil/edge/message"])
+async def test_every_request_target_gets_the_sidecars_answer(sidecar: Sidecar, backend: Backend, target: str) -> None:
+    response = await raw(sidecar.port, f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b"X-Sidecar-Reason: bad_path" in response
+    assert backend.seen == []
+
+
 async def test_encoded_unreserved_characters_still_need_the_auth(sidecar: Sidecar, backend: Backend) -> None:
     response = await raw(
         sidecar.port, b"POST /%65dge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
