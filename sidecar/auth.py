@@ -39,6 +39,20 @@ def check_bearer(authorization: Sequence[str], policy: AuthPolicy) -> Reason | N
     return None if matched else Reason.INVALID_TOKEN
 
 
+def www_authenticate(reason: Reason, authorization: Sequence[str]) -> str:
+    """The challenge for a 401 (RFC 6750 section 3): ``error=`` only where a Bearer
+    credential was presented; none when the request had no credentials or used
+    another scheme (section 3.1)."""
+    challenge = 'Bearer realm="sidecar"'
+    if reason is Reason.INVALID_TOKEN:
+        return challenge + ', error="invalid_token"'
+    if reason is Reason.MALFORMED_TOKEN and (
+        len(authorization) > 1 or authorization[0].strip(" \t")[:6].lower() == "bearer"
+    ):
+        return challenge + ', error="invalid_request"'
+    return challenge
+
+
 @dataclass(frozen=True)
 class Admission:
     """``reason`` None means admitted. ``agent_id`` is set only when it is valid."""

@@ -111,12 +111,6 @@ _SPECS: dict[Reason, _Spec] = {
     ),
 }
 
-# Values for RFC 6750 section 3.1 ``error=`` on 401s, where one applies.
-BEARER_ERRORS: dict[Reason, str] = {
-    Reason.MALFORMED_TOKEN: "invalid_request",
-    Reason.INVALID_TOKEN: "invalid_token",
-}
-
 
 @dataclass(frozen=True)
 class Rejection:

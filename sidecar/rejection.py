@@ -14,7 +14,8 @@ from aiohttp import web
 from .config import Route
 from .logs import event
 from .metrics import NO_ROUTE
-from .reasons import BEARER_ERRORS, Reason, Rejection
+from .auth import www_authenticate
+from .reasons import Reason, Rejection
 from .runtime import Runtime
 
 
@@ -45,9 +46,7 @@ def reject(
         body["upstream_status"] = rejection.upstream_status
         headers["X-Sidecar-Upstream-Status"] = str(rejection.upstream_status)
     if reason.status == 401:
-        # RFC 6750 section 3: no error code when the request carried no credentials.
-        error = BEARER_ERRORS.get(reason)
-        headers["WWW-Authenticate"] = 'Bearer realm="sidecar"' + (f', error="{error}"' if error else "")
+        headers["WWW-Authenticate"] = www_authenticate(reason, request.headers.getall("Authorization", ()))
     if reason is Reason.NOT_WEBSOCKET:
         headers["Upgrade"] = "websocket"  # RFC 9110 section 15.5.22
         headers["Connection"] = "Upgrade"

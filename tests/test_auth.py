@@ -7,7 +7,7 @@ import re
 import pytest
 from multidict import CIMultiDict, MultiDict
 
-from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id
+from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id, www_authenticate
 from sidecar.config import AgentIdRule, AuthPolicy, digest_secret, load_config
 from sidecar.reasons import Reason
 
@@ -191,3 +191,21 @@ def test_admit_rule_with_header_only() -> None:
     assert admit(only_header, CIMultiDict({"Authorization": GOOD}), query) == Admission(None, Reason.MISSING_AGENT_ID)
     headers = CIMultiDict({"Authorization": GOOD, "x-id": "edge_1"})
     assert admit(only_header, headers, MultiDict()) == Admission("edge_1")
+
+
+CHALLENGE = 'Bearer realm="sidecar"'
+
+
+@pytest.mark.parametrize(
+    ("reason", "authorization", "expected"),
+    [
+        (Reason.MISSING_TOKEN, [], CHALLENGE),  # no credentials: no error code (RFC 6750 section 3.1)
+        (Reason.MALFORMED_TOKEN, ["Basic dXNlcjpwYXNz"], CHALLENGE),  # another scheme: likewise
+        (Reason.MALFORMED_TOKEN, ["Bearer"], CHALLENGE + ', error="invalid_request"'),
+        (Reason.MALFORMED_TOKEN, ["bearer a b"], CHALLENGE + ', error="invalid_request"'),
+        (Reason.MALFORMED_TOKEN, ["Bearer a", "Bearer b"], CHALLENGE + ', error="invalid_request"'),
+        (Reason.INVALID_TOKEN, ["Bearer nope"], CHALLENGE + ', error="invalid_token"'),
+    ],
+)
+def test_www_authenticate(reason: Reason, authorization: list[str], expected: str) -> None:
+    assert www_authenticate(reason, authorization) == expected

@@ -258,6 +258,8 @@ async def test_401s_carry_www_authenticate_with_rfc6750_error(sidecar: Sidecar) 
     assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar"'
     _, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "Authorization": "Bearer"})
     assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar", error="invalid_request"'
+    _, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "Authorization": "Basic eDp5"})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar"'  # another scheme: no error code
     _, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "Authorization": "Bearer nope"})
     assert headers["WWW-Authenticate"] == 'Bearer realm="sidecar", error="invalid_token"'
 
