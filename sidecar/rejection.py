@@ -11,10 +11,10 @@ import logging
 
 from aiohttp import web
 
+from .auth import www_authenticate
 from .config import Route
 from .logs import event
 from .metrics import NO_ROUTE
-from .auth import www_authenticate
 from .reasons import Reason, Rejection
 from .runtime import Runtime
 
