@@ -16,7 +16,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.typedefs import Handler
 
 from .config import Config, Route
-from .deadline import HeaderDeadline
+from .connection import MAX_HEAD_BYTES, HeaderDeadline
 from .handshake import wants_websocket
 from .httpproxy import proxy_http
 from .logs import event
@@ -27,9 +27,6 @@ from .routing import BadPath, CanonicalPath, Router, canonicalize
 from .runtime import RUNTIME, Runtime
 from .websocket import handle_websocket
 
-# Request-head limits (aiohttp answers 400 past them): 8 KiB a line, 100 fields.
-HANDLER_ARGS = {"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100}
-
 
 def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDeadline | None = None) -> web.Application:
     rt = Runtime(config=config, router=Router(config.routes), metrics=metrics or Metrics())
@@ -37,7 +34,7 @@ def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDea
     # request reaches it, whatever aiohttp's router would have made of the target
     # ('*', a newline in the path ...). The router has no routes at all.
     middlewares = [deadline.middleware] if deadline is not None else []
-    app = web.Application(middlewares=[*middlewares, _dispatch], handler_args=HANDLER_ARGS)
+    app = web.Application(middlewares=[*middlewares, _dispatch])
     app[RUNTIME] = rt
     app.on_response_prepare.append(_server_header)
     app.on_startup.append(_open_client)
@@ -53,6 +50,10 @@ async def _dispatch(request: web.Request, handler: Handler) -> web.StreamRespons
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
+    if sum(len(name) + len(value) + 4 for name, value in request.raw_headers) > MAX_HEAD_BYTES:
+        response = reject(request, rt, Rejection(Reason.HEADERS_TOO_LARGE), None, websocket=False)
+        response.force_close()
+        return response
     if wants_websocket(request.headers):
         target = _route(request, rt, websocket=True)
         if isinstance(target, web.StreamResponse):

@@ -21,6 +21,8 @@ class _Spec:
 class Reason(enum.Enum):
     """Why the sidecar refused a request. ``value`` is the wire code."""
 
+    BAD_REQUEST = "bad_request"
+    HEADERS_TOO_LARGE = "headers_too_large"
     NO_ROUTE = "no_route"
     BAD_PATH = "bad_path"
     NOT_WEBSOCKET = "not_websocket"
@@ -45,6 +47,16 @@ class Reason(enum.Enum):
 
 
 _SPECS: dict[Reason, _Spec] = {
+    Reason.BAD_REQUEST: _Spec(
+        400,
+        "The request is not valid HTTP/1.1 (request line or header syntax). Check the "
+        "client or anything rewriting requests in between.",
+    ),
+    Reason.HEADERS_TOO_LARGE: _Spec(
+        431,
+        "The request head is too large: a line over 8 KiB, more than 100 header fields, "
+        "or more than 32 KiB in all. Send fewer or smaller headers.",
+    ),
     Reason.NO_ROUTE: _Spec(
         404,
         "No route has this path. Use one of the WebSocket paths listed in "

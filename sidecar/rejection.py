@@ -10,6 +10,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from .auth import www_authenticate
 from .config import Route
@@ -20,7 +21,7 @@ from .runtime import Runtime
 
 
 def reject(
-    request: web.Request,
+    request: BaseRequest,
     rt: Runtime,
     rejection: Rejection,
     route: Route | None,

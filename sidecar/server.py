@@ -9,13 +9,17 @@ import socket
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import make_app
 from .config import Config
-from .deadline import HeaderDeadline
+from .connection import HEAD_LIMITS, Connection, HeaderDeadline
 from .logs import event
 from .metrics import Metrics
+from .reasons import Reason, Rejection
+from .rejection import reject
+from .runtime import RUNTIME
 
 
 @dataclass
@@ -46,12 +50,28 @@ async def start(
     metrics = metrics or Metrics()
     deadline = HeaderDeadline(config.header_timeout)
     app = make_app(config, metrics, deadline)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    assert runner.server is not None
+    manager = runner.server
+    assert manager is not None
+    rt = app[RUNTIME]
     loop = asyncio.get_running_loop()
+
+    def refuse(request: BaseRequest, reason: Reason) -> web.StreamResponse:
+        return reject(request, rt, Rejection(reason), None, websocket=False)
+
+    def connection() -> Connection:
+        return Connection(
+            manager,
+            refuse=refuse,
+            loop=loop,
+            access_log=None,
+            keepalive_timeout=75.0,
+            **HEAD_LIMITS,
+        )
+
     server = await loop.create_server(
-        deadline.wrap(runner.server),
+        deadline.wrap(connection),
         config.listen_host,
         config.port if port is None else port,
         reuse_address=True,

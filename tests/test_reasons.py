@@ -11,6 +11,8 @@ from sidecar.reasons import Reason, Rejection
 # The table: wire code -> HTTP status. Written out, not derived, so a
 # changed status or a renamed code fails here.
 EXPECTED = {
+    "bad_request": 400,
+    "headers_too_large": 431,
     "no_route": 404,
     "bad_path": 400,
     "not_websocket": 426,
@@ -55,7 +57,7 @@ def test_value_is_snake_case_of_the_member_name(reason: Reason) -> None:
 def test_values_and_messages_are_unique() -> None:
     values = [r.value for r in Reason]
     messages = [r.message for r in Reason]
-    assert len(set(values)) == len(values) == 13
+    assert len(set(values)) == len(values) == 15
     assert len(set(messages)) == len(messages)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -375,14 +376,41 @@ async def test_handshake_headers_not_arriving_in_time_are_cut_off(
     writer.close()
 
 
-async def test_oversized_headers_are_refused(sidecar: Sidecar, backend: Backend) -> None:
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"X-Big: " + b"a" * 20000 + b"\r\n",  # one line over 8 KiB
+        b"".join(b"X-H%d: v\r\n" % i for i in range(150)),  # too many fields
+        b"".join(b"X-H%d: " % i + b"a" * 8000 + b"\r\n" for i in range(60)),  # too much in all
+    ],
+    ids=["long-line", "many-fields", "large-total"],
+)
+async def test_oversized_headers_are_refused_with_431(sidecar: Sidecar, backend: Backend, head: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), 10)
-    assert status_line.split()[1] in (b"400", b"431")
+    response = await asyncio.wait_for(reader.read(), 10)
     writer.close()
+    assert response.split(b"\r\n")[0].split()[1] == b"431"
+    assert b"X-Sidecar-Reason: headers_too_large" in response
     assert backend.seen == []
+
+
+async def test_unparseable_request_gets_a_reason_and_never_echoes_the_token(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    # a bare LF ends the Authorization line: aiohttp's own answer would quote it
+    writer.write(f"GET /edge/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\nX: y\r\n\r\n".encode())
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert response.split(b"\r\n")[0].split()[1] == b"400"
+    assert b"X-Sidecar-Reason: bad_request" in response
+    assert SECRET.encode() not in response
+    assert all(SECRET not in r.getMessage() and not r.exc_info for r in caplog.records)
+    assert sidecar.sample("sidecar_http_rejections_total", route="none", reason="bad_request") == 1
 
 
 async def test_stopping_the_sidecar_closes_sessions_with_1001_on_both_legs(
