@@ -51,9 +51,9 @@ async def _dispatch(request: web.Request, handler: Handler) -> web.StreamRespons
 async def dispatch(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     if sum(len(name) + len(value) + 4 for name, value in request.raw_headers) > MAX_HEAD_BYTES:
-        response = reject(request, rt, Rejection(Reason.HEADERS_TOO_LARGE), None, websocket=False)
-        response.force_close()
-        return response
+        too_large = reject(request, rt, Rejection(Reason.HEADERS_TOO_LARGE), None, websocket=False)
+        too_large.force_close()
+        return too_large
     if wants_websocket(request.headers):
         target = _route(request, rt, websocket=True)
         if isinstance(target, web.StreamResponse):

@@ -84,8 +84,9 @@ class _Stopped:
 
 
 async def _pump(src: Leg, dst: Leg, side: Side, tally: Tally) -> _Stopped | None:
-    """Relay ``src``'s messages to ``dst``. ``None`` means stopped by the other side."""
-    text, binary = WSMsgType.TEXT, WSMsgType.BINARY
+    """Relay ``src``'s messages, pings and pongs to ``dst``. ``None`` means stopped
+    because ``dst`` is closing, or by the other side."""
+    text, binary, ping, pong = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG
     while True:
         msg = await src.receive()
         kind = msg.type  # type: ignore[attr-defined]
@@ -97,6 +98,12 @@ async def _pump(src: Leg, dst: Leg, side: Side, tally: Tally) -> _Stopped | None
                 return None  # dst is closing; its own pump reports why
             tally.messages += 1
             tally.bytes += len(data)
+        elif kind is ping or kind is pong:
+            # End to end, so each peer's liveness checks reach the other peer.
+            try:
+                await dst.send_frame(msg.data, kind)  # type: ignore[attr-defined]
+            except ConnectionError:
+                return None
         elif kind is WSMsgType.CLOSE:
             return _Stopped(side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
         elif kind is WSMsgType.CLOSING:
@@ -119,10 +126,14 @@ async def relay(
     """Run both pumps until one side ends, then close the other side properly.
 
     ``stop`` lets the sidecar end the session itself: its result is the
-    (code, reason) for the client; the upstream is sent 1001.
+    (code, reason) for the client; the upstream is sent 1001. Every close is
+    bounded by ``close_timeout``; a peer that does not take its close frame in
+    time has its connection aborted. When this returns, both sockets are closed
+    or closing, and neither pump task is left running.
     """
     up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally))
     down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally))
+    closing = _Closer(close_timeout)
     pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
     first: _Stopped | None = None
     try:
@@ -130,7 +141,7 @@ async def relay(
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if stop in done:
                 code, reason = stop.result()
-                await _close_both(client, upstream, code, reason)
+                await closing.both(client, upstream, code, reason)
                 return End("sidecar", code, reason)
             for task in (up, down):
                 if task in done and first is None:
@@ -138,61 +149,99 @@ async def relay(
         if first is None:  # both pumps found their destination closing
             first = _Stopped("client", None)
         other_pump = down if first.side == "client" else up
-        return await _finish(first, client, upstream, other_pump, close_timeout)
+        return await _finish(first, client, upstream, other_pump, closing)
     except BaseException:
         # Cancelled or failed: still leave neither peer without a close frame.
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(_close_both(client, upstream, 1011, "sidecar error"), 1.0)
+        with contextlib.suppress(Exception):
+            await closing.both(client, upstream, 1011, "sidecar error")
         raise
     finally:
         for task in (up, down):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.wait({up, down})  # our own cancellation still propagates
+        for task in (up, down):
+            if not task.cancelled():
+                task.exception()  # retrieved: a pump's failure is not "never retrieved"
+        closing.release(client)
+        closing.release(upstream)
 
 
 async def _finish(
-    first: _Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[_Stopped | None], close_timeout: float
+    first: _Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[_Stopped | None], closing: _Closer
 ) -> End:
     origin, other = (client, upstream) if first.side == "client" else (upstream, client)
     if first.code is None:
-        await other.close(code=_VANISHED_CODE[first.side], message=_VANISHED_REASON[first.side])
+        await closing.close(other, _VANISHED_CODE[first.side], _VANISHED_REASON[first.side])
         return End(first.side, ABNORMAL)
     code = on_the_wire(first.code)
     if first.fault:
         # aiohttp already sent ``code`` to the faulty side; tell the other why.
-        await other.close(code=code, message=f"{first.side}: {first.reason}".encode()[:123])
+        await closing.close(other, code, f"{first.side}: {first.reason}".encode())
         return End("sidecar", code, first.reason)
     # The closing handshake, relayed (RFC 6455 section 7.1.2): pass the close frame
     # on, keep relaying what the other side still sends until its close arrives,
-    # then answer the initiator with that (normally the echo of its own code).
-    reason = first.reason.encode("utf-8")[:123]
+    # then answer the initiator with that reply (normally its own code echoed).
+    reason = first.reason.encode("utf-8")
     reply: _Stopped | None = None
     with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-        await other.send_frame(code.to_bytes(2, "big") + reason, WSMsgType.CLOSE)
-        reply = await asyncio.wait_for(asyncio.shield(other_pump), close_timeout)
-    echo = code if reply is None or reply.code is None or reply.fault else on_the_wire(reply.code)
-    await origin.close(code=echo, message=reason)
-    await _drop(other)
+        await asyncio.wait_for(other.send_frame(_close_payload(code, reason), WSMsgType.CLOSE), closing.timeout)
+        reply = await asyncio.wait_for(asyncio.shield(other_pump), closing.timeout)
+    if reply is not None and reply.code is not None and not reply.fault:
+        await closing.close(origin, on_the_wire(reply.code), reply.reason.encode("utf-8"))
+    else:
+        await closing.close(origin, code, reason)
+    await closing.drop(other)
     return End(first.side, first.code or 1005, first.reason)  # an empty close frame reads as 1005
 
 
-async def _drop(leg: Leg) -> None:
-    """End a leg whose closing handshake is already done, without a second close frame.
+def _close_payload(code: int, reason: bytes) -> bytes:
+    return code.to_bytes(2, "big") + reason[:123]  # a control frame carries 125 bytes at most
 
-    aiohttp's ``close()`` always writes one; closing its transport first makes that
-    write a no-op, and ``close()`` then only releases aiohttp's state.
+
+class _Closer:
+    """Closes legs within a time limit, aborting a connection that does not keep it.
+
+    aiohttp's ``close()`` waits for the write buffer to drain with no limit of its own,
+    so a peer that has stopped reading would hold it, and the session, for ever.
     """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    async def close(self, leg: Leg, code: int, reason: bytes) -> None:
+        try:
+            await asyncio.wait_for(leg.close(code=code, message=reason[:123]), self.timeout)
+        except (TimeoutError, ConnectionError):
+            transport = _transport(leg)
+            if transport is not None:
+                transport.abort()
+
+    async def both(self, client: Leg, upstream: Leg, code: int, reason: str) -> None:
+        await asyncio.gather(
+            self.close(client, code, reason.encode()),
+            self.close(upstream, 1001, b"sidecar closing the session"),
+        )
+
+    async def drop(self, leg: Leg) -> None:
+        """End a leg whose closing handshake is done, without a second close frame:
+        aiohttp's ``close()`` always writes one, unless the transport is already closing."""
+        transport = _transport(leg)
+        if transport is not None:
+            transport.close()
+        await self.close(leg, 1000, b"")  # releases aiohttp's state; writes nothing now
+
+    def release(self, leg: Leg) -> None:
+        """The session is over: its socket is closed now, and aborted if it has not
+        finished flushing within the time limit (a peer that stopped reading)."""
+        transport = _transport(leg)
+        if transport is not None:
+            transport.close()
+            asyncio.get_running_loop().call_later(self.timeout, transport.abort)
+
+
+def _transport(leg: Leg) -> asyncio.Transport | None:
+    """The leg's socket transport. aiohttp exposes it only through its frame writer
+    (the same attribute on server and client WebSockets); tests cover this."""
     writer = getattr(leg, "_writer", None)
     transport = getattr(writer, "transport", None)
-    if transport is not None:
-        transport.close()
-    await leg.close()
-
-
-async def _close_both(client: Leg, upstream: Leg, code: int, reason: str) -> None:
-    await asyncio.gather(
-        client.close(code=code, message=reason.encode()[:123]),
-        upstream.close(code=1001, message=b"sidecar closing the session"),
-        return_exceptions=True,
-    )
+    return transport if isinstance(transport, asyncio.Transport) else None

@@ -27,13 +27,16 @@ class Runtime:
     config: Config
     router: Router
     metrics: Metrics
-    close_timeout: float = 5.0
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
     identity_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.identity_headers = identity_headers(self.config)
+
+    @property
+    def close_timeout(self) -> float:
+        return self.config.close_timeout
 
     def http(self) -> aiohttp.ClientSession:
         assert self.client is not None, "the app has not started"

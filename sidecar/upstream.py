@@ -95,7 +95,7 @@ async def connect_websocket(
             headers=headers,
             protocols=protocols,
             autoclose=False,
-            autoping=True,
+            autoping=False,  # pings and pongs are relayed end to end
             compress=0,
             max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),

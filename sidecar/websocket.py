@@ -60,7 +60,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         protocols=(upstream.protocol,) if upstream.protocol else (),
         compress=False,
         autoclose=False,
-        autoping=True,
+        autoping=False,  # pings and pongs are relayed end to end
         max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
         timeout=rt.close_timeout,
         decode_text=False,

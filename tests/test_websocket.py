@@ -126,14 +126,16 @@ async def test_client_close_code_and_reason_reach_upstream(sidecar: Sidecar, bac
         assert ws.close_code == 4001  # the echo, RFC 6455 section 5.5.1
     await _until(lambda: backend.closes)
     assert backend.closes == [(4001, "agent shutting down")]
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="4001") == 1
+    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="4001") == 1)
 
 
 async def test_upstream_close_code_and_reason_reach_client(sidecar: Sidecar) -> None:
     async with ws_connect(sidecar) as ws:
         await ws.send("close 4002 backend restarting")
         assert await closed_by_peer(ws) == (4002, "backend restarting")
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="4002") == 1
+    await _until(
+        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="4002") == 1
+    )
 
 
 async def test_close_without_status_is_passed_on_as_1000_never_1005(sidecar: Sidecar, backend: Backend) -> None:
@@ -151,7 +153,9 @@ async def test_upstream_vanishing_gives_client_1011_and_gauge_returns_to_zero(si
         code, _ = await closed_by_peer(ws)
         assert code == 1011
     await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
+    await _until(
+        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
+    )
 
 
 async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: Backend) -> None:
@@ -161,7 +165,7 @@ async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: B
     ws.transport.abort()  # no close frame
     await _until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
+    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
 
 
 SMALL = """
@@ -465,7 +469,7 @@ async def test_invalid_close_code_from_client_is_a_protocol_error_on_both_legs(
     assert code == 1002
     await _until(lambda: backend.closes)
     assert backend.closes[0][0] == 1002
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1002") == 1
+    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1002") == 1)
 
 
 async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
@@ -475,7 +479,9 @@ async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
         ws.transport.write(masked_frame(0x1, b"\xff\xfe"))
         code, _ = await closed_by_peer(ws)
     assert code == 1007  # decided by the backend, passed through unchanged
-    assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1
+    await _until(
+        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1
+    )
 
 
 async def test_messages_in_flight_when_the_client_closes_still_arrive(sidecar: Sidecar, backend: Backend) -> None:
@@ -490,3 +496,49 @@ async def test_messages_in_flight_when_the_client_closes_still_arrive(sidecar: S
     assert ws.close_code == 4000
     await _until(lambda: backend.closes)
     assert backend.closes == [(4000, "bye")]
+
+
+async def test_backend_pings_reach_the_agent_and_its_pong_comes_back(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar) as ws:  # websockets answers pings itself
+        await ws.send("ping liveness")
+        assert await asyncio.wait_for(ws.recv(), 10) == "pong liveness"
+
+
+async def test_an_agent_that_does_not_answer_pings_is_not_answered_for(sidecar: Sidecar) -> None:
+    """The backend's liveness check must see a dead agent: the sidecar does not pong in its place."""
+    url = sidecar.url("/edge/ws")
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, headers=GOOD, autoping=False) as ws:
+        await ws.send_str("ping liveness")
+        got = [await asyncio.wait_for(ws.receive(), 10) for _ in range(2)]
+    assert [m.type for m in got] == [aiohttp.WSMsgType.PING, aiohttp.WSMsgType.TEXT]
+    assert got[0].data == b"liveness"
+    assert got[1].data == "no pong"
+
+
+async def test_the_initiator_gets_the_other_sides_close_reply(sidecar: Sidecar) -> None:
+    async with ws_connect(sidecar, "/edge/ws?reply=4009") as ws:
+        await ws.close(code=4000, reason="client bye")
+    assert (ws.close_code, ws.close_reason) == (4009, "backend says bye")  # as if connected directly
+
+
+STALL = """
+listen: {close_timeout: 500ms}
+upstreams: {backend: {url: "${UPSTREAM_URL}"}}
+auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
+routes:
+  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge}
+"""
+
+
+async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, STALL))
+    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
+    await ws.send("flood 64 1048576")  # and never read
+    await _until(lambda: backend.flood_sent > 0)
+    await asyncio.sleep(0.5)  # let the buffers fill
+    await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1001") == 1)
+    ws.transport.abort()

@@ -32,6 +32,8 @@ class Backend:
     closes: list[tuple[int | None, str]] = field(default_factory=list)
     ws_open: int = 0
     flood_sent: int = 0
+    pong_wait: asyncio.Future[bytes] | None = None
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
     @property
@@ -48,7 +50,10 @@ class Backend:
 
     async def ws(self, request: web.Request) -> web.StreamResponse:
         self.record(request)
-        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"), max_msg_size=64 * 1024 * 1024, autoclose=False)
+        # autoping off: pongs are watched for (the ping command), pings answered below
+        ws = web.WebSocketResponse(
+            protocols=("chat.v2", "chat.v1"), max_msg_size=64 * 1024 * 1024, autoclose=False, autoping=False
+        )
         await ws.prepare(request)
         self.ws_open += 1
         try:
@@ -56,9 +61,17 @@ class Backend:
                 msg = await ws.receive()
                 if msg.type is WSMsgType.CLOSE:
                     self.closes.append((msg.data, msg.extra or ""))
-                    await ws.close(code=msg.data or 1000, message=(msg.extra or "").encode())
+                    if "reply" in request.query:  # answer a close with another code and reason
+                        await ws.close(code=int(request.query["reply"]), message=b"backend says bye")
+                    else:
+                        await ws.close(code=msg.data or 1000, message=(msg.extra or "").encode())
                     break
-                if msg.type is WSMsgType.TEXT:
+                if msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    if self.pong_wait is not None and not self.pong_wait.done():
+                        self.pong_wait.set_result(msg.data)
+                elif msg.type is WSMsgType.TEXT:
                     over = await self.command(ws, request, msg.data)
                     if over:
                         break
@@ -84,6 +97,11 @@ class Backend:
             assert request.transport is not None
             request.transport.abort()
             return True
+        if cmd[0] == "ping":  # ping the client; report (as a message) whether its pong came back
+            self.pong_wait = asyncio.get_running_loop().create_future()
+            await ws.ping(cmd[1].encode())
+            self.tasks.add(asyncio.ensure_future(self.report_pong(ws, self.pong_wait)))
+            return False
         if cmd[0] == "send":
             await ws.send_bytes(b"x" * int(cmd[1]))
         elif cmd[0] == "flood":  # flood <count> <size>: counts what the socket accepted
@@ -93,6 +111,13 @@ class Backend:
         else:
             return None
         return False
+
+    async def report_pong(self, ws: web.WebSocketResponse, pong: asyncio.Future[bytes]) -> None:
+        try:
+            payload = await asyncio.wait_for(pong, 1.0)
+            await ws.send_str(f"pong {payload.decode()}")
+        except TimeoutError:
+            await ws.send_str("no pong")
 
     async def echo(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
