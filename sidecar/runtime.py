@@ -20,6 +20,7 @@ class Session:
     route: Route
     agent_id: str | None
     stop: asyncio.Future[tuple[int, str]]
+    task: asyncio.Future[None] | None = None
 
 
 @dataclass(eq=False)

@@ -50,7 +50,9 @@ async def start(
     metrics = metrics or Metrics()
     deadline = HeaderDeadline(config.header_timeout)
     app = make_app(config, metrics, deadline)
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client that hangs up cancels its request, so an
+    # abandoned plain-HTTP request frees its upstream connection at once.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     manager = runner.server
     assert manager is not None

@@ -8,8 +8,10 @@ client gets its 101 only after the upstream has answered 101 with a valid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
+import aiohttp
 from aiohttp import web
 
 from .auth import admit
@@ -68,29 +70,47 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
     try:
         await client.prepare(request)
     except BaseException:
-        await upstream.close(code=1001, message=b"client went away")
+        await _abandon(upstream, rt.close_timeout)
         raise
 
-    metrics = rt.metrics
-    metrics.ws_handshake_duration.labels(route.name).observe(loop.time() - started)
-    metrics.ws_connections.labels(route.name).inc()
-    active = metrics.ws_active.labels(route.name)
-    active.inc()
-    alias = path.decoded
+    rt.metrics.ws_handshake_duration.labels(route.name).observe(loop.time() - started)
     event(
         logging.INFO,
         "ws.established",
         route=route.name,
-        alias=alias,
+        alias=path.decoded,
         agent_id=agent_id,
         upstream=str(url.with_query(None)),
         subprotocol=upstream.protocol,
         client=request.remote,
     )
     session = Session(route, agent_id, loop.create_future())
+    # The session runs in a task of its own: if aiohttp cancels this handler
+    # because the client's connection dropped, the relay still finds out by
+    # itself, tells the upstream (1001) and accounts for the session.
+    session.task = asyncio.ensure_future(_run(session, rt, client, upstream))
+    await asyncio.shield(session.task)
+    return client
+
+
+async def _abandon(upstream: aiohttp.ClientWebSocketResponse[bool], within: float) -> None:
+    """The client left during its own handshake: close the upstream leg, bounded."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(upstream.close(code=1001, message=b"client went away"), within)
+
+
+async def _run(
+    session: Session, rt: Runtime, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse[bool]
+) -> None:
+    """Relay one session and account for it: gauge, counters, histogram, log line."""
+    loop = asyncio.get_running_loop()
+    metrics, route = rt.metrics, session.route.name
+    metrics.ws_connections.labels(route).inc()
+    active = metrics.ws_active.labels(route)
+    active.inc()
     rt.sessions.add(session)
-    up = metrics.relayed.open(route.name, "upstream")
-    down = metrics.relayed.open(route.name, "downstream")
+    up = metrics.relayed.open(route, "upstream")
+    down = metrics.relayed.open(route, "downstream")
     opened = loop.time()
     end = End("sidecar", 1011, "sidecar error")
     try:
@@ -101,13 +121,13 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         metrics.relayed.close(down)
         active.dec()
         duration = loop.time() - opened
-        metrics.ws_session_duration.labels(route.name).observe(duration)
-        metrics.ws_closes.labels(route.name, end.initiator, str(end.code)).inc()
+        metrics.ws_session_duration.labels(route).observe(duration)
+        metrics.ws_closes.labels(route, end.initiator, str(end.code)).inc()
         event(
             logging.INFO,
             "ws.closed",
-            route=route.name,
-            agent_id=agent_id,
+            route=route,
+            agent_id=session.agent_id,
             code=end.code,
             reason=end.reason,
             initiator=end.initiator,
@@ -117,4 +137,3 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
             messages_down=down.messages,
             bytes_down=down.bytes,
         )
-    return client

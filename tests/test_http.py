@@ -268,3 +268,15 @@ async def test_head_and_server_header(sidecar: Sidecar) -> None:
             assert await r.read() == b""
         async with s.get(http(sidecar, "/nope/ws"), headers={"Upgrade": "websocket", "Connection": "Upgrade"}) as r:
             assert r.headers["Server"] == "sidecar"  # not aiohttp's name and version
+
+
+async def test_a_request_the_client_abandons_is_abandoned_upstream_too(sidecar: Sidecar, backend: Backend) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(10):
+        while not backend.seen:  # noqa: ASYNC110 - the backend is another component
+            await asyncio.sleep(0.01)
+        writer.transport.abort()
+        while backend.hangs_abandoned == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # not held until read_timeout (60 s)

@@ -32,6 +32,7 @@ class Backend:
     closes: list[tuple[int | None, str]] = field(default_factory=list)
     ws_open: int = 0
     flood_sent: int = 0
+    hangs_abandoned: int = 0
     pong_wait: asyncio.Future[bytes] | None = None
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
@@ -176,7 +177,11 @@ class Backend:
 
     async def hang(self, request: web.Request) -> web.StreamResponse:
         self.record(request)
-        await asyncio.sleep(3600)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.hangs_abandoned += 1  # the sidecar hung up on us
+            raise
         raise AssertionError("unreachable")
 
     async def start(self) -> Backend:
