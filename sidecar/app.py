@@ -129,12 +129,11 @@ async def _close_sessions(app: web.Application) -> None:
     for session in sessions:
         if not session.stop.done():
             session.stop.set_result((1001, "sidecar shutting down"))
-    if sessions:
-        event(logging.INFO, "ws.closing_all", sessions=len(sessions))
-    for _ in range(int(rt.close_timeout * 10)):
-        if not rt.sessions:
-            break
-        await asyncio.sleep(0.1)
+    tasks = {s.task for s in sessions if s.task is not None}
+    if tasks:
+        event(logging.INFO, "ws.closing_all", sessions=len(tasks))
+        # Each close is bounded by close_timeout (the close frame, then the reply).
+        await asyncio.wait(tasks, timeout=2 * rt.close_timeout + 1)
 
 
 async def _close_client(app: web.Application) -> None:
