@@ -423,6 +423,9 @@ def _upstreams(ld: _Loader, node: Node | None) -> tuple[dict[str, Upstream], set
         if problem:
             ld.error(m["url"], f"{where}.url: {problem}")
             continue
+        base_path = urlsplit(url).path.rstrip("/")
+        if base_path and not _path_ok(ld, m["url"], f"{where}.url", base_path):
+            continue
         kwargs: dict[str, float] = {}
         for key in ("connect_timeout", "read_timeout"):
             if key in m and (value := ld.duration(m[key], f"{where}.{key}")) is not None:

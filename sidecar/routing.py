@@ -89,7 +89,8 @@ def canonicalize(raw: str) -> CanonicalPath:
 
 
 def _near_key(path: str) -> str:
-    return path.rstrip("/.").casefold()
+    # Case, and trailing '/', '.' or spaces: what lenient backends ignore.
+    return path.rstrip("/. ").casefold()
 
 
 @dataclass(frozen=True)

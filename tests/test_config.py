@@ -172,6 +172,7 @@ BAD_URLS = [
     ("http://backend/#top", "must not have a query string or fragment"),
     ("http://", "has no host"),
     ("http://backend:99999", "is not a valid URL"),
+    ("http://backend/a b", "'/a b' is not a canonical path (refused character ' ')"),
 ]
 
 

@@ -203,7 +203,10 @@ async def test_path_tricks_never_reach_the_backend(sidecar: Sidecar, backend: Ba
     assert backend.seen == []
 
 
-@pytest.mark.parametrize(("path", "meant"), [("/EDGE/MESSAGE", "/edge/message"), ("/edge/message/", "/edge/message")])
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [("/EDGE/MESSAGE", "/edge/message"), ("/edge/message/", "/edge/message"), ("/edge/message%20", "/edge/message")],
+)
 async def test_near_misses_of_an_authenticated_path_do_not_fall_through(
     sidecar: Sidecar, backend: Backend, path: str, meant: str
 ) -> None:
