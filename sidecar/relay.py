@@ -5,7 +5,8 @@ fragments, up to the route's size limit) and writes it to the other leg with the
 same opcode. Awaiting the write is the backpressure: when a peer stops reading,
 the writer waits for the socket to drain, the pump stops reading, and aiohttp
 pauses the other socket, so memory stays bounded by the buffers plus one message.
-Pings are answered by each leg itself (aiohttp's autoping), on both legs.
+Pings and pongs are relayed end to end like messages, so each peer's liveness
+checks reach the other peer rather than being answered by the sidecar.
 
 How a session ends is decided once, by whichever side ends first, and the other
 side is always told with a real close frame (RFC 6455 section 7.4):
