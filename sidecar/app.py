@@ -27,6 +27,9 @@ from .routing import BadPath, CanonicalPath, Router, canonicalize
 from .runtime import RUNTIME, Runtime
 from .websocket import handle_websocket
 
+# nginx's convention for "the client closed the request before the response".
+CLIENT_CLOSED = 499
+
 
 def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDeadline | None = None) -> web.Application:
     rt = Runtime(config=config, router=Router(config.routes), metrics=metrics or Metrics())
@@ -76,6 +79,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 response = await proxy_http(request, rt, route, path)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # the client hung up first: not the sidecar's or backend's failure
+        raise
     finally:
         elapsed = loop.time() - started
         rt.metrics.http_requests.labels(route_label, f"{status // 100}xx").inc()

@@ -19,6 +19,13 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 NO_ROUTE = "none"  # the route label when nothing matched
 
+
+def close_code_label(code: int) -> str:
+    """A close code as a label: RFC 6455's range (1000-4999) as itself, else
+    ``invalid``, so a peer cannot mint label values."""
+    return str(code) if 1000 <= code <= 4999 else "invalid"
+
+
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 

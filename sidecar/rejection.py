@@ -42,7 +42,7 @@ def reject(
         body["did_you_mean"] = suggestion
     if reason is Reason.NO_ROUTE:
         body["websocket_paths"] = list(rt.router.websocket_paths)
-    headers = {"X-Sidecar-Reason": reason.value}
+    headers = {"X-Sidecar-Reason": reason.value, "Server": "sidecar"}
     if rejection.upstream_status is not None:
         body["upstream_status"] = rejection.upstream_status
         headers["X-Sidecar-Upstream-Status"] = str(rejection.upstream_status)

@@ -18,6 +18,7 @@ from .auth import admit
 from .config import Route
 from .handshake import handshake_problem, offered_protocols
 from .logs import event
+from .metrics import close_code_label
 from .reasons import Reason, Rejection
 from .rejection import reject
 from .relay import End, relay
@@ -59,7 +60,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         return reject(request, rt, failure, route, websocket=True)
 
     client = web.WebSocketResponse(
-        protocols=(upstream.protocol,) if upstream.protocol else (),
+        protocols=(),  # the upstream chose; aiohttp would look at the first header line only
         compress=False,
         autoclose=False,
         autoping=False,  # pings and pongs are relayed end to end
@@ -67,6 +68,8 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         timeout=rt.close_timeout,
         decode_text=False,
     )
+    if upstream.protocol:
+        client.headers["Sec-WebSocket-Protocol"] = upstream.protocol
     try:
         await client.prepare(request)
     except BaseException:
@@ -122,7 +125,7 @@ async def _run(
         active.dec()
         duration = loop.time() - opened
         metrics.ws_session_duration.labels(route).observe(duration)
-        metrics.ws_closes.labels(route, end.initiator, str(end.code)).inc()
+        metrics.ws_closes.labels(route, end.initiator, close_code_label(end.code)).inc()
         event(
             logging.INFO,
             "ws.closed",

@@ -283,3 +283,7 @@ async def test_a_request_the_client_abandons_is_abandoned_upstream_too(sidecar: 
         writer.transport.abort()
         while backend.hangs_abandoned == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # not held until read_timeout (60 s)
+        while sidecar.sample("sidecar_http_requests_total", route="default", status_class="4xx") == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    # counted as the client's doing (499), not as a sidecar or backend failure
+    assert sidecar.sample("sidecar_http_requests_total", route="default", status_class="5xx") == 0

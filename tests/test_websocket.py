@@ -542,3 +542,30 @@ async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
     await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1001") == 1)
     ws.transport.abort()
+
+
+async def test_close_codes_outside_rfc6455_do_not_mint_labels(sidecar: Sidecar, backend: Backend) -> None:
+    async with ws_connect(sidecar) as ws:
+        ws.transport.write(masked_frame(0x8, (5000).to_bytes(2, "big")))  # beyond 4999: not a valid code
+        await closed_by_peer(ws)
+    await _until(
+        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="invalid") == 1
+    )
+    await _until(lambda: backend.closes)
+    assert backend.closes[0][0] == 1002  # never passed on as is
+
+
+async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    head = (
+        "GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: {AGENT}\r\n"
+        "Sec-WebSocket-Protocol: foo\r\nSec-WebSocket-Protocol: chat.v1\r\n\r\n"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.transport.abort()
+    assert response.startswith(b"HTTP/1.1 101")
+    assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in response  # what the backend chose
