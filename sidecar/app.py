@@ -24,7 +24,7 @@ from .metrics import NO_ROUTE, Metrics
 from .reasons import Reason, Rejection
 from .rejection import reject
 from .routing import BadPath, CanonicalPath, Router, canonicalize
-from .runtime import RUNTIME, Runtime
+from .runtime import RUNTIME, SHUTDOWN_CLOSE, Runtime
 from .websocket import handle_websocket
 
 # nginx's convention for "the client closed the request before the response".
@@ -131,10 +131,11 @@ async def _open_client(app: web.Application) -> None:
 async def _close_sessions(app: web.Application) -> None:
     """Shutdown: every open session gets a close frame on both legs (1001)."""
     rt = app[RUNTIME]
+    rt.stopping = True  # a handshake still waiting on the backend closes as soon as it opens
     sessions = list(rt.sessions)
     for session in sessions:
         if not session.stop.done():
-            session.stop.set_result((1001, "sidecar shutting down"))
+            session.stop.set_result(SHUTDOWN_CLOSE)
     tasks = {s.task for s in sessions if s.task is not None}
     if tasks:
         event(logging.INFO, "ws.closing_all", sessions=len(tasks))

@@ -12,6 +12,9 @@ from .config import Config, Route, identity_headers
 from .metrics import Metrics
 from .routing import Router
 
+# What every open session's client is sent when the sidecar stops.
+SHUTDOWN_CLOSE = (1001, "sidecar shutting down")
+
 
 @dataclass(eq=False)
 class Session:
@@ -30,6 +33,7 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    stopping: bool = False  # set when shutdown begins: a session opened now ends at once
     identity_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -52,7 +52,11 @@ async def start(
     app = make_app(config, metrics, deadline)
     # handler_cancellation: a client that hangs up cancels its request, so an
     # abandoned plain-HTTP request frees its upstream connection at once.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    # shutdown_timeout: what a request still running after the sessions were
+    # closed gets (a session's close takes at most two close_timeouts).
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=2 * config.close_timeout + 1
+    )
     await runner.setup()
     manager = runner.server
     assert manager is not None

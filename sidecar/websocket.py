@@ -23,7 +23,7 @@ from .reasons import Reason, Rejection
 from .rejection import reject
 from .relay import End, relay
 from .routing import CanonicalPath
-from .runtime import Runtime, Session
+from .runtime import SHUTDOWN_CLOSE, Runtime, Session
 from .upstream import connect_websocket, forward_headers, rejection_for, upstream_url
 
 
@@ -112,6 +112,8 @@ async def _run(
     active = metrics.ws_active.labels(route)
     active.inc()
     rt.sessions.add(session)
+    if rt.stopping:  # opened while the sidecar shuts down: closed properly at once
+        session.stop.set_result(SHUTDOWN_CLOSE)
     up = metrics.relayed.open(route, "upstream")
     down = metrics.relayed.open(route, "downstream")
     opened = loop.time()

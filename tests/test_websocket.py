@@ -569,3 +569,24 @@ async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None
     writer.transport.abort()
     assert response.startswith(b"HTTP/1.1 101")
     assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in response  # what the backend chose
+
+
+LATE = """
+listen: {close_timeout: 1s}
+upstreams: {backend: {url: "${UPSTREAM_URL}"}}
+auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
+routes:
+  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, upstream_path: /late/ws, auth: edge}
+"""
+
+
+async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, LATE))
+    connecting = asyncio.ensure_future(ws_connect(sidecar))
+    await _until(lambda: backend.seen)  # the backend is still deciding
+    await asyncio.wait_for(sidecar.running.close(), 20)
+    ws = await connecting
+    code, _ = await closed_by_peer(ws)
+    assert code == 1001  # a proper close, not 1006

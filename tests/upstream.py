@@ -87,6 +87,12 @@ class Backend:
             self.ws_open -= 1
         return ws
 
+    async def late(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket endpoint that takes half a second to answer the handshake."""
+        self.record(request)
+        await asyncio.sleep(0.5)
+        return await self.ws(request)
+
     async def command(self, ws: web.WebSocketResponse, request: web.Request, text: str) -> bool | None:
         """Acts on a command message: True when the session is over, None if not a command."""
         cmd = text.split(" ", 2)
@@ -190,6 +196,7 @@ class Backend:
         app = web.Application()
         app.router.add_get("/edge/ws", self.ws)
         app.router.add_get("/slow/ws", self.hang)
+        app.router.add_get("/late/ws", self.late)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/forbidden/ws", self.forbidden)
         app.router.add_route("*", "/edge/message", self.echo)
