@@ -104,6 +104,7 @@ class Config:
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0
+    stall_timeout: float = 60.0
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     log_level: str = "info"
@@ -360,12 +361,12 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    m = ld.mapping(node, "listen", {"host", "port", "header_timeout", "close_timeout"}) or {}
+    m = ld.mapping(node, "listen", {"host", "port", "header_timeout", "close_timeout", "stall_timeout"}) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
     if "port" in m:
         out["port"] = ld.integer(m["port"], "listen.port", 0, 65535)
-    for key in ("header_timeout", "close_timeout"):
+    for key in ("header_timeout", "close_timeout", "stall_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
     _drop_none(out)

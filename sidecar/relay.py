@@ -84,27 +84,26 @@ class _Stopped:
     fault: bool = False  # aiohttp failed the leg (protocol error, too big) and sent ``code``
 
 
-async def _pump(src: Leg, dst: Leg, side: Side, tally: Tally) -> _Stopped | None:
+async def _pump(src: Leg, dst: Leg, side: Side, tally: Tally, flow: _Flow) -> _Stopped | None:
     """Relay ``src``'s messages, pings and pongs to ``dst``. ``None`` means stopped
     because ``dst`` is closing, or by the other side."""
     text, binary, ping, pong = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG
+    clock = asyncio.get_running_loop().time
     while True:
         msg = await src.receive()
         kind = msg.type  # type: ignore[attr-defined]
-        if kind is binary or kind is text:
+        if kind is binary or kind is text or kind is ping or kind is pong:
+            # Pings and pongs too, end to end: each peer's liveness checks reach the other.
             data: bytes = msg.data  # type: ignore[attr-defined]
+            flow.writing_since = clock()  # the watchdog's view of a write that hangs
             try:
                 await dst.send_frame(data, kind)
             except ConnectionError:
                 return None  # dst is closing; its own pump reports why
-            tally.messages += 1
-            tally.bytes += len(data)
-        elif kind is ping or kind is pong:
-            # End to end, so each peer's liveness checks reach the other peer.
-            try:
-                await dst.send_frame(msg.data, kind)  # type: ignore[attr-defined]
-            except ConnectionError:
-                return None
+            flow.writing_since = 0.0
+            if kind is binary or kind is text:
+                tally.messages += 1
+                tally.bytes += len(data)
         elif kind is WSMsgType.CLOSE:
             return _Stopped(side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
         elif kind is WSMsgType.CLOSING:
@@ -123,17 +122,22 @@ async def relay(
     stop: asyncio.Future[tuple[int, str]],
     *,
     close_timeout: float,
+    stall_timeout: float,
 ) -> End:
     """Run both pumps until one side ends, then close the other side properly.
 
     ``stop`` lets the sidecar end the session itself: its result is the
     (code, reason) for the client; the upstream is sent 1001. Every close is
     bounded by ``close_timeout``; a peer that does not take its close frame in
-    time has its connection aborted. When this returns, both sockets are closed
+    time has its connection aborted. So does a peer that takes no data for
+    ``stall_timeout`` while the sidecar has some for it (it stopped reading): the
+    relay then ends as if that peer had vanished. When this returns, both sockets are closed
     or closing, and neither pump task is left running.
     """
-    up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally))
-    down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally))
+    to_upstream, to_client = _Flow(upstream), _Flow(client)
+    up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally, to_upstream))
+    down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally, to_client))
+    watchdog = _Watchdog((to_upstream, to_client), stall_timeout)
     closing = _Closer(close_timeout)
     pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
     first: _Stopped | None = None
@@ -157,6 +161,7 @@ async def relay(
             await closing.both(client, upstream, 1011, "sidecar error")
         raise
     finally:
+        watchdog.stop()
         for task in (up, down):
             task.cancel()
         await asyncio.wait({up, down})  # our own cancellation still propagates
@@ -197,6 +202,39 @@ async def _finish(
 
 def _close_payload(code: int, reason: bytes) -> bytes:
     return code.to_bytes(2, "big") + reason[:123]  # a control frame carries 125 bytes at most
+
+
+@dataclass(eq=False)
+class _Flow:
+    """One direction, as the watchdog sees it: the leg written to, and since when
+    the current write has been waiting (0.0: not writing)."""
+
+    dst: Leg
+    writing_since: float = 0.0
+
+
+class _Watchdog:
+    """Aborts a leg whose peer has taken nothing for ``timeout`` while a write to it
+    waits. One timer per session, every ``timeout / 2``; nothing per message."""
+
+    def __init__(self, flows: tuple[_Flow, ...], timeout: float) -> None:
+        self._flows = flows
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(timeout / 2, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        for flow in self._flows:
+            if flow.writing_since and now - flow.writing_since > self._timeout:
+                flow.writing_since = 0.0
+                transport = _transport(flow.dst)
+                if transport is not None:
+                    transport.abort()  # its pump then reports the peer as gone
+        self._timer = self._loop.call_later(self._timeout / 2, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class _Closer:

@@ -119,7 +119,15 @@ async def _run(
     opened = loop.time()
     end = End("sidecar", 1011, "sidecar error")
     try:
-        end = await relay(client, upstream, up, down, session.stop, close_timeout=rt.close_timeout)
+        end = await relay(
+            client,
+            upstream,
+            up,
+            down,
+            session.stop,
+            close_timeout=rt.close_timeout,
+            stall_timeout=rt.config.stall_timeout,
+        )
     finally:
         rt.sessions.discard(session)
         metrics.relayed.close(up)

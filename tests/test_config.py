@@ -360,7 +360,7 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, header_timeout, host, port)",
+            "(expected one of: close_timeout, header_timeout, host, port, stall_timeout)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",

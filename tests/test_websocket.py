@@ -590,3 +590,24 @@ async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
     ws = await connecting
     code, _ = await closed_by_peer(ws)
     assert code == 1001  # a proper close, not 1006
+
+
+STALLED = """
+listen: {stall_timeout: 500ms}
+upstreams: {backend: {url: "${UPSTREAM_URL}"}}
+auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
+routes:
+  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge}
+"""
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, STALLED))
+    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
+    await ws.send("flood 64 1048576")  # and never read: the sidecar's write to the client stalls
+    await _until(lambda: backend.closes)
+    assert backend.closes == [(1001, "client went away")]
+    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    ws.transport.abort()
