@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from aiohttp import WSMsgType
 from aiohttp.http_websocket import WebSocketError
 
+from .logs import event
 from .metrics import Tally
 
 Side = Literal["client", "upstream"]
@@ -134,7 +136,7 @@ async def relay(
     relay then ends as if that peer had vanished. When this returns, both sockets are closed
     or closing, and neither pump task is left running.
     """
-    to_upstream, to_client = _Flow(upstream), _Flow(client)
+    to_upstream, to_client = _Flow(upstream, "upstream"), _Flow(client, "client")
     up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally, to_upstream))
     down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally, to_client))
     watchdog = _Watchdog((to_upstream, to_client), stall_timeout)
@@ -210,6 +212,7 @@ class _Flow:
     the current write has been waiting (0.0: not writing)."""
 
     dst: Leg
+    peer: Side  # whose side ``dst`` is
     writing_since: float = 0.0
 
 
@@ -228,6 +231,7 @@ class _Watchdog:
         for flow in self._flows:
             if flow.writing_since and now - flow.writing_since > self._timeout:
                 flow.writing_since = 0.0
+                event(logging.WARNING, "ws.stalled", peer=flow.peer, stall_timeout_s=self._timeout)
                 transport = _transport(flow.dst)
                 if transport is not None:
                     transport.abort()  # its pump then reports the peer as gone
