@@ -40,6 +40,25 @@ async def rejected(sidecar: Sidecar, path: str, headers: dict[str, str]) -> tupl
     return response.status_code, response.headers, json.loads(response.body or b"{}")
 
 
+def edge_yaml(*, listen: str = "", upstream: str = "", route: str = "") -> str:
+    """A one-route config (/edge/ws to the backend, the edge secret), plus the extras given."""
+    return (
+        f"listen: {{{listen}}}\n"
+        f'upstreams: {{backend: {{url: "${{UPSTREAM_URL}}"{upstream}}}}}\n'
+        'auth: {edge: {bearer: ["${EDGE_SECRET}"]}}\n'
+        "routes:\n"
+        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
+    )
+
+
+async def flooded_non_reader(sidecar: Sidecar, backend: Backend) -> ClientConnection:
+    """A client that asked the backend for 64 MiB and reads none of it."""
+    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
+    await ws.send("flood 64 1048576")
+    await _until(lambda: backend.flood_sent > 0)
+    return ws
+
+
 # --- aliases, headers, the handshake --------------------------------------------------
 
 
@@ -168,12 +187,7 @@ async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: B
     await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
 
 
-SMALL = """
-upstreams: {backend: {url: "${UPSTREAM_URL}"}}
-auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
-routes:
-  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge, max_message_size: 1KiB}
-"""
+SMALL = edge_yaml(route=", max_message_size: 1KiB")
 
 
 async def test_oversized_message_closes_that_session_with_1009_only(
@@ -314,12 +328,7 @@ async def test_upstream_unavailable_is_502(backend: Backend, start_sidecar: Star
     assert body["route"] == "edge"
 
 
-UPSTREAM_PATH = """
-upstreams: {backend: {url: "${UPSTREAM_URL}", connect_timeout: 300ms}}
-auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
-routes:
-  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, upstream_path: "${WS_PATH}", auth: edge}
-"""
+UPSTREAM_PATH = edge_yaml(upstream=", connect_timeout: 300ms", route=', upstream_path: "${WS_PATH}"')
 
 
 async def test_upstream_timeout_is_504(backend: Backend, start_sidecar: StartSidecar) -> None:
@@ -521,22 +530,14 @@ async def test_the_initiator_gets_the_other_sides_close_reply(sidecar: Sidecar) 
     assert (ws.close_code, ws.close_reason) == (4009, "backend says bye")  # as if connected directly
 
 
-STALL = """
-listen: {close_timeout: 500ms}
-upstreams: {backend: {url: "${UPSTREAM_URL}"}}
-auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
-routes:
-  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge}
-"""
+STALL = edge_yaml(listen="close_timeout: 500ms")
 
 
 async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, STALL))
-    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
-    await ws.send("flood 64 1048576")  # and never read
-    await _until(lambda: backend.flood_sent > 0)
+    ws = await flooded_non_reader(sidecar, backend)
     await asyncio.sleep(0.5)  # let the buffers fill
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
@@ -571,13 +572,7 @@ async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None
     assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in response  # what the backend chose
 
 
-LATE = """
-listen: {close_timeout: 1s}
-upstreams: {backend: {url: "${UPSTREAM_URL}"}}
-auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
-routes:
-  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, upstream_path: /late/ws, auth: edge}
-"""
+LATE = edge_yaml(listen="close_timeout: 1s", route=", upstream_path: /late/ws")
 
 
 async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
@@ -592,21 +587,14 @@ async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
     assert code == 1001  # a proper close, not 1006
 
 
-STALLED = """
-listen: {stall_timeout: 500ms}
-upstreams: {backend: {url: "${UPSTREAM_URL}"}}
-auth: {edge: {bearer: ["${EDGE_SECRET}"]}}
-routes:
-  - {name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge}
-"""
+STALLED = edge_yaml(listen="stall_timeout: 500ms")
 
 
 async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, STALLED))
-    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
-    await ws.send("flood 64 1048576")  # and never read: the sidecar's write to the client stalls
+    ws = await flooded_non_reader(sidecar, backend)  # the sidecar's writes to it stall
     await _until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
