@@ -133,8 +133,8 @@ async def relay(
     bounded by ``close_timeout``; a peer that does not take its close frame in
     time has its connection aborted. So does a peer that takes no data for
     ``stall_timeout`` while the sidecar has some for it (it stopped reading): the
-    relay then ends as if that peer had vanished. When this returns, both sockets are closed
-    or closing, and neither pump task is left running.
+    relay then ends as if that peer had vanished. When this returns, both
+    sockets are closed or closing, and neither pump task is left running.
     """
     to_upstream, to_client = _Flow(upstream, "upstream"), _Flow(client, "client")
     up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally, to_upstream))
