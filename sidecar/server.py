@@ -76,19 +76,25 @@ async def start(
             **HEAD_LIMITS,
         )
 
-    server = await loop.create_server(
-        deadline.wrap(connection),
-        config.listen_host,
-        config.port if port is None else port,
-        reuse_address=True,
-        backlog=1024,
-    )
-    bound = _bound_port(server)
-    metrics_runner, mport = None, None
-    wanted = config.metrics_port if metrics_port is None else metrics_port
-    if metrics_port is not None or config.metrics_port:
-        metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
-    return Running(runner, server, metrics_runner, bound, mport)
+    server: asyncio.Server | None = None
+    try:
+        server = await loop.create_server(
+            deadline.wrap(connection),
+            config.listen_host,
+            config.port if port is None else port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        metrics_runner, mport = None, None
+        wanted = config.metrics_port if metrics_port is None else metrics_port
+        if metrics_port is not None or config.metrics_port:
+            metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
+    except BaseException:  # a port is taken: release what was started
+        if server is not None:
+            server.close()
+        await runner.cleanup()
+        raise
+    return Running(runner, server, metrics_runner, _bound_port(server), mport)
 
 
 def _bound_port(server: asyncio.Server) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -58,6 +59,9 @@ async def start_sidecar() -> AsyncIterator[StartSidecar]:
     started: list[Running] = []
 
     async def _start(config: Config, *, metrics_port: int | None = None) -> Sidecar:
+        """``metrics_port=0``: a metrics listener on a free port; ``None``: none (no fixed port)."""
+        if metrics_port is None:
+            config = dataclasses.replace(config, metrics_port=0)
         metrics = Metrics()
         running = await start(config, metrics=metrics, port=0, metrics_port=metrics_port)
         started.append(running)
