@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -125,6 +126,7 @@ async def relay(
     *,
     close_timeout: float,
     stall_timeout: float,
+    context: Mapping[str, object],
 ) -> End:
     """Run both pumps until one side ends, then close the other side properly.
 
@@ -139,7 +141,7 @@ async def relay(
     to_upstream, to_client = _Flow(upstream, "upstream"), _Flow(client, "client")
     up = asyncio.ensure_future(_pump(client, upstream, "client", upstream_tally, to_upstream))
     down = asyncio.ensure_future(_pump(upstream, client, "upstream", downstream_tally, to_client))
-    watchdog = _Watchdog((to_upstream, to_client), stall_timeout)
+    watchdog = _Watchdog((to_upstream, to_client), stall_timeout, context)
     closing = _Closer(close_timeout)
     pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
     first: _Stopped | None = None
@@ -220,9 +222,10 @@ class _Watchdog:
     """Aborts a leg whose peer has taken nothing for ``timeout`` while a write to it
     waits. One timer per session, every ``timeout / 2``; nothing per message."""
 
-    def __init__(self, flows: tuple[_Flow, ...], timeout: float) -> None:
+    def __init__(self, flows: tuple[_Flow, ...], timeout: float, context: Mapping[str, object]) -> None:
         self._flows = flows
         self._timeout = timeout
+        self._context = context  # route and agent id, for the log line
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(timeout / 2, self._check)
 
@@ -231,7 +234,7 @@ class _Watchdog:
         for flow in self._flows:
             if flow.writing_since and now - flow.writing_since > self._timeout:
                 flow.writing_since = 0.0
-                event(logging.WARNING, "ws.stalled", peer=flow.peer, stall_timeout_s=self._timeout)
+                event(logging.WARNING, "ws.stalled", **self._context, peer=flow.peer, stall_timeout_s=self._timeout)
                 transport = _transport(flow.dst)
                 if transport is not None:
                     transport.abort()  # its pump then reports the peer as gone

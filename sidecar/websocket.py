@@ -127,6 +127,7 @@ async def _run(
             session.stop,
             close_timeout=rt.close_timeout,
             stall_timeout=rt.config.stall_timeout,
+            context={"route": route, "agent_id": session.agent_id},
         )
     finally:
         rt.sessions.discard(session)

@@ -591,11 +591,15 @@ STALLED = edge_yaml(listen="stall_timeout: 500ms")
 
 
 async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
-    backend: Backend, start_sidecar: StartSidecar
+    backend: Backend, start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
     sidecar = await start_sidecar(config_for(backend.url, STALLED))
     ws = await flooded_non_reader(sidecar, backend)  # the sidecar's writes to it stall
     await _until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
+    (stalled,) = [r for r in caplog.records if r.getMessage() == "ws.stalled"]
+    # (this config's auth has no agent id rule, so the line has no agent_id)
+    assert stalled.fields == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}  # type: ignore[attr-defined]
     await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()
