@@ -552,19 +552,19 @@ def _routes(
     seen_paths: dict[str, str] = {}
     seen_names: set[str] = set()
     for index, spec in enumerate(ld.sequence(node, "routes") or []):
-        route = _route(ld, spec, f"routes[{index}]", upstreams, policies, defined)
-        if route is None:
-            continue
-        if route.name in seen_names:
-            ld.error(spec, f"routes[{index}]: duplicate route name '{route.name}'")
-        seen_names.add(route.name)
-        for path in route.paths + ((route.prefix + "*",) if route.prefix else ()):
+        route, name, claims = _route(ld, spec, f"routes[{index}]", upstreams, policies, defined)
+        # Names and paths are checked even for a route with other errors: every problem is listed.
+        where = f"routes[{index}] ({name})" if name else f"routes[{index}]"
+        if name is not None and name in seen_names:
+            ld.error(spec, f"{where}: duplicate route name '{name}'")
+        if name is not None:
+            seen_names.add(name)
+        for path in claims:
             if path in seen_paths:
-                ld.error(
-                    spec, f"routes[{index}] ({route.name}): path {path} is already used by route '{seen_paths[path]}'"
-                )
-            seen_paths[path] = route.name
-        routes.append(route)
+                ld.error(spec, f"{where}: path {path} is already used by route '{seen_paths[path]}'")
+            seen_paths[path] = name or f"routes[{index}]"
+        if route is not None:
+            routes.append(route)
     return routes
 
 
@@ -575,13 +575,15 @@ def _route(
     upstreams: Mapping[str, Upstream],
     policies: Mapping[str, AuthPolicy],
     defined: tuple[set[str], set[str]],
-) -> Route | None:
-    """``defined`` names every upstream and auth policy in the file, valid or not: a
+) -> tuple[Route | None, str | None, tuple[str, ...]]:
+    """The route (``None`` if it has errors), its name and the paths it claims.
+
+    ``defined`` names every upstream and auth policy in the file, valid or not: a
     reference to one that failed validation is not reported a second time."""
     defined_upstreams, defined_policies = defined
     m = ld.mapping(spec, where, _ROUTE_KEYS)
     if m is None:
-        return None
+        return None, None, ()
     ok = True
     name = ld.string(m["name"], f"{where}.name") if "name" in m else None
     if name is None or not _NAME.fullmatch(name):
@@ -638,10 +640,12 @@ def _route(
     max_size = ld.size(m["max_message_size"], f"{where}.max_message_size") if "max_message_size" in m else None
     if max_size is not None and kind != "websocket":
         ld.error(m["max_message_size"], f"{where}.max_message_size: only WebSocket routes have messages")
-    if not ok or upstream is None or (not paths and prefix is None):
-        return None
+    claims = (*paths, *((prefix + "*",) if prefix else ()))
+    valid_name = name if name is not None and _NAME.fullmatch(name) else None
+    if not ok or upstream is None or not claims:
+        return None, valid_name, claims
     assert name is not None
-    return Route(
+    route = Route(
         name=name,
         websocket=kind == "websocket",
         upstream=upstream,
@@ -652,6 +656,7 @@ def _route(
         forward_authorization=bool(forward),
         max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
     )
+    return route, name, claims
 
 
 def _defined(names: set[str]) -> str:

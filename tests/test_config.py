@@ -505,7 +505,7 @@ ONE_MISTAKE = [
     (
         "dup-name",
         route("name: r\ntype: http\npaths: [/x]\nupstream: b"),
-        "13: error: routes[1]: duplicate route name 'r'",
+        "13: error: routes[1] (r): duplicate route name 'r'",
     ),
     (
         "no-upstream",
@@ -838,3 +838,12 @@ def test_file_name_is_used_in_every_problem() -> None:
         f"/etc/sidecar/routes.yaml:{SECRET_LINE}: error: auth.edge.bearer: "
         "environment variable EDGE_SECRET is referenced but not set"
     ]
+
+
+def test_duplicate_path_is_reported_even_when_that_route_has_another_error() -> None:
+    text = BASE + "  - {name: r2, type: http, paths: [/ws], upstream: nowhere}\n"
+    config, problems = load_config(text, env=S)
+    assert config is None
+    found = messages(problems)
+    assert any("routes[1] (r2).upstream: no upstream named 'nowhere'" in m for m in found), found
+    assert any("routes[1] (r2): path /ws is already used by route 'r'" in m for m in found), found
