@@ -282,7 +282,8 @@ class _Closer:
         transport = _transport(leg)
         if transport is not None:
             transport.close()
-            asyncio.get_running_loop().call_later(self.timeout, transport.abort)
+            if transport.get_write_buffer_size():  # still flushing to the peer
+                asyncio.get_running_loop().call_later(self.timeout, transport.abort)
 
 
 def _transport(leg: Leg) -> asyncio.Transport | None:
