@@ -27,8 +27,8 @@ from .reasons import Reason
 
 Refuse = Callable[[BaseRequest, Reason], web.StreamResponse]
 
-# Request-head limits. aiohttp's parser enforces the first two (a line, a field
-# count); the app checks the total (MAX_HEAD_BYTES), like nginx's 4 x 8 KiB.
+# Request-head limits. aiohttp's parser enforces these (line length, field length,
+# field count); the app checks the total (MAX_HEAD_BYTES), like nginx's 4 x 8 KiB.
 HEAD_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 100}
 MAX_HEAD_BYTES = 32 * 1024
 
