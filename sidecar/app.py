@@ -93,7 +93,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             method=request.method,
             status=status,
             duration_s=round(elapsed, 4),
-            client=request.remote,
+            client=rt.client_of(request),
         )
 
 

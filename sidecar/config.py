@@ -12,6 +12,7 @@ so no ``repr``, log line or exception can carry one.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .headers import is_reserved
 
 Severity = Literal["error", "warning"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
 DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
@@ -101,6 +103,8 @@ class Config:
     upstreams: Mapping[str, Upstream]
     auth: Mapping[str, AuthPolicy]
     listen_host: str = "0.0.0.0"
+    # Proxies in front of the sidecar (Railway's edge) whose X-Forwarded-* are kept.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0
@@ -361,7 +365,8 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    m = ld.mapping(node, "listen", {"host", "port", "header_timeout", "close_timeout", "stall_timeout"}) or {}
+    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "trusted_proxies"}
+    m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
     if "port" in m:
@@ -369,6 +374,8 @@ def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     for key in ("header_timeout", "close_timeout", "stall_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
+    if "trusted_proxies" in m:
+        out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
     _drop_none(out)
 
 
@@ -395,6 +402,18 @@ def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             ld.error(m["format"], f"log.format: expected json or text, got {fmt!r}")
         elif fmt is not None:
             out["log_format"] = fmt.lower()
+
+
+def _networks(ld: _Loader, node: Node, where: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in ld.sequence(node, where) or []:
+        text = ld.string(item, where) or ""
+        for entry in filter(None, (part.strip() for part in text.split(","))):  # "a, b" from one variable
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                ld.error(item, f"{where}: {entry!r} is not an IP address or network (such as 10.0.0.0/8)")
+    return tuple(networks)
 
 
 def _drop_none(out: dict[str, object]) -> None:

@@ -40,6 +40,7 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
         remote=request.remote,
         scheme=request.scheme,
         host=request.host,
+        trusted=rt.via_trusted_proxy(request.remote),
     )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout
@@ -71,7 +72,7 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
     except ConnectionError:
         # The client went away mid-response: nothing to answer, nothing to log loudly.
         upstream.close()  # what is unread must not go back to the pool
-        event(logging.DEBUG, "http.client_gone", route=route.name, client=request.remote)
+        event(logging.DEBUG, "http.client_gone", route=route.name, client=rt.client_of(request))
     except aiohttp.ClientError as exc:
         # The backend broke off mid-body. The status line is gone already, so the
         # client learns it from a truncated body: the connection is closed.

@@ -75,7 +75,7 @@ def reject(
         method=request.method,
         path=request.path[:256],
         agent_id=rejection.agent_id,
-        client=request.remote,
+        client=rt.client_of(request),
         detail=rejection.detail,
         upstream_status=rejection.upstream_status,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from .config import Config, Route, identity_headers
 from .metrics import Metrics
@@ -42,6 +44,24 @@ class Runtime:
     @property
     def close_timeout(self) -> float:
         return self.config.close_timeout
+
+    def via_trusted_proxy(self, remote: str | None) -> bool:
+        """Did the request come through a proxy in ``listen.trusted_proxies``?"""
+        if not self.config.trusted_proxies or not remote:
+            return False
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in network for network in self.config.trusted_proxies)
+
+    def client_of(self, request: BaseRequest) -> str | None:
+        """The client's address for log lines: the first X-Forwarded-For entry when a
+        trusted proxy sent the request, else the connection's peer."""
+        remote, forwarded_for = request.remote, request.headers.get("X-Forwarded-For")
+        if forwarded_for and self.via_trusted_proxy(remote):
+            return forwarded_for.split(",")[0].strip() or remote
+        return remote
 
     def http(self) -> aiohttp.ClientSession:
         assert self.client is not None, "the app has not started"

@@ -35,11 +35,15 @@ def forward_headers(
     remote: str | None,
     scheme: str,
     host: str,
+    trusted: bool = False,
 ) -> CIMultiDict[str]:
     """The request's end-to-end headers, minus what the sidecar owns, plus its own.
 
     ``identity`` names the headers the sidecar vouches for (the agent id headers of
     every auth policy): a client's copy never passes, on any route, catch-all included.
+    ``X-Forwarded-For/-Proto/-Host`` are the sidecar's own view of the connection,
+    unless ``trusted`` (the peer is a configured proxy): then the proxy's are kept
+    and the peer appended to ``X-Forwarded-For``.
     """
     drop = HOP_BY_HOP | SIDECAR_OWNED | identity | tokens(headers, "Connection")
     if route.websocket:
@@ -53,6 +57,12 @@ def forward_headers(
     # Set after the Connection-token filtering: a client cannot strip these.
     if rule is not None and agent_id is not None:
         out[rule.forward_header] = agent_id
+    if trusted:
+        # A proxy we trust (Railway's edge) saw the client first: keep its view, add ours.
+        chain = ", ".join(headers.getall("X-Forwarded-For", ()))
+        remote = f"{chain}, {remote}" if chain and remote else chain or remote
+        scheme = headers.get("X-Forwarded-Proto", scheme)
+        host = headers.get("X-Forwarded-Host", host)
     if remote:
         out["X-Forwarded-For"] = remote
     out["X-Forwarded-Proto"] = scheme

@@ -48,6 +48,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         remote=request.remote,
         scheme=request.scheme,
         host=request.host,
+        trusted=rt.via_trusted_proxy(request.remote),
     )
     try:
         upstream = await connect_websocket(
@@ -85,7 +86,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         agent_id=agent_id,
         upstream=str(url.with_query(None)),
         subprotocol=upstream.protocol,
-        client=request.remote,
+        client=rt.client_of(request),
     )
     session = Session(route, agent_id, loop.create_future())
     # The session runs in a task of its own: if aiohttp cancels this handler

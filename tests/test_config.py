@@ -360,7 +360,7 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, header_timeout, host, port, stall_timeout)",
+            "(expected one of: close_timeout, header_timeout, host, port, stall_timeout, trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -847,3 +847,15 @@ def test_duplicate_path_is_reported_even_when_that_route_has_another_error() -> 
     found = messages(problems)
     assert any("routes[1] (r2).upstream: no upstream named 'nowhere'" in m for m in found), found
     assert any("routes[1] (r2): path /ws is already used by route 'r'" in m for m in found), found
+
+
+def test_trusted_proxies_are_networks_and_bad_ones_are_errors() -> None:
+    text = "listen:\n  trusted_proxies: [10.0.0.0/8, '::1', '${EXTRA:-}', '192.168.0.0/16, ::/0', not-an-ip]\n" + BASE
+    config, problems = load_config(text, env=S)
+    assert config is None
+    assert messages(problems) == [
+        "routes.yaml:2: error: listen.trusted_proxies: 'not-an-ip' is not an IP address or network (such as 10.0.0.0/8)"
+    ]
+    config, _ = load_config(text.replace(", not-an-ip", ""), env=S)
+    assert config is not None
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128", "192.168.0.0/16", "::/0"]

@@ -287,3 +287,25 @@ async def test_a_request_the_client_abandons_is_abandoned_upstream_too(sidecar: 
             await asyncio.sleep(0.01)
     # counted as the client's doing (499), not as a sidecar or backend failure
     assert sidecar.sample("sidecar_http_requests_total", route="default", status_class="5xx") == 0
+
+
+async def test_a_trusted_proxys_forwarding_headers_are_kept_and_extended(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    text = READ_TIMEOUT.replace("read_timeout: 300ms", "read_timeout: 10s")
+    sidecar = await start_sidecar(config_for(backend.url, "listen: {trusted_proxies: [127.0.0.0/8]}\n" + text))
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "edge.example"}
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/anything"), headers=headers) as r:
+        assert r.status == 200
+    seen = backend.seen[0].headers
+    assert seen["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]  # the proxy's view, then ours
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == (["https"], ["edge.example"])
+
+
+async def test_an_untrusted_peers_forwarding_headers_are_replaced(sidecar: Sidecar, backend: Backend) -> None:
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil"}
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/anything"), headers=headers) as r:
+        assert r.status == 200
+    seen = backend.seen[0].headers
+    assert (seen["x-forwarded-for"], seen["x-forwarded-proto"]) == (["127.0.0.1"], ["http"])
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{sidecar.port}"]
