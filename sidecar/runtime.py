@@ -56,11 +56,16 @@ class Runtime:
         return any(address in network for network in self.config.trusted_proxies)
 
     def client_of(self, request: BaseRequest) -> str | None:
-        """The client's address for log lines: the first X-Forwarded-For entry when a
-        trusted proxy sent the request, else the connection's peer."""
-        remote, forwarded_for = request.remote, request.headers.get("X-Forwarded-For")
-        if forwarded_for and self.via_trusted_proxy(remote):
-            return forwarded_for.split(",")[0].strip() or remote
+        """The client's address for log lines. Through trusted proxies it is the last
+        X-Forwarded-For entry that is not itself a trusted proxy (entries further left
+        were written by the client and prove nothing); otherwise the connection's peer."""
+        remote = request.remote
+        if not self.via_trusted_proxy(remote):
+            return remote
+        for entry in reversed(",".join(request.headers.getall("X-Forwarded-For", ())).split(",")):
+            address = entry.strip()
+            if address and not self.via_trusted_proxy(address):
+                return address
         return remote
 
     def http(self) -> aiohttp.ClientSession:

@@ -309,3 +309,15 @@ async def test_an_untrusted_peers_forwarding_headers_are_replaced(sidecar: Sidec
     seen = backend.seen[0].headers
     assert (seen["x-forwarded-for"], seen["x-forwarded-proto"]) == (["127.0.0.1"], ["http"])
     assert seen["x-forwarded-host"] == [f"127.0.0.1:{sidecar.port}"]
+
+
+async def test_logs_name_the_client_a_trusted_proxy_saw_not_a_spoofed_one(
+    backend: Backend, start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    sidecar = await start_sidecar(config_for(backend.url, "listen: {trusted_proxies: [127.0.0.0/8]}\n" + READ_TIMEOUT))
+    headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}  # the client wrote 6.6.6.6; the proxy appended .7
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/x//y"), headers=headers) as r:
+        assert r.status == 400
+    (line,) = [r for r in caplog.records if r.getMessage() == "http.rejected"]
+    assert line.fields["client"] == "203.0.113.7"  # type: ignore[attr-defined]
