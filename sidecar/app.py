@@ -140,7 +140,7 @@ async def _close_sessions(app: web.Application) -> None:
     if tasks:
         event(logging.INFO, "ws.closing_all", sessions=len(tasks))
         # Each close is bounded by close_timeout (the close frame, then the reply).
-        await asyncio.wait(tasks, timeout=2 * rt.close_timeout + 1)
+        await asyncio.wait(tasks, timeout=2 * rt.config.close_timeout + 1)
 
 
 async def _close_client(app: web.Application) -> None:

@@ -21,7 +21,7 @@ from .reasons import Rejection
 from .rejection import reject
 from .routing import CanonicalPath
 from .runtime import Runtime
-from .upstream import SKIP_AUTO_HEADERS, forward_headers, rejection_for, upstream_url
+from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_url
 
 
 async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
@@ -32,16 +32,7 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
 
     target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
     url = upstream_url(route.upstream, target, request.rel_url.raw_query_string)
-    headers = forward_headers(
-        request.headers,
-        route,
-        admission.agent_id,
-        identity=rt.identity_headers,
-        remote=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        trusted=rt.via_trusted_proxy(request.remote),
-    )
+    headers = request_headers(request, rt, route, admission.agent_id)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout
     )

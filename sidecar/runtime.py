@@ -41,10 +41,6 @@ class Runtime:
     def __post_init__(self) -> None:
         self.identity_headers = identity_headers(self.config)
 
-    @property
-    def close_timeout(self) -> float:
-        return self.config.close_timeout
-
     def via_trusted_proxy(self, remote: str | None) -> bool:
         """Did the request come through a proxy in ``listen.trusted_proxies``?"""
         if not self.config.trusted_proxies or not remote:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from .config import Route, Upstream
 from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
 from .reasons import Reason, Rejection
+from .runtime import Runtime
 
 # What aiohttp's client would otherwise add on its own: the backend sees only what
 # the client sent (plus the forwarding headers).
@@ -68,6 +70,20 @@ def forward_headers(
     out["X-Forwarded-Proto"] = scheme
     out["X-Forwarded-Host"] = host
     return out
+
+
+def request_headers(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
+    """:func:`forward_headers` for ``request`` as this sidecar received it."""
+    return forward_headers(
+        request.headers,
+        route,
+        agent_id,
+        identity=rt.identity_headers,
+        remote=request.remote,
+        scheme=request.scheme,
+        host=request.host,
+        trusted=rt.via_trusted_proxy(request.remote),
+    )
 
 
 def rejection_for(exc: BaseException, agent_id: str | None) -> Rejection | None:

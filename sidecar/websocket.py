@@ -24,7 +24,7 @@ from .rejection import reject
 from .relay import End, relay
 from .routing import CanonicalPath
 from .runtime import SHUTDOWN_CLOSE, Runtime, Session
-from .upstream import connect_websocket, forward_headers, rejection_for, upstream_url
+from .upstream import connect_websocket, rejection_for, request_headers, upstream_url
 
 
 async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
@@ -40,19 +40,10 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
     agent_id = admission.agent_id
 
     url = upstream_url(route.upstream, route.upstream_path or path.wire, request.rel_url.raw_query_string)
-    headers = forward_headers(
-        request.headers,
-        route,
-        agent_id,
-        identity=rt.identity_headers,
-        remote=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        trusted=rt.via_trusted_proxy(request.remote),
-    )
+    headers = request_headers(request, rt, route, agent_id)
     try:
         upstream = await connect_websocket(
-            rt.http(), route, url, headers, offered_protocols(request.headers), close_timeout=rt.close_timeout
+            rt.http(), route, url, headers, offered_protocols(request.headers), close_timeout=rt.config.close_timeout
         )
     except Exception as exc:
         failure = rejection_for(exc, agent_id)
@@ -66,7 +57,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         autoclose=False,
         autoping=False,  # pings and pongs are relayed end to end
         max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
-        timeout=rt.close_timeout,
+        timeout=rt.config.close_timeout,
         decode_text=False,
     )
     if upstream.protocol:
@@ -74,7 +65,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
     try:
         await client.prepare(request)
     except BaseException:
-        await _abandon(upstream, rt.close_timeout)
+        await _abandon(upstream, rt.config.close_timeout)
         raise
 
     rt.metrics.ws_handshake_duration.labels(route.name).observe(loop.time() - started)
@@ -126,7 +117,7 @@ async def _run(
             up,
             down,
             session.stop,
-            close_timeout=rt.close_timeout,
+            close_timeout=rt.config.close_timeout,
             stall_timeout=rt.config.stall_timeout,
             context={"route": route, "agent_id": session.agent_id},
         )
