@@ -7,7 +7,6 @@ token's length nor which secret matched shows in the timing.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 
 from multidict import MultiMapping
 
-from .config import AgentIdRule, AuthPolicy
+from .config import AgentIdRule, AuthPolicy, digest_secret
 from .reasons import Reason
 
 # credentials = "Bearer" 1*SP b64token  (RFC 6750 section 2.1; scheme is case-insensitive)
@@ -32,7 +31,7 @@ def check_bearer(authorization: Sequence[str], policy: AuthPolicy) -> Reason | N
     m = _BEARER.fullmatch(authorization[0].strip(" \t"))
     if m is None:
         return Reason.MALFORMED_TOKEN
-    digest = hashlib.sha256(m.group(1).encode("ascii")).digest()
+    digest = digest_secret(m.group(1))  # compared as digests, as the secrets are stored
     matched = False
     for secret in policy.secret_digests:
         matched |= hmac.compare_digest(digest, secret)
