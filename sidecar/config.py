@@ -46,15 +46,6 @@ class Problem:
         return f"{where}: {self.severity}: {self.message}"
 
 
-class ConfigError(Exception):
-    """The config has errors; ``problems`` lists every one (warnings included)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        errors = [p for p in problems if p.severity == "error"]
-        super().__init__(f"{len(errors)} error(s) in config:\n" + "\n".join(map(str, errors)))
-
-
 @dataclass(frozen=True)
 class Upstream:
     name: str

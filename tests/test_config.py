@@ -9,7 +9,6 @@ import pytest
 from sidecar.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Config,
-    ConfigError,
     Problem,
     digest_secret,
     load_config,
@@ -809,7 +808,7 @@ def test_warnings_alone_do_not_stop_the_config() -> None:
     assert [p.severity for p in problems] == ["warning"]
 
 
-# --- Problem and ConfigError --------------------------------------------------------
+# --- Problem --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -822,13 +821,6 @@ def test_warnings_alone_do_not_stop_the_config() -> None:
 )
 def test_problem_str(problem: Problem, text: str) -> None:
     assert str(problem) == text
-
-
-def test_config_error_lists_errors_only() -> None:
-    problems = [Problem("f", 1, "bad"), Problem("f", 2, "meh", "warning"), Problem("f", 3, "worse")]
-    error = ConfigError(problems)
-    assert error.problems == problems
-    assert str(error) == "2 error(s) in config:\nf:1: error: bad\nf:3: error: worse"
 
 
 def test_file_name_is_used_in_every_problem() -> None:
