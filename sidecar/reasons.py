@@ -36,6 +36,11 @@ class Reason(enum.Enum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_REJECTED = "upstream_rejected"
+    DRAINING = "draining"
+    ORIGIN_DENIED = "origin_denied"
+    RATE_LIMITED = "rate_limited"
+    OVER_CAPACITY = "over_capacity"
+    DUPLICATE_AGENT = "duplicate_agent"
 
     @property
     def status(self) -> int:
@@ -121,6 +126,32 @@ _SPECS: dict[Reason, _Spec] = {
         "The backend refused the WebSocket handshake; its status is in "
         "X-Sidecar-Upstream-Status. Check the backend's logs for this path.",
     ),
+    Reason.DRAINING: _Spec(
+        503,
+        "This sidecar replica is shutting down (a redeploy). Reconnect after Retry-After "
+        "seconds; the new replica takes the connection.",
+    ),
+    Reason.ORIGIN_DENIED: _Spec(
+        403,
+        "The Origin header names a site this route does not allow (cross-site WebSocket "
+        "hijacking defence). Connect from an allowed origin, or without an Origin header "
+        "from a non-browser client.",
+    ),
+    Reason.RATE_LIMITED: _Spec(
+        429,
+        "Too many failed authentication attempts from this address. Fix the token, then "
+        "retry after Retry-After seconds.",
+    ),
+    Reason.OVER_CAPACITY: _Spec(
+        503,
+        "The sidecar is at its session limit (for this route or in all). Retry after "
+        "Retry-After seconds, with backoff.",
+    ),
+    Reason.DUPLICATE_AGENT: _Spec(
+        409,
+        "A session with this agent id is already open, and this route refuses a second "
+        "one. Close the other session, or give each agent its own id.",
+    ),
 }
 
 
@@ -135,3 +166,4 @@ class Rejection:
     detail: str | None = None
     upstream_status: int | None = None
     agent_id: str | None = None
+    retry_after: int | None = None  # seconds, sent as Retry-After (RFC 9110 section 10.2.3)

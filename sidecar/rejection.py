@@ -46,6 +46,8 @@ def reject(
     if rejection.upstream_status is not None:
         body["upstream_status"] = rejection.upstream_status
         headers["X-Sidecar-Upstream-Status"] = str(rejection.upstream_status)
+    if rejection.retry_after is not None:
+        headers["Retry-After"] = str(rejection.retry_after)
     if reason.status == 401:
         headers["WWW-Authenticate"] = www_authenticate(reason, request.headers.getall("Authorization", ()))
     if reason is Reason.NOT_WEBSOCKET:

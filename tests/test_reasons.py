@@ -26,6 +26,11 @@ EXPECTED = {
     "upstream_unavailable": 502,
     "upstream_timeout": 504,
     "upstream_rejected": 502,
+    "draining": 503,
+    "origin_denied": 403,
+    "rate_limited": 429,
+    "over_capacity": 503,
+    "duplicate_agent": 409,
 }
 
 
@@ -57,7 +62,7 @@ def test_value_is_snake_case_of_the_member_name(reason: Reason) -> None:
 def test_values_and_messages_are_unique() -> None:
     values = [r.value for r in Reason]
     messages = [r.message for r in Reason]
-    assert len(set(values)) == len(values) == 15
+    assert len(set(values)) == len(values) == 20
     assert len(set(messages)) == len(messages)
 
 
@@ -72,6 +77,10 @@ def test_values_and_messages_are_unique() -> None:
         (Reason.BAD_HANDSHAKE, ["Sec-WebSocket-Version: 13", "GET"]),
         (Reason.UPSTREAM_UNAVAILABLE, ["UPSTREAM_URL"]),
         (Reason.UPSTREAM_REJECTED, ["X-Sidecar-Upstream-Status"]),
+        (Reason.DRAINING, ["Retry-After"]),
+        (Reason.RATE_LIMITED, ["Retry-After"]),
+        (Reason.OVER_CAPACITY, ["Retry-After"]),
+        (Reason.ORIGIN_DENIED, ["Origin"]),
     ],
     ids=lambda x: x.value if isinstance(x, Reason) else None,
 )
@@ -82,6 +91,11 @@ def test_message_tells_what_to_do(reason: Reason, words: list[str]) -> None:
 
 def test_rejection_defaults() -> None:
     rejection = Rejection(Reason.NO_ROUTE)
-    assert (rejection.detail, rejection.upstream_status, rejection.agent_id) == (None, None, None)
+    assert (rejection.detail, rejection.upstream_status, rejection.agent_id, rejection.retry_after) == (
+        None,
+        None,
+        None,
+        None,
+    )
     with pytest.raises(AttributeError):
         rejection.reason = Reason.BAD_PATH  # type: ignore[misc]
