@@ -71,7 +71,7 @@ def _serve(path: str) -> int:
     from .server import serve  # imports aiohttp: keep 'check' light
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, lambda: _load(path, strict=True)))
     except OSError as exc:  # from binding the listeners: the port is taken, or privileged
         print(
             f"not starting: cannot listen on {config.listen_host}:{config.port} "

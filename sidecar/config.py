@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,17 @@ class Config:
     routes: tuple[Route, ...]
     upstreams: Mapping[str, Upstream]
     auth: Mapping[str, AuthPolicy]
-    listen_host: str = "0.0.0.0"
+    listen_host: str = ALL_INTERFACES
     # Proxies in front of the sidecar (Railway's edge) whose X-Forwarded-* are kept.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0
     stall_timeout: float = 60.0
-    metrics_host: str = "0.0.0.0"
+    drain_timeout: float = 10.0  # SIGTERM: sessions are closed spread over this window
+    live_path: str = "/healthz"  # answered by the sidecar itself, before routing
+    ready_path: str = "/readyz"
+    metrics_host: str = ALL_INTERFACES
     metrics_port: int = 9100
     log_level: str = "info"
     log_format: Literal["json", "text"] = "json"
@@ -303,7 +307,7 @@ def _parse_size(text: str) -> int:
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2 token
-_TOP = {"listen", "metrics", "log", "upstreams", "auth", "routes"}
+_TOP = {"listen", "metrics", "log", "health", "upstreams", "auth", "routes"}
 
 
 def load_config(
@@ -339,9 +343,12 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _metrics(ld, top["metrics"], settings)
     if "log" in top:
         _log(ld, top["log"], settings)
+    if "health" in top:
+        _health(ld, top["health"], settings)
     upstreams, upstream_names = _upstreams(ld, top.get("upstreams"))
     policies, policy_nodes = _policies(ld, top.get("auth"))
     routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
+    _health_not_routed(ld, top.get("routes"), routes, settings)
     for name, policy_node in policy_nodes.items():
         if name not in ld.auth_refs:
             ld.warn(policy_node, f"auth.{name}: not used by any route")
@@ -356,13 +363,13 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "trusted_proxies"}
+    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout", "trusted_proxies"}
     m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
     if "port" in m:
         out["port"] = ld.integer(m["port"], "listen.port", 0, 65535)
-    for key in ("header_timeout", "close_timeout", "stall_timeout"):
+    for key in ("header_timeout", "close_timeout", "stall_timeout", "drain_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
     if "trusted_proxies" in m:
@@ -393,6 +400,30 @@ def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             ld.error(m["format"], f"log.format: expected json or text, got {fmt!r}")
         elif fmt is not None:
             out["log_format"] = fmt.lower()
+
+
+def _health(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "health", {"live", "ready"}) or {}
+    for key in ("live", "ready"):
+        path = ld.string(m[key], f"health.{key}") if key in m else None
+        if path is not None and _path_ok(ld, m[key], f"health.{key}", path):
+            out[f"{key}_path"] = path
+    if out.get("live_path", "/healthz") == out.get("ready_path", "/readyz"):
+        ld.error(node, "health: 'live' and 'ready' must be different paths")
+
+
+def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], settings: Mapping[str, object]) -> None:
+    """A route may not name a health path: the sidecar answers it before routing, so
+    the route would silently never see it. (A prefix covering one is fine, and
+    ``sidecar check`` lists it.)"""
+    health = {str(settings.get("live_path", "/healthz")), str(settings.get("ready_path", "/readyz"))}
+    for route in routes:
+        for path in health.intersection(route.paths):
+            ld.error(
+                node,
+                f"route '{route.name}': path {path} is a health check path, answered by the sidecar itself; "
+                "change the route or health.live / health.ready",
+            )
 
 
 def _networks(ld: _Loader, node: Node, where: str) -> tuple[IPNetwork, ...]:

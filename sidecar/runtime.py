@@ -14,8 +14,10 @@ from .config import Config, Route, identity_headers
 from .metrics import Metrics
 from .routing import Router
 
-# What every open session's client is sent when the sidecar stops.
-SHUTDOWN_CLOSE = (1001, "sidecar shutting down")
+# What every open session's client is sent when the sidecar stops (a redeploy):
+# 1012 "Service Restart" (IANA WebSocket close code registry, RFC 6455 section 11.7)
+# tells the agent to reconnect; the upstream leg is sent 1001 "going away".
+SHUTDOWN_CLOSE = (1012, "service restart: reconnect")
 
 
 @dataclass(eq=False)
@@ -27,6 +29,11 @@ class Session:
     stop: asyncio.Future[tuple[int, str]]
     task: asyncio.Future[None] | None = None
 
+    def end(self, code: int, reason: str) -> None:
+        """Close the session from outside: ``code`` and ``reason`` to the client."""
+        if not self.stop.done():
+            self.stop.set_result((code, reason))
+
 
 @dataclass(eq=False)
 class Runtime:
@@ -35,11 +42,18 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
-    stopping: bool = False  # set when shutdown begins: a session opened now ends at once
+    stopping: bool = False  # set when the drain begins: new requests get 503 draining
     identity_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.identity_headers = identity_headers(self.config)
+
+    def apply(self, config: Config) -> None:
+        """Serve ``config`` from now on (a reload). Requests read ``config`` and
+        ``router`` when they arrive; open sessions keep the route they were admitted by."""
+        self.config = config
+        self.router = Router(config.routes)
+        self.identity_headers = identity_headers(config)
 
     def via_trusted_proxy(self, remote: str | None) -> bool:
         """Did the request come through a proxy in ``listen.trusted_proxies``?"""

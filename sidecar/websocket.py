@@ -105,7 +105,7 @@ async def _run(
     active.inc()
     rt.sessions.add(session)
     if rt.stopping:  # opened while the sidecar shuts down: closed properly at once
-        session.stop.set_result(SHUTDOWN_CLOSE)
+        session.end(*SHUTDOWN_CLOSE)
     up = metrics.relayed.open(route, "upstream")
     down = metrics.relayed.open(route, "downstream")
     opened = loop.time()

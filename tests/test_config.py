@@ -81,8 +81,9 @@ def test_shipped_routes() -> None:
 
 def test_shipped_defaults() -> None:
     config = load_ok(SHIPPED)
-    assert (config.listen_host, config.port, config.header_timeout) == ("0.0.0.0", 8080, 10.0)
-    assert (config.metrics_host, config.metrics_port) == ("0.0.0.0", 9100)
+    assert (config.listen_host, config.port, config.header_timeout) == ("*", 8080, 10.0)
+    assert (config.metrics_host, config.metrics_port) == ("*", 9100)
+    assert (config.drain_timeout, config.live_path, config.ready_path) == (10.0, "/healthz", "/readyz")
     assert (config.log_level, config.log_format) == ("info", "json")
     assert list(config.upstreams) == ["backend"]
     backend = config.upstreams["backend"]
@@ -359,7 +360,7 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, header_timeout, host, port, stall_timeout, trusted_proxies)",
+            "(expected one of: close_timeout, drain_timeout, header_timeout, host, port, stall_timeout, trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -401,12 +402,12 @@ ONE_MISTAKE = [
     (
         "unknown-top-key",
         BASE + "extra: 1\n",
-        "13: error: top level: unknown key 'extra' (expected one of: auth, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key 'extra' (expected one of: auth, health, listen, log, metrics, routes, upstreams)",
     ),
     (
         "keys-not-expanded",
         BASE + "${S}: 1\n",
-        "13: error: top level: unknown key '${S}' (expected one of: auth, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key '${S}' (expected one of: auth, health, listen, log, metrics, routes, upstreams)",
     ),
     ("duplicate-top-key", BASE + "upstreams: {}\n", "13: error: top level: duplicate key 'upstreams'"),
     ("duplicate-nested-key", "listen:\n  port: 1\n  port: 2\n" + BASE, "3: error: listen: duplicate key 'port'"),
