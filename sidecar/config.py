@@ -72,6 +72,17 @@ class AuthPolicy:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """Retrying the upstream WebSocket handshake, for a backend that is waking up or
+    restarting: up to ``attempts`` tries in all (the first included), waiting
+    ``backoff``, doubled after each failure, jittered; all within the upstream's
+    ``connect_timeout``."""
+
+    attempts: int
+    backoff: float = 0.2
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     websocket: bool
@@ -82,6 +93,7 @@ class Route:
     auth: AuthPolicy | None = None
     forward_authorization: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    retry: Retry | None = None
 
     def describe_paths(self) -> str:
         if self.prefix is not None:
@@ -101,6 +113,9 @@ class Config:
     header_timeout: float = 10.0
     close_timeout: float = 5.0
     stall_timeout: float = 60.0
+    # The sidecar's own pings on both legs of a session (0.0: off): idle sessions
+    # survive proxies that cut idle connections, and a peer that stops answering is cut off.
+    keepalive_interval: float = 25.0
     drain_timeout: float = 10.0  # SIGTERM: sessions are closed spread over this window
     live_path: str = "/healthz"  # answered by the sidecar itself, before routing
     ready_path: str = "/readyz"
@@ -244,6 +259,10 @@ class _Loader:
             return None
         return value
 
+    def duration_or_off(self, node: Node, where: str) -> float | None:
+        """A duration, or ``off`` (also ``0``) to turn the feature off: 0.0."""
+        return self.convert(node, where, "a duration such as 25s or 500ms, or off", _parse_duration_or_off)
+
     def size(self, node: Node, where: str) -> int | None:
         value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
         if value is not None and value <= 0:
@@ -296,6 +315,10 @@ def _parse_duration(text: str) -> float:
     if not m:
         raise ValueError(text)
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _parse_duration_or_off(text: str) -> float:
+    return 0.0 if text.lower() in ("off", "false", "no") else _parse_duration(text)
 
 
 def _parse_size(text: str) -> int:
@@ -363,7 +386,10 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout", "trusted_proxies"}
+    keys = {
+        "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
+        "keepalive_interval", "trusted_proxies",
+    }  # fmt: skip
     m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
@@ -372,6 +398,8 @@ def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     for key in ("header_timeout", "close_timeout", "stall_timeout", "drain_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
+    if "keepalive_interval" in m:
+        out["keepalive_interval"] = ld.duration_or_off(m["keepalive_interval"], "listen.keepalive_interval")
     if "trusted_proxies" in m:
         out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
     _drop_none(out)
@@ -574,7 +602,7 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
 
 _ROUTE_KEYS = {
     "name", "type", "paths", "prefix", "upstream", "upstream_path", "auth",
-    "forward_authorization", "max_message_size",
+    "forward_authorization", "max_message_size", "retry",
 }  # fmt: skip
 
 
@@ -681,6 +709,7 @@ def _route(
     max_size = ld.size(m["max_message_size"], f"{where}.max_message_size") if "max_message_size" in m else None
     if max_size is not None and kind != "websocket":
         ld.error(m["max_message_size"], f"{where}.max_message_size: only WebSocket routes have messages")
+    retry = _retry(ld, m["retry"], f"{where}.retry", kind) if "retry" in m else None
     claims = (*paths, *((prefix + "*",) if prefix else ()))
     valid_name = name if name is not None and _NAME.fullmatch(name) else None
     if not ok or upstream is None or not claims:
@@ -696,8 +725,27 @@ def _route(
         auth=policy,
         forward_authorization=bool(forward),
         max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
+        retry=retry,
     )
     return route, name, claims
+
+
+def _retry(ld: _Loader, node: Node, where: str, kind: str | None) -> Retry | None:
+    m = ld.mapping(node, where, {"attempts", "backoff"})
+    if m is None:
+        return None
+    if kind != "websocket":
+        # A plain request may have a body or side effects: not safe to send twice.
+        ld.error(node, f"{where}: only WebSocket routes retry (their upstream handshake)")
+        return None
+    if "attempts" not in m:
+        ld.error(node, f"{where}: missing 'attempts' (tries in all, the first included)")
+        return None
+    attempts = ld.integer(m["attempts"], f"{where}.attempts", 1, 100)
+    backoff = ld.duration(m["backoff"], f"{where}.backoff") if "backoff" in m else Retry.backoff
+    if attempts is None or backoff is None:
+        return None
+    return Retry(attempts, backoff)
 
 
 def _defined(names: set[str]) -> str:
