@@ -2,8 +2,10 @@
 
 WebSocket ``/edge/ws`` echoes every message with its type, and obeys a few text
 commands so tests can make the *backend* act: ``close <code> <reason>`` closes with
-that code, ``vanish`` drops the TCP connection without a close frame, ``send <n>``
-sends an n-byte binary message. Every handshake and request is recorded.
+that code, ``vanish`` drops the TCP connection without a close frame, ``mute`` stops
+reading (so it answers nothing, pings included, while its TCP connection stays up),
+``send <n>`` sends an n-byte binary message. Every handshake and request is
+recorded, and so are the pings and pongs it receives.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Backend:
     flood_sent: int = 0
     hangs_abandoned: int = 0
     pong_wait: asyncio.Future[bytes] | None = None
+    pings: list[bytes] = field(default_factory=list)  # payloads of the pings received (each answered)
+    pongs: list[bytes] = field(default_factory=list)
+    muted: list[asyncio.Transport] = field(default_factory=list)
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
@@ -68,8 +73,10 @@ class Backend:
                         await ws.close(code=msg.data or 1000, message=(msg.extra or "").encode())
                     break
                 if msg.type is WSMsgType.PING:
+                    self.pings.append(bytes(msg.data))
                     await ws.pong(msg.data)
                 elif msg.type is WSMsgType.PONG:
+                    self.pongs.append(bytes(msg.data))
                     if self.pong_wait is not None and not self.pong_wait.done():
                         self.pong_wait.set_result(msg.data)
                 elif msg.type is WSMsgType.TEXT:
@@ -104,6 +111,11 @@ class Backend:
             assert request.transport is not None
             request.transport.abort()
             return True
+        if cmd[0] == "mute":  # alive but deaf: reads nothing more, so answers nothing
+            assert isinstance(request.transport, asyncio.Transport)
+            request.transport.pause_reading()
+            self.muted.append(request.transport)
+            return False
         if cmd[0] == "ping":  # ping the client; report (as a message) whether its pong came back
             self.pong_wait = asyncio.get_running_loop().create_future()
             await ws.ping(cmd[1].encode())
@@ -216,6 +228,9 @@ class Backend:
         return self
 
     async def stop(self) -> None:
+        for transport in self.muted:  # so a muted handler sees its connection gone
+            if not transport.is_closing():
+                transport.resume_reading()
         if self.runner is not None:
             await self.runner.cleanup()
 
