@@ -49,6 +49,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
             headers,
             offered_protocols(request.headers),
             close_timeout=rt.config.close_timeout,
+            agent_id=agent_id,
         )
     except Exception as exc:
         failure = rejection_for(exc, agent_id)

@@ -39,6 +39,7 @@ class Backend:
     pings: list[bytes] = field(default_factory=list)  # payloads of the pings received (each answered)
     pongs: list[bytes] = field(default_factory=list)
     muted: list[asyncio.Transport] = field(default_factory=list)
+    waking: int = 2  # /waking/ws answers this many handshakes with 503 before it opens
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
@@ -98,6 +99,14 @@ class Backend:
         """A WebSocket endpoint that takes half a second to answer the handshake."""
         self.record(request)
         await asyncio.sleep(0.5)
+        return await self.ws(request)
+
+    async def wake(self, request: web.Request) -> web.StreamResponse:
+        """A backend still starting behind its platform's proxy: 503, then the echo."""
+        if self.waking > 0:
+            self.waking -= 1
+            self.record(request)
+            raise web.HTTPServiceUnavailable(text="starting")
         return await self.ws(request)
 
     async def command(self, ws: web.WebSocketResponse, request: web.Request, text: str) -> bool | None:
@@ -209,6 +218,7 @@ class Backend:
         app.router.add_get("/edge/ws", self.ws)
         app.router.add_get("/slow/ws", self.hang)
         app.router.add_get("/late/ws", self.late)
+        app.router.add_get("/waking/ws", self.wake)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/forbidden/ws", self.forbidden)
         app.router.add_route("*", "/edge/message", self.echo)
@@ -238,7 +248,10 @@ class Backend:
 async def _serve_forever(port: int) -> None:
     backend = Backend(port=port)
     await backend.start()
-    print(f"test backend: WebSocket echo on ws://127.0.0.1:{backend.port}/edge/ws, HTTP echo on every other path")
+    print(
+        f"test backend: WebSocket echo on ws://127.0.0.1:{backend.port}/edge/ws, HTTP echo on every other path",
+        flush=True,  # a test waits for this line on a pipe
+    )
     await asyncio.Event().wait()
 
 
