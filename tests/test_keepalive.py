@@ -137,6 +137,7 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
     assert sidecar.running.runtime.sessions == set()
     await _until(lambda: not leftover_relay_tasks())
+    await _until(lambda: backend.ws_open == 0)  # the upstream connection is gone too
     writer.transport.abort()
 
 
