@@ -503,6 +503,11 @@ FORGED = {
     "X-Forwarded-Prefix": "/admin",
     "Forwarded": "for=6.6.6.6;proto=https",
     "X-Real-IP": "6.6.6.6",
+    # Underscore spellings: CGI/WSGI-style backends map '-' and '_' to the same name
+    # (HTTP_X_FORWARDED_FOR), so these would pass for the real thing there.
+    "X_Forwarded_For": "6.6.6.6",
+    "X_Real_IP": "6.6.6.6",
+    "X_Edge_Agent_Id": "admin",
 }
 
 
@@ -517,6 +522,8 @@ async def test_client_forwarding_headers_are_never_trusted(sidecar: Sidecar, bac
         assert statuses(await exchange(sidecar.port, plain("POST", path, GOOD | FORGED))) == [200]
     (seen,) = backend.seen
     for name in ("x-forwarded-port", "x-forwarded-prefix", "forwarded", "x-real-ip"):
+        assert name not in seen.headers, name
+    for name in ("x_forwarded_for", "x_real_ip", "x_edge_agent_id"):
         assert name not in seen.headers, name
     assert seen.headers["x-forwarded-for"] == ["127.0.0.1"]
     assert seen.headers["x-forwarded-proto"] == ["http"]
