@@ -403,6 +403,33 @@ async def test_h2c_upgrade_and_http2_settings_are_never_forwarded(
         assert name not in seen.headers, name
 
 
+async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(start_sidecar: StartSidecar) -> None:
+    """A backend that answers a plain request with 101 (RFC 9110 section 15.2.2 forbids
+    it: no Upgrade was sent) has left HTTP on that connection: the client gets 502, not
+    a 101, and the connection is closed rather than reused for the next request."""
+    connections: list[list[bytes]] = []
+
+    async def switching_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = [await reader.readuntil(b"\r\n\r\n")]
+        connections.append(received)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        await writer.drain()
+        received.append(await reader.read())  # anything written into the switched connection
+        writer.close()
+
+    server = await asyncio.start_server(switching_upstream, "127.0.0.1", 0)
+    async with server:
+        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+        for path in ("/first", "/second"):
+            response = await exchange(sidecar.port, plain("GET", path))
+            assert statuses(response) == [502]
+            assert header(response, "X-Sidecar-Reason") == "upstream_rejected"
+            assert header(response, "X-Sidecar-Upstream-Status") == "101"
+        await until(lambda: len(connections) == 2 and all(len(c) == 2 for c in connections))
+    assert [c[0].split(b" ")[1] for c in connections] == [b"/first", b"/second"]  # one connection each
+    assert [c[1] for c in connections] == [b"", b""]  # nothing written after the 101
+
+
 async def test_an_http2_preface_is_refused(sidecar: Sidecar, backend: Backend) -> None:
     response = await exchange(sidecar.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert statuses(response) == [400]
