@@ -744,6 +744,31 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
     await echo_works(sidecar)
 
 
+BAD_FRAMES = {
+    "ping-over-125-bytes": frame(0x9, b"p" * 126),  # RFC 6455 section 5.5
+    "fragmented-ping": frame(0x9, b"p", fin=False),  # section 5.5
+    "continuation-first": frame(0x0, b"orphan"),  # section 5.4
+    "new-message-mid-fragments": frame(0x1, b"a", fin=False) + frame(0x1, b"b"),  # section 5.4
+    "reserved-opcode": frame(0x3, b"x"),  # section 5.2
+    "reserved-bits": bytes([0xC1]) + frame(0x1, b"x")[1:],  # RSV1 without an extension, section 5.2
+    "close-with-1-byte": frame(0x8, b"\x03"),  # section 5.5.1
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_protocol_violations_close_both_legs_with_1002(sidecar: Sidecar, backend: Backend, bad: bytes) -> None:
+    """A frame RFC 6455 forbids fails that session (1002 to the sender, 1002 to the
+    backend) and is never relayed; other sessions keep working."""
+    reader, writer = await open_raw_websocket(sidecar.port)
+    writer.write(bad)
+    assert await close_code(reader) == 1002
+    writer.close()
+    await until(lambda: backend.closes)
+    assert backend.closes[0][0] == 1002
+    assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
+    await echo_works(sidecar)
+
+
 # === 6. the secret ========================================================================
 
 
@@ -911,11 +936,14 @@ def test_every_security_row_names_a_test_that_exists() -> None:
     assert len(rows) >= 7
     numbers = [number for number, _ in rows]
     assert len(set(numbers)) == len(numbers), "row numbers repeat"
+    defined: dict[str, set[str]] = {}
     for number, ids in rows:
         assert ids, f"SECURITY.md row {number} names no test"
         for path, name in ids:
             assert (ROOT / path).is_file(), f"row {number}: {path} does not exist"
-            assert name in functions_in(ROOT / path), f"row {number}: {path}::{name} does not exist"
+            if path not in defined:
+                defined[path] = functions_in(ROOT / path)
+            assert name in defined[path], f"row {number}: {path}::{name} does not exist"
 
 
 def test_the_security_md_check_fails_on_a_row_without_a_test_or_a_missing_test() -> None:
