@@ -72,8 +72,38 @@ def plain(method: str, path: str, headers: dict[str, str] | None = None, body: b
 
 
 def statuses(response: bytes) -> list[int]:
-    """The status of every response in ``response`` (a pipelined reply has several)."""
-    return [int(m) for m in re.findall(rb"(?:^|\r\n\r\n)HTTP/1\.[01] (\d{3}) ", response)]
+    """The status of every response in ``response``, in order: a pipelined request that
+    was answered shows up here, after the first response's body."""
+    found: list[int] = []
+    while response:
+        head, blank, rest = response.partition(b"\r\n\r\n")
+        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+        if not blank or status is None:
+            break
+        found.append(int(status[1]))
+        if found[-1] == 101:
+            break  # what follows is frames
+        response = rest[_body_length(found[-1], head, rest) :]
+    return found
+
+
+def _body_length(status: int, head: bytes, rest: bytes) -> int:
+    """How many bytes of ``rest`` the body of the response with ``head`` takes."""
+    fields = head.lower()
+    if status // 100 == 1:
+        return 0
+    length = re.search(rb"\r\ncontent-length: *(\d+)", fields)
+    if length is not None:
+        return int(length[1])
+    if re.search(rb"\r\ntransfer-encoding: *chunked", fields):
+        at = 0
+        while True:
+            line, _, _ = rest[at:].partition(b"\r\n")
+            size = int(line.split(b";")[0] or b"0", 16)
+            at += len(line) + 2 + size + 2
+            if size == 0 or at >= len(rest):
+                return at
+    return len(rest)  # until the connection closed
 
 
 def header(response: bytes, name: str) -> str | None:
@@ -289,7 +319,9 @@ async def test_a_slash_merging_backend_never_gets_edge_message_through_the_catch
 # === 2. WebSocket smuggling ===============================================================
 
 # Requests an attacker pipelines behind a handshake, hoping for a raw tunnel to the backend.
-SMUGGLED = b"GET /edge/message HTTP/1.1\r\nHost: x\r\n\r\nGET /internal/admin HTTP/1.1\r\nHost: x\r\n\r\n"
+SMUGGLED = (
+    b"GET /edge/message HTTP/1.1\r\nHost: x\r\n\r\nGET /internal/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+)
 FORBIDDEN_UPSTREAM = SHIPPED.replace("upstream_path: /edge/ws", "upstream_path: /forbidden/ws")
 
 
