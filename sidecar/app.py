@@ -133,7 +133,10 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     if response.headers.get("Server") == SERVER_SOFTWARE:
         response.headers["Server"] = "sidecar"
     if request.app[RUNTIME].stopping and response.status != 101:
-        response.force_close()  # draining: a kept-alive connection would pin the client here
+        # Draining: a kept-alive connection would pin the client to this replica.
+        # (aiohttp has already built the headers, so say it as well as do it.)
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 async def _open_client(app: web.Application) -> None:

@@ -58,6 +58,11 @@ def _check(path: str) -> int:
         target = route.upstream.name + " " + (route.upstream_path or "(same path)")
         auth = route.auth.name if route.auth else "none"
         print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
+    for path in (config.live_path, config.ready_path):
+        covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
+        longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
+        shadows = f" (route '{longest.name}' never sees it)" if longest else ""
+        print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
     return 0
 
 

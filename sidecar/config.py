@@ -420,10 +420,21 @@ def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], sett
     for route in routes:
         for path in health.intersection(route.paths):
             ld.error(
-                node,
+                _path_node(node, route.name, path) or node,
                 f"route '{route.name}': path {path} is a health check path, answered by the sidecar itself; "
                 "change the route or health.live / health.ready",
             )
+
+
+def _path_node(routes: Node | None, name: str, path: str) -> Node | None:
+    """Where route ``name`` writes ``path`` (for the problem's line)."""
+    for spec in routes.value if isinstance(routes, SequenceNode) else ():
+        fields = {k.value: v for k, v in spec.value} if isinstance(spec, MappingNode) else {}
+        paths = fields.get("paths")
+        if isinstance(fields.get("name"), ScalarNode) and fields["name"].value == name and paths is not None:
+            items = paths.value if isinstance(paths, SequenceNode) else [paths]
+            return next((item for item in items if isinstance(item, ScalarNode) and item.value == path), paths)
+    return None
 
 
 def _networks(ld: _Loader, node: Node, where: str) -> tuple[IPNetwork, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -28,6 +29,7 @@ class Session:
     agent_id: str | None
     stop: asyncio.Future[tuple[int, str]]
     task: asyncio.Future[None] | None = None
+    opened: float = field(default_factory=time.monotonic)
 
     def end(self, code: int, reason: str) -> None:
         """Close the session from outside: ``code`` and ``reason`` to the client."""

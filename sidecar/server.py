@@ -108,7 +108,7 @@ class Running:
 
 async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
     """Close every open session, the oldest first, evenly spread over ``window``."""
-    sessions = list(rt.sessions)
+    sessions = sorted(rt.sessions, key=lambda s: s.opened)
     if sessions:
         event(logging.INFO, "sidecar.draining", sessions=len(sessions), drain_timeout_s=window)
     loop = asyncio.get_running_loop()

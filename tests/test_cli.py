@@ -34,6 +34,10 @@ def test_check_summarises_the_shipped_config_and_warns_of_unset_secret() -> None
     assert lines[0] == "routes.yaml: valid, 3 route(s)"
     assert lines[1].split()[:4] == ["edge", "websocket", "/edge/ws,", "/ws/edge"]
     assert "auth=edge" in lines[1] and "backend" in lines[1]
+    assert lines[-2:] == [
+        "  /healthz is answered by the sidecar itself, before routing (route 'default' never sees it)",
+        "  /readyz is answered by the sidecar itself, before routing (route 'default' never sees it)",
+    ]
     assert "environment variable EDGE_SECRET is referenced but not set" in result.stderr
     line = next(
         i for i, text in enumerate((ROOT / "routes.yaml").read_text().splitlines(), 1) if "${EDGE_SECRET}" in text

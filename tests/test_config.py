@@ -360,7 +360,8 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, drain_timeout, header_timeout, host, port, stall_timeout, trusted_proxies)",
+            "(expected one of: close_timeout, drain_timeout, header_timeout, host, port, stall_timeout, "
+            "trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -402,12 +403,14 @@ ONE_MISTAKE = [
     (
         "unknown-top-key",
         BASE + "extra: 1\n",
-        "13: error: top level: unknown key 'extra' (expected one of: auth, health, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key 'extra' "
+        "(expected one of: auth, health, listen, log, metrics, routes, upstreams)",
     ),
     (
         "keys-not-expanded",
         BASE + "${S}: 1\n",
-        "13: error: top level: unknown key '${S}' (expected one of: auth, health, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key '${S}' "
+        "(expected one of: auth, health, listen, log, metrics, routes, upstreams)",
     ),
     ("duplicate-top-key", BASE + "upstreams: {}\n", "13: error: top level: duplicate key 'upstreams'"),
     ("duplicate-nested-key", "listen:\n  port: 1\n  port: 2\n" + BASE, "3: error: listen: duplicate key 'port'"),
@@ -852,3 +855,41 @@ def test_trusted_proxies_are_networks_and_bad_ones_are_errors() -> None:
     config, _ = load_config(text.replace(", not-an-ip", ""), env=S)
     assert config is not None
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128", "192.168.0.0/16", "::/0"]
+
+
+# --- health paths and the drain window ---------------------------------------------
+
+
+def test_health_paths_and_drain_timeout() -> None:
+    text = SHIPPED.replace("live: /healthz", "live: /-/live").replace("ready: /readyz", "ready: /-/ready")
+    config = load_ok(text, {**ENV, "DRAIN_TIMEOUT": "2m"})
+    assert (config.live_path, config.ready_path, config.drain_timeout) == ("/-/live", "/-/ready", 120.0)
+
+
+def test_a_route_cannot_name_a_health_path() -> None:
+    text = SHIPPED.replace("paths: [/edge/message]", "paths: [/edge/message, /readyz]")
+    config, problems = load_config(text, env=ENV)
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(text, '/edge/message, /readyz')}: error: route 'edge-message': "
+        "path /readyz is a health check path, answered by the sidecar itself; "
+        "change the route or health.live / health.ready"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("health", "message"),
+    [
+        ("{live: /x, ready: /x}", "health: 'live' and 'ready' must be different paths"),
+        ("{live: /a/../b}", "health.live: '/a/../b' is not a canonical path (dot segment)"),
+        ("{ready: 5}", "health.ready: '5' is not a canonical path"),
+        ("{alive: /x}", "health: unknown key 'alive' (expected one of: live, ready)"),
+    ],
+)
+def test_bad_health_section(health: str, message: str) -> None:
+    start, end = SHIPPED.index("health:"), SHIPPED.index("log:")
+    text = SHIPPED[:start] + f"health: {health}\n\n" + SHIPPED[end:]
+    config, problems = load_config(text, env=ENV)
+    assert config is None
+    assert any(message in m for m in messages(problems)), messages(problems)
+    assert all(p.line == line_of(text, "health:") for p in problems if p.severity == "error")
