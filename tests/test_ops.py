@@ -173,6 +173,7 @@ async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[s
         while True:
             line = await process.stderr.readline()
             assert line, f"the process ended before logging {name}"
+            assert line.startswith(b"{"), line
             record: dict[str, object] = json.loads(line)
             if record["event"] == name:
                 return record
