@@ -150,12 +150,12 @@ class Banner:
         return "\n".join(f"# {line}" for line in lines)
 
     def _python(self, ws_url: str) -> str:
-        bearer = '"Bearer " + os.environ["EDGE_SECRET"]'
+        imports, bearer = "asyncio, os, aiohttp", '"Bearer " + os.environ["EDGE_SECRET"]'
         if self.demo_token is not None:
-            bearer = f'"Bearer {self.demo_token}"'
+            imports, bearer = "asyncio, aiohttp", f'"Bearer {self.demo_token}"'
         return (
             f"{self.python} - <<'PY'\n"
-            "import asyncio, os, aiohttp\n"
+            f"import {imports}\n"
             "async def main():\n"
             f'    headers = {{"Authorization": {bearer}}}\n'
             "    async with aiohttp.ClientSession() as session:\n"

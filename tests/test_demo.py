@@ -132,6 +132,22 @@ async def test_printed_python_client_and_websocat_get_their_messages_back(demo: 
     assert (await demo.stop())[0] == 0
 
 
+async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> None:
+    d = await start_demo(clean_env(EDGE_SECRET=SECRET, PORT=str(free_port()), METRICS_PORT=str(free_port())))
+    try:
+        assert SECRET not in d.printed and "DEMO TOKEN" not in d.printed
+        shell_env = clean_env(EDGE_SECRET=SECRET)  # the user exported it in their shell
+        out = (await shell(d.command("# a Python client"), shell_env)).splitlines()
+        assert out[1:] == ["text echo: hello", "binary echo: b'\\x00\\x01binary'"]
+        typed = await shell(d.command("# WebSocket with websocat"), shell_env, stdin=b"hi\n")
+        assert typed.splitlines()[1] == "hi"
+        answer = await shell(d.command("# POST /edge/message"), shell_env)
+        assert answer.startswith("HTTP/1.1 200 OK")
+    finally:
+        code, logged = await d.stop()
+    assert code == 0 and SECRET not in logged
+
+
 async def test_with_the_users_secret_and_backend_no_value_printed_and_no_echo_backend() -> None:
     backend = await Backend().start()
     env = clean_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(free_port()), METRICS_PORT=str(free_port()))
