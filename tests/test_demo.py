@@ -159,6 +159,10 @@ async def test_with_the_users_secret_and_backend_no_value_printed_and_no_echo_ba
         answer = await shell(d.command("# POST /edge/message"), env)
         assert answer.startswith("HTTP/1.1 200 OK")
         assert [s.path for s in backend.seen] == ["/edge/message"]  # the user's backend, not an echo
+        # a backend that does not greet: the client sends first and prints the answer
+        assert await shell(d.command("# a Python client"), env) == "received: hello\n"
+        assert await shell(d.command("# WebSocket with websocat"), env, stdin=b"hi\n") == "hi\n"
+        assert [s.path for s in backend.seen][1:] == ["/edge/ws", "/edge/ws"]
         code, logged = await d.stop(signal.SIGINT)  # Ctrl-C
         assert code == 0 and SECRET not in logged
     finally:
