@@ -15,8 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The package only: no tests, no dev extras ("[test]" is never installed).
+# routes.yaml too: sidecar/routes.yaml links to it, and the wheel carries its contents
+# (what 'sidecar demo' falls back to outside /app).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md routes.yaml ./
 COPY sidecar/ ./sidecar/
 RUN pip install --no-cache-dir /src \
     && rm -rf /src

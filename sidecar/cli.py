@@ -1,4 +1,4 @@
-"""Command line: ``sidecar serve --config FILE`` and ``sidecar check FILE``.
+"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE`` and ``sidecar demo``.
 
 Exit status: 0 on success, 2 when the config has errors (every one is printed,
 each with its file:line).
@@ -25,9 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
     check = commands.add_parser("check", help="validate a routes file without serving")
     check.add_argument("file", help="routes file to validate")
+    demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
+    demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "demo":
+        from .demo import main as demo_main  # imports aiohttp: keep 'check' light
+
+        return demo_main(args.config)
     return _serve(args.config)
 
 
