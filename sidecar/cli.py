@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .config import Config, Problem, load_config
@@ -37,13 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args.config)
 
 
-def _load(path: str, *, strict: bool) -> tuple[Config | None, list[Problem]]:
+def read_config(
+    path: str, *, strict: bool, env: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[Problem]]:
+    """Read and validate the file at ``path`` (with ``env``, default the process's)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
-    return load_config(text, file=path, env=os.environ, strict=strict)
+    return load_config(text, file=path, env=os.environ if env is None else env, strict=strict)
 
 
 def _report(problems: list[Problem]) -> None:
@@ -52,7 +55,7 @@ def _report(problems: list[Problem]) -> None:
 
 
 def _check(path: str) -> int:
-    config, problems = _load(path, strict=False)
+    config, problems = read_config(path, strict=False)
     _report(problems)
     if config is None:
         errors = sum(p.severity == "error" for p in problems)
@@ -73,7 +76,7 @@ def _check(path: str) -> int:
 
 
 def _serve(path: str) -> int:
-    config, problems = _load(path, strict=True)
+    config, problems = read_config(path, strict=True)
     _report(problems)
     if config is None:
         print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
@@ -81,13 +84,4 @@ def _serve(path: str) -> int:
     configure(config.log_level, config.log_format)
     from .server import serve  # imports aiohttp: keep 'check' light
 
-    try:
-        asyncio.run(serve(config, lambda: _load(path, strict=True)))
-    except OSError as exc:  # from binding the listeners: the port is taken, or privileged
-        print(
-            f"not starting: cannot listen on {config.listen_host}:{config.port} "
-            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return asyncio.run(serve(config, lambda: read_config(path, strict=True)))

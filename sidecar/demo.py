@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +21,10 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from .config import Config, load_config
-from .logs import configure, event
-from .server import Running, start
+from .cli import read_config
+from .config import Config, Problem
+from .logs import configure
+from .server import Running, serve
 
 DEFAULT_CONFIG = "routes.yaml"
 # The copy installed with the package (sidecar/routes.yaml links to the repository's one).
@@ -195,18 +194,6 @@ def demo_environment(env: Mapping[str, str]) -> tuple[dict[str, str], str | None
     return out, token
 
 
-def load(path: Path, env: Mapping[str, str]) -> Config | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"{path}: cannot read the file: {exc.strerror}", file=sys.stderr)
-        return None
-    config, problems = load_config(text, file=str(path), env=env, strict=True)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return config
-
-
 async def run(path: Path, environ: Mapping[str, str]) -> int:
     env, token = demo_environment(environ)
     echo: web.AppRunner | None = None
@@ -220,35 +207,22 @@ async def run(path: Path, environ: Mapping[str, str]) -> int:
 
 
 async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, echo: bool) -> int:
-    config = load(path, env)
+    def load() -> tuple[Config | None, list[Problem]]:
+        return read_config(str(path), strict=True, env=env)
+
+    config, problems = load()
+    for problem in problems:
+        print(problem, file=sys.stderr)
     if config is None:
         print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
         return 2
     configure(config.log_level, config.log_format)
-    try:
-        running = await start(config)
-    except OSError as exc:  # a port is taken, or privileged
-        print(
-            f"not starting: cannot listen on {config.listen_host}:{config.port} "
-            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    banner = Banner(running.port, running.metrics_port, env["UPSTREAM_URL"], echo, token, str(path))
-    print(banner.text(), flush=True)
-    await _until_stopped(running)
-    return 0
 
+    def started(running: Running) -> None:
+        banner = Banner(running.port, running.metrics_port, env["UPSTREAM_URL"], echo, token, str(path))
+        print(banner.text(), flush=True)
 
-async def _until_stopped(running: Running) -> None:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    event(logging.INFO, "demo.started", port=running.port)
-    await stopping.wait()
-    event(logging.INFO, "demo.stopping")
-    await running.close()
+    return await serve(config, load, started=started)
 
 
 def main(given: str | None) -> int:

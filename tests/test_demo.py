@@ -215,7 +215,7 @@ def test_a_taken_port_is_one_line_and_exit_1() -> None:
         )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"not starting: cannot listen on 0.0.0.0:{port}")
+    assert line.startswith(f"not starting: cannot listen on *:{port}")
     assert result.stdout == ""
 
 
@@ -227,5 +227,5 @@ async def test_stopping_closes_an_open_session_with_a_close_frame_and_exits_0(de
         demo.process.send_signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 30)
-        assert ws.close_code == 1001  # the sidecar's shutdown close, never 1006
+        assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")  # never 1006
     assert await asyncio.wait_for(demo.process.wait(), 30) == 0
