@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .config import Config, Route, identity_headers
+from .limits import FailureTable, SessionCounts
 from .metrics import Metrics
 from .routing import Router
 
@@ -35,6 +36,10 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    # Admission state: survives a config reload, keyed by route name and client key.
+    failures: FailureTable = field(default_factory=FailureTable)
+    counts: SessionCounts = field(default_factory=SessionCounts)
+    agents: dict[tuple[str, str], Session] = field(default_factory=dict)  # (route, agent id), admitted or open
     stopping: bool = False  # set when shutdown begins: a session opened now ends at once
     identity_headers: frozenset[str] = field(init=False)
 
