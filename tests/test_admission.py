@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
+from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.runtime import RUNTIME, Runtime
 
 from .conftest import SECRET, Sidecar, StartSidecar, config_for
@@ -284,3 +286,100 @@ async def test_allow_lets_both_sessions_run(backend: Backend, start_sidecar: Sta
     async with connect(url, additional_headers=GOOD) as one, connect(url, additional_headers=GOOD) as two:
         await echoes(one)
         await echoes(two)
+
+
+# --- 6. the token in the query string (RFC 6750 section 2.3) -----------------------------------
+
+QUERY_ROUTE = ", query_token: true"
+
+
+async def test_a_query_token_is_refused_where_the_route_does_not_opt_in(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start(start_sidecar, backend)
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(sidecar.url(f"/edge/ws?access_token={SECRET}&edge_agent_id={AGENT}")):
+            pass
+    response = info.value.response
+    body = json.loads(response.body or b"{}")
+    assert (response.status_code, response.headers["X-Sidecar-Reason"], body["error"]) == (
+        401,
+        "missing_token",
+        "missing_token",
+    )
+    assert body["detail"] == (
+        "a token in the access_token query parameter is not accepted on this route; send it in the Authorization header"
+    )
+    assert SECRET not in (response.body or b"").decode()
+    assert rejections(sidecar, "missing_token") == 1
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(sidecar.url(f"/edge/message?access_token={SECRET}", "http"), headers={"X-Edge-Agent-Id": AGENT}) as r,
+    ):
+        assert (r.status, r.headers["X-Sidecar-Reason"]) == (401, "missing_token")
+        assert "not accepted on this route" in (await r.json())["detail"]
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize("forward", [True, False])
+async def test_an_opted_in_route_takes_the_query_token_and_never_passes_it_on_in_the_url(
+    backend: Backend, start_sidecar: StartSidecar, forward: bool
+) -> None:
+    route = QUERY_ROUTE + (", forward_authorization: true" if forward else "")
+    sidecar = await start(start_sidecar, backend, route=route)
+    async with connect(sidecar.url(f"/edge/ws?v=1&access_token={SECRET}&edge_agent_id={AGENT}")) as ws:
+        await echoes(ws)
+    seen = backend.seen[0]
+    assert seen.query_string == f"v=1&edge_agent_id={AGENT}"  # the rest byte for byte
+    assert seen.headers.get("authorization") == ([f"Bearer {SECRET}"] if forward else None)
+    assert seen.headers["x-edge-agent-id"] == [AGENT]
+
+
+async def test_header_and_query_token_together_are_refused(backend: Backend, start_sidecar: StartSidecar) -> None:
+    sidecar = await start(start_sidecar, backend, route=QUERY_ROUTE)
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(sidecar.url(f"/edge/ws?access_token={SECRET}"), additional_headers=GOOD):
+            pass
+    body = json.loads(info.value.response.body or b"{}")
+    assert (info.value.response.status_code, body["error"]) == (401, "malformed_token")
+    assert "RFC 6750 section 2" in body["detail"]
+
+
+async def test_a_query_token_never_reaches_a_log_line(
+    backend: Backend, start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, aiohttp's included (the test's own client aside)
+    text = admission_yaml(route=QUERY_ROUTE) + (
+        "  - {name: plain, type: http, paths: [/plain], upstream: backend, auth: edge, query_token: true}\n"
+        "  - {name: down, type: websocket, paths: [/down/ws], upstream: nowhere, auth: edge, query_token: true}\n"
+        "  - {name: catchall, type: http, prefix: /, upstream: backend}\n"
+    ).replace("upstream: nowhere", "upstream: gone")
+    text = text.replace("upstreams: {", 'upstreams: {gone: {url: "http://127.0.0.1:1"}, ')
+    sidecar = await start_sidecar(config_for(backend.url, text))
+    token = f"access_token={SECRET}"
+    async with connect(sidecar.url(f"/edge/ws?{token}&edge_agent_id={AGENT}")) as ws:  # a whole session
+        await echoes(ws)
+    for path in (
+        f"/edge/ws?{token}&edge_agent_id=bad%20id",  # invalid agent id
+        f"/edge/ws?access_token=wrong{SECRET}",  # invalid token
+        f"/down/ws?{token}&edge_agent_id={AGENT}",  # upstream unavailable
+        f"/edge//ws?{token}",  # bad path
+        f"/nowhere/ws?{token}",  # no route
+    ):
+        with pytest.raises(InvalidStatus):
+            async with connect(sidecar.url(path)):
+                pass
+    async with aiohttp.ClientSession() as http:
+        for path in (f"/plain?{token}&edge_agent_id={AGENT}", f"/edge/message?{token}", f"/other?{token}"):
+            async with http.get(sidecar.url(path, "http")) as response:
+                await response.read()
+    await until(lambda: any(r.getMessage() == "ws.closed" for r in caplog.records))
+    events = [r.getMessage() for r in caplog.records]
+    for expected in ("ws.established", "ws.closed", "ws.rejected", "http.rejected", "http.request"):
+        assert expected in events
+    records = [r for r in caplog.records if not r.name.startswith("websockets")]  # the client logs its own URL
+    assert {r.name for r in records} >= {"sidecar"}
+    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in records)
+    assert SECRET not in everything
+    assert SECRET[:8] not in everything  # not even in part
+    assert all(SECRET not in s.query_string for s in backend.seen if s.path != "/other")
