@@ -980,3 +980,10 @@ def test_admission_keys() -> None:
     assert route.duplicate_agent == "reject"
     assert route.compression is True
     assert route.query_token is True
+
+
+def test_shipped_admission_settings_are_the_defaults() -> None:
+    config = load_ok(SHIPPED)
+    assert (config.auth_failures, config.auth_window, config.max_sessions) == (10, 60.0, 10_000)
+    edge = config.routes[0]
+    assert (edge.duplicate_agent, edge.origins, edge.max_sessions, edge.compression) == ("replace", None, None, False)
