@@ -157,7 +157,6 @@ def test_serve_refuses_pure_python_aiohttp_with_one_line_naming_the_fix() -> Non
 )
 async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: list[str], env: dict[str, str]) -> None:
     backend = await Backend().start()
-    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
     environment = {
         **clean,
@@ -165,7 +164,7 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         "AIOHTTP_NO_EXTENSIONS": "1",
         "EDGE_SECRET": SECRET,
         "UPSTREAM_URL": backend.url,
-        "PORT": str(port),
+        "PORT": "0",  # a free port, read back from the log: no race with other test runs
         "METRICS_PORT": "0",
     }
     process = await asyncio.create_subprocess_exec(
@@ -178,6 +177,7 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         assert "HTTP request parser" in warning["parts"]
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert started["event"] == "sidecar.started"
+        port = int(started["listen"].rpartition(":")[2])
         headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
         async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
             await ws.send("pure")
