@@ -22,6 +22,8 @@ COPY pyproject.toml README.md routes.yaml ./
 COPY sidecar/ ./sidecar/
 RUN pip install --no-cache-dir /src \
     && rm -rf /src
+# aiohttp must run on its C parsers ('serve' refuses otherwise): fail the build, not the deploy.
+RUN python -c "from sidecar.extensions import pure_python_parts as p, refusal; import sys; sys.exit(refusal(p()) if p() else 0)"
 
 # A fixed, unprivileged uid/gid so volume and Kubernetes securityContext rules can name it.
 RUN groupadd --system --gid 10001 sidecar \

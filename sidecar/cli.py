@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .config import Config, Problem, load_config
-from .logs import configure
+from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
+from .logs import configure, event
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
+    serve.add_argument(
+        "--allow-pure-python",
+        action="store_true",
+        help=f"start even if aiohttp runs without its C extensions (also {ALLOW_ENV}=1)",
+    )
     check = commands.add_parser("check", help="validate a routes file without serving")
     check.add_argument("file", help="routes file to validate")
     demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
@@ -34,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main  # imports aiohttp: keep 'check' light
 
         return demo_main(args.config)
-    return _serve(args.config)
+    return _serve(args.config, allow_pure_python=args.allow_pure_python or allowed_by_env(os.environ))
 
 
 def read_config(
@@ -75,13 +82,19 @@ def _check(path: str) -> int:
     return 0
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, *, allow_pure_python: bool) -> int:
+    pure = pure_python_parts()
+    if pure and not allow_pure_python:
+        print(refusal(pure), file=sys.stderr)
+        return 2
     config, problems = read_config(path, strict=True)
     _report(problems)
     if config is None:
         print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
         return 2
     configure(config.log_level, config.log_format)
+    if pure:
+        event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
     from .server import serve  # imports aiohttp: keep 'check' light
 
     return asyncio.run(serve(config, lambda: read_config(path, strict=True)))

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .config import Config, Route, identity_headers
+from .limits import FailureTable, SessionCounts
 from .metrics import Metrics
 from .routing import Router
 
@@ -44,6 +45,10 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    # Admission state: survives a config reload, keyed by route name and client key.
+    failures: FailureTable = field(default_factory=FailureTable)
+    counts: SessionCounts = field(default_factory=SessionCounts)
+    agents: dict[tuple[str, str], Session] = field(default_factory=dict)  # (route, agent id), admitted or open
     stopping: bool = False  # set when the drain begins: new requests get 503 draining
     identity_headers: frozenset[str] = field(init=False)
 

@@ -404,13 +404,13 @@ ONE_MISTAKE = [
         "unknown-top-key",
         BASE + "extra: 1\n",
         "13: error: top level: unknown key 'extra' "
-        "(expected one of: auth, health, listen, log, metrics, routes, upstreams)",
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
     ),
     (
         "keys-not-expanded",
         BASE + "${S}: 1\n",
         "13: error: top level: unknown key '${S}' "
-        "(expected one of: auth, health, listen, log, metrics, routes, upstreams)",
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
     ),
     ("duplicate-top-key", BASE + "upstreams: {}\n", "13: error: top level: duplicate key 'upstreams'"),
     ("duplicate-nested-key", "listen:\n  port: 1\n  port: 2\n" + BASE, "3: error: listen: duplicate key 'port'"),
@@ -492,8 +492,9 @@ ONE_MISTAKE = [
     (
         "route-unknown-key",
         BASE.replace("    auth: e", "    auth: e\n    timeout: 1s"),
-        "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, forward_authorization, "
-        "max_message_size, name, paths, prefix, type, upstream, upstream_path)",
+        "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, compression, duplicate_agent, "
+        "forward_authorization, max_message_size, max_sessions, name, origins, paths, prefix, query_token, "
+        "type, upstream, upstream_path)",
     ),
     (
         "dup-path",
@@ -605,6 +606,90 @@ ONE_MISTAKE = [
         "bool-bad",
         route("name: s\ntype: http\npaths: [/x]\nupstream: b\nforward_authorization: maybe"),
         "17: error: routes[1] (s).forward_authorization: expected true or false, got 'maybe'",
+    ),
+    (
+        "origins-not-an-origin",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: [https://a.example, 'https://b.example/']"),
+        "17: error: routes[1] (s).origins: 'https://b.example/' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-null",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: ['null']"),
+        "17: error: routes[1] (s).origins: 'null' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-wildcard",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins:\n  - 'https://*.example.com'"),
+        "18: error: routes[1] (s).origins: 'https://*.example.com' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-empty",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: []"),
+        "17: error: routes[1] (s).origins: empty; list the allowed origins, or leave the key out to allow any",
+    ),
+    (
+        "origins-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\norigins: [https://a.example]"),
+        "17: error: routes[1] (s).origins: only WebSocket routes have this",
+    ),
+    (
+        "max-sessions-zero",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\nmax_sessions: 0"),
+        "17: error: routes[1] (s).max_sessions: 0 is out of range (1 to 10000000)",
+    ),
+    (
+        "max-sessions-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\nmax_sessions: 5"),
+        "17: error: routes[1] (s).max_sessions: only WebSocket routes have this",
+    ),
+    (
+        "duplicate-agent-bad",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\nduplicate_agent: kick"),
+        "17: error: routes[1] (s).duplicate_agent: expected replace, reject or allow, got 'kick'",
+    ),
+    (
+        "compression-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\ncompression: true"),
+        "17: error: routes[1] (s).compression: only WebSocket routes have this",
+    ),
+    (
+        "compression-bad",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\ncompression: gzip"),
+        "17: error: routes[1] (s).compression: expected true or false, got 'gzip'",
+    ),
+    (
+        "query-token-without-auth",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\nquery_token: true"),
+        "17: error: routes[1] (s).query_token: only routes with 'auth' take a token",
+    ),
+    (
+        "limits-unknown-key",
+        BASE + "limits: {sessions: 5}\n",
+        "13: error: limits: unknown key 'sessions' "
+        "(expected one of: auth_failures, auth_window, max_sessions, tracked_clients)",
+    ),
+    (
+        "limits-failures-zero",
+        BASE + "limits: {auth_failures: 0}\n",
+        "13: error: limits.auth_failures: 0 is out of range (1 to 1000000)",
+    ),
+    (
+        "limits-window-bad",
+        BASE + "limits:\n  auth_window: forever\n",
+        "14: error: limits.auth_window: expected a duration such as 10s, 500ms or 2m, got 'forever'",
+    ),
+    (
+        "limits-tracked-zero",
+        BASE + "limits: {tracked_clients: 0}\n",
+        "13: error: limits.tracked_clients: 0 is out of range (1 to 10000000)",
+    ),
+    (
+        "limits-sessions-bad",
+        BASE + "limits: {max_sessions: many}\n",
+        "13: error: limits.max_sessions: expected a whole number, got 'many'",
     ),
     ("routes-missing", BASE.split("routes:")[0], "1: error: routes: missing (at least one route is needed)"),
     ("top-level-list", "- a\n- b\n", "1: error: top level: expected a mapping (key: value), got a list"),
@@ -893,3 +978,52 @@ def test_bad_health_section(health: str, message: str) -> None:
     assert config is None
     assert any(message in m for m in messages(problems)), messages(problems)
     assert all(p.line == line_of(text, "health:") for p in problems if p.severity == "error")
+
+
+def test_admission_defaults() -> None:
+    config = load_ok(BASE, S)
+    assert (config.auth_failures, config.auth_window, config.tracked_clients, config.max_sessions) == (
+        10,
+        60.0,
+        100_000,
+        10_000,
+    )
+    route = config.routes[0]
+    assert route.origins is None
+    assert route.max_sessions is None
+    assert route.duplicate_agent == "replace"
+    assert route.compression is False
+    assert route.query_token is False
+
+
+def test_admission_keys() -> None:
+    text = BASE.replace(
+        "    auth: e",
+        "    auth: e\n"
+        "    origins: [HTTPS://App.Example.com:443, 'http://localhost:3000']\n"
+        "    max_sessions: 500\n"
+        "    duplicate_agent: reject\n"
+        "    compression: true\n"
+        "    query_token: true",
+    )
+    text += "limits: {auth_failures: 5, auth_window: 2m, tracked_clients: 1000, max_sessions: 2000}\n"
+    config = load_ok(text, S)
+    assert (config.auth_failures, config.auth_window, config.tracked_clients, config.max_sessions) == (
+        5,
+        120.0,
+        1000,
+        2000,
+    )
+    route = config.routes[0]
+    assert route.origins == frozenset({"https://app.example.com", "http://localhost:3000"})  # RFC 6454 form
+    assert route.max_sessions == 500
+    assert route.duplicate_agent == "reject"
+    assert route.compression is True
+    assert route.query_token is True
+
+
+def test_shipped_admission_settings_are_the_defaults() -> None:
+    config = load_ok(SHIPPED)
+    assert (config.auth_failures, config.auth_window, config.max_sessions) == (10, 60.0, 10_000)
+    edge = config.routes[0]
+    assert (edge.duplicate_agent, edge.origins, edge.max_sessions, edge.compression) == ("replace", None, None, False)

@@ -22,6 +22,11 @@ from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
 
 AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
+
+
+def agent(n: int) -> dict[str, str]:
+    """Headers for agent ``n``: each session its own agent id (a second would replace the first)."""
+    return {**AUTH, "X-Edge-Agent-Id": f"edge_{n}"}
 RESTART = (1012, "service restart: reconnect")
 
 
@@ -105,7 +110,7 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
 
 async def test_drain_closes_sessions_with_1012_one_at_a_time(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url, DRAIN_TIMEOUT="30s"))
-    sessions = [await connect(sidecar.url("/edge/ws"), additional_headers=AUTH) for _ in range(3)]
+    sessions = [await connect(sidecar.url("/edge/ws"), additional_headers=agent(n)) for n in range(3)]
     hurry = asyncio.Event()
     draining = asyncio.ensure_future(sidecar.running.drain(hurry))
     assert await closed(sessions[0]) == RESTART
@@ -185,7 +190,7 @@ async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Back
     process, port, _ = await start_serve(config, process_backend, DRAIN_TIMEOUT="60s")
     try:
         url = f"ws://127.0.0.1:{port}/edge/ws"
-        sessions = [await connect(url, additional_headers=AUTH) for _ in range(3)]
+        sessions = [await connect(url, additional_headers=agent(n)) for n in range(3)]
         process.send_signal(signal.SIGTERM)
         assert await closed(sessions[0]) == RESTART
         assert sessions[2].state is State.OPEN  # due 40 s into the 60 s window
@@ -213,7 +218,7 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
             process.send_signal(signal.SIGHUP)
             reloaded = await until_logged(process, "config.reloaded")
             assert reloaded["routes"] == ["edge", "edge-message", "default"]
-            async with connect(f"ws://127.0.0.1:{port}/agent/ws", additional_headers=AUTH) as new:
+            async with connect(f"ws://127.0.0.1:{port}/agent/ws", additional_headers=agent(2)) as new:
                 await new.send("new alias")
                 assert await new.recv() == "new alias"
             with pytest.raises(Exception) as refused:
