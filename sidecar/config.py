@@ -104,6 +104,8 @@ class Config:
     listen_host: str = ALL_INTERFACES
     # Proxies in front of the sidecar (Railway's edge) whose X-Forwarded-* are kept.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # A header in which a trusted proxy names the client (Railway's edge: X-Real-IP).
+    client_ip_header: str | None = None
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0
@@ -377,7 +379,10 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout", "trusted_proxies"}
+    keys = {
+        "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
+        "trusted_proxies", "client_ip_header",
+    }  # fmt: skip
     m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
@@ -388,6 +393,11 @@ def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             out[key] = ld.duration(m[key], f"listen.{key}")
     if "trusted_proxies" in m:
         out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
+    if "client_ip_header" in m and (header := ld.string(m["client_ip_header"], "listen.client_ip_header")):
+        if _HEADER.fullmatch(header):
+            out["client_ip_header"] = header
+        else:
+            ld.error(m["client_ip_header"], f"listen.client_ip_header: {header!r} is not a valid header name")
     _drop_none(out)
 
 

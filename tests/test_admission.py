@@ -171,6 +171,32 @@ async def test_the_limit_is_per_client_address_and_ipv6_counts_by_64(
             await echoes(ws)
 
 
+async def test_behind_a_trusted_proxy_the_client_ip_header_names_the_client(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    # Railway's edge: its own address in X-Forwarded-For, the client in X-Real-IP.
+    listen = TRUSTED + ", client_ip_header: X-Real-IP"
+    sidecar = await start(start_sidecar, backend, limits="auth_failures: 2", listen=listen)
+    edge = {"X-Forwarded-For": "100.64.0.3"}
+    for _ in range(2):
+        await refused(sidecar, {**BAD, **edge, "X-Real-IP": "203.0.113.66"})
+    status, _, body = await refused(sidecar, {**GOOD, **edge, "X-Real-IP": "203.0.113.66"})
+    assert (status, body["error"]) == (429, "rate_limited")
+    # Another client behind the same edge address is not locked out by the attacker.
+    async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, **edge, "X-Real-IP": "198.51.100.5"}) as ws:
+        await echoes(ws)
+
+
+async def test_the_client_ip_header_of_an_untrusted_peer_is_ignored(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start(start_sidecar, backend, limits="auth_failures: 2", listen="client_ip_header: X-Real-IP")
+    for n in range(2):  # a client cannot dodge the limit by inventing addresses
+        await refused(sidecar, {**BAD, "X-Real-IP": f"203.0.113.{n}"})
+    status, _, body = await refused(sidecar, {**GOOD, "X-Real-IP": "203.0.113.99"})
+    assert (status, body["error"]) == (429, "rate_limited")
+
+
 async def test_the_failure_table_never_exceeds_its_cap(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 1, tracked_clients: 50", listen=TRUSTED)
     rt = runtime(sidecar)

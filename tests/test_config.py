@@ -360,8 +360,8 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, drain_timeout, header_timeout, host, port, stall_timeout, "
-            "trusted_proxies)",
+            "(expected one of: client_ip_header, close_timeout, drain_timeout, header_timeout, host, port, "
+            "stall_timeout, trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -1027,3 +1027,14 @@ def test_shipped_admission_settings_are_the_defaults() -> None:
     assert (config.auth_failures, config.auth_window, config.max_sessions) == (10, 60.0, 10_000)
     edge = config.routes[0]
     assert (edge.duplicate_agent, edge.origins, edge.max_sessions, edge.compression) == ("replace", None, None, False)
+
+
+def test_client_ip_header() -> None:
+    assert load_ok(SHIPPED).client_ip_header is None  # CLIENT_IP_HEADER unset: not read at all
+    assert load_ok(SHIPPED, {**ENV, "CLIENT_IP_HEADER": "X-Real-IP"}).client_ip_header == "X-Real-IP"
+    config, problems = load_config(SHIPPED, env={**ENV, "CLIENT_IP_HEADER": "X Real IP"})
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(SHIPPED, 'client_ip_header')}: error: "
+        "listen.client_ip_header: 'X Real IP' is not a valid header name"
+    ]

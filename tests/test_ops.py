@@ -27,6 +27,8 @@ AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 def agent(n: int) -> dict[str, str]:
     """Headers for agent ``n``: each session its own agent id (a second would replace the first)."""
     return {**AUTH, "X-Edge-Agent-Id": f"edge_{n}"}
+
+
 RESTART = (1012, "service restart: reconnect")
 
 
