@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from .auth import admit
+from .admission import authenticate
 from .config import Route
 from .headers import HOP_BY_HOP, tokens
 from .logs import event
@@ -21,17 +21,16 @@ from .reasons import Reason, Rejection
 from .rejection import reject
 from .routing import CanonicalPath
 from .runtime import Runtime
-from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_url
+from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_query, upstream_url
 
 
 async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
-    admission = admit(route.auth, request.headers, request.query)
-    if admission.reason is not None:
-        rejection = Rejection(admission.reason, agent_id=admission.agent_id)
-        return reject(request, rt, rejection, route, websocket=False)
+    admission = authenticate(request, rt, route)  # the rate limit, then the token and agent id
+    if isinstance(admission, Rejection):
+        return reject(request, rt, admission, route, websocket=False)
 
     target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
-    url = upstream_url(route.upstream, target, request.rel_url.raw_query_string)
+    url = upstream_url(route.upstream, target, upstream_query(request, route))
     headers = request_headers(request, rt, route, admission.agent_id)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout

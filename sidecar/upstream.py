@@ -13,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
+from .auth import QUERY_TOKEN, without_query_token
 from .config import Route, Upstream
 from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
 from .reasons import Reason, Rejection
@@ -80,8 +81,24 @@ def _dashed(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+def upstream_query(request: BaseRequest, route: Route) -> str:
+    """The query string the backend is sent: the client's, byte for byte, minus the
+    token on a route that takes one there (it is never passed on in a URL)."""
+    raw = request.rel_url.raw_query_string
+    return without_query_token(raw) if route.query_token and route.auth is not None else raw
+
+
 def request_headers(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
-    """:func:`forward_headers` for ``request`` as this sidecar received it."""
+    """:func:`forward_headers` for ``request`` as this sidecar received it. A token
+    that came in the query goes on as ``Authorization`` where the route forwards it."""
+    headers = _forward_headers_of(request, rt, route, agent_id)
+    token = request.query.getall(QUERY_TOKEN, ()) if route.query_token else ()
+    if route.forward_authorization and token and "Authorization" not in request.headers:
+        headers["Authorization"] = f"Bearer {token[0]}"
+    return headers
+
+
+def _forward_headers_of(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
     return forward_headers(
         request.headers,
         route,
@@ -130,7 +147,7 @@ async def connect_websocket(
             protocols=protocols,
             autoclose=False,
             autoping=False,  # pings and pongs are relayed end to end
-            compress=0,
+            compress=15 if route.compression else 0,  # permessage-deflate offered only where enabled
             max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
             decode_text=False,
