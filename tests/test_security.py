@@ -35,6 +35,17 @@ from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_fo
 from .upstream import Backend
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
+
+
+def shipped_with(*edits: tuple[str, str]) -> str:
+    """The shipped routes.yaml with each (old, new) edit, each of which must apply."""
+    text = SHIPPED
+    for old, new in edits:
+        assert old in text, f"routes.yaml no longer says {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
 AGENT = "edge_1"
 WRONG = "wrong-secret-4f1c2a9e7b"
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
@@ -322,7 +333,7 @@ async def test_a_slash_merging_backend_never_gets_edge_message_through_the_catch
 SMUGGLED = (
     b"GET /edge/message HTTP/1.1\r\nHost: x\r\n\r\nGET /internal/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 )
-FORBIDDEN_UPSTREAM = SHIPPED.replace("upstream_path: /edge/ws", "upstream_path: /forbidden/ws")
+FORBIDDEN_UPSTREAM = shipped_with(("upstream_path: /edge/ws", "upstream_path: /forbidden/ws"))
 
 
 @pytest.mark.parametrize(
@@ -662,7 +673,7 @@ async def test_agent_id_injection_in_the_header_is_refused(
     assert backend.seen == []
 
 
-PERMISSIVE = SHIPPED.replace("pattern: '[A-Za-z0-9_.-]{1,128}'", "pattern: '[^/]{1,128}'")
+PERMISSIVE = shipped_with(("pattern: '[A-Za-z0-9_.-]{1,128}'", "pattern: '[^/]{1,128}'"))
 
 
 @pytest.mark.parametrize("agent_id", ["edge%0d%0aX-Injected:%201", "edge%00", "edge%7f", "edge%09"])
@@ -680,10 +691,8 @@ async def test_control_characters_fail_even_a_permissive_pattern(
 
 # === 5. slow and greedy clients ===========================================================
 
-QUICK = SHIPPED.replace("header_timeout: 10s", "header_timeout: 300ms").replace(
-    "stall_timeout: 60s", "stall_timeout: 300ms"
-)
-SMALL = SHIPPED.replace("max_message_size: 4MiB", "max_message_size: 1KiB")
+QUICK = shipped_with(("header_timeout: 10s", "header_timeout: 300ms"), ("stall_timeout: 60s", "stall_timeout: 300ms"))
+SMALL = shipped_with(("max_message_size: 4MiB", "max_message_size: 1KiB"))
 
 
 async def test_a_slowloris_is_cut_off_and_other_sessions_are_unaffected(
@@ -910,6 +919,26 @@ async def test_the_public_port_never_serves_the_sidecars_metrics(
         assert [seen.raw_path for seen in backend.seen] == [path.replace("%6d", "m")]  # m is unreserved
     else:
         assert backend.seen == []
+
+
+async def test_the_public_health_checks_carry_no_metrics_addresses_or_secret(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    """/healthz and /readyz are on the public port by design (the platform's health
+    check): they say ok or why not, and nothing an attacker could use."""
+    sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
+    answers = [await exchange(sidecar.port, plain("GET", path)) for path in ("/healthz", "/readyz")]
+    assert [statuses(answer) for answer in answers] == [[200], [200]]
+    await backend.stop()  # not ready now (once the cached probe expires): the 503 says why
+    async with asyncio.timeout(10):
+        while statuses(answers[-1]) != [503]:
+            await asyncio.sleep(0.1)
+            answers.append(await exchange(sidecar.port, plain("GET", "/readyz")))
+    assert b"upstream_unavailable" in answers[-1]
+    for answer in answers:
+        for leak in (b"sidecar_", str(backend.port).encode(), SECRET.encode()):
+            assert leak not in answer
+    assert backend.seen == []
 
 
 @pytest.mark.parametrize(
