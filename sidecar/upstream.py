@@ -53,8 +53,9 @@ def forward_headers(
         drop |= WEBSOCKET_OWNED
     if route.auth is not None and not route.forward_authorization:
         drop |= {"authorization"}
+    drop = frozenset(_dashed(name) for name in drop)
     out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in drop and not k.lower().startswith(FORWARDED_PREFIX)
+        (k, v) for k, v in headers.items() if _dashed(k) not in drop and not _dashed(k).startswith(FORWARDED_PREFIX)
     )
     rule = route.auth.agent_id if route.auth is not None else None
     # Set after the Connection-token filtering: a client cannot strip these.
@@ -71,6 +72,13 @@ def forward_headers(
     out["X-Forwarded-Proto"] = scheme
     out["X-Forwarded-Host"] = host
     return out
+
+
+def _dashed(name: str) -> str:
+    """A header name as CGI-style backends (WSGI, PHP, Rack) read it: '_' and '-' are
+    the same there (both X_Edge_Agent_Id and X-Edge-Agent-Id become HTTP_X_EDGE_AGENT_ID),
+    so a client's underscore spelling must not pass for a header the sidecar owns."""
+    return name.lower().replace("_", "-")
 
 
 def upstream_query(request: BaseRequest, route: Route) -> str:
