@@ -480,6 +480,14 @@ async def test_an_http2_preface_is_refused(sidecar: Sidecar, backend: Backend) -
     assert backend.seen == []
 
 
+async def test_http_0_9_is_refused_not_proxied(sidecar: Sidecar, backend: Backend) -> None:
+    # No headers (no Host, no token) and no status line: nothing to check, nothing to say.
+    response = await exchange(sidecar.port, b"GET /anything\r\n\r\n")
+    assert response.startswith(b"HTTP/0.9 400 ")  # aiohttp echoes the request's version
+    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert backend.seen == []
+
+
 # === 3. HTTP request smuggling and hop-by-hop abuse ======================================
 
 _NEXT = b"GET /edge/message HTTP/1.1\r\nHost: x\r\n\r\n"  # the request an attacker hides
