@@ -81,8 +81,7 @@ async def _claim(rt: Runtime, session: Session) -> Rejection | None:
     rt.agents[key] = session
     if old is not None:
         event(logging.INFO, "ws.replacing", route=route.name, agent_id=agent_id)
-        if not old.stop.done():
-            old.stop.set_result(REPLACED_CLOSE)
+        old.end(*REPLACED_CLOSE)
         if old.task is not None:
             # The backend sees the old session end before the new one begins.
             await asyncio.wait({old.task}, timeout=2 * rt.config.close_timeout + 1)
