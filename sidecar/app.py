@@ -63,6 +63,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         too_large = reject(request, rt, Rejection(Reason.HEADERS_TOO_LARGE), None, websocket=False)
         too_large.force_close()
         return too_large
+    if request.version < (1, 0):
+        # HTTP/0.9 has no headers to check (no Host, no token) and no status line to
+        # carry a reason; RFC 9112 does not define it. Refused, not proxied.
+        ancient = reject(
+            request, rt, Rejection(Reason.BAD_REQUEST, detail="HTTP/0.9 is not supported"), None, websocket=False
+        )
+        ancient.force_close()
+        return ancient
     raw_path = request.raw_path.partition("?")[0]
     if is_health_path(rt, raw_path):
         return await answer(request, rt, request.app[READINESS], raw_path)
@@ -133,7 +141,10 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     if response.headers.get("Server") == SERVER_SOFTWARE:
         response.headers["Server"] = "sidecar"
     if request.app[RUNTIME].stopping and response.status != 101:
-        response.force_close()  # draining: a kept-alive connection would pin the client here
+        # Draining: a kept-alive connection would pin the client to this replica.
+        # (aiohttp has already built the headers, so say it as well as do it.)
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 async def _open_client(app: web.Application) -> None:

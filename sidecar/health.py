@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -63,8 +64,8 @@ async def _connect(upstream: Upstream) -> str | None:
             _, writer = await asyncio.open_connection(url.host, url.port)
     except TimeoutError:
         return "connect timed out"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
+    except OSError as exc:  # asyncio's message names the address; errno says why
+        return os.strerror(exc.errno) if exc.errno else type(exc).__name__
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

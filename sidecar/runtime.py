@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -11,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .config import Config, Route, identity_headers
+from .limits import FailureTable, SessionCounts
 from .metrics import Metrics
 from .routing import Router
 
@@ -28,6 +30,7 @@ class Session:
     agent_id: str | None
     stop: asyncio.Future[tuple[int, str]]
     task: asyncio.Future[None] | None = None
+    opened: float = field(default_factory=time.monotonic)
 
     def end(self, code: int, reason: str) -> None:
         """Close the session from outside: ``code`` and ``reason`` to the client."""
@@ -42,6 +45,10 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    # Admission state: survives a config reload, keyed by route name and client key.
+    failures: FailureTable = field(default_factory=FailureTable)
+    counts: SessionCounts = field(default_factory=SessionCounts)
+    agents: dict[tuple[str, str], Session] = field(default_factory=dict)  # (route, agent id), admitted or open
     stopping: bool = False  # set when the drain begins: new requests get 503 draining
     identity_headers: frozenset[str] = field(init=False)
 
@@ -66,12 +73,20 @@ class Runtime:
         return any(address in network for network in self.config.trusted_proxies)
 
     def client_of(self, request: BaseRequest) -> str | None:
-        """The client's address for log lines. Through trusted proxies it is the last
-        X-Forwarded-For entry that is not itself a trusted proxy (entries further left
-        were written by the client and prove nothing); otherwise the connection's peer."""
+        """The client's address, for log lines and the failed-auth limit.
+
+        From a trusted proxy it is the address the proxy names in
+        ``listen.client_ip_header`` (Railway's edge: ``X-Real-IP``), if set and an
+        IP address; else the last X-Forwarded-For entry that is not itself a trusted
+        proxy (entries further left were written by the client and prove nothing).
+        From anyone else it is the connection's peer."""
         remote = request.remote
         if not self.via_trusted_proxy(remote):
             return remote
+        header = self.config.client_ip_header
+        named = request.headers.getall(header, ()) if header else ()
+        if len(named) == 1 and _is_ip(named[0].strip()):
+            return named[0].strip()
         for entry in reversed(",".join(request.headers.getall("X-Forwarded-For", ())).split(",")):
             address = entry.strip()
             if address and not self.via_trusted_proxy(address):
@@ -81,6 +96,14 @@ class Runtime:
     def http(self) -> aiohttp.ClientSession:
         assert self.client is not None, "the app has not started"
         return self.client
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

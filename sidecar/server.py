@@ -17,6 +17,7 @@ import errno
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ class Running:
 
 async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
     """Close every open session, the oldest first, evenly spread over ``window``."""
-    sessions = list(rt.sessions)
+    sessions = sorted(rt.sessions, key=lambda s: s.opened)
     if sessions:
         event(logging.INFO, "sidecar.draining", sessions=len(sessions), drain_timeout_s=window)
     loop = asyncio.get_running_loop()
@@ -250,9 +251,20 @@ async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.Ap
     return runner, _bound_port(sockets[0])
 
 
-async def serve(config: Config, load: Loader) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads via ``load``."""
-    running = await start(config)
+async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads via ``load``.
+
+    Returns the exit status: 0, or 1 when a listener cannot be bound (a port is
+    taken, or privileged), said in one line on stderr."""
+    try:
+        running = await start(config)
+    except OSError as exc:
+        print(
+            f"not starting: cannot listen on {config.listen_host}:{config.port} "
+            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_stop() -> None:
@@ -273,8 +285,11 @@ async def serve(config: Config, load: Loader) -> None:
         config=config.source,
         config_sha256=config.digest[:12],
     )
+    if started is not None:
+        started(running)
     await stop.wait()
     event(logging.INFO, "sidecar.stopping", drain_timeout_s=running.runtime.config.drain_timeout)
     await running.drain(hurry)
     await running.close()
     event(logging.INFO, "sidecar.stopped")
+    return 0
