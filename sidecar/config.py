@@ -74,6 +74,17 @@ class AuthPolicy:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """Retrying the upstream WebSocket handshake, for a backend that is waking up or
+    restarting: up to ``attempts`` tries in all (the first included), waiting
+    ``backoff``, doubled after each failure, jittered; all within the upstream's
+    ``connect_timeout``."""
+
+    attempts: int
+    backoff: float = 0.2
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     websocket: bool
@@ -89,6 +100,7 @@ class Route:
     duplicate_agent: DuplicateAgent = "replace"  # a second session with the same agent id
     compression: bool = False  # permessage-deflate (RFC 7692) on both legs
     query_token: bool = False  # accept ?access_token= (RFC 6750 section 2.3)
+    retry: Retry | None = None
 
     def describe_paths(self) -> str:
         if self.prefix is not None:
@@ -110,6 +122,9 @@ class Config:
     header_timeout: float = 10.0
     close_timeout: float = 5.0
     stall_timeout: float = 60.0
+    # The sidecar's own pings on both legs of a session (0.0: off): idle sessions
+    # survive proxies that cut idle connections, and a peer that stops answering is cut off.
+    keepalive_interval: float = 25.0
     drain_timeout: float = 10.0  # SIGTERM: sessions are closed spread over this window
     live_path: str = "/healthz"  # answered by the sidecar itself, before routing
     ready_path: str = "/readyz"
@@ -258,6 +273,10 @@ class _Loader:
             return None
         return value
 
+    def duration_or_off(self, node: Node, where: str) -> float | None:
+        """A duration, or ``off`` (also ``0``) to turn the feature off: 0.0."""
+        return self.convert(node, where, "a duration such as 25s or 500ms, or off", _parse_duration_or_off)
+
     def size(self, node: Node, where: str) -> int | None:
         value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
         if value is not None and value <= 0:
@@ -310,6 +329,10 @@ def _parse_duration(text: str) -> float:
     if not m:
         raise ValueError(text)
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _parse_duration_or_off(text: str) -> float:
+    return 0.0 if text.lower() in ("off", "false", "no") else _parse_duration(text)
 
 
 def _parse_size(text: str) -> int:
@@ -381,7 +404,7 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     keys = {
         "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
-        "trusted_proxies", "client_ip_header",
+        "trusted_proxies", "client_ip_header", "keepalive_interval",
     }  # fmt: skip
     m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
@@ -391,6 +414,8 @@ def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     for key in ("header_timeout", "close_timeout", "stall_timeout", "drain_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
+    if "keepalive_interval" in m:
+        out["keepalive_interval"] = ld.duration_or_off(m["keepalive_interval"], "listen.keepalive_interval")
     if "trusted_proxies" in m:
         out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
     if "client_ip_header" in m and (header := ld.string(m["client_ip_header"], "listen.client_ip_header")):
@@ -623,7 +648,7 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
 _ROUTE_KEYS = {
     "name", "type", "paths", "prefix", "upstream", "upstream_path", "auth",
     "forward_authorization", "max_message_size", "origins", "max_sessions", "duplicate_agent",
-    "compression", "query_token",
+    "compression", "query_token", "retry",
 }  # fmt: skip
 _WEBSOCKET_ONLY = ("origins", "max_sessions", "duplicate_agent", "compression")
 
@@ -732,6 +757,7 @@ def _route(
     if max_size is not None and kind != "websocket":
         ld.error(m["max_message_size"], f"{where}.max_message_size: only WebSocket routes have messages")
     admission = _admission(ld, m, where, kind == "websocket", policy is not None or "auth" in m)
+    retry = _retry(ld, m["retry"], f"{where}.retry", kind) if "retry" in m else None
     claims = (*paths, *((prefix + "*",) if prefix else ()))
     valid_name = name if name is not None and _NAME.fullmatch(name) else None
     if not ok or upstream is None or not claims:
@@ -747,9 +773,28 @@ def _route(
         auth=policy,
         forward_authorization=bool(forward),
         max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
+        retry=retry,
         **admission,  # type: ignore[arg-type]
     )
     return route, name, claims
+
+
+def _retry(ld: _Loader, node: Node, where: str, kind: str | None) -> Retry | None:
+    m = ld.mapping(node, where, {"attempts", "backoff"})
+    if m is None:
+        return None
+    if kind != "websocket":
+        # A plain request may have a body or side effects: not safe to send twice.
+        ld.error(node, f"{where}: only WebSocket routes retry (their upstream handshake)")
+        return None
+    if "attempts" not in m:
+        ld.error(node, f"{where}: missing 'attempts' (tries in all, the first included)")
+        return None
+    attempts = ld.integer(m["attempts"], f"{where}.attempts", 1, 100)
+    backoff = ld.duration(m["backoff"], f"{where}.backoff") if "backoff" in m else Retry.backoff
+    if attempts is None or backoff is None:
+        return None
+    return Retry(attempts, backoff)
 
 
 def _admission(ld: _Loader, m: dict[str, Node], where: str, websocket: bool, has_auth: bool) -> dict[str, object]:

@@ -53,6 +53,13 @@ class Metrics:
             ["route", "initiator", "code"],
             registry=r,
         )
+        self.ws_cut_off = Counter(
+            "sidecar_ws_cut_off",
+            "WebSocket peers the sidecar cut off, by peer (client, upstream) and cause: dead (did not "
+            "answer its keep-alive ping) or stalled (took no data for stall_timeout while some waited).",
+            ["route", "peer", "cause"],
+            registry=r,
+        )
         self.ws_handshake_duration = Histogram(
             "sidecar_ws_handshake_duration_seconds",
             "From the client's upgrade request to its 101, upstream handshake included.",

@@ -106,7 +106,13 @@ async def _open(
     headers = request_headers(request, rt, route, agent_id)
     try:
         upstream = await connect_websocket(
-            rt.http(), route, url, headers, offered_protocols(request.headers), close_timeout=rt.config.close_timeout
+            rt.http(),
+            route,
+            url,
+            headers,
+            offered_protocols(request.headers),
+            close_timeout=rt.config.close_timeout,
+            agent_id=agent_id,
         )
     except Exception as exc:
         failure = rejection_for(exc, agent_id)
@@ -181,6 +187,7 @@ async def _run(
             session.stop,
             close_timeout=rt.config.close_timeout,
             stall_timeout=rt.config.stall_timeout,
+            keepalive_interval=rt.config.keepalive_interval,
             context={"route": route, "agent_id": session.agent_id},
         )
     finally:
@@ -192,6 +199,8 @@ async def _run(
         duration = loop.time() - opened
         metrics.ws_session_duration.labels(route).observe(duration)
         metrics.ws_closes.labels(route, end.initiator, close_code_label(end.code)).inc()
+        if end.cut is not None:
+            metrics.ws_cut_off.labels(route, *end.cut).inc()
         event(
             logging.INFO,
             "ws.closed",

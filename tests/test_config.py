@@ -10,6 +10,7 @@ from sidecar.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Config,
     Problem,
+    Retry,
     digest_secret,
     load_config,
 )
@@ -84,6 +85,8 @@ def test_shipped_defaults() -> None:
     assert (config.listen_host, config.port, config.header_timeout) == ("*", 8080, 10.0)
     assert (config.metrics_host, config.metrics_port) == ("*", 9100)
     assert (config.drain_timeout, config.live_path, config.ready_path) == (10.0, "/healthz", "/readyz")
+    assert (config.stall_timeout, config.keepalive_interval) == (60.0, 25.0)
+    assert [r.retry for r in config.routes] == [None, None, None]  # shown, commented out
     assert (config.log_level, config.log_format) == ("info", "json")
     assert list(config.upstreams) == ["backend"]
     backend = config.upstreams["backend"]
@@ -360,8 +363,8 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: client_ip_header, close_timeout, drain_timeout, header_timeout, host, port, "
-            "stall_timeout, trusted_proxies)",
+            "(expected one of: client_ip_header, close_timeout, drain_timeout, header_timeout, host, "
+            "keepalive_interval, port, stall_timeout, trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -494,7 +497,7 @@ ONE_MISTAKE = [
         BASE.replace("    auth: e", "    auth: e\n    timeout: 1s"),
         "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, compression, duplicate_agent, "
         "forward_authorization, max_message_size, max_sessions, name, origins, paths, prefix, query_token, "
-        "type, upstream, upstream_path)",
+        "retry, type, upstream, upstream_path)",
     ),
     (
         "dup-path",
@@ -606,6 +609,46 @@ ONE_MISTAKE = [
         "bool-bad",
         route("name: s\ntype: http\npaths: [/x]\nupstream: b\nforward_authorization: maybe"),
         "17: error: routes[1] (s).forward_authorization: expected true or false, got 'maybe'",
+    ),
+    (
+        "keepalive-bad",
+        "listen: {keepalive_interval: soon}\n" + BASE,
+        "1: error: listen.keepalive_interval: expected a duration such as 25s or 500ms, or off, got 'soon'",
+    ),
+    (
+        "keepalive-negative",
+        "listen: {keepalive_interval: -5s}\n" + BASE,
+        "1: error: listen.keepalive_interval: expected a duration such as 25s or 500ms, or off, got '-5s'",
+    ),
+    (
+        "retry-zero-attempts",
+        BASE + "    retry: {attempts: 0}\n",
+        "13: error: routes[0] (r).retry.attempts: 0 is out of range (1 to 100)",
+    ),
+    (
+        "retry-no-attempts",
+        BASE + "    retry: {backoff: 100ms}\n",
+        "13: error: routes[0] (r).retry: missing 'attempts' (tries in all, the first included)",
+    ),
+    (
+        "retry-zero-backoff",
+        BASE + "    retry: {attempts: 3, backoff: 0ms}\n",
+        "13: error: routes[0] (r).retry.backoff: must be greater than zero",
+    ),
+    (
+        "retry-unknown-key",
+        BASE + "    retry: {attempts: 3, on: [503]}\n",
+        "13: error: routes[0] (r).retry: unknown key 'on' (expected one of: attempts, backoff)",
+    ),
+    (
+        "retry-scalar",
+        BASE + "    retry: 3\n",
+        "13: error: routes[0] (r).retry: expected a mapping (key: value), got a value",
+    ),
+    (
+        "retry-http-route",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\nretry: {attempts: 3}"),
+        "17: error: routes[1] (s).retry: only WebSocket routes retry (their upstream handshake)",
     ),
     (
         "origins-not-an-origin",
@@ -839,6 +882,26 @@ def test_durations(text: str, seconds: float) -> None:
 def test_sizes(text: str, size: int) -> None:
     config = load_ok(BASE.replace("    auth: e", f"    auth: e\n    max_message_size: '{text}'"), S)
     assert config.routes[0].max_message_size == size
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("25s", 25.0), ("'500ms'", 0.5), ("1m", 60.0), ("off", 0.0), ("'off'", 0.0), ("0", 0.0), ("0s", 0.0)],
+)
+def test_keepalive_interval(text: str, seconds: float) -> None:
+    assert load_ok(f"listen: {{keepalive_interval: {text}}}\n" + BASE, S).keepalive_interval == seconds
+
+
+def test_keepalive_interval_is_on_by_default() -> None:
+    assert load_ok(BASE, S).keepalive_interval == 25.0
+
+
+@pytest.mark.parametrize(
+    ("text", "retry"),
+    [("{attempts: 3, backoff: 100ms}", Retry(3, 0.1)), ("{attempts: 5}", Retry(5, 0.2)), ("{attempts: 1}", Retry(1))],
+)
+def test_retry(text: str, retry: Retry) -> None:
+    assert load_ok(BASE + f"    retry: {text}\n", S).routes[0].retry == retry
 
 
 def test_default_max_message_size() -> None:

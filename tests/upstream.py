@@ -2,8 +2,10 @@
 
 WebSocket ``/edge/ws`` echoes every message with its type, and obeys a few text
 commands so tests can make the *backend* act: ``close <code> <reason>`` closes with
-that code, ``vanish`` drops the TCP connection without a close frame, ``send <n>``
-sends an n-byte binary message. Every handshake and request is recorded.
+that code, ``vanish`` drops the TCP connection without a close frame, ``mute`` stops
+reading (so it answers nothing, pings included, while its TCP connection stays up),
+``send <n>`` sends an n-byte binary message. Every handshake and request is
+recorded, and so are the pings and pongs it receives.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class Backend:
     flood_sent: int = 0
     hangs_abandoned: int = 0
     pong_wait: asyncio.Future[bytes] | None = None
+    pings: list[bytes] = field(default_factory=list)  # payloads of the pings received (each answered)
+    pongs: list[bytes] = field(default_factory=list)
+    muted: list[asyncio.Transport] = field(default_factory=list)
+    waking: int = 2  # /waking/ws answers this many handshakes with 503 before it opens
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
@@ -68,8 +74,10 @@ class Backend:
                         await ws.close(code=msg.data or 1000, message=(msg.extra or "").encode())
                     break
                 if msg.type is WSMsgType.PING:
+                    self.pings.append(bytes(msg.data))
                     await ws.pong(msg.data)
                 elif msg.type is WSMsgType.PONG:
+                    self.pongs.append(bytes(msg.data))
                     if self.pong_wait is not None and not self.pong_wait.done():
                         self.pong_wait.set_result(msg.data)
                 elif msg.type is WSMsgType.TEXT:
@@ -93,6 +101,14 @@ class Backend:
         await asyncio.sleep(0.5)
         return await self.ws(request)
 
+    async def wake(self, request: web.Request) -> web.StreamResponse:
+        """A backend still starting behind its platform's proxy: 503, then the echo."""
+        if self.waking > 0:
+            self.waking -= 1
+            self.record(request)
+            raise web.HTTPServiceUnavailable(text="starting")
+        return await self.ws(request)
+
     async def command(self, ws: web.WebSocketResponse, request: web.Request, text: str) -> bool | None:
         """Acts on a command message: True when the session is over, None if not a command."""
         cmd = text.split(" ", 2)
@@ -104,6 +120,11 @@ class Backend:
             assert request.transport is not None
             request.transport.abort()
             return True
+        if cmd[0] == "mute":  # alive but deaf: reads nothing more, so answers nothing
+            assert isinstance(request.transport, asyncio.Transport)
+            request.transport.pause_reading()
+            self.muted.append(request.transport)
+            return False
         if cmd[0] == "ping":  # ping the client; report (as a message) whether its pong came back
             self.pong_wait = asyncio.get_running_loop().create_future()
             await ws.ping(cmd[1].encode())
@@ -197,6 +218,7 @@ class Backend:
         app.router.add_get("/edge/ws", self.ws)
         app.router.add_get("/slow/ws", self.hang)
         app.router.add_get("/late/ws", self.late)
+        app.router.add_get("/waking/ws", self.wake)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/forbidden/ws", self.forbidden)
         app.router.add_route("*", "/edge/message", self.echo)
@@ -216,6 +238,9 @@ class Backend:
         return self
 
     async def stop(self) -> None:
+        for transport in self.muted:  # so a muted handler sees its connection gone
+            if not transport.is_closing():
+                transport.resume_reading()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -223,7 +248,10 @@ class Backend:
 async def _serve_forever(port: int) -> None:
     backend = Backend(port=port)
     await backend.start()
-    print(f"test backend: WebSocket echo on ws://127.0.0.1:{backend.port}/edge/ws, HTTP echo on every other path")
+    print(
+        f"test backend: WebSocket echo on ws://127.0.0.1:{backend.port}/edge/ws, HTTP echo on every other path",
+        flush=True,  # a test waits for this line on a pipe
+    )
     await asyncio.Event().wait()
 
 

@@ -1,0 +1,203 @@
+"""The backend failing: refusing, hanging, killed mid-session, waking up. Real sockets, and a
+real backend process where one is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from .conftest import ROOT, Sidecar, StartSidecar, config_for, free_port
+from .test_websocket import GOOD, _until, closed_by_peer, edge_yaml, rejected, ws_connect
+from .upstream import Backend
+
+
+def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
+    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
+
+
+# --- refused, hanging ------------------------------------------------------------------
+
+
+async def test_a_refused_connection_is_502_upstream_unavailable(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", edge_yaml()))  # nothing listens
+    status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"], body["error"]) == (502, "upstream_unavailable", "upstream_unavailable")
+    assert body["detail"] == "ClientConnectorError"
+    assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="upstream_unavailable") == 1
+
+
+@pytest.fixture
+async def silent_upstream() -> AsyncIterator[str]:
+    """Accepts TCP connections and never says a word (nor reads one)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        for writer in held:
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("retry", ["", ", retry: {attempts: 5, backoff: 50ms}"], ids=["no-retry", "retry"])
+async def test_a_hanging_upstream_is_504_after_connect_timeout(
+    silent_upstream: str, start_sidecar: StartSidecar, retry: str
+) -> None:
+    sidecar = await start_sidecar(
+        config_for(silent_upstream, edge_yaml(upstream=", connect_timeout: 300ms", route=retry))
+    )
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (504, "upstream_timeout")
+    assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="upstream_timeout") == 1
+
+
+# --- killed mid-session ------------------------------------------------------------------
+
+
+async def scrape(sidecar: Sidecar, name: str) -> float:
+    """A sample as Prometheus reads it, from the metrics listener."""
+    url = f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns_to_zero(
+    start_sidecar: StartSidecar,
+) -> None:
+    port = free_port()
+    backend = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", "-m", "tests.upstream", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert backend.stdout is not None
+        assert b"test backend:" in await asyncio.wait_for(backend.stdout.readline(), 30)
+        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", edge_yaml()), metrics_port=0)
+        gauge = 'sidecar_ws_connections_active{route="edge"}'
+        agents: list[ClientConnection] = [await ws_connect(sidecar) for _ in range(3)]
+        async with aiohttp.ClientSession() as session:
+            others = [await session.ws_connect(sidecar.url("/edge/ws"), headers=GOOD) for _ in range(2)]
+            for ws in agents:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            for other in others:
+                await other.send_str("hi")
+                assert (await other.receive()).data == "hi"
+            assert await scrape(sidecar, gauge) == 5
+
+            backend.send_signal(signal.SIGKILL)
+            codes = [await closed_by_peer(ws) for ws in agents]
+            for other in others:
+                msg = await asyncio.wait_for(other.receive(), 10)
+                codes.append((msg.data, msg.extra))
+        assert codes == [(1011, "upstream went away")] * 5
+        for _ in range(1000):  # scraped as Prometheus would, until it reads 0 (at most 10 s)
+            if await scrape(sidecar, gauge) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await scrape(sidecar, gauge) == 0
+    finally:
+        if backend.returncode is None:
+            backend.kill()
+        await backend.wait()
+
+
+# --- retrying the handshake ----------------------------------------------------------------
+
+RETRY = edge_yaml(upstream=", connect_timeout: 10s", route=", retry: {attempts: 20, backoff: 50ms}")
+
+
+async def test_with_retry_a_backend_that_starts_late_is_reached(
+    start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    port = free_port()  # nothing listens on it yet
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", RETRY))
+    connecting = asyncio.ensure_future(ws_connect(sidecar))
+    await _until(lambda: records(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
+    if connecting.done():  # refused for good, with no retry
+        pytest.fail(f"no retry: {connecting.exception()!r}")
+    backend = await Backend(port=port).start()
+    try:
+        async with await connecting as ws:
+            await ws.send("awake?")
+            assert await ws.recv() == "awake?"
+    finally:
+        await backend.stop()
+    first = records(caplog, "ws.upstream_retry")[0]
+    assert (first["route"], first["attempt"], first["attempts"], first["error"]) == (
+        "edge",
+        1,
+        20,
+        "ClientConnectorError",
+    )
+
+
+async def test_without_retry_a_backend_not_yet_listening_is_502(
+    start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", edge_yaml()))
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
+    assert records(caplog, "ws.upstream_retry") == []
+
+
+def waking(attempts: int) -> str:
+    return edge_yaml(route=f", upstream_path: /waking/ws, retry: {{attempts: {attempts}, backoff: 50ms}}")
+
+
+async def test_a_backend_answering_503_twice_then_101_is_reached_on_the_third_try(
+    backend: Backend, start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    sidecar = await start_sidecar(config_for(backend.url, waking(3)))
+    async with ws_connect(sidecar) as ws:
+        await ws.send("third time")
+        assert await ws.recv() == "third time"
+    assert [s.path for s in backend.seen] == ["/waking/ws"] * 3
+    assert [r["error"] for r in records(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
+
+
+async def test_when_the_tries_run_out_the_last_failure_is_reported(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar(config_for(backend.url, waking(2)))
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "503",
+    )
+    assert len(backend.seen) == 2
+
+
+async def test_a_refusal_that_will_not_change_is_not_retried(backend: Backend, start_sidecar: StartSidecar) -> None:
+    config = edge_yaml(route=", upstream_path: /forbidden/ws, retry: {attempts: 5, backoff: 50ms}")
+    sidecar = await start_sidecar(config_for(backend.url, config))
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Upstream-Status"]) == (502, "403")
+    assert len(backend.seen) == 1
+
+
+async def test_retries_stay_within_connect_timeout(
+    start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100 tries allowed, but the doubling backoff outgrows a 500 ms handshake timeout after a
+    few: the sidecar gives up when the next try could not start in time, with the last failure."""
+    caplog.set_level(logging.INFO, logger="sidecar")
+    config = edge_yaml(upstream=", connect_timeout: 500ms", route=", retry: {attempts: 100, backoff: 50ms}")
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", config))
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")  # not a 504: no try was cut short
+    assert 1 <= len(records(caplog, "ws.upstream_retry")) < 10
