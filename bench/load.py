@@ -24,7 +24,7 @@ All over real sockets on loopback:
    close: fds and tasks must come back to the baseline exactly. CPython keeps memory
    it has freed for reuse, so RSS stays near its high-water mark; a leak shows as
    growth from the end of the warm-up to the end of the main round, which must stay
-   within a tolerance (default 5% of what N sessions took, at least 4 MiB).
+   within a tolerance (default 5% of what N sessions took, at least 8 MiB).
 
 Exit status 0 when all that holds, every abuser got an answer expected of it, the
 sidecar logged no error, no token (the secret, or a wrong one sent) is in its log,
@@ -708,8 +708,8 @@ async def run(args: argparse.Namespace) -> int:
         leaked = tokens_logged(p.sidecar_log, abuse.tokens | {secret})
 
     tolerance_kb = args.rss_tolerance_kb
-    if tolerance_kb is None:  # 5% of what N sessions took, and at least 4 MiB
-        tolerance_kb = max(4096, (warm.at_n.rss_kb - cold.rss_kb) // 20)
+    if tolerance_kb is None:  # 5% of what N sessions took, and at least 8 MiB
+        tolerance_kb = max(8192, (warm.at_n.rss_kb - cold.rss_kb) // 20)
     figures = report(args, p, cold, warm, main, abuse, tolerance_kb)
     figures["sidecar_log"] = dict(log_findings)
     figures["sidecar_exit_status"] = status
@@ -755,7 +755,7 @@ def main() -> int:
         "--rss-tolerance-kb",
         type=int,
         default=None,
-        help="RSS growth allowed from the warm baseline to the end (default: 5%% of the N-session growth, >= 4 MiB)",
+        help="RSS growth allowed from the warm baseline to the end (default: 5%% of the N-session growth, >= 8 MiB)",
     )
     parser.add_argument("--slowloris", type=float, default=20, help="slow heads open at once")
     parser.add_argument("--bad-tokens", type=float, default=50, help="bad-token handshakes a second")
