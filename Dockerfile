@@ -15,11 +15,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The package only: no tests, no dev extras ("[test]" is never installed).
+# routes.yaml too: sidecar/routes.yaml links to it, and the wheel carries its contents
+# (what 'sidecar demo' falls back to outside /app).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md routes.yaml ./
 COPY sidecar/ ./sidecar/
 RUN pip install --no-cache-dir /src \
     && rm -rf /src
+# aiohttp must run on its C parsers ('serve' refuses otherwise): fail the build, not the deploy.
+RUN python -c "from sidecar.extensions import pure_python_parts as p, refusal; import sys; sys.exit(refusal(p()) if p() else 0)"
 
 # A fixed, unprivileged uid/gid so volume and Kubernetes securityContext rules can name it.
 RUN groupadd --system --gid 10001 sidecar \

@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler
 from .config import Config, Route
 from .connection import MAX_HEAD_BYTES, HeaderDeadline
 from .handshake import wants_websocket
+from .health import Readiness, answer, is_health_path
 from .httpproxy import proxy_http
 from .logs import event
 from .metrics import NO_ROUTE, Metrics
@@ -29,6 +30,10 @@ from .websocket import handle_websocket
 
 # nginx's convention for "the client closed the request before the response".
 CLIENT_CLOSED = 499
+# Retry-After while draining: by then the new replica is taking connections.
+DRAIN_RETRY_AFTER = 1
+
+READINESS = web.AppKey("readiness", Readiness)
 
 
 def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDeadline | None = None) -> web.Application:
@@ -39,7 +44,8 @@ def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDea
     middlewares = [deadline.middleware] if deadline is not None else []
     app = web.Application(middlewares=[*middlewares, _dispatch])
     app[RUNTIME] = rt
-    app.on_response_prepare.append(_server_header)
+    app[READINESS] = Readiness()
+    app.on_response_prepare.append(_on_prepare)
     app.on_startup.append(_open_client)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_client)
@@ -57,6 +63,22 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         too_large = reject(request, rt, Rejection(Reason.HEADERS_TOO_LARGE), None, websocket=False)
         too_large.force_close()
         return too_large
+    if request.version < (1, 0):
+        # HTTP/0.9 has no headers to check (no Host, no token) and no status line to
+        # carry a reason; RFC 9112 does not define it. Refused, not proxied.
+        ancient = reject(
+            request, rt, Rejection(Reason.BAD_REQUEST, detail="HTTP/0.9 is not supported"), None, websocket=False
+        )
+        ancient.force_close()
+        return ancient
+    raw_path = request.raw_path.partition("?")[0]
+    if is_health_path(rt, raw_path):
+        return await answer(request, rt, request.app[READINESS], raw_path)
+    if rt.stopping:
+        # Draining: nothing new starts here. The client is told to come back (the
+        # new replica will answer) and its connection is not kept alive.
+        draining = Rejection(Reason.DRAINING, retry_after=DRAIN_RETRY_AFTER)
+        return reject(request, rt, draining, None, websocket=wants_websocket(request.headers))
     if wants_websocket(request.headers):
         target = _route(request, rt, websocket=True)
         if isinstance(target, web.StreamResponse):
@@ -114,10 +136,15 @@ def _route(request: web.Request, rt: Runtime, *, websocket: bool) -> tuple[Route
     return route, path
 
 
-async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     # aiohttp announces itself with its version; a backend's own Server passes.
     if response.headers.get("Server") == SERVER_SOFTWARE:
         response.headers["Server"] = "sidecar"
+    if request.app[RUNTIME].stopping and response.status != 101:
+        # Draining: a kept-alive connection would pin the client to this replica.
+        # (aiohttp has already built the headers, so say it as well as do it.)
+        response.force_close()
+        response.headers["Connection"] = "close"
 
 
 async def _open_client(app: web.Application) -> None:
@@ -134,8 +161,7 @@ async def _close_sessions(app: web.Application) -> None:
     rt.stopping = True  # a handshake still waiting on the backend closes as soon as it opens
     sessions = list(rt.sessions)
     for session in sessions:
-        if not session.stop.done():
-            session.stop.set_result(SHUTDOWN_CLOSE)
+        session.end(*SHUTDOWN_CLOSE)
     tasks = {s.task for s in sessions if s.task is not None}
     if tasks:
         event(logging.INFO, "ws.closing_all", sessions=len(tasks))

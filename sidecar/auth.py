@@ -11,6 +11,7 @@ import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from multidict import MultiMapping
 
@@ -20,6 +21,20 @@ from .reasons import Reason
 # credentials = "Bearer" 1*SP b64token  (RFC 6750 section 2.1; scheme is case-insensitive)
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+# The URI query parameter a Bearer token may travel in (RFC 6750 section 2.3),
+# accepted only on a route with ``query_token: true``.
+QUERY_TOKEN = "access_token"
+# The reasons that are a failed attempt at the secret (counted per client address).
+TOKEN_FAILURES = frozenset({Reason.MISSING_TOKEN, Reason.MALFORMED_TOKEN, Reason.INVALID_TOKEN})
+_QUERY_REFUSED = (
+    "a token in the access_token query parameter is not accepted on this route; send it in the Authorization header"
+)
+_TWO_WAYS = (
+    "the token was sent both in the Authorization header and the access_token query "
+    "parameter; send it one way only (RFC 6750 section 2)"
+)
 
 
 def check_bearer(authorization: Sequence[str], policy: AuthPolicy) -> Reason | None:
@@ -31,7 +46,18 @@ def check_bearer(authorization: Sequence[str], policy: AuthPolicy) -> Reason | N
     m = _BEARER.fullmatch(authorization[0].strip(" \t"))
     if m is None:
         return Reason.MALFORMED_TOKEN
-    digest = digest_secret(m.group(1))  # compared as digests, as the secrets are stored
+    return _compare(m.group(1), policy)
+
+
+def check_query_token(values: Sequence[str], policy: AuthPolicy) -> Reason | None:
+    """``values``: every ``access_token`` query parameter (RFC 6750 section 2.3)."""
+    if len(values) != 1 or not _B64TOKEN.fullmatch(values[0]):
+        return Reason.MALFORMED_TOKEN
+    return _compare(values[0], policy)
+
+
+def _compare(token: str, policy: AuthPolicy) -> Reason | None:
+    digest = digest_secret(token)  # compared as digests, as the secrets are stored
     matched = False
     for secret in policy.secret_digests:
         matched |= hmac.compare_digest(digest, secret)
@@ -58,6 +84,7 @@ class Admission:
 
     agent_id: str | None
     reason: Reason | None = None
+    detail: str | None = None  # never a token or a header value
 
 
 def resolve_agent_id(header: Sequence[str], query: Sequence[str], rule: AgentIdRule) -> Admission:
@@ -73,19 +100,45 @@ def resolve_agent_id(header: Sequence[str], query: Sequence[str], rule: AgentIdR
     return Admission(given[0])
 
 
-def admit(policy: AuthPolicy | None, headers: MultiMapping[str], query: MultiMapping[str]) -> Admission:
+def check_token(
+    authorization: Sequence[str], in_query: Sequence[str], policy: AuthPolicy, *, query_token: bool
+) -> tuple[Reason | None, str | None]:
+    """The token's verdict and a detail. The header is the way; the query only on a
+    route that opts in, and never both in one request (RFC 6750 section 2)."""
+    if in_query and not authorization:
+        if not query_token:
+            return Reason.MISSING_TOKEN, _QUERY_REFUSED
+        return check_query_token(in_query, policy), None
+    if in_query and query_token:
+        return Reason.MALFORMED_TOKEN, _TWO_WAYS
+    return check_bearer(authorization, policy), None
+
+
+def admit(
+    policy: AuthPolicy | None, headers: MultiMapping[str], query: MultiMapping[str], *, query_token: bool = False
+) -> Admission:
     """The token first, then the agent id: the order the reasons table documents."""
     if policy is None:
         return Admission(None)
-    reason = check_bearer(headers.getall("Authorization", ()), policy)
+    reason, detail = check_token(
+        headers.getall("Authorization", ()), query.getall(QUERY_TOKEN, ()), policy, query_token=query_token
+    )
     rule = policy.agent_id
     if rule is None:
-        return Admission(None, reason)
+        return Admission(None, reason, detail)
     agent = resolve_agent_id(
         headers.getall(rule.header, ()) if rule.header else (),
         query.getall(rule.query, ()) if rule.query else (),
         rule,
     )
     if reason is not None:
-        return Admission(agent.agent_id, reason)  # the id, when valid, still helps the log line
+        return Admission(agent.agent_id, reason, detail)  # the id, when valid, still helps the log line
     return agent
+
+
+def without_query_token(raw_query: str) -> str:
+    """``raw_query`` minus every ``access_token`` parameter, the rest byte for byte.
+    Names are compared decoded, as the request's query is parsed ('+' is a space,
+    '&' the only separator), so no spelling of the name slips through."""
+    kept = [part for part in raw_query.split("&") if unquote_plus(part.partition("=")[0]) != QUERY_TOKEN]
+    return "&".join(kept)

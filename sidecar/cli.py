@@ -1,4 +1,4 @@
-"""Command line: ``sidecar serve --config FILE`` and ``sidecar check FILE``.
+"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE`` and ``sidecar demo``.
 
 Exit status: 0 on success, 2 when the config has errors (every one is printed,
 each with its file:line).
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .config import Config, Problem, load_config
-from .logs import configure
+from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
+from .logs import configure, event
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,21 +25,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
+    serve.add_argument(
+        "--allow-pure-python",
+        action="store_true",
+        help=f"start even if aiohttp runs without its C extensions (also {ALLOW_ENV}=1)",
+    )
     check = commands.add_parser("check", help="validate a routes file without serving")
     check.add_argument("file", help="routes file to validate")
+    demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
+    demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.file)
-    return _serve(args.config)
+    if args.command == "demo":
+        from .demo import main as demo_main  # imports aiohttp: keep 'check' light
+
+        return demo_main(args.config)
+    return _serve(args.config, allow_pure_python=args.allow_pure_python or allowed_by_env(os.environ))
 
 
-def _load(path: str, *, strict: bool) -> tuple[Config | None, list[Problem]]:
+def read_config(
+    path: str, *, strict: bool, env: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[Problem]]:
+    """Read and validate the file at ``path`` (with ``env``, default the process's)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
-    return load_config(text, file=path, env=os.environ, strict=strict)
+    return load_config(text, file=path, env=os.environ if env is None else env, strict=strict)
 
 
 def _report(problems: list[Problem]) -> None:
@@ -46,7 +62,7 @@ def _report(problems: list[Problem]) -> None:
 
 
 def _check(path: str) -> int:
-    config, problems = _load(path, strict=False)
+    config, problems = read_config(path, strict=False)
     _report(problems)
     if config is None:
         errors = sum(p.severity == "error" for p in problems)
@@ -58,25 +74,27 @@ def _check(path: str) -> int:
         target = route.upstream.name + " " + (route.upstream_path or "(same path)")
         auth = route.auth.name if route.auth else "none"
         print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
+    for path in (config.live_path, config.ready_path):
+        covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
+        longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
+        shadows = f" (route '{longest.name}' never sees it)" if longest else ""
+        print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
     return 0
 
 
-def _serve(path: str) -> int:
-    config, problems = _load(path, strict=True)
+def _serve(path: str, *, allow_pure_python: bool) -> int:
+    pure = pure_python_parts()
+    if pure and not allow_pure_python:
+        print(refusal(pure), file=sys.stderr)
+        return 2
+    config, problems = read_config(path, strict=True)
     _report(problems)
     if config is None:
         print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
         return 2
     configure(config.log_level, config.log_format)
+    if pure:
+        event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
     from .server import serve  # imports aiohttp: keep 'check' light
 
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:  # from binding the listeners: the port is taken, or privileged
-        print(
-            f"not starting: cannot listen on {config.listen_host}:{config.port} "
-            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return asyncio.run(serve(config, lambda: read_config(path, strict=True)))

@@ -23,6 +23,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .headers import is_reserved
+from .origins import serialize_origin
 
 Severity = Literal["error", "warning"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,6 +31,8 @@ T = TypeVar("T")
 
 DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
+DuplicateAgent = Literal["replace", "reject", "allow"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class Route:
     auth: AuthPolicy | None = None
     forward_authorization: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    origins: frozenset[str] | None = None  # RFC 6454 serialised; None: any Origin
+    max_sessions: int | None = None  # WebSocket sessions on this route at once
+    duplicate_agent: DuplicateAgent = "replace"  # a second session with the same agent id
+    compression: bool = False  # permessage-deflate (RFC 7692) on both legs
+    query_token: bool = False  # accept ?access_token= (RFC 6750 section 2.3)
 
     def describe_paths(self) -> str:
         if self.prefix is not None:
@@ -93,17 +101,27 @@ class Config:
     routes: tuple[Route, ...]
     upstreams: Mapping[str, Upstream]
     auth: Mapping[str, AuthPolicy]
-    listen_host: str = "0.0.0.0"
+    listen_host: str = ALL_INTERFACES
     # Proxies in front of the sidecar (Railway's edge) whose X-Forwarded-* are kept.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # A header in which a trusted proxy names the client (Railway's edge: X-Real-IP).
+    client_ip_header: str | None = None
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0
     stall_timeout: float = 60.0
-    metrics_host: str = "0.0.0.0"
+    drain_timeout: float = 10.0  # SIGTERM: sessions are closed spread over this window
+    live_path: str = "/healthz"  # answered by the sidecar itself, before routing
+    ready_path: str = "/readyz"
+    metrics_host: str = ALL_INTERFACES
     metrics_port: int = 9100
     log_level: str = "info"
     log_format: Literal["json", "text"] = "json"
+    # Admission limits (the ``limits`` section).
+    auth_failures: int = 10  # failed authentications per client address ...
+    auth_window: float = 60.0  # ... within this many seconds, then 429 for as long
+    tracked_clients: int = 100_000  # addresses the failure table holds at most
+    max_sessions: int = 10_000  # WebSocket sessions in all
     source: str = "<memory>"
     digest: str = ""
 
@@ -303,7 +321,7 @@ def _parse_size(text: str) -> int:
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2 token
-_TOP = {"listen", "metrics", "log", "upstreams", "auth", "routes"}
+_TOP = {"listen", "metrics", "log", "health", "limits", "upstreams", "auth", "routes"}
 
 
 def load_config(
@@ -339,9 +357,14 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _metrics(ld, top["metrics"], settings)
     if "log" in top:
         _log(ld, top["log"], settings)
+    if "health" in top:
+        _health(ld, top["health"], settings)
+    if "limits" in top:
+        _limits(ld, top["limits"], settings)
     upstreams, upstream_names = _upstreams(ld, top.get("upstreams"))
     policies, policy_nodes = _policies(ld, top.get("auth"))
     routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
+    _health_not_routed(ld, top.get("routes"), routes, settings)
     for name, policy_node in policy_nodes.items():
         if name not in ld.auth_refs:
             ld.warn(policy_node, f"auth.{name}: not used by any route")
@@ -356,17 +379,25 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
 
 
 def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
-    keys = {"host", "port", "header_timeout", "close_timeout", "stall_timeout", "trusted_proxies"}
+    keys = {
+        "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
+        "trusted_proxies", "client_ip_header",
+    }  # fmt: skip
     m = ld.mapping(node, "listen", keys) or {}
     if "host" in m:
         out["listen_host"] = ld.string(m["host"], "listen.host")
     if "port" in m:
         out["port"] = ld.integer(m["port"], "listen.port", 0, 65535)
-    for key in ("header_timeout", "close_timeout", "stall_timeout"):
+    for key in ("header_timeout", "close_timeout", "stall_timeout", "drain_timeout"):
         if key in m:
             out[key] = ld.duration(m[key], f"listen.{key}")
     if "trusted_proxies" in m:
         out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
+    if "client_ip_header" in m and (header := ld.string(m["client_ip_header"], "listen.client_ip_header")):
+        if _HEADER.fullmatch(header):
+            out["client_ip_header"] = header
+        else:
+            ld.error(m["client_ip_header"], f"listen.client_ip_header: {header!r} is not a valid header name")
     _drop_none(out)
 
 
@@ -393,6 +424,54 @@ def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             ld.error(m["format"], f"log.format: expected json or text, got {fmt!r}")
         elif fmt is not None:
             out["log_format"] = fmt.lower()
+
+
+def _health(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "health", {"live", "ready"}) or {}
+    for key in ("live", "ready"):
+        path = ld.string(m[key], f"health.{key}") if key in m else None
+        if path is not None and _path_ok(ld, m[key], f"health.{key}", path):
+            out[f"{key}_path"] = path
+    if out.get("live_path", "/healthz") == out.get("ready_path", "/readyz"):
+        ld.error(node, "health: 'live' and 'ready' must be different paths")
+
+
+def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], settings: Mapping[str, object]) -> None:
+    """A route may not name a health path: the sidecar answers it before routing, so
+    the route would silently never see it. (A prefix covering one is fine, and
+    ``sidecar check`` lists it.)"""
+    health = {str(settings.get("live_path", "/healthz")), str(settings.get("ready_path", "/readyz"))}
+    for route in routes:
+        for path in health.intersection(route.paths):
+            ld.error(
+                _path_node(node, route.name, path) or node,
+                f"route '{route.name}': path {path} is a health check path, answered by the sidecar itself; "
+                "change the route or health.live / health.ready",
+            )
+
+
+def _path_node(routes: Node | None, name: str, path: str) -> Node | None:
+    """Where route ``name`` writes ``path`` (for the problem's line)."""
+    for spec in routes.value if isinstance(routes, SequenceNode) else ():
+        fields = {k.value: v for k, v in spec.value} if isinstance(spec, MappingNode) else {}
+        paths = fields.get("paths")
+        if isinstance(fields.get("name"), ScalarNode) and fields["name"].value == name and paths is not None:
+            items = paths.value if isinstance(paths, SequenceNode) else [paths]
+            return next((item for item in items if isinstance(item, ScalarNode) and item.value == path), paths)
+    return None
+
+
+def _limits(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+    m = ld.mapping(node, "limits", {"auth_failures", "auth_window", "tracked_clients", "max_sessions"}) or {}
+    if "auth_failures" in m:
+        out["auth_failures"] = ld.integer(m["auth_failures"], "limits.auth_failures", 1, 1_000_000)
+    if "auth_window" in m:
+        out["auth_window"] = ld.duration(m["auth_window"], "limits.auth_window")
+    if "tracked_clients" in m:
+        out["tracked_clients"] = ld.integer(m["tracked_clients"], "limits.tracked_clients", 1, 10_000_000)
+    if "max_sessions" in m:
+        out["max_sessions"] = ld.integer(m["max_sessions"], "limits.max_sessions", 1, 10_000_000)
+    _drop_none(out)
 
 
 def _networks(ld: _Loader, node: Node, where: str) -> tuple[IPNetwork, ...]:
@@ -543,8 +622,10 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
 
 _ROUTE_KEYS = {
     "name", "type", "paths", "prefix", "upstream", "upstream_path", "auth",
-    "forward_authorization", "max_message_size",
+    "forward_authorization", "max_message_size", "origins", "max_sessions", "duplicate_agent",
+    "compression", "query_token",
 }  # fmt: skip
+_WEBSOCKET_ONLY = ("origins", "max_sessions", "duplicate_agent", "compression")
 
 
 def _routes(
@@ -650,6 +731,7 @@ def _route(
     max_size = ld.size(m["max_message_size"], f"{where}.max_message_size") if "max_message_size" in m else None
     if max_size is not None and kind != "websocket":
         ld.error(m["max_message_size"], f"{where}.max_message_size: only WebSocket routes have messages")
+    admission = _admission(ld, m, where, kind == "websocket", policy is not None or "auth" in m)
     claims = (*paths, *((prefix + "*",) if prefix else ()))
     valid_name = name if name is not None and _NAME.fullmatch(name) else None
     if not ok or upstream is None or not claims:
@@ -665,8 +747,52 @@ def _route(
         auth=policy,
         forward_authorization=bool(forward),
         max_message_size=max_size or DEFAULT_MAX_MESSAGE_SIZE,
+        **admission,  # type: ignore[arg-type]
     )
     return route, name, claims
+
+
+def _admission(ld: _Loader, m: dict[str, Node], where: str, websocket: bool, has_auth: bool) -> dict[str, object]:
+    """A route's admission keys: origins, max_sessions, duplicate_agent, compression, query_token."""
+    out: dict[str, object] = {}
+    for key in _WEBSOCKET_ONLY:
+        if key in m and not websocket:
+            ld.error(m[key], f"{where}.{key}: only WebSocket routes have this")
+    if "origins" in m:
+        out["origins"] = _origins(ld, m["origins"], f"{where}.origins")
+    if "max_sessions" in m:
+        out["max_sessions"] = ld.integer(m["max_sessions"], f"{where}.max_sessions", 1, 10_000_000)
+    if "duplicate_agent" in m and (policy := ld.string(m["duplicate_agent"], f"{where}.duplicate_agent")):
+        if policy not in ("replace", "reject", "allow"):
+            ld.error(
+                m["duplicate_agent"], f"{where}.duplicate_agent: expected replace, reject or allow, got {policy!r}"
+            )
+        else:
+            out["duplicate_agent"] = policy
+    for key in ("compression", "query_token"):
+        if key in m:
+            out[key] = ld.boolean(m[key], f"{where}.{key}")
+    if out.get("query_token") and not has_auth:
+        ld.error(m["query_token"], f"{where}.query_token: only routes with 'auth' take a token")
+    _drop_none(out)
+    return out
+
+
+def _origins(ld: _Loader, node: Node, where: str) -> frozenset[str] | None:
+    allowed: set[str] = set()
+    items = ld.sequence(node, where)
+    for item in items or []:
+        text = ld.string(item, where)
+        origin = None if text is None else serialize_origin(text)
+        if text is None:
+            continue
+        if origin is None:
+            ld.error(item, f"{where}: {text!r} is not an origin; write scheme://host[:port], no path or '/' at the end")
+        else:
+            allowed.add(origin)
+    if items == []:
+        ld.error(node, f"{where}: empty; list the allowed origins, or leave the key out to allow any")
+    return frozenset(allowed) or None
 
 
 def _defined(names: set[str]) -> str:

@@ -13,25 +13,24 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from .auth import admit
+from .admission import authenticate
 from .config import Route
 from .headers import HOP_BY_HOP, tokens
 from .logs import event
-from .reasons import Rejection
+from .reasons import Reason, Rejection
 from .rejection import reject
 from .routing import CanonicalPath
 from .runtime import Runtime
-from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_url
+from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_query, upstream_url
 
 
 async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
-    admission = admit(route.auth, request.headers, request.query)
-    if admission.reason is not None:
-        rejection = Rejection(admission.reason, agent_id=admission.agent_id)
-        return reject(request, rt, rejection, route, websocket=False)
+    admission = authenticate(request, rt, route)  # the rate limit, then the token and agent id
+    if isinstance(admission, Rejection):
+        return reject(request, rt, admission, route, websocket=False)
 
     target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
-    url = upstream_url(route.upstream, target, request.rel_url.raw_query_string)
+    url = upstream_url(route.upstream, target, upstream_query(request, route))
     headers = request_headers(request, rt, route, admission.agent_id)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout
@@ -53,6 +52,16 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
             raise
         return reject(request, rt, failure, route, websocket=False)
 
+    if upstream.status == 101:
+        # RFC 9110 section 15.2.2: a server may switch only to a protocol the request's
+        # Upgrade named, and a plain route never forwards Upgrade. A 101 here is a broken
+        # or hostile backend: its connection no longer speaks HTTP, so it must not go
+        # back to the pool (the next request, maybe another client's, would be written
+        # into whatever it switched to), and the client must not be told it switched.
+        upstream.close()
+        detail = "the backend switched protocols on a plain HTTP request"
+        rejection = Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=admission.agent_id)
+        return reject(request, rt, rejection, route, websocket=False)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(_response_headers(upstream.headers))
     try:

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import Config
+
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -73,6 +75,15 @@ class Metrics:
             ["route", "status_class"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads", "Config reloads (SIGHUP), by result: success or failure.", ["result"], registry=r
+        )
+        self.config_info = Gauge(
+            "sidecar_config_info",
+            "The loaded config: its file and the first 12 hex digits of its SHA-256 (value 1).",
+            ["source", "sha256"],
+            registry=r,
+        )
         self.http_duration = Histogram(
             "sidecar_http_request_duration_seconds",
             "Plain HTTP request durations, to the end of the response body.",
@@ -81,6 +92,11 @@ class Metrics:
         )
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
+
+    def loaded(self, config: Config) -> None:
+        """``sidecar_config_info`` names the config now in use (one series)."""
+        self.config_info.clear()
+        self.config_info.labels(config.source, config.digest[:12]).set(1)
 
 
 class TaskCollector(Collector):

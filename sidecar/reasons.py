@@ -123,8 +123,8 @@ _SPECS: dict[Reason, _Spec] = {
     ),
     Reason.UPSTREAM_REJECTED: _Spec(
         502,
-        "The backend refused the WebSocket handshake; its status is in "
-        "X-Sidecar-Upstream-Status. Check the backend's logs for this path.",
+        "The backend refused the WebSocket handshake (or answered a plain request with "
+        "101); its status is in X-Sidecar-Upstream-Status. Check the backend's logs for this path.",
     ),
     Reason.DRAINING: _Spec(
         503,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -11,11 +12,14 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from .config import Config, Route, identity_headers
+from .limits import FailureTable, SessionCounts
 from .metrics import Metrics
 from .routing import Router
 
-# What every open session's client is sent when the sidecar stops.
-SHUTDOWN_CLOSE = (1001, "sidecar shutting down")
+# What every open session's client is sent when the sidecar stops (a redeploy):
+# 1012 "Service Restart" (IANA WebSocket close code registry, RFC 6455 section 11.7)
+# tells the agent to reconnect; the upstream leg is sent 1001 "going away".
+SHUTDOWN_CLOSE = (1012, "service restart: reconnect")
 
 
 @dataclass(eq=False)
@@ -26,6 +30,12 @@ class Session:
     agent_id: str | None
     stop: asyncio.Future[tuple[int, str]]
     task: asyncio.Future[None] | None = None
+    opened: float = field(default_factory=time.monotonic)
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the session from outside: ``code`` and ``reason`` to the client."""
+        if not self.stop.done():
+            self.stop.set_result((code, reason))
 
 
 @dataclass(eq=False)
@@ -35,11 +45,22 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
-    stopping: bool = False  # set when shutdown begins: a session opened now ends at once
+    # Admission state: survives a config reload, keyed by route name and client key.
+    failures: FailureTable = field(default_factory=FailureTable)
+    counts: SessionCounts = field(default_factory=SessionCounts)
+    agents: dict[tuple[str, str], Session] = field(default_factory=dict)  # (route, agent id), admitted or open
+    stopping: bool = False  # set when the drain begins: new requests get 503 draining
     identity_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.identity_headers = identity_headers(self.config)
+
+    def apply(self, config: Config) -> None:
+        """Serve ``config`` from now on (a reload). Requests read ``config`` and
+        ``router`` when they arrive; open sessions keep the route they were admitted by."""
+        self.config = config
+        self.router = Router(config.routes)
+        self.identity_headers = identity_headers(config)
 
     def via_trusted_proxy(self, remote: str | None) -> bool:
         """Did the request come through a proxy in ``listen.trusted_proxies``?"""
@@ -52,12 +73,20 @@ class Runtime:
         return any(address in network for network in self.config.trusted_proxies)
 
     def client_of(self, request: BaseRequest) -> str | None:
-        """The client's address for log lines. Through trusted proxies it is the last
-        X-Forwarded-For entry that is not itself a trusted proxy (entries further left
-        were written by the client and prove nothing); otherwise the connection's peer."""
+        """The client's address, for log lines and the failed-auth limit.
+
+        From a trusted proxy it is the address the proxy names in
+        ``listen.client_ip_header`` (Railway's edge: ``X-Real-IP``), if set and an
+        IP address; else the last X-Forwarded-For entry that is not itself a trusted
+        proxy (entries further left were written by the client and prove nothing).
+        From anyone else it is the connection's peer."""
         remote = request.remote
         if not self.via_trusted_proxy(remote):
             return remote
+        header = self.config.client_ip_header
+        named = request.headers.getall(header, ()) if header else ()
+        if len(named) == 1 and _is_ip(named[0].strip()):
+            return named[0].strip()
         for entry in reversed(",".join(request.headers.getall("X-Forwarded-For", ())).split(",")):
             address = entry.strip()
             if address and not self.via_trusted_proxy(address):
@@ -67,6 +96,14 @@ class Runtime:
     def http(self) -> aiohttp.ClientSession:
         assert self.client is not None, "the app has not started"
         return self.client
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

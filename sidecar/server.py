@@ -1,13 +1,25 @@
-"""Listening: the public listener, the metrics listener, and an orderly stop."""
+"""Listening and the process's life: the public listener, the metrics listener,
+live reload (SIGHUP) and the graceful drain (SIGTERM).
+
+The drain, in order: ``/readyz`` turns 503 and new requests get 503 ``draining``;
+open WebSocket sessions are closed one by one, spread evenly over
+``listen.drain_timeout``, each with 1012 "service restart" to the client and 1001
+to the upstream, so agents do not all reconnect in the same millisecond; then the
+listeners close, requests still in flight are answered, and the process exits 0.
+A second SIGTERM (or SIGINT) closes whatever is left at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import signal
 import socket
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -15,29 +27,104 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import make_app
-from .config import Config
+from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
-from .logs import event
+from .logs import configure, event
 from .metrics import Metrics
 from .reasons import Reason, Rejection
 from .rejection import reject
-from .runtime import RUNTIME
+from .runtime import RUNTIME, SHUTDOWN_CLOSE, Runtime
+
+Loader = Callable[[], tuple[Config | None, list[Problem]]]
 
 
 @dataclass
 class Running:
     runner: web.AppRunner
-    server: asyncio.Server
+    servers: list[asyncio.Server]
     metrics_runner: web.AppRunner | None
     port: int
     metrics_port: int | None
+    deadline: HeaderDeadline
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.runner.app[RUNTIME]
+
+    async def drain(self, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new work and close every session properly, spread over the drain
+        window; ``hurry`` (a second signal) closes the rest at once."""
+        rt = self.runtime
+        rt.stopping = True
+        await drain_sessions(rt, rt.config.drain_timeout, hurry or asyncio.Event())
 
     async def close(self) -> None:
-        """Stop accepting, close every WebSocket session properly, then release."""
-        self.server.close()
+        """Stop accepting, close what is left (at once), answer requests in flight, release."""
+        self.runtime.stopping = True
+        for server in self.servers:
+            server.close()
         await self.runner.cleanup()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
+
+    def reload(self, load: Loader) -> bool:
+        """Apply a new config if it is valid; otherwise log every problem and keep
+        the running one. Listeners are not re-bound: a changed address or port
+        takes effect at the next start (and the log says so)."""
+        rt = self.runtime
+        old = rt.config
+        config, problems = load()
+        for problem in problems:
+            event(
+                logging.WARNING if problem.severity == "warning" else logging.ERROR,
+                "config.problem",
+                problem=str(problem),
+            )
+        if config is None:
+            rt.metrics.config_reloads.labels("failure").inc()
+            event(
+                logging.ERROR,
+                "config.reload_failed",
+                errors=sum(p.severity == "error" for p in problems),
+                config_sha256=old.digest[:12],
+            )
+            return False
+        rt.apply(config)
+        self.deadline.timeout = config.header_timeout
+        configure(config.log_level, config.log_format)
+        rt.metrics.loaded(config)
+        rt.metrics.config_reloads.labels("success").inc()
+        fixed = [
+            k for k in ("listen_host", "port", "metrics_host", "metrics_port") if getattr(old, k) != getattr(config, k)
+        ]
+        event(
+            logging.INFO,
+            "config.reloaded",
+            config_sha256=config.digest[:12],
+            previous_sha256=old.digest[:12],
+            routes=[r.name for r in config.routes],
+            restart_needed_for=fixed or None,
+        )
+        return True
+
+
+async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
+    """Close every open session, the oldest first, evenly spread over ``window``."""
+    sessions = sorted(rt.sessions, key=lambda s: s.opened)
+    if sessions:
+        event(logging.INFO, "sidecar.draining", sessions=len(sessions), drain_timeout_s=window)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index, session in enumerate(sessions):
+        delay = started + window * index / len(sessions) - loop.time()
+        if delay > 0 and not hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), delay)
+        session.end(*SHUTDOWN_CLOSE)
+    tasks = {s.task for s in sessions if s.task is not None}
+    if tasks:
+        # Each close is bounded by close_timeout (the close frame, then the reply).
+        await asyncio.wait(tasks, timeout=2 * rt.config.close_timeout + 1)
 
 
 async def start(
@@ -50,6 +137,7 @@ async def start(
     """Start serving ``config``. ``port``/``metrics_port`` override the config's (tests
     pass 0 for a free port; there, unlike in the config, 0 does not mean "off")."""
     metrics = metrics or Metrics()
+    metrics.loaded(config)
     deadline = HeaderDeadline(config.header_timeout)
     app = make_app(config, metrics, deadline)
     # handler_cancellation: a client that hangs up cancels its request, so an
@@ -78,29 +166,70 @@ async def start(
             **HEAD_LIMITS,
         )
 
-    server: asyncio.Server | None = None
+    servers: list[asyncio.Server] = []
     try:
-        server = await loop.create_server(
-            deadline.wrap(connection),
-            config.listen_host,
-            config.port if port is None else port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        for sock in bind(config.listen_host, config.port if port is None else port):
+            servers.append(await loop.create_server(deadline.wrap(connection), sock=sock, backlog=1024))
         metrics_runner, mport = None, None
         wanted = config.metrics_port if metrics_port is None else metrics_port
         if metrics_port is not None or config.metrics_port:
             metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
     except BaseException:  # a port is taken: release what was started
-        if server is not None:
+        for server in servers:
             server.close()
         await runner.cleanup()
         raise
-    return Running(runner, server, metrics_runner, _bound_port(server), mport)
+    return Running(runner, servers, metrics_runner, _bound_port(servers[0].sockets[0]), mport, deadline)
 
 
-def _bound_port(server: asyncio.Server) -> int:
-    sock: socket.socket = server.sockets[0]
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port``, all on one port.
+
+    ``*`` (the default) is every IPv4 and every IPv6 address: two sockets, the IPv6
+    one IPv6-only, so IPv4 clients keep plain IPv4 addresses in logs and
+    X-Forwarded-For. A host without IPv6 support gets the IPv4 socket alone. Port 0
+    picks a free port for the first socket and reuses it for the rest.
+    """
+    if host == ALL_INTERFACES:
+        families = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        families = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
+    for _ in range(10):  # port 0: the first socket's port may be taken on the other family
+        sockets: list[socket.socket] = []
+        try:
+            for family, address in families:
+                chosen = _bound_port(sockets[0]) if sockets else port
+                sock = _listen_socket(family, address, chosen, optional=host == ALL_INTERFACES and bool(sockets))
+                if sock is not None:
+                    sockets.append(sock)
+            return sockets
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            if not (port == 0 and exc.errno == errno.EADDRINUSE):
+                raise
+    raise OSError(errno.EADDRINUSE, "no port free on every address family")
+
+
+def _listen_socket(family: int, address: str, port: int, *, optional: bool) -> socket.socket | None:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        if optional and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            event(logging.WARNING, "sidecar.no_ipv6", detail=exc.strerror)
+            return None
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _bound_port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
@@ -113,9 +242,14 @@ async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.Ap
     app.router.add_get("/metrics", scrape)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    return runner, site.port
+    try:
+        sockets = bind(host, port)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, _bound_port(sockets[0])
 
 
 def raise_open_files_limit() -> int:
@@ -138,14 +272,32 @@ def raise_open_files_limit() -> int:
 _NR_OPEN = 1 << 20  # Linux's default fs.nr_open
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then stop in order."""
+async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads via ``load``.
+
+    Returns the exit status: 0, or 1 when a listener cannot be bound (a port is
+    taken, or privileged), said in one line on stderr."""
     open_files = raise_open_files_limit()
-    running = await start(config)
-    stopping = asyncio.Event()
+    try:
+        running = await start(config)
+    except OSError as exc:
+        print(
+            f"not starting: cannot listen on {config.listen_host}:{config.port} "
+            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_stop() -> None:
+        if stop.is_set():
+            hurry.set()  # a second signal: finish at once
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, running.reload, load)
     event(
         logging.INFO,
         "sidecar.started",
@@ -156,7 +308,11 @@ async def serve(config: Config) -> None:
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
     )
-    await stopping.wait()
-    event(logging.INFO, "sidecar.stopping")
+    if started is not None:
+        started(running)
+    await stop.wait()
+    event(logging.INFO, "sidecar.stopping", drain_timeout_s=running.runtime.config.drain_timeout)
+    await running.drain(hurry)
     await running.close()
     event(logging.INFO, "sidecar.stopped")
+    return 0

@@ -13,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
+from .auth import QUERY_TOKEN, without_query_token
 from .config import Route, Upstream
 from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
 from .reasons import Reason, Rejection
@@ -52,8 +53,9 @@ def forward_headers(
         drop |= WEBSOCKET_OWNED
     if route.auth is not None and not route.forward_authorization:
         drop |= {"authorization"}
+    drop = frozenset(_dashed(name) for name in drop)
     out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in drop and not k.lower().startswith(FORWARDED_PREFIX)
+        (k, v) for k, v in headers.items() if _dashed(k) not in drop and not _dashed(k).startswith(FORWARDED_PREFIX)
     )
     rule = route.auth.agent_id if route.auth is not None else None
     # Set after the Connection-token filtering: a client cannot strip these.
@@ -72,8 +74,31 @@ def forward_headers(
     return out
 
 
+def _dashed(name: str) -> str:
+    """A header name as CGI-style backends (WSGI, PHP, Rack) read it: '_' and '-' are
+    the same there (both X_Edge_Agent_Id and X-Edge-Agent-Id become HTTP_X_EDGE_AGENT_ID),
+    so a client's underscore spelling must not pass for a header the sidecar owns."""
+    return name.lower().replace("_", "-")
+
+
+def upstream_query(request: BaseRequest, route: Route) -> str:
+    """The query string the backend is sent: the client's, byte for byte, minus the
+    token on a route that takes one there (it is never passed on in a URL)."""
+    raw = request.rel_url.raw_query_string
+    return without_query_token(raw) if route.query_token and route.auth is not None else raw
+
+
 def request_headers(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
-    """:func:`forward_headers` for ``request`` as this sidecar received it."""
+    """:func:`forward_headers` for ``request`` as this sidecar received it. A token
+    that came in the query goes on as ``Authorization`` where the route forwards it."""
+    headers = _forward_headers_of(request, rt, route, agent_id)
+    token = request.query.getall(QUERY_TOKEN, ()) if route.query_token else ()
+    if route.forward_authorization and token and "Authorization" not in request.headers:
+        headers["Authorization"] = f"Bearer {token[0]}"
+    return headers
+
+
+def _forward_headers_of(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
     return forward_headers(
         request.headers,
         route,
@@ -122,7 +147,7 @@ async def connect_websocket(
             protocols=protocols,
             autoclose=False,
             autoping=False,  # pings and pongs are relayed end to end
-            compress=0,
+            compress=15 if route.compression else 0,  # permessage-deflate offered only where enabled
             max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
             decode_text=False,

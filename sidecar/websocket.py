@@ -14,32 +14,96 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from .auth import admit
+from .admission import authenticate
 from .config import Route
 from .handshake import handshake_problem, offered_protocols
+from .limits import OVER_CAPACITY_RETRY_AFTER
 from .logs import event
 from .metrics import close_code_label
+from .origins import origin_allowed
 from .reasons import Reason, Rejection
 from .rejection import reject
 from .relay import End, relay
 from .routing import CanonicalPath
 from .runtime import SHUTDOWN_CLOSE, Runtime, Session
-from .upstream import connect_websocket, rejection_for, request_headers, upstream_url
+from .upstream import connect_websocket, rejection_for, request_headers, upstream_query, upstream_url
+
+# How a session ousted by a newer one with the same agent id is closed (4000-4999 is
+# the application range, RFC 6455 section 7.4.2; 4409 echoes HTTP 409 Conflict).
+REPLACED_CLOSE = (4409, "replaced by a newer session for this agent id")
+
+
+def _refusal(request: web.Request, rt: Runtime, route: Route) -> Rejection | str | None:
+    """The checks before anything is held, cheapest first, none telling more than it
+    must: handshake, origin, rate limit (before the token is compared), token and
+    agent id. Returns the refusal, or the agent id (``None`` when the route has none)."""
+    problem = handshake_problem(request.method, (request.version.major, request.version.minor), request.headers)
+    if problem is not None:
+        return Rejection(Reason.BAD_HANDSHAKE, detail=problem)
+    if not origin_allowed(request.headers.getall("Origin", []), route.origins):
+        return Rejection(Reason.ORIGIN_DENIED)
+    admission = authenticate(request, rt, route)
+    return admission if isinstance(admission, Rejection) else admission.agent_id
 
 
 async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     started = loop.time()
-    problem = handshake_problem(request.method, (request.version.major, request.version.minor), request.headers)
-    if problem is not None:
-        return reject(request, rt, Rejection(Reason.BAD_HANDSHAKE, detail=problem), route, websocket=True)
-    admission = admit(route.auth, request.headers, request.query)
-    if admission.reason is not None:
-        rejection = Rejection(admission.reason, agent_id=admission.agent_id)
-        return reject(request, rt, rejection, route, websocket=True)
-    agent_id = admission.agent_id
+    refusal = _refusal(request, rt, route)
+    if isinstance(refusal, Rejection):
+        return reject(request, rt, refusal, route, websocket=True)
+    agent_id = refusal
+    # Counted from here (the upstream handshake included) so a burst cannot overshoot.
+    if not rt.counts.acquire(route.name, route.max_sessions, rt.config.max_sessions):
+        full = Rejection(Reason.OVER_CAPACITY, agent_id=agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
+        return reject(request, rt, full, route, websocket=True)
+    session = Session(route, agent_id, loop.create_future())
+    try:
+        duplicate = await _claim(rt, session)
+        if duplicate is not None:
+            return reject(request, rt, duplicate, route, websocket=True)
+        return await _open(request, rt, session, path, started)
+    finally:
+        if session.task is None:  # once running, the session releases its place when it ends
+            _release(rt, session)
 
-    url = upstream_url(route.upstream, route.upstream_path or path.wire, request.rel_url.raw_query_string)
+
+async def _claim(rt: Runtime, session: Session) -> Rejection | None:
+    """Register ``session`` under (route, agent id), applying the route's policy for
+    one already there (admitted or open): refuse this one, or end that one."""
+    route, agent_id = session.route, session.agent_id
+    if agent_id is None or route.duplicate_agent == "allow":
+        return None
+    key = (route.name, agent_id)
+    old = rt.agents.get(key)
+    if old is not None and route.duplicate_agent == "reject":
+        return Rejection(Reason.DUPLICATE_AGENT, agent_id=agent_id)
+    rt.agents[key] = session
+    if old is not None:
+        event(logging.INFO, "ws.replacing", route=route.name, agent_id=agent_id)
+        if not old.stop.done():
+            old.stop.set_result(REPLACED_CLOSE)
+        if old.task is not None:
+            # The backend sees the old session end before the new one begins.
+            await asyncio.wait({old.task}, timeout=2 * rt.config.close_timeout + 1)
+    return None
+
+
+def _release(rt: Runtime, session: Session) -> None:
+    rt.counts.release(session.route.name)
+    if session.agent_id is not None:
+        key = (session.route.name, session.agent_id)
+        if rt.agents.get(key) is session:
+            del rt.agents[key]
+
+
+async def _open(
+    request: web.Request, rt: Runtime, session: Session, path: CanonicalPath, started: float
+) -> web.StreamResponse:
+    """The upstream handshake, then the client's 101 and the relay."""
+    loop = asyncio.get_running_loop()
+    route, agent_id = session.route, session.agent_id
+    url = upstream_url(route.upstream, route.upstream_path or path.wire, upstream_query(request, route))
     headers = request_headers(request, rt, route, agent_id)
     try:
         upstream = await connect_websocket(
@@ -53,7 +117,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
 
     client = web.WebSocketResponse(
         protocols=(),  # the upstream chose; aiohttp would look at the first header line only
-        compress=False,
+        compress=route.compression,  # permessage-deflate only where the route enables it
         autoclose=False,
         autoping=False,  # pings and pongs are relayed end to end
         max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
@@ -79,7 +143,6 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         subprotocol=upstream.protocol,
         client=rt.client_of(request),
     )
-    session = Session(route, agent_id, loop.create_future())
     # The session runs in a task of its own: if aiohttp cancels this handler
     # because the client's connection dropped, the relay still finds out by
     # itself, tells the upstream (1001) and accounts for the session.
@@ -105,7 +168,7 @@ async def _run(
     active.inc()
     rt.sessions.add(session)
     if rt.stopping:  # opened while the sidecar shuts down: closed properly at once
-        session.stop.set_result(SHUTDOWN_CLOSE)
+        session.end(*SHUTDOWN_CLOSE)
     up = metrics.relayed.open(route, "upstream")
     down = metrics.relayed.open(route, "downstream")
     opened = loop.time()
@@ -123,6 +186,7 @@ async def _run(
         )
     finally:
         rt.sessions.discard(session)
+        _release(rt, session)
         metrics.relayed.close(up)
         metrics.relayed.close(down)
         active.dec()

@@ -78,6 +78,14 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on every IPv4 and IPv6 address (the sidecar listens on both)."""
+    while True:
+        with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+            v4.bind(("0.0.0.0", 0))
+            port = int(v4.getsockname()[1])
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                v6.bind(("::", port))
+            except OSError:
+                continue  # taken on IPv6: try another
+            return port

@@ -7,7 +7,7 @@ import re
 import pytest
 from multidict import CIMultiDict, MultiDict
 
-from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id, www_authenticate
+from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id, without_query_token, www_authenticate
 from sidecar.config import AgentIdRule, AuthPolicy, digest_secret, load_config
 from sidecar.reasons import Reason
 
@@ -209,3 +209,65 @@ CHALLENGE = 'Bearer realm="sidecar"'
 )
 def test_www_authenticate(reason: Reason, authorization: list[str], expected: str) -> None:
     assert www_authenticate(reason, authorization) == expected
+
+
+# --- the token in the query (RFC 6750 section 2.3), only where a route opts in -------------
+
+QUERY_REFUSED = (
+    "a token in the access_token query parameter is not accepted on this route; send it in the Authorization header"
+)
+TWO_WAYS = (
+    "the token was sent both in the Authorization header and the access_token query "
+    "parameter; send it one way only (RFC 6750 section 2)"
+)
+ID = ("edge_agent_id", "edge_1")
+QUERY_TOKENS = [
+    # opted in, headers, query, expected admission
+    (False, [], [("access_token", SECRET), ID], Admission("edge_1", Reason.MISSING_TOKEN, QUERY_REFUSED)),
+    (False, [("Authorization", GOOD)], [("access_token", "x"), ID], Admission("edge_1")),  # just a parameter here
+    (True, [], [("access_token", SECRET), ID], Admission("edge_1")),
+    (True, [], [("access_token", OLD_SECRET), ID], Admission("edge_1")),
+    (True, [], [("access_token", "wrong"), ID], Admission("edge_1", Reason.INVALID_TOKEN)),
+    (True, [], [("access_token", "a b"), ID], Admission("edge_1", Reason.MALFORMED_TOKEN)),
+    (True, [], [("access_token", ""), ID], Admission("edge_1", Reason.MALFORMED_TOKEN)),
+    (True, [], [("access_token", SECRET), ("access_token", SECRET), ID], Admission("edge_1", Reason.MALFORMED_TOKEN)),
+    (
+        True,
+        [("Authorization", GOOD)],
+        [("access_token", SECRET), ID],
+        Admission("edge_1", Reason.MALFORMED_TOKEN, TWO_WAYS),
+    ),
+    (True, [("Authorization", GOOD)], [ID], Admission("edge_1")),  # the header still works
+    (True, [], [ID], Admission("edge_1", Reason.MISSING_TOKEN)),
+]
+
+
+@pytest.mark.parametrize(
+    ("opted_in", "headers", "query", "expected"), QUERY_TOKENS, ids=[f"query{i}" for i in range(len(QUERY_TOKENS))]
+)
+def test_admit_query_token(
+    policy: AuthPolicy,
+    opted_in: bool,
+    headers: list[tuple[str, str]],
+    query: list[tuple[str, str]],
+    expected: Admission,
+) -> None:
+    assert admit(policy, CIMultiDict(headers), MultiDict(query), query_token=opted_in) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", ""),
+        ("access_token=s", ""),
+        ("a=1&access_token=s&b=%20x", "a=1&b=%20x"),
+        ("access%5Ftoken=s&a=1", "a=1"),  # any spelling the request's parsed query reads as the name
+        ("%61ccess_token=s", ""),
+        ("access_token&a", "a"),
+        ("access_token=1&access_token=2", ""),
+        ("access_tokens=1&my_access_token=2", "access_tokens=1&my_access_token=2"),
+        ("a=access_token", "a=access_token"),
+    ],
+)
+def test_without_query_token(raw: str, expected: str) -> None:
+    assert without_query_token(raw) == expected

@@ -17,14 +17,17 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from sidecar.extensions import pure_python_parts
+
 from .conftest import ROOT, SECRET, free_port
 from .upstream import Backend
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
+PROCESS_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
     return subprocess.run(
         [*SIDECAR, *args], capture_output=True, text=True, env={**clean, **(env or {})}, cwd=ROOT, timeout=60
     )
@@ -37,6 +40,10 @@ def test_check_summarises_the_shipped_config_and_warns_of_unset_secret() -> None
     assert lines[0] == "routes.yaml: valid, 3 route(s)"
     assert lines[1].split()[:4] == ["edge", "websocket", "/edge/ws,", "/ws/edge"]
     assert "auth=edge" in lines[1] and "backend" in lines[1]
+    assert lines[-2:] == [
+        "  /healthz is answered by the sidecar itself, before routing (route 'default' never sees it)",
+        "  /readyz is answered by the sidecar itself, before routing (route 'default' never sees it)",
+    ]
     assert "environment variable EDGE_SECRET is referenced but not set" in result.stderr
     line = next(
         i for i, text in enumerate((ROOT / "routes.yaml").read_text().splitlines(), 1) if "${EDGE_SECRET}" in text
@@ -80,7 +87,7 @@ def test_serve_refuses_to_start_without_the_secret() -> None:
         assert "not starting" in result.stderr
 
 
-async def test_serve_relays_then_sigterm_closes_sessions_with_1001_and_exits_0() -> None:
+async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0() -> None:
     backend = await Backend().start()
     port, metrics_port = free_port(), free_port()
     env = {
@@ -105,7 +112,7 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1001_and_exits_0()
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
-            assert ws.close_code == 1001
+            assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")
         assert await asyncio.wait_for(process.wait(), 30) == 0
         assert backend.closes == [(1001, "sidecar closing the session")]
         logged = (await process.stderr.read()).decode()
@@ -124,8 +131,70 @@ def test_serve_says_clearly_when_the_port_is_taken() -> None:
         port = taken.getsockname()[1]
         result = run("serve", "--config", "routes.yaml", env={"EDGE_SECRET": SECRET, "PORT": str(port)})
     assert result.returncode == 1
-    assert f"cannot listen on 0.0.0.0:{port}" in result.stderr
+    assert f"cannot listen on *:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- aiohttp without its C extensions ---------------------------------------------------
+
+
+def test_this_install_runs_aiohttp_on_its_c_extensions() -> None:
+    assert pure_python_parts() == []
+
+
+def test_serve_refuses_pure_python_aiohttp_with_one_line_naming_the_fix() -> None:
+    result = run("serve", "--config", "routes.yaml", env={"EDGE_SECRET": SECRET, "AIOHTTP_NO_EXTENSIONS": "1"})
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("not starting: aiohttp is running without its C extensions (HTTP request parser, ")
+    for fix in (
+        "unset AIOHTTP_NO_EXTENSIONS",
+        "--only-binary=aiohttp",
+        "--allow-pure-python",
+        "SIDECAR_ALLOW_PURE_PYTHON=1",
+    ):
+        assert fix in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "env"),
+    [(["--allow-pure-python"], {}), ([], {"SIDECAR_ALLOW_PURE_PYTHON": "1"})],
+    ids=["flag", "env"],
+)
+async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: list[str], env: dict[str, str]) -> None:
+    backend = await Backend().start()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
+    environment = {
+        **clean,
+        **env,
+        "AIOHTTP_NO_EXTENSIONS": "1",
+        "EDGE_SECRET": SECRET,
+        "UPSTREAM_URL": backend.url,
+        "PORT": "0",  # a free port, read back from the log: no race with other test runs
+        "METRICS_PORT": "0",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *SIDECAR, "serve", "--config", "routes.yaml", *flag, cwd=ROOT, env=environment, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        warning = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
+        assert (warning["level"], warning["event"]) == ("warning", "sidecar.pure_python")
+        assert "HTTP request parser" in warning["parts"]
+        started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
+        assert started["event"] == "sidecar.started"
+        port = int(started["listen"].rpartition(":")[2])
+        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
+            await ws.send("pure")
+            assert await ws.recv() == "pure"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await backend.stop()
 
 
 async def test_serve_raises_its_open_files_limit_and_says_so() -> None:

@@ -81,8 +81,9 @@ def test_shipped_routes() -> None:
 
 def test_shipped_defaults() -> None:
     config = load_ok(SHIPPED)
-    assert (config.listen_host, config.port, config.header_timeout) == ("0.0.0.0", 8080, 10.0)
-    assert (config.metrics_host, config.metrics_port) == ("0.0.0.0", 9100)
+    assert (config.listen_host, config.port, config.header_timeout) == ("*", 8080, 10.0)
+    assert (config.metrics_host, config.metrics_port) == ("*", 9100)
+    assert (config.drain_timeout, config.live_path, config.ready_path) == (10.0, "/healthz", "/readyz")
     assert (config.log_level, config.log_format) == ("info", "json")
     assert list(config.upstreams) == ["backend"]
     backend = config.upstreams["backend"]
@@ -359,7 +360,8 @@ def test_every_problem_reported_at_once_with_its_line() -> None:
     assert sorted(messages(problems)) == sorted(
         [
             "conf/routes.yaml:3: error: listen: unknown key 'colour' "
-            "(expected one of: close_timeout, header_timeout, host, port, stall_timeout, trusted_proxies)",
+            "(expected one of: client_ip_header, close_timeout, drain_timeout, header_timeout, host, port, "
+            "stall_timeout, trusted_proxies)",
             "conf/routes.yaml:2: error: listen.port: expected a whole number, got 'abc'",
             "conf/routes.yaml:7: error: upstreams.backend.connect_timeout: "
             "expected a duration such as 10s, 500ms or 2m, got 'soon'",
@@ -401,12 +403,14 @@ ONE_MISTAKE = [
     (
         "unknown-top-key",
         BASE + "extra: 1\n",
-        "13: error: top level: unknown key 'extra' (expected one of: auth, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key 'extra' "
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
     ),
     (
         "keys-not-expanded",
         BASE + "${S}: 1\n",
-        "13: error: top level: unknown key '${S}' (expected one of: auth, listen, log, metrics, routes, upstreams)",
+        "13: error: top level: unknown key '${S}' "
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
     ),
     ("duplicate-top-key", BASE + "upstreams: {}\n", "13: error: top level: duplicate key 'upstreams'"),
     ("duplicate-nested-key", "listen:\n  port: 1\n  port: 2\n" + BASE, "3: error: listen: duplicate key 'port'"),
@@ -488,8 +492,9 @@ ONE_MISTAKE = [
     (
         "route-unknown-key",
         BASE.replace("    auth: e", "    auth: e\n    timeout: 1s"),
-        "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, forward_authorization, "
-        "max_message_size, name, paths, prefix, type, upstream, upstream_path)",
+        "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, compression, duplicate_agent, "
+        "forward_authorization, max_message_size, max_sessions, name, origins, paths, prefix, query_token, "
+        "type, upstream, upstream_path)",
     ),
     (
         "dup-path",
@@ -601,6 +606,90 @@ ONE_MISTAKE = [
         "bool-bad",
         route("name: s\ntype: http\npaths: [/x]\nupstream: b\nforward_authorization: maybe"),
         "17: error: routes[1] (s).forward_authorization: expected true or false, got 'maybe'",
+    ),
+    (
+        "origins-not-an-origin",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: [https://a.example, 'https://b.example/']"),
+        "17: error: routes[1] (s).origins: 'https://b.example/' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-null",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: ['null']"),
+        "17: error: routes[1] (s).origins: 'null' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-wildcard",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins:\n  - 'https://*.example.com'"),
+        "18: error: routes[1] (s).origins: 'https://*.example.com' is not an origin; "
+        "write scheme://host[:port], no path or '/' at the end",
+    ),
+    (
+        "origins-empty",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\norigins: []"),
+        "17: error: routes[1] (s).origins: empty; list the allowed origins, or leave the key out to allow any",
+    ),
+    (
+        "origins-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\norigins: [https://a.example]"),
+        "17: error: routes[1] (s).origins: only WebSocket routes have this",
+    ),
+    (
+        "max-sessions-zero",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\nmax_sessions: 0"),
+        "17: error: routes[1] (s).max_sessions: 0 is out of range (1 to 10000000)",
+    ),
+    (
+        "max-sessions-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\nmax_sessions: 5"),
+        "17: error: routes[1] (s).max_sessions: only WebSocket routes have this",
+    ),
+    (
+        "duplicate-agent-bad",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\nduplicate_agent: kick"),
+        "17: error: routes[1] (s).duplicate_agent: expected replace, reject or allow, got 'kick'",
+    ),
+    (
+        "compression-on-http",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\ncompression: true"),
+        "17: error: routes[1] (s).compression: only WebSocket routes have this",
+    ),
+    (
+        "compression-bad",
+        route("name: s\ntype: websocket\npaths: [/x]\nupstream: b\ncompression: gzip"),
+        "17: error: routes[1] (s).compression: expected true or false, got 'gzip'",
+    ),
+    (
+        "query-token-without-auth",
+        route("name: s\ntype: http\npaths: [/x]\nupstream: b\nquery_token: true"),
+        "17: error: routes[1] (s).query_token: only routes with 'auth' take a token",
+    ),
+    (
+        "limits-unknown-key",
+        BASE + "limits: {sessions: 5}\n",
+        "13: error: limits: unknown key 'sessions' "
+        "(expected one of: auth_failures, auth_window, max_sessions, tracked_clients)",
+    ),
+    (
+        "limits-failures-zero",
+        BASE + "limits: {auth_failures: 0}\n",
+        "13: error: limits.auth_failures: 0 is out of range (1 to 1000000)",
+    ),
+    (
+        "limits-window-bad",
+        BASE + "limits:\n  auth_window: forever\n",
+        "14: error: limits.auth_window: expected a duration such as 10s, 500ms or 2m, got 'forever'",
+    ),
+    (
+        "limits-tracked-zero",
+        BASE + "limits: {tracked_clients: 0}\n",
+        "13: error: limits.tracked_clients: 0 is out of range (1 to 10000000)",
+    ),
+    (
+        "limits-sessions-bad",
+        BASE + "limits: {max_sessions: many}\n",
+        "13: error: limits.max_sessions: expected a whole number, got 'many'",
     ),
     ("routes-missing", BASE.split("routes:")[0], "1: error: routes: missing (at least one route is needed)"),
     ("top-level-list", "- a\n- b\n", "1: error: top level: expected a mapping (key: value), got a list"),
@@ -851,3 +940,101 @@ def test_trusted_proxies_are_networks_and_bad_ones_are_errors() -> None:
     config, _ = load_config(text.replace(", not-an-ip", ""), env=S)
     assert config is not None
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128", "192.168.0.0/16", "::/0"]
+
+
+# --- health paths and the drain window ---------------------------------------------
+
+
+def test_health_paths_and_drain_timeout() -> None:
+    text = SHIPPED.replace("live: /healthz", "live: /-/live").replace("ready: /readyz", "ready: /-/ready")
+    config = load_ok(text, {**ENV, "DRAIN_TIMEOUT": "2m"})
+    assert (config.live_path, config.ready_path, config.drain_timeout) == ("/-/live", "/-/ready", 120.0)
+
+
+def test_a_route_cannot_name_a_health_path() -> None:
+    text = SHIPPED.replace("paths: [/edge/message]", "paths: [/edge/message, /readyz]")
+    config, problems = load_config(text, env=ENV)
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(text, '/edge/message, /readyz')}: error: route 'edge-message': "
+        "path /readyz is a health check path, answered by the sidecar itself; "
+        "change the route or health.live / health.ready"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("health", "message"),
+    [
+        ("{live: /x, ready: /x}", "health: 'live' and 'ready' must be different paths"),
+        ("{live: /a/../b}", "health.live: '/a/../b' is not a canonical path (dot segment)"),
+        ("{ready: 5}", "health.ready: '5' is not a canonical path"),
+        ("{alive: /x}", "health: unknown key 'alive' (expected one of: live, ready)"),
+    ],
+)
+def test_bad_health_section(health: str, message: str) -> None:
+    start, end = SHIPPED.index("health:"), SHIPPED.index("log:")
+    text = SHIPPED[:start] + f"health: {health}\n\n" + SHIPPED[end:]
+    config, problems = load_config(text, env=ENV)
+    assert config is None
+    assert any(message in m for m in messages(problems)), messages(problems)
+    assert all(p.line == line_of(text, "health:") for p in problems if p.severity == "error")
+
+
+def test_admission_defaults() -> None:
+    config = load_ok(BASE, S)
+    assert (config.auth_failures, config.auth_window, config.tracked_clients, config.max_sessions) == (
+        10,
+        60.0,
+        100_000,
+        10_000,
+    )
+    route = config.routes[0]
+    assert route.origins is None
+    assert route.max_sessions is None
+    assert route.duplicate_agent == "replace"
+    assert route.compression is False
+    assert route.query_token is False
+
+
+def test_admission_keys() -> None:
+    text = BASE.replace(
+        "    auth: e",
+        "    auth: e\n"
+        "    origins: [HTTPS://App.Example.com:443, 'http://localhost:3000']\n"
+        "    max_sessions: 500\n"
+        "    duplicate_agent: reject\n"
+        "    compression: true\n"
+        "    query_token: true",
+    )
+    text += "limits: {auth_failures: 5, auth_window: 2m, tracked_clients: 1000, max_sessions: 2000}\n"
+    config = load_ok(text, S)
+    assert (config.auth_failures, config.auth_window, config.tracked_clients, config.max_sessions) == (
+        5,
+        120.0,
+        1000,
+        2000,
+    )
+    route = config.routes[0]
+    assert route.origins == frozenset({"https://app.example.com", "http://localhost:3000"})  # RFC 6454 form
+    assert route.max_sessions == 500
+    assert route.duplicate_agent == "reject"
+    assert route.compression is True
+    assert route.query_token is True
+
+
+def test_shipped_admission_settings_are_the_defaults() -> None:
+    config = load_ok(SHIPPED)
+    assert (config.auth_failures, config.auth_window, config.max_sessions) == (10, 60.0, 10_000)
+    edge = config.routes[0]
+    assert (edge.duplicate_agent, edge.origins, edge.max_sessions, edge.compression) == ("replace", None, None, False)
+
+
+def test_client_ip_header() -> None:
+    assert load_ok(SHIPPED).client_ip_header is None  # CLIENT_IP_HEADER unset: not read at all
+    assert load_ok(SHIPPED, {**ENV, "CLIENT_IP_HEADER": "X-Real-IP"}).client_ip_header == "X-Real-IP"
+    config, problems = load_config(SHIPPED, env={**ENV, "CLIENT_IP_HEADER": "X Real IP"})
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(SHIPPED, 'client_ip_header')}: error: "
+        "listen.client_ip_header: 'X Real IP' is not a valid header name"
+    ]

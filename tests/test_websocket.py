@@ -426,7 +426,7 @@ async def test_unparseable_request_gets_a_reason_and_never_echoes_the_token(
     assert sidecar.sample("sidecar_http_rejections_total", route="none", reason="bad_request") == 1
 
 
-async def test_stopping_the_sidecar_closes_sessions_with_1001_on_both_legs(
+async def test_stopping_the_sidecar_closes_sessions_with_1012_to_the_client_and_1001_upstream(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url))
@@ -434,9 +434,9 @@ async def test_stopping_the_sidecar_closes_sessions_with_1001_on_both_legs(
         await ws.send("x")
         await ws.recv()
         closing = asyncio.ensure_future(sidecar.running.close())
-        code, _ = await closed_by_peer(ws)
+        code, reason = await closed_by_peer(ws)
         await closing
-    assert code == 1001
+    assert (code, reason) == (1012, "service restart: reconnect")
     assert backend.closes == [(1001, "sidecar closing the session")]
 
 
@@ -541,7 +541,7 @@ async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
     await asyncio.sleep(0.5)  # let the buffers fill
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1001") == 1)
+    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
     ws.transport.abort()
 
 
@@ -584,7 +584,7 @@ async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
     await asyncio.wait_for(sidecar.running.close(), 20)
     ws = await connecting
     code, _ = await closed_by_peer(ws)
-    assert code == 1001  # a proper close, not 1006
+    assert code == 1012  # a proper close, not 1006
 
 
 STALLED = edge_yaml(listen="stall_timeout: 500ms")

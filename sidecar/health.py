@@ -1,0 +1,108 @@
+"""``GET /healthz`` and ``GET /readyz``: answered by the sidecar itself, before routing.
+
+- live (``/healthz``): 200 while the process serves requests, draining included.
+- ready (``/readyz``): 200 when every upstream accepts a TCP connection; 503 with a
+  reason (``upstream_unavailable``, or ``draining`` from the moment a drain
+  starts) otherwise. Railway's health check uses it to decide when a new replica
+  may take traffic.
+
+Upstream probes are TCP connects, cached for :data:`PROBE_TTL` seconds and shared
+by concurrent checks, so a health checker polling hard cannot turn the sidecar
+into a connection flood against its backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from yarl import URL
+
+from .config import Upstream
+from .logs import event
+from .reasons import Reason
+from .runtime import Runtime
+
+PROBE_TTL = 1.0  # seconds a probe result is reused
+PROBE_TIMEOUT = 2.0  # at most; an upstream's connect_timeout if shorter
+
+_NO_CACHE = {"Cache-Control": "no-store", "Server": "sidecar"}
+
+
+class Readiness:
+    """Upstream reachability, probed on demand and cached briefly."""
+
+    def __init__(self) -> None:
+        # One entry per upstream URL: (when started, the probe).
+        self._probes: dict[str, tuple[float, asyncio.Future[str | None]]] = {}
+        self.ready: bool | None = None  # the last answer, to log changes only
+
+    async def upstreams(self, upstreams: list[Upstream]) -> dict[str, str | None]:
+        """Each upstream's name -> ``None`` if reachable, else why not."""
+        results = await asyncio.gather(*(self._probe(u) for u in upstreams))
+        return {u.name: r for u, r in zip(upstreams, results, strict=True)}
+
+    def _probe(self, upstream: Upstream) -> asyncio.Future[str | None]:
+        loop = asyncio.get_running_loop()
+        cached = self._probes.get(upstream.url)
+        if cached is not None and (not cached[1].done() or loop.time() - cached[0] < PROBE_TTL):
+            return cached[1]
+        probe = asyncio.ensure_future(_connect(upstream))
+        self._probes[upstream.url] = (loop.time(), probe)
+        return probe
+
+
+async def _connect(upstream: Upstream) -> str | None:
+    url = URL(upstream.url)
+    try:
+        async with asyncio.timeout(min(PROBE_TIMEOUT, upstream.connect_timeout)):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+    except TimeoutError:
+        return "connect timed out"
+    except OSError as exc:  # asyncio's message names the address; errno says why
+        return os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+def is_health_path(rt: Runtime, path: str) -> bool:
+    return path in (rt.config.live_path, rt.config.ready_path)
+
+
+async def answer(request: BaseRequest, rt: Runtime, readiness: Readiness, path: str) -> web.Response:
+    if request.method not in ("GET", "HEAD"):
+        return _json(405, {"error": "method_not_allowed", "allow": "GET, HEAD"}, Allow="GET, HEAD")
+    if path == rt.config.live_path:
+        return _json(200, {"status": "ok", "draining": rt.stopping})
+    body: dict[str, object] = {"config_sha256": rt.config.digest[:12]}
+    reason: Reason | None = None
+    if rt.stopping:
+        reason = Reason.DRAINING
+    else:
+        upstreams = list({u.url: u for u in rt.config.upstreams.values()}.values())
+        failures = {name: why for name, why in (await readiness.upstreams(upstreams)).items() if why}
+        body["upstreams"] = {u.name: failures.get(u.name, "ok") for u in upstreams}
+        if failures:
+            reason = Reason.UPSTREAM_UNAVAILABLE
+    ready = reason is None
+    if readiness.ready is not ready:
+        readiness.ready = ready
+        event(logging.INFO if ready else logging.WARNING, "sidecar.ready" if ready else "sidecar.not_ready", **body)
+    if reason is None:
+        return _json(200, {"status": "ready", **body})
+    # 503 whatever the reason: to a health checker "not ready" is one answer.
+    body = {"status": "not_ready", "error": reason.value, "message": reason.message, **body}
+    return _json(503, body, **{"X-Sidecar-Reason": reason.value})
+
+
+def _json(status: int, body: dict[str, object], **headers: str) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers={**_NO_CACHE, **headers}
+    )

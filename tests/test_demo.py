@@ -1,0 +1,231 @@
+"""``sidecar demo`` as a new user runs it: a real process, and the commands it prints run
+through a real shell exactly as printed (curl, websocat, the Python client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from .conftest import ROOT, SECRET
+from .upstream import Backend
+
+SIDECAR = [sys.executable, "-m", "sidecar"]
+LAST_LINE = "# Ctrl-C stops the demo."
+# websocat comes with the test dependencies, into the same bin directory as this python.
+BIN = str(Path(sys.executable).parent)
+
+
+def ports() -> dict[str, str]:
+    """PORT and METRICS_PORT: two distinct free ports below the ephemeral range. A port
+    the kernel handed out for port 0 and took back would be handed out again, here to the
+    demo's own echo backend (port 0), before the sidecar binds it."""
+    while True:
+        chosen = random.sample(range(20000, 32000), 2)
+        with socket.socket() as one, socket.socket() as two:
+            try:
+                one.bind(("0.0.0.0", chosen[0]))
+                two.bind(("0.0.0.0", chosen[1]))
+            except OSError:
+                continue
+        return {"PORT": str(chosen[0]), "METRICS_PORT": str(chosen[1])}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
+    return {**keep, "PATH": BIN + os.pathsep + keep.get("PATH", ""), **extra}
+
+
+@dataclass
+class Demo:
+    process: asyncio.subprocess.Process
+    blocks: dict[str, str]  # the comment line that introduces a command -> the command
+    printed: str
+
+    def command(self, starts: str) -> str:
+        return next(cmd for title, cmd in self.blocks.items() if title.startswith(starts))
+
+    async def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.process.send_signal(sig)
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        assert self.process.stderr is not None
+        return code, (await self.process.stderr.read()).decode()
+
+
+async def start_demo(env: dict[str, str], cwd: Path = ROOT) -> Demo:
+    process = await asyncio.create_subprocess_exec(
+        *SIDECAR, "demo", cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or lines[-1] != LAST_LINE:
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        if not line:
+            assert process.stderr is not None
+            raise AssertionError(f"the demo ended early: {lines} {await process.stderr.read()!r}")
+        lines.append(line.decode().rstrip("\n"))
+    printed = "\n".join(lines)
+    blocks = {}
+    for block in printed.split("\n\n"):
+        title, _, command = block.partition("\n")
+        blocks[title] = command
+    return Demo(process, blocks, printed)
+
+
+async def shell(command: str, env: dict[str, str], stdin: bytes = b"") -> str:
+    """Run ``command`` through a shell, as if pasted; its stdout."""
+    proc = await asyncio.create_subprocess_shell(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
+    assert proc.returncode == 0, (command, out, err)
+    return out.decode()
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Demo]:
+    d = await start_demo(clean_env(**ports()))
+    yield d
+    if d.process.returncode is None:
+        d.process.kill()
+        await d.process.wait()
+
+
+def token_of(demo: Demo) -> str:
+    marked = next(line for line in demo.printed.splitlines() if line.startswith("# DEMO TOKEN"))
+    return marked.rsplit(" ", 1)[1]
+
+
+async def test_printed_curl_commands_answer_200_and_a_reason(demo: Demo) -> None:
+    env = clean_env()
+    answer = await shell(demo.command("# POST /edge/message"), env)
+    assert answer.startswith("HTTP/1.1 200 OK")
+    body = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert body["echo"] == "POST /edge/message" and body["body_bytes"] == len('{"text":"hi"}')
+    assert body["received"]["X-Edge-Agent-Id"] == "demo_1"
+    assert body["received"]["X-Forwarded-For"] == "127.0.0.1"
+    assert body["received"]["Authorization"] == "present"
+
+    refused = await shell(demo.command("# a refusal"), env)
+    assert refused.startswith("HTTP/1.1 401 Unauthorized")
+    assert "X-Sidecar-Reason: invalid_token" in refused
+
+    code, logged = await demo.stop()
+    assert code == 0
+    assert "reason=invalid_token" in logged
+    assert token_of(demo) not in logged
+
+
+async def test_printed_python_client_and_websocat_get_their_messages_back(demo: Demo) -> None:
+    env = clean_env()
+    out = (await shell(demo.command("# a Python client"), env)).splitlines()
+    assert out[0].startswith("greeting: ")
+    greeting = json.loads(out[0].removeprefix("greeting: "))
+    assert greeting["received"]["X-Edge-Agent-Id"] == "demo_1"
+    assert greeting["received"]["X-Forwarded-Proto"] == "http"
+    assert out[1:] == ["text echo: hello", "binary echo: b'\\x00\\x01binary'"]
+
+    # websocat reads lines from stdin: type two, then end the input
+    typed = await shell(demo.command("# WebSocket with websocat"), env, stdin=b"hello\nwhoami\n")
+    lines = typed.splitlines()
+    assert json.loads(lines[0])["received"]["X-Edge-Agent-Id"] == "demo_1"
+    assert lines[1] == "hello"
+    assert json.loads(lines[2]) == {"received": json.loads(lines[0])["received"]}
+
+    scraped = await shell(demo.command("# metrics"), env)
+    assert 'sidecar_ws_connections_total{route="edge"} 2.0' in scraped.splitlines()
+    assert 'sidecar_ws_messages_total{direction="upstream",route="edge"} 4.0' in scraped.splitlines()
+    assert (await demo.stop())[0] == 0
+
+
+async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> None:
+    d = await start_demo(clean_env(EDGE_SECRET=SECRET, **ports()))
+    try:
+        assert SECRET not in d.printed and "DEMO TOKEN" not in d.printed
+        shell_env = clean_env(EDGE_SECRET=SECRET)  # the user exported it in their shell
+        out = (await shell(d.command("# a Python client"), shell_env)).splitlines()
+        assert out[1:] == ["text echo: hello", "binary echo: b'\\x00\\x01binary'"]
+        typed = await shell(d.command("# WebSocket with websocat"), shell_env, stdin=b"hi\n")
+        assert typed.splitlines()[1] == "hi"
+        answer = await shell(d.command("# POST /edge/message"), shell_env)
+        assert answer.startswith("HTTP/1.1 200 OK")
+    finally:
+        code, logged = await d.stop()
+    assert code == 0 and SECRET not in logged
+
+
+async def test_with_the_users_secret_and_backend_no_value_printed_and_no_echo_backend() -> None:
+    backend = await Backend().start()
+    env = clean_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, **ports())
+    try:
+        d = await start_demo(env)
+        assert SECRET not in d.printed and "DEMO TOKEN" not in d.printed
+        assert f"# upstream: {backend.url} (UPSTREAM_URL)" in d.printed
+        assert "$EDGE_SECRET" in d.command("# POST /edge/message")
+        answer = await shell(d.command("# POST /edge/message"), env)
+        assert answer.startswith("HTTP/1.1 200 OK")
+        assert [s.path for s in backend.seen] == ["/edge/message"]  # the user's backend, not an echo
+        # a backend that does not greet: the client sends first and prints the answer
+        assert await shell(d.command("# a Python client"), env) == "received: hello\n"
+        assert await shell(d.command("# WebSocket with websocat"), env, stdin=b"hi\n") == "hi\n"
+        assert [s.path for s in backend.seen][1:] == ["/edge/ws", "/edge/ws"]
+        code, logged = await d.stop(signal.SIGINT)  # Ctrl-C
+        assert code == 0 and SECRET not in logged
+    finally:
+        await backend.stop()
+
+
+async def test_outside_the_repository_the_installed_routes_yaml_is_used(tmp_path: Path) -> None:
+    d = await start_demo(clean_env(**ports()), cwd=tmp_path)
+    try:
+        installed = Path(d.printed.splitlines()[0].rsplit(" ", 1)[1])
+        assert installed.name == "routes.yaml" and installed.parent.name == "sidecar"
+        shipped = await asyncio.to_thread((ROOT / "routes.yaml").read_bytes)
+        assert await asyncio.to_thread(installed.read_bytes) == shipped
+        answer = await shell(d.command("# POST /edge/message"), clean_env())
+        assert answer.startswith("HTTP/1.1 200 OK")
+    finally:
+        assert (await d.stop())[0] == 0
+
+
+def test_a_taken_port_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SIDECAR, "demo"],
+            env=clean_env(PORT=str(port), METRICS_PORT=ports()["METRICS_PORT"]),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"not starting: cannot listen on *:{port}")
+    assert result.stdout == ""
+
+
+async def test_stopping_closes_an_open_session_with_a_close_frame_and_exits_0(demo: Demo) -> None:
+    url = demo.command("# WebSocket with websocat").split("'")[1]
+    headers = {"Authorization": f"Bearer {token_of(demo)}"}
+    async with connect(url, additional_headers=headers) as ws:
+        assert "received" in json.loads(await ws.recv())
+        demo.process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 30)
+        assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")  # never 1006
+    assert await asyncio.wait_for(demo.process.wait(), 30) == 0

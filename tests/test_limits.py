@@ -1,0 +1,159 @@
+"""sidecar.limits and sidecar.origins: the admission decisions, as plain tables. No sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.limits import FailureTable, SessionCounts, client_key
+from sidecar.origins import origin_allowed, serialize_origin
+
+# --- origins (RFC 6454 section 6.2) ---------------------------------------------------
+
+SERIALISED = [
+    ("https://app.example.com", "https://app.example.com"),
+    ("HTTPS://App.Example.COM", "https://app.example.com"),
+    ("https://app.example.com:443", "https://app.example.com"),  # the default port is left out
+    ("http://app.example.com:80", "http://app.example.com"),
+    ("https://app.example.com:8443", "https://app.example.com:8443"),
+    ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+    ("http://[::1]:3000", "http://[::1]:3000"),
+    ("null", None),
+    ("", None),
+    ("*", None),
+    ("https://app.example.com/", None),
+    ("https://app.example.com/path", None),
+    ("https://user@app.example.com", None),
+    ("https://app.example.com?x", None),
+    ("https://app.example.com:0", None),
+    ("https://app.example.com:99999", None),
+    ("https://app.example.com:", None),
+    ("app.example.com", None),
+    ("https://", None),
+    ("https://..", None),
+    ("https://app..example.com", None),
+    ("https://bücher.example", None),  # browsers send the punycode (xn--...) form
+    ("https://app.example.com\r\n", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SERIALISED)
+def test_serialize_origin(text: str, expected: str | None) -> None:
+    assert serialize_origin(text) == expected
+
+
+ALLOWED = frozenset({"https://app.example.com", "http://localhost:3000"})
+ORIGIN_DECISIONS = [
+    ([], None, True),
+    (["https://evil.example"], None, True),  # no list: anything goes
+    ([], ALLOWED, True),  # no Origin: not a browser (node ws, python websockets)
+    (["https://app.example.com"], ALLOWED, True),
+    (["HTTPS://APP.EXAMPLE.COM:443"], ALLOWED, True),
+    (["http://localhost:3000"], ALLOWED, True),
+    (["http://localhost:3001"], ALLOWED, False),
+    (["http://app.example.com"], ALLOWED, False),  # another scheme is another origin
+    (["https://app.example.com.evil.example"], ALLOWED, False),  # no suffix or prefix matching
+    (["https://evil.example"], ALLOWED, False),
+    (["null"], ALLOWED, False),  # sandboxed iframes, file:// pages
+    (["https://app.example.com", "https://app.example.com"], ALLOWED, False),  # one header only
+    (["https://app.example.com/"], ALLOWED, False),
+]
+
+
+@pytest.mark.parametrize(("header", "allowed", "expected"), ORIGIN_DECISIONS)
+def test_origin_allowed(header: list[str], allowed: frozenset[str] | None, expected: bool) -> None:
+    assert origin_allowed(header, allowed) is expected
+
+
+# --- client keys -------------------------------------------------------------------------
+
+KEYS = [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # the same /64, the same key
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+    (None, "-"),
+    ("", "-"),
+    ("not-an-ip" * 20, ("not-an-ip" * 20)[:64]),
+]
+
+
+@pytest.mark.parametrize(("address", "key"), KEYS)
+def test_client_key(address: str | None, key: str) -> None:
+    assert client_key(address) == key
+
+
+# --- the failure table -------------------------------------------------------------------
+
+LIMITS = {"limit": 3, "window": 60.0, "capacity": 1000}
+
+
+def test_blocked_after_the_limit_within_the_window_until_it_passes() -> None:
+    table = FailureTable()
+    for t in (0.0, 1.0):
+        table.record_failure("a", t, **LIMITS)
+        assert table.retry_after("a", t) is None
+    table.record_failure("a", 2.0, **LIMITS)  # the third
+    assert table.retry_after("a", 2.0) == 60
+    assert table.retry_after("a", 31.5) == 31  # rounded up: never "0"
+    assert table.retry_after("a", 61.9) == 1
+    assert table.retry_after("a", 62.0) is None
+    assert table.retry_after("b", 2.0) is None  # others unaffected
+
+
+def test_failures_spread_beyond_the_window_do_not_block() -> None:
+    table = FailureTable()
+    for t in (0.0, 30.0, 60.0, 90.0, 120.0):  # two per window at most
+        table.record_failure("a", t, **LIMITS)
+        assert table.retry_after("a", t) is None
+
+
+def test_after_a_block_the_count_starts_afresh() -> None:
+    table = FailureTable()
+    for t in (0.0, 1.0, 2.0):
+        table.record_failure("a", t, **LIMITS)
+    table.record_failure("a", 62.0, **LIMITS)
+    table.record_failure("a", 63.0, **LIMITS)
+    assert table.retry_after("a", 63.0) is None
+    table.record_failure("a", 64.0, **LIMITS)
+    assert table.retry_after("a", 64.0) == 60
+
+
+def test_the_table_never_holds_more_than_its_capacity_and_evicts_the_oldest() -> None:
+    table = FailureTable()
+    for i in range(5000):
+        table.record_failure(f"10.0.{i // 256}.{i % 256}", float(i), limit=1, window=1e9, capacity=100)
+        assert len(table) <= 100
+    assert len(table) == 100
+    assert table.retry_after("10.0.0.0", 5000.0) is None  # evicted: the oldest
+    assert table.retry_after("10.0.19.135", 5000.0) is not None  # the newest (4999) is still held
+
+
+def test_a_smaller_capacity_after_a_reload_shrinks_the_table() -> None:
+    table = FailureTable()
+    for i in range(50):
+        table.record_failure(str(i), 0.0, limit=5, window=60.0, capacity=50)
+    table.record_failure("new", 0.0, limit=5, window=60.0, capacity=10)
+    assert len(table) == 10
+
+
+# --- session counts ----------------------------------------------------------------------
+
+
+def test_route_cap_and_global_cap() -> None:
+    counts = SessionCounts()
+    assert counts.acquire("a", 2, 3)
+    assert counts.acquire("a", 2, 3)
+    assert not counts.acquire("a", 2, 3)  # the route's cap
+    assert counts.acquire("b", None, 3)
+    assert not counts.acquire("b", None, 3)  # the global cap
+    counts.release("a")
+    assert counts.acquire("b", None, 3)
+    assert (counts.total, counts.per_route) == (3, {"a": 1, "b": 2})
+
+
+def test_released_routes_leave_no_entry() -> None:
+    counts = SessionCounts()
+    assert counts.acquire("gone", None, 10)
+    counts.release("gone")
+    assert (counts.total, counts.per_route) == (0, {})
