@@ -2,16 +2,19 @@
 
 Labels are bounded: route names, reasons, directions, initiators and close codes;
 never paths, agent ids or addresses. Each app gets its own registry, served only
-on the metrics listener.
+on the metrics listener. Besides the sidecar's own series, the registry carries
+prometheus_client's standard ``process_*`` series (open fds, RSS, CPU ...) and the
+event loop's task count, both computed at scrape time: nothing per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import Config
@@ -94,11 +97,26 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
+        r.register(TaskCollector())
 
     def loaded(self, config: Config) -> None:
         """``sidecar_config_info`` names the config now in use (one series)."""
         self.config_info.clear()
         self.config_info.labels(config.source, config.digest[:12]).set(1)
+
+
+class TaskCollector(Collector):
+    """``sidecar_asyncio_tasks``: the event loop's unfinished tasks, counted when
+    Prometheus scrapes (from the loop that serves /metrics). Each open WebSocket
+    session holds a few; a count that does not come back down is a leak."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running loop (a registry read outside the app): nothing to count
+            return
+        yield GaugeMetricFamily("sidecar_asyncio_tasks", "Unfinished asyncio tasks in the event loop.", value=tasks)
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -251,11 +252,32 @@ async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.Ap
     return runner, _bound_port(sockets[0])
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to the hard limit, as nginx's
+    ``worker_rlimit_nofile`` does, and return the soft limit now in force.
+
+    Each WebSocket session holds two descriptors (client and upstream leg), and a
+    process usually starts with a soft limit of 1024: without this, the sidecar
+    would refuse connections (EMFILE) at about 500 sessions.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one: Linux caps it at fs.nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else _NR_OPEN
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # not permitted here: keep what we have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+_NR_OPEN = 1 << 20  # Linux's default fs.nr_open
+
+
 async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads via ``load``.
 
     Returns the exit status: 0, or 1 when a listener cannot be bound (a port is
     taken, or privileged), said in one line on stderr."""
+    open_files = raise_open_files_limit()
     try:
         running = await start(config)
     except OSError as exc:
@@ -284,6 +306,7 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         routes=[r.name for r in config.routes],
         config=config.source,
         config_sha256=config.digest[:12],
+        open_files_limit=open_files,
     )
     if started is not None:
         started(running)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -193,3 +195,37 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
             process.kill()
             await process.wait()
         await backend.stop()
+
+
+async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
+    # Started with a low soft limit, as a shell or service manager often starts it
+    # (1024): 5,000 sessions need 10,000 descriptors.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+
+    def lower_the_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    process = await asyncio.create_subprocess_exec(
+        *SIDECAR,
+        "serve",
+        "--config",
+        "routes.yaml",
+        cwd=ROOT,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lower_the_soft_limit,
+    )
+    try:
+        assert process.stderr is not None
+        started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
+        assert started["event"] == "sidecar.started"
+        expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        assert started["open_files_limit"] == expected > low
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+            assert f"process_max_fds {float(expected)}" in await r.text()
+    finally:
+        process.terminate()
+        await process.wait()
