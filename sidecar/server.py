@@ -270,6 +270,7 @@ def raise_open_files_limit() -> int:
 
 
 _NR_OPEN = 1 << 20  # Linux's default fs.nr_open
+_SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
 
 
 async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
@@ -308,6 +309,18 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
     )
+    needed = 2 * config.max_sessions + _SPARE_FILES
+    if open_files != resource.RLIM_INFINITY and open_files < needed:
+        # Past the limit, accept() and connect() fail: upgrades would get 502s
+        # (and asyncio logs a traceback each) long before over_capacity answers.
+        event(
+            logging.WARNING,
+            "sidecar.open_files_low",
+            open_files_limit=open_files,
+            max_sessions=config.max_sessions,
+            needed=needed,
+            fix="lower limits.max_sessions, or raise the container's nofile limit",
+        )
     if started is not None:
         started(running)
     await stop.wait()

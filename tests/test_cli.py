@@ -229,3 +229,26 @@ async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_open() -> None:
+    def cap_the_hard_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))  # as a container's nofile might be
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    process = await asyncio.create_subprocess_exec(
+        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=cap_the_hard_limit,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
+        assert (started["event"], started["open_files_limit"]) == ("sidecar.started", 4096)
+        warning = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
+        assert warning["event"] == "sidecar.open_files_low"
+        assert (warning["level"], warning["max_sessions"], warning["needed"]) == ("warning", 10000, 20256)
+        assert "limits.max_sessions" in warning["fix"]
+    finally:
+        process.terminate()
+        await process.wait()
