@@ -4,6 +4,7 @@ on the real app (and, for signals, a real ``sidecar serve`` process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -147,7 +148,12 @@ async def process_backend() -> AsyncIterator[Backend]:
     await backend.stop()
 
 
-async def start_serve(config: Path, backend: Backend, **env: str) -> tuple[asyncio.subprocess.Process, int, int]:
+@contextlib.asynccontextmanager
+async def serving(
+    config: Path, backend: Backend, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, int]]:
+    """A real ``sidecar serve`` process on free ports, logging JSON: (process, port,
+    metrics port), once it has logged ``sidecar.started``. Killed on the way out."""
     port, metrics_port = free_port(), free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
     environment = {
@@ -169,8 +175,13 @@ async def start_serve(config: Path, backend: Backend, **env: str) -> tuple[async
         env=environment,
         stderr=asyncio.subprocess.PIPE,
     )
-    await until_logged(process, "sidecar.started")
-    return process, port, metrics_port
+    try:
+        await until_logged(process, "sidecar.started")
+        yield process, port, metrics_port
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[str, object]:
@@ -189,8 +200,7 @@ async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[s
 async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text((ROOT / "routes.yaml").read_text())
-    process, port, _ = await start_serve(config, process_backend, DRAIN_TIMEOUT="60s")
-    try:
+    async with serving(config, process_backend, DRAIN_TIMEOUT="60s") as (process, port, _):
         url = f"ws://127.0.0.1:{port}/edge/ws"
         sessions = [await connect(url, additional_headers=agent(n)) for n in range(3)]
         process.send_signal(signal.SIGTERM)
@@ -199,10 +209,6 @@ async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Back
         process.send_signal(signal.SIGTERM)
         assert [await closed(ws) for ws in sessions[1:]] == [RESTART, RESTART]
         assert await asyncio.wait_for(process.wait(), 20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 # --- live reload -------------------------------------------------------------------
@@ -212,8 +218,7 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    process, port, metrics_port = await start_serve(config, process_backend)
-    try:
+    async with serving(config, process_backend) as (process, port, metrics_port):
         async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=AUTH) as old:
             # The edit: the alias /ws/edge is dropped and a new one added.
             config.write_text(shipped.replace("paths: [/edge/ws, /ws/edge]", "paths: [/edge/ws, /agent/ws]"))
@@ -234,17 +239,13 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
         assert 'sidecar_config_reloads_total{result="success"} 1.0' in text
         assert f'sha256="{reloaded["config_sha256"]}"' in text
         assert f'sha256="{reloaded["previous_sha256"]}"' not in text  # one series: the config in use
-    finally:
-        process.kill()
-        await process.wait()
 
 
 async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    process, port, metrics_port = await start_serve(config, process_backend)
-    try:
+    async with serving(config, process_backend) as (process, port, metrics_port):
         config.write_text(
             shipped.replace("upstream: backend\n    upstream_path", "upstream: nowhere\n    upstream_path")
         )
@@ -259,9 +260,6 @@ async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backe
             assert await ws.recv() == "still the old config"
         _, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert 'sidecar_config_reloads_total{result="failure"} 1.0' in body.decode()
-    finally:
-        process.kill()
-        await process.wait()
 
 
 # --- IPv4 and IPv6 -----------------------------------------------------------------
