@@ -316,16 +316,30 @@ def load_config(
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = int(mark.line) + 1 if mark is not None else 0
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [Problem(file, line, f"YAML syntax: {problem}")]
+        return None, [_syntax_problem(file, text, exc)]
     if root is None:
         return None, [Problem(file, 0, "the file is empty")]
     config = _build(loader, root, text)
     if any(p.severity == "error" for p in loader.problems):
         return None, loader.problems
     return config, loader.problems
+
+
+# Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
+_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # A character YAML refuses (a control, a lone surrogate) is found before any mark
+        # exists: the error has only an offset into the text, and its str() says
+        # '"<unicode string>", position N'. Give the line instead, as for every other problem.
+        line = len(_YAML_BREAK.split(text[: exc.position]))
+        return Problem(file, line, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
+    mark = getattr(exc, "problem_mark", None)
+    line = int(mark.line) + 1 if mark is not None else 0
+    problem = getattr(exc, "problem", None) or str(exc)
+    return Problem(file, line, f"YAML syntax: {problem}")
 
 
 def _build(ld: _Loader, root: Node, text: str) -> Config | None:

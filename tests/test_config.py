@@ -664,6 +664,16 @@ def test_upstream_without_url() -> None:
         ("a: b: c\n", "routes.yaml:1: error: YAML syntax: mapping values are not allowed here"),
         ("routes: ['${S}]\n", "routes.yaml:2: error: YAML syntax: found unexpected end of stream"),
         ("upstreams: {}\n", "routes.yaml:1: error: routes: missing (at least one route is needed)"),
+        # A character YAML refuses: the line, not '"<unicode string>", position N' (found by
+        # tests/test_fuzz_config.py: these were whole-file problems, line 0).
+        (
+            "\x1f",
+            "routes.yaml:1: error: YAML syntax: unacceptable character U+001F: special characters are not allowed",
+        ),
+        (
+            "listen:\n  port: 1\x07\n",
+            "routes.yaml:2: error: YAML syntax: unacceptable character U+0007: special characters are not allowed",
+        ),
     ],
 )
 def test_file_level(text: str, expected: str) -> None:
