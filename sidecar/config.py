@@ -353,7 +353,7 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _metrics(ld, top["metrics"], settings)
     if "log" in top:
         _log(ld, top["log"], settings)
-    upstreams, upstream_names = _upstreams(ld, top.get("upstreams"))
+    upstreams, upstream_names = _upstreams(ld, top.get("upstreams"), root)
     policies, policy_nodes = _policies(ld, top.get("auth"))
     routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
     for name, policy_node in policy_nodes.items():
@@ -426,10 +426,11 @@ def _drop_none(out: dict[str, object]) -> None:
         del out[key]
 
 
-def _upstreams(ld: _Loader, node: Node | None) -> tuple[dict[str, Upstream], set[str]]:
+def _upstreams(ld: _Loader, node: Node | None, root: Node) -> tuple[dict[str, Upstream], set[str]]:
     """The valid upstreams, and the names of every one defined (valid or not)."""
     if node is None:
-        ld.error(None, "upstreams: missing (at least one upstream is needed)")
+        # At the top-level mapping, like a missing 'routes': every problem has a line.
+        ld.error(root, "upstreams: missing (at least one upstream is needed)")
         return {}, set()
     out: dict[str, Upstream] = {}
     specs = ld.mapping(node, "upstreams", set()) or {}

@@ -682,14 +682,15 @@ def test_file_level(text: str, expected: str) -> None:
     assert messages(problems) == [expected]
 
 
-def test_no_upstreams_is_a_whole_file_problem() -> None:
-    config, problems = load_config("listen: {port: 1}\n")
+def test_no_upstreams_points_at_the_top_level() -> None:
+    """Like a missing 'routes' (found by tests/test_fuzz_config.py: this was line 0, the one
+    problem of a non-empty file without a line)."""
+    config, problems = load_config("# comment\n\nlisten: {port: 1}\n")
     assert config is None
     assert messages(problems) == [
-        "routes.yaml: error: upstreams: missing (at least one upstream is needed)",
-        "routes.yaml:1: error: routes: missing (at least one route is needed)",
+        "routes.yaml:3: error: upstreams: missing (at least one upstream is needed)",
+        "routes.yaml:3: error: routes: missing (at least one route is needed)",
     ]
-    assert problems[0].line == 0
 
 
 # --- interpolation ------------------------------------------------------------------
