@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -183,6 +183,7 @@ class _Loader:
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
+        self.secrets: set[str] = set()  # every bearer value, and the variables' values in it
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -320,9 +321,23 @@ def load_config(
     if root is None:
         return None, [Problem(file, 0, "the file is empty")]
     config = _build(loader, root, text)
-    if any(p.severity == "error" for p in loader.problems):
-        return None, loader.problems
-    return config, loader.problems
+    problems = _redact(loader.problems, loader.secrets)
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return config, problems
+
+
+def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
+    """A message quotes the value it refuses, and a variable that holds a secret can be
+    referenced anywhere (``type: ${EDGE_SECRET}``): no secret is quoted, whatever the field."""
+    out: list[Problem] = []
+    for problem in problems:
+        message = problem.message
+        for secret in sorted(secrets, key=len, reverse=True):
+            for form in (secret, repr(secret)[1:-1]):  # as written, and as quoted by !r
+                message = message.replace(form, "<secret>")
+        out.append(replace(problem, message=message))
+    return out
 
 
 # Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
@@ -511,6 +526,7 @@ def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
         if expanded is None:
             invalid = True
             continue
+        ld.secrets.update(filter(None, (expanded.value, *(ld.env.get(name) for name in expanded.used))))
         unset += expanded.unset
         used += expanded.used
         if expanded.value and (not expanded.used or expanded.defaulted):

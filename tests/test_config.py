@@ -141,7 +141,7 @@ def test_upstream_url_override(url: str, expected: str) -> None:
 
 
 BAD_OVERRIDES = [
-    ({"PORT": "abc"}, "port: ${PORT", "listen.port: expected a whole number, got 'abc'"),
+    ({"PORT": "eighty"}, "port: ${PORT", "listen.port: expected a whole number, got 'eighty'"),  # ENV's secret is abc
     ({"PORT": "70000"}, "port: ${PORT", "listen.port: 70000 is out of range (0 to 65535)"),
     ({"METRICS_PORT": "-1"}, "port: ${METRICS_PORT", "metrics.port: -1 is out of range (0 to 65535)"),
     ({"LOG_FORMAT": "xml"}, "${LOG_FORMAT", "log.format: expected json or text, got 'xml'"),
@@ -266,6 +266,13 @@ LEAKY = [
     ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET}\n      - " + OLD)),
     ({}, SHIPPED.replace("${EDGE_SECRET}", SECRET)),
     ({}, SHIPPED.replace("${EDGE_SECRET}", SECRET + " !")),
+    # A secret's variable referenced in another field, whose problem quotes the value (found by
+    # tests/test_fuzz_config.py: 'type: ${EDGE_SECRET}' gave "... (got '<the secret>')").
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("type: http", "type: ${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${LOG_LEVEL:-info}", "${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("paths: [/edge/message]", "paths: ['/edge/${EDGE_SECRET}//']")),
+    ({"EDGE_SECRET": SECRET + "\n"}, SHIPPED.replace("${LOG_FORMAT:-json}", "${EDGE_SECRET}")),
 ]
 
 
@@ -277,6 +284,15 @@ def test_secrets_never_in_problems(env: dict[str, str], text: str) -> None:
         assert SECRET not in str(problem)
         assert OLD not in str(problem)
     assert config is None or (SECRET not in repr(config) and OLD not in repr(config))
+
+
+def test_a_redacted_secret_still_names_the_field() -> None:
+    text = SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}")
+    config, problems = load_config(text, env={"EDGE_SECRET": SECRET})
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(text, 'port: ${EDGE')}: error: listen.port: expected a whole number, got '<secret>'"
+    ]
 
 
 def test_secret_written_literally_is_a_warning() -> None:
