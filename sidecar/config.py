@@ -563,8 +563,10 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
     if "pattern" in m and (pattern := ld.string(m["pattern"], f"{where}.pattern")) is not None:
         try:
             kwargs["pattern"] = re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError) as exc:  # OverflowError: 'a{4294967296}'
             ld.error(m["pattern"], f"{where}.pattern: not a valid regular expression ({exc})")
+        except RecursionError:  # the regex parser recurses once per nested group
+            ld.error(m["pattern"], f"{where}.pattern: not a valid regular expression (groups nested too deeply)")
     if "required" in m and (required := ld.boolean(m["required"], f"{where}.required")) is not None:
         kwargs["required"] = required
     if "header" in kwargs and "forward_header" not in kwargs:

@@ -475,6 +475,17 @@ ONE_MISTAKE = [
         BASE.replace("    bearer:", "    agent_id: {pattern: '[a-'}\n    bearer:"),
         "6: error: auth.e.agent_id.pattern: not a valid regular expression (unterminated character set at position 0)",
     ),
+    # found by tests/test_fuzz_config.py: these crashed load_config (OverflowError, RecursionError)
+    (
+        "regex-repeat-too-large",
+        BASE.replace("    bearer:", "    agent_id: {pattern: 'a{4294967296}'}\n    bearer:"),
+        "6: error: auth.e.agent_id.pattern: not a valid regular expression (the repetition number is too large)",
+    ),
+    (
+        "regex-nested-too-deeply",
+        BASE.replace("    bearer:", "    agent_id: {pattern: '" + "(" * 2000 + ")" * 2000 + "'}\n    bearer:"),
+        "6: error: auth.e.agent_id.pattern: not a valid regular expression (groups nested too deeply)",
+    ),
     (
         "bad-header-name",
         BASE.replace("    bearer:", "    agent_id: {header: 'X Id'}\n    bearer:"),
