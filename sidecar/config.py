@@ -314,6 +314,9 @@ def load_config(
     every problem found. ``strict`` makes an unset variable an error (``serve``);
     otherwise it is a warning (``check``, which also runs where secrets are absent)."""
     loader = _Loader(file, {} if env is None else env, strict)
+    too_deep = _too_deep(text)
+    if too_deep is not None:
+        return None, [Problem(file, too_deep, f"YAML syntax: nested more than {_MAX_DEPTH} levels deep")]
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -338,6 +341,28 @@ def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
                 message = message.replace(form, "<secret>")
         out.append(replace(problem, message=message))
     return out
+
+
+# routes.yaml nests 4 deep. PyYAML's composer recurses once per level, so a deep file
+# ('a: [[[[...' 2000 deep, found writing tests/test_fuzz_config.py) raised RecursionError.
+_MAX_DEPTH = 64
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where collections nest more than ``_MAX_DEPTH`` deep, if they do. The
+    parser's events come without recursion; stops at the first level too deep."""
+    depth = 0
+    try:
+        for event in yaml.parse(text):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    return int(event.start_mark.line) + 1 if event.start_mark else 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # yaml.compose reports it, with its line
+    return None
 
 
 # Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).

@@ -701,6 +701,13 @@ def test_upstream_without_url() -> None:
             "listen:\n  port: 1\x07\n",
             "routes.yaml:2: error: YAML syntax: unacceptable character U+0007: special characters are not allowed",
         ),
+        # Deeper than PyYAML's composer can recurse (found while writing tests/test_fuzz_config.py:
+        # RecursionError escaped load_config).
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "routes.yaml:1: error: YAML syntax: nested more than 64 levels deep"),
+        (
+            "listen:\n" + "".join(" " * i + "- \n" for i in range(1, 200)),
+            "routes.yaml:65: error: YAML syntax: nested more than 64 levels deep",
+        ),
     ],
 )
 def test_file_level(text: str, expected: str) -> None:
