@@ -24,7 +24,7 @@ OLD_SECRET = "old-secret-fedcba9876543210"
 # per-example deadline (two shared CPUs make timings noise). HYPOTHESIS_PROFILE=long explores:
 #   HYPOTHESIS_PROFILE=long .venv/bin/pytest -q tests/test_fuzz_*.py
 settings.register_profile(
-    "fast", max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "fast", max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
