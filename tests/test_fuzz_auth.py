@@ -9,7 +9,7 @@ import re
 import string
 import unicodedata
 
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, MultiDict
 
@@ -92,6 +92,7 @@ def bearer_cases(draw: st.DrawFn) -> tuple[list[str], list[str]]:
 def test_bearer_admits_exactly_one_well_formed_configured_token(case: tuple[list[str], list[str]]) -> None:
     secrets, values = case
     reason = check_bearer(values, policy_of(secrets))  # never raises
+    event(f"reason: {reason}")
     assert reason == expected_bearer(values, secrets), values
     if reason is not None:  # the challenge never raises either, and names only the error
         assert www_authenticate(reason, values) in CHALLENGES
@@ -143,6 +144,7 @@ def test_agent_id_only_when_every_value_is_safe_valid_and_equal(
     rule: AgentIdRule, header: list[str], query: list[str]
 ) -> None:
     admission = resolve_agent_id(header, query, rule)
+    event(f"reason: {admission.reason}")
     given_ = [*header, *query]
     valid = [v for v in given_ if rule.pattern.fullmatch(v) and not unsafe(v)]
     if admission.agent_id is not None:

@@ -10,7 +10,7 @@ import re
 import string
 
 import yaml
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from sidecar.config import Config, Problem, load_config
@@ -144,6 +144,7 @@ def bearer_variables(text: str) -> set[str]:
 def check(text: str, env: dict[str, str], strict: bool) -> tuple[Config | None, list[Problem]]:
     config, problems = load_config(text, env=env, strict=strict)  # never raises
     errors = [p for p in problems if p.severity == "error"]
+    event("loaded" if config else f"refused, {min(len(errors), 3)}+ errors")
     if config is None:
         assert errors, "refused without an error"
     else:

@@ -11,7 +11,7 @@ import string
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 
 from sidecar.config import Route, Upstream, load_config
@@ -33,7 +33,7 @@ def escape(byte: int, upper: bool = True) -> str:
 escapes = st.builds(escape, st.integers(0, 255), st.booleans())
 # Percent-encoded UTF-8 of any character (surrogates excluded: they have no UTF-8).
 encoded_chars = st.builds(
-    lambda ch, upper: "".join(escape(b, upper) for b in ch.encode("utf-8")), st.characters(), st.booleans()
+    lambda ch, upper: "".join(escape(b, upper) for b in ch.encode("utf-8")), st.characters(codec="utf-8"), st.booleans()
 )
 # Biased toward what canonicalisation must get right.
 TRICKS = [
@@ -77,9 +77,12 @@ any_paths = st.one_of(random_paths, real_paths())
 
 def try_canonicalize(raw: str) -> CanonicalPath | None:
     try:
-        return canonicalize(raw)
-    except BadPath:
+        canonical = canonicalize(raw)
+    except BadPath as exc:
+        event(f"refused: {exc.why[:20]}")  # --hypothesis-show-statistics shows the mix
         return None
+    event("accepted")
+    return canonical
 
 
 # --- canonicalize -----------------------------------------------------------------------
@@ -257,6 +260,7 @@ def test_shipped_routes_only_by_their_own_spelling(shipped: Router, raw: str) ->
     if canonical is None:
         return
     route = shipped.resolve(canonical.decoded).route
+    event(f"route: {route.name if route else None}")
     if route is not None and route.name in ("edge", "edge-message"):
         assert canonical.decoded in route.paths and canonical.wire == canonical.decoded
     if route is not None and route.name == "edge-message":
