@@ -258,3 +258,26 @@ routes:
     assert resolve("/x") == ("all", None)
     for near in ("/ ", "/...", "/ /"):
         assert resolve(near) == (None, "/")
+
+
+def test_prefixes_that_differ_in_case_each_serve_their_own_spelling() -> None:
+    """Found by the long run of tests/test_fuzz_paths.py: with prefixes /A/ and /a/, '/a/x' was
+    refused with 'did you mean /A/' (the first of the two as long), though /a/ names it."""
+    text = """\
+upstreams:
+  b: {url: 'http://127.0.0.1:1'}
+routes:
+  - {name: upper, type: http, prefix: /A/, upstream: b}
+  - {name: lower, type: http, prefix: /a/, upstream: b}
+  - {name: all, type: http, prefix: /, upstream: b}
+"""
+    router = Router(load(text).routes)
+
+    def resolve(path: str) -> tuple[str | None, str | None]:
+        resolution = router.resolve(path)
+        return (resolution.route.name if resolution.route else None, resolution.suggestion)
+
+    assert (resolve("/A/x"), resolve("/A")) == (("upper", None), ("upper", None))
+    assert (resolve("/a/x"), resolve("/a")) == (("lower", None), ("lower", None))
+    assert resolve("/a.") == (None, "/A/")  # a near miss of both, still refused
+    assert resolve("/b") == ("all", None)
