@@ -183,7 +183,6 @@ class _Loader:
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
-        self.secrets: set[str] = set()  # every bearer value, and the variables' values in it
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -324,10 +323,42 @@ def load_config(
     if root is None:
         return None, [Problem(file, 0, "the file is empty")]
     config = _build(loader, root, text)
-    problems = _redact(loader.problems, loader.secrets)
+    problems = _redact(loader.problems, _bearer_values(root, loader.env))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems
+
+
+def _bearer_values(root: Node, env: Mapping[str, str]) -> set[str]:
+    """Every value under a ``bearer`` key anywhere in the file, valid or not, and the values
+    of the variables it names: a duplicate or broken policy's secrets are secrets too (found by
+    tests/test_fuzz_config.py: with 'edge:' written twice, the bearer list was never read)."""
+    values: set[str] = set()
+    seen: set[int] = set()
+    todo = [root]
+    while todo:  # iterative, and each node once: aliases can make the tree a graph
+        node = todo.pop()
+        if id(node) in seen or isinstance(node, ScalarNode):
+            continue
+        seen.add(id(node))
+        pairs = node.value if isinstance(node, MappingNode) else [(None, item) for item in node.value]
+        for key, value in pairs:
+            todo.append(value)
+            if isinstance(key, ScalarNode) and key.value == "bearer":
+                items = value.value if isinstance(value, SequenceNode) else [value]
+                for item in items:
+                    if isinstance(item, ScalarNode):
+                        values.update(_secret_forms(str(item.value), env))
+    return values
+
+
+def _secret_forms(text: str, env: Mapping[str, str]) -> set[str]:
+    names = [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
+    try:
+        expanded = _expand(text, env).value
+    except ValueError:
+        expanded = ""
+    return set(filter(None, (text if not names else "", expanded, *(env.get(name) for name in names))))
 
 
 def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
@@ -551,7 +582,6 @@ def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
         if expanded is None:
             invalid = True
             continue
-        ld.secrets.update(filter(None, (expanded.value, *(ld.env.get(name) for name in expanded.used))))
         unset += expanded.unset
         used += expanded.used
         if expanded.value and (not expanded.used or expanded.defaulted):

@@ -273,6 +273,11 @@ LEAKY = [
     ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${LOG_LEVEL:-info}", "${EDGE_SECRET}")),
     ({"EDGE_SECRET": SECRET}, SHIPPED.replace("paths: [/edge/message]", "paths: ['/edge/${EDGE_SECRET}//']")),
     ({"EDGE_SECRET": SECRET + "\n"}, SHIPPED.replace("${LOG_FORMAT:-json}", "${EDGE_SECRET}")),
+    # ... even when the policy naming it is a duplicate the loader skips (found by the long run)
+    (
+        {"EDGE_SECRET": SECRET},
+        SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}").replace("  edge:\n", "  edge:\n  edge:\n", 1),
+    ),
 ]
 
 
