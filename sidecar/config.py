@@ -183,6 +183,7 @@ class _Loader:
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
+        self.secret_names: set[str] = set()  # variables some bearer list names
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -200,6 +201,12 @@ class _Loader:
             expanded = _expand(str(node.value), self.env)
         except ValueError as exc:
             self.error(node, f"{where}: {exc}")
+            return None
+        shared = sorted(set(expanded.used) & self.secret_names)
+        if shared and not where.endswith(".bearer"):
+            # A secret in any other field would sit in plain config (a header name, a host)
+            # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
+            self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
             return None
         for name in expanded.unset:
             if (name, _line(node)) in self._reported_unset:
@@ -322,18 +329,20 @@ def load_config(
         return None, [_syntax_problem(file, text, exc)]
     if root is None:
         return None, [Problem(file, 0, "the file is empty")]
+    bearer = _bearer_texts(root)
+    loader.secret_names = {name for text in bearer for name in _variables(text)}
     config = _build(loader, root, text)
-    problems = _redact(loader.problems, _bearer_values(root, loader.env))
+    problems = _redact(loader.problems, _secret_values(bearer, loader.env))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems
 
 
-def _bearer_values(root: Node, env: Mapping[str, str]) -> set[str]:
-    """Every value under a ``bearer`` key anywhere in the file, valid or not, and the values
-    of the variables it names: a duplicate or broken policy's secrets are secrets too (found by
-    tests/test_fuzz_config.py: with 'edge:' written twice, the bearer list was never read)."""
-    values: set[str] = set()
+def _bearer_texts(root: Node) -> list[str]:
+    """Every value under a ``bearer`` key anywhere in the file, valid or not, unexpanded: a
+    duplicate or broken policy's secrets are secrets too (found by tests/test_fuzz_config.py:
+    with 'edge:' written twice, the loader skipped the duplicate and never read its list)."""
+    texts: list[str] = []
     seen: set[int] = set()
     todo = [root]
     while todo:  # iterative, and each node once: aliases can make the tree a graph
@@ -346,19 +355,25 @@ def _bearer_values(root: Node, env: Mapping[str, str]) -> set[str]:
             todo.append(value)
             if isinstance(key, ScalarNode) and key.value == "bearer":
                 items = value.value if isinstance(value, SequenceNode) else [value]
-                for item in items:
-                    if isinstance(item, ScalarNode):
-                        values.update(_secret_forms(str(item.value), env))
+                texts += [str(item.value) for item in items if isinstance(item, ScalarNode)]
+    return texts
+
+
+def _variables(text: str) -> list[str]:
+    return [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
+
+
+def _secret_values(texts: list[str], env: Mapping[str, str]) -> set[str]:
+    """What a secret looks like in a message: the value, and each variable's value in it."""
+    values: set[str] = set()
+    for text in texts:
+        names = _variables(text)
+        try:
+            expanded = _expand(text, env).value
+        except ValueError:
+            expanded = ""
+        values.update(filter(None, (text if not names else "", expanded, *(env.get(name) for name in names))))
     return values
-
-
-def _secret_forms(text: str, env: Mapping[str, str]) -> set[str]:
-    names = [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
-    try:
-        expanded = _expand(text, env).value
-    except ValueError:
-        expanded = ""
-    return set(filter(None, (text if not names else "", expanded, *(env.get(name) for name in names))))
 
 
 def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:

@@ -291,12 +291,24 @@ def test_secrets_never_in_problems(env: dict[str, str], text: str) -> None:
     assert config is None or (SECRET not in repr(config) and OLD not in repr(config))
 
 
-def test_a_redacted_secret_still_names_the_field() -> None:
-    text = SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}")
-    config, problems = load_config(text, env={"EDGE_SECRET": SECRET})
+def test_a_secret_variable_used_outside_a_bearer_list_is_an_error() -> None:
+    """Found by tests/test_fuzz_config.py: 'header: ${EDGE_SECRET}' loaded, with the secret as
+    the agent id header's name, in the config's repr and sent to the backend."""
+    for field in ("${PORT:-8080}", "X-Edge-Agent-Id  #"):
+        text = SHIPPED.replace(field, "${EDGE_SECRET}", 1)
+        config, problems = load_config(text, env={"EDGE_SECRET": SECRET})
+        assert config is None
+        line = line_of(text, ": ${EDGE_SECRET}")
+        where = "listen.port" if "PORT" in field else "auth.edge.agent_id.header"
+        secret = "${EDGE_SECRET} is a secret (a bearer list names it); use it nowhere else"
+        assert messages(problems) == [f"routes.yaml:{line}: error: {where}: {secret}"]
+
+
+def test_a_secret_value_in_another_variable_is_redacted() -> None:
+    config, problems = load_config(SHIPPED, env={"EDGE_SECRET": SECRET, "PORT": SECRET})
     assert config is None
     assert messages(problems) == [
-        f"routes.yaml:{line_of(text, 'port: ${EDGE')}: error: listen.port: expected a whole number, got '<secret>'"
+        f"routes.yaml:{line_of(SHIPPED, 'port: ${PORT')}: error: listen.port: expected a whole number, got '<secret>'"
     ]
 
 

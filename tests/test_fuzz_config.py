@@ -173,6 +173,7 @@ def check(text: str, env: dict[str, str], strict: bool) -> tuple[Config | None, 
 @example("listen: {port: 1}\n", {"EDGE_SECRET": "zQ0123456789"}, True)  # no upstreams: at line 1
 @example(SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}"), {"EDGE_SECRET": "zQ0123456789abc"}, True)
 @example(SHIPPED.replace("${UPSTREAM_URL:-", "${EDGE_SECRET:-"), {"EDGE_SECRET": "zQ0123:45"}, True)
+@example(SHIPPED.replace("X-Edge-Agent-Id  #", "${EDGE_SECRET}  #"), {"EDGE_SECRET": "zQ0123456789abc"}, False)
 @example(  # the policy naming the secret is a duplicate key, skipped by the loader
     SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}").replace("  edge:\n", "  edge:\n  edge:\n", 1),
     {"EDGE_SECRET": "zQ0123456789abc"},
