@@ -20,7 +20,11 @@ from .reasons import Reason
 
 # credentials = "Bearer" 1*SP b64token  (RFC 6750 section 2.1; scheme is case-insensitive)
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Never in an agent id, whatever the route's pattern: C0 and C1 controls (Unicode Cc, NEL
+# U+0085 among them), the line and paragraph separators U+2028/U+2029 (str.splitlines and
+# log viewers break lines there), and lone surrogates (aiohttp decodes bytes that are not
+# UTF-8 to them; they do not reach the backend as the id the sidecar checked and logged).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 # The URI query parameter a Bearer token may travel in (RFC 6750 section 2.3),

@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -216,6 +216,7 @@ class _Loader:
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
+        self.secret_names: set[str] = set()  # variables some bearer list names
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -233,6 +234,12 @@ class _Loader:
             expanded = _expand(str(node.value), self.env)
         except ValueError as exc:
             self.error(node, f"{where}: {exc}")
+            return None
+        shared = sorted(set(expanded.used) & self.secret_names)
+        if shared and not where.endswith(".bearer"):
+            # A secret in any other field would sit in plain config (a header name, a host)
+            # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
+            self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
             return None
         for name in expanded.unset:
             if (name, _line(node)) in self._reported_unset:
@@ -354,19 +361,112 @@ def load_config(
     every problem found. ``strict`` makes an unset variable an error (``serve``);
     otherwise it is a warning (``check``, which also runs where secrets are absent)."""
     loader = _Loader(file, {} if env is None else env, strict)
+    too_deep = _too_deep(text)
+    if too_deep is not None:
+        return None, [Problem(file, too_deep, f"YAML syntax: nested more than {_MAX_DEPTH} levels deep")]
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = int(mark.line) + 1 if mark is not None else 0
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [Problem(file, line, f"YAML syntax: {problem}")]
+        return None, [_syntax_problem(file, text, exc)]
     if root is None:
         return None, [Problem(file, 0, "the file is empty")]
+    bearer = _bearer_texts(root)
+    loader.secret_names = {name for text in bearer for name in _variables(text)}
     config = _build(loader, root, text)
-    if any(p.severity == "error" for p in loader.problems):
-        return None, loader.problems
-    return config, loader.problems
+    problems = _redact(loader.problems, _secret_values(bearer, loader.env))
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return config, problems
+
+
+def _bearer_texts(root: Node) -> list[str]:
+    """Every value under a ``bearer`` key anywhere in the file, valid or not, unexpanded: a
+    duplicate or broken policy's secrets are secrets too (found by tests/test_fuzz_config.py:
+    with 'edge:' written twice, the loader skipped the duplicate and never read its list)."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    todo = [root]
+    while todo:  # iterative, and each node once: aliases can make the tree a graph
+        node = todo.pop()
+        if id(node) in seen or isinstance(node, ScalarNode):
+            continue
+        seen.add(id(node))
+        pairs = node.value if isinstance(node, MappingNode) else [(None, item) for item in node.value]
+        for key, value in pairs:
+            todo.append(value)
+            if isinstance(key, ScalarNode) and key.value == "bearer":
+                items = value.value if isinstance(value, SequenceNode) else [value]
+                texts += [str(item.value) for item in items if isinstance(item, ScalarNode)]
+    return texts
+
+
+def _variables(text: str) -> list[str]:
+    return [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
+
+
+def _secret_values(texts: list[str], env: Mapping[str, str]) -> set[str]:
+    """What a secret looks like in a message: the value, and each variable's value in it."""
+    values: set[str] = set()
+    for text in texts:
+        names = _variables(text)
+        try:
+            expanded = _expand(text, env).value
+        except ValueError:
+            expanded = ""
+        values.update(filter(None, (text if not names else "", expanded, *(env.get(name) for name in names))))
+    return values
+
+
+def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
+    """A message quotes the value it refuses, and a variable that holds a secret can be
+    referenced anywhere (``type: ${EDGE_SECRET}``): no secret is quoted, whatever the field."""
+    out: list[Problem] = []
+    for problem in problems:
+        message = problem.message
+        for secret in sorted(secrets, key=len, reverse=True):
+            for form in (secret, repr(secret)[1:-1]):  # as written, and as quoted by !r
+                message = message.replace(form, "<secret>")
+        out.append(replace(problem, message=message))
+    return out
+
+
+# routes.yaml nests 4 deep. PyYAML's composer recurses once per level, so a deep file
+# ('a: [[[[...' 2000 deep, found writing tests/test_fuzz_config.py) raised RecursionError.
+_MAX_DEPTH = 64
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where collections nest more than ``_MAX_DEPTH`` deep, if they do. The
+    parser's events come without recursion; stops at the first level too deep."""
+    depth = 0
+    try:
+        for event in yaml.parse(text):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    return int(event.start_mark.line) + 1 if event.start_mark else 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # yaml.compose reports it, with its line
+    return None
+
+
+# Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
+_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # A character YAML refuses (a control, a lone surrogate) is found before any mark
+        # exists: the error has only an offset into the text, and its str() says
+        # '"<unicode string>", position N'. Give the line instead, as for every other problem.
+        line = len(_YAML_BREAK.split(text[: exc.position]))
+        return Problem(file, line, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
+    mark = getattr(exc, "problem_mark", None)
+    line = int(mark.line) + 1 if mark is not None else 0
+    problem = getattr(exc, "problem", None) or str(exc)
+    return Problem(file, line, f"YAML syntax: {problem}")
 
 
 def _build(ld: _Loader, root: Node, text: str) -> Config | None:
@@ -384,7 +484,7 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _health(ld, top["health"], settings)
     if "limits" in top:
         _limits(ld, top["limits"], settings)
-    upstreams, upstream_names = _upstreams(ld, top.get("upstreams"))
+    upstreams, upstream_names = _upstreams(ld, top.get("upstreams"), root)
     policies, policy_nodes = _policies(ld, top.get("auth"))
     routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
     _health_not_routed(ld, top.get("routes"), routes, settings)
@@ -516,10 +616,11 @@ def _drop_none(out: dict[str, object]) -> None:
         del out[key]
 
 
-def _upstreams(ld: _Loader, node: Node | None) -> tuple[dict[str, Upstream], set[str]]:
+def _upstreams(ld: _Loader, node: Node | None, root: Node) -> tuple[dict[str, Upstream], set[str]]:
     """The valid upstreams, and the names of every one defined (valid or not)."""
     if node is None:
-        ld.error(None, "upstreams: missing (at least one upstream is needed)")
+        # At the top-level mapping, like a missing 'routes': every problem has a line.
+        ld.error(root, "upstreams: missing (at least one upstream is needed)")
         return {}, set()
     out: dict[str, Upstream] = {}
     specs = ld.mapping(node, "upstreams", set()) or {}
@@ -636,8 +737,10 @@ def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
     if "pattern" in m and (pattern := ld.string(m["pattern"], f"{where}.pattern")) is not None:
         try:
             kwargs["pattern"] = re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError) as exc:  # OverflowError: 'a{4294967296}'
             ld.error(m["pattern"], f"{where}.pattern: not a valid regular expression ({exc})")
+        except RecursionError:  # the regex parser recurses once per nested group
+            ld.error(m["pattern"], f"{where}.pattern: not a valid regular expression (groups nested too deeply)")
     if "required" in m and (required := ld.boolean(m["required"], f"{where}.required")) is not None:
         kwargs["required"] = required
     if "header" in kwargs and "forward_header" not in kwargs:

@@ -112,8 +112,8 @@ class Router:
         for route in routes:
             for path in route.paths:
                 self._exact[path] = route
-                if _near_key(path):
-                    self._near[_near_key(path)] = path
+                # '/' too: its near key is '', which '/%20' and '/...' share.
+                self._near[_near_key(path)] = path
             if route.prefix is not None:
                 prefixed.append(route)
         self._prefixed = sorted(prefixed, key=lambda r: len(r.prefix or ""), reverse=True)
@@ -129,13 +129,18 @@ class Router:
             # route: a case-insensitive backend would serve it without the auth.
             return Resolution(None, suggestion=meant)
         folded = path.casefold()
+        miss: str | None = None
         for candidate in self._prefixed:  # longest first
             prefix = candidate.prefix
             assert prefix is not None
-            # Prefixes end with '/': '/api/' covers '/api' and '/api/...', not '/apix'.
-            if folded.startswith(prefix.casefold()) or folded == prefix[:-1].casefold():
+            if miss is not None and len(prefix) < len(miss):
+                break  # a near miss must not fall through to a shorter prefix
+            # Prefixes end with '/': '/api/' covers '/api' and '/api/...', not '/apix'. A near
+            # miss of the prefix ('/API', '/api.', '/api%20') is caught here like one of an
+            # exact path: a shorter prefix (the catch-all) must not carry it to a lenient backend.
+            if folded.startswith(prefix.casefold()) or _near_key(path) == _near_key(prefix):
                 if path.startswith(prefix) or path == prefix[:-1]:
                     return Resolution(candidate)
-                # A case variant must not fall through to a shorter prefix.
-                return Resolution(None, suggestion=prefix)
-        return Resolution(None)
+                # Keep looking at prefixes as long: '/A/' and '/a/' may both be routes.
+                miss = miss or prefix
+        return Resolution(None, suggestion=miss)

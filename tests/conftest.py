@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sidecar.config import Config, load_config
 from sidecar.metrics import Metrics
@@ -16,6 +18,18 @@ from .upstream import Backend
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef"
 OLD_SECRET = "old-secret-fedcba9876543210"
+
+# Property-based tests (tests/test_fuzz_*.py). "fast", the default, keeps the whole fuzz suite to a
+# few seconds: a fixed seed (the same examples every run, so CI cannot turn red by luck) and no
+# per-example deadline (two shared CPUs make timings noise). HYPOTHESIS_PROFILE=long explores:
+#   HYPOTHESIS_PROFILE=long .venv/bin/pytest -q tests/test_fuzz_*.py
+settings.register_profile(
+    "fast", max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config:

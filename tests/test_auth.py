@@ -128,6 +128,23 @@ def test_agent_id_control_characters_refused_even_if_the_pattern_allows_them() -
     assert resolve_agent_id(["bad\x7f"], [], permissive) == Admission(None, Reason.INVALID_AGENT_ID)
 
 
+# Found by tests/test_fuzz_auth.py: with a permissive pattern these were admitted and forwarded.
+@pytest.mark.parametrize(
+    "value",
+    [
+        "edge\x851",  # NEL, a C1 control: a line break to str.splitlines
+        "edge\x9b1",  # CSI, a C1 control: a terminal escape in text logs
+        "edge\u20281",  # LINE SEPARATOR
+        "edge\u20291",  # PARAGRAPH SEPARATOR
+        "ab\udcffcd",  # byte 0xFF as aiohttp decodes it: the backend got 'abcd'
+    ],
+)
+def test_agent_id_unicode_controls_refused_even_if_the_pattern_allows_them(value: str) -> None:
+    permissive = AgentIdRule(pattern=re.compile(r".+", re.DOTALL))
+    assert resolve_agent_id([value], [], permissive) == Admission(None, Reason.INVALID_AGENT_ID)
+    assert resolve_agent_id([], [value], permissive) == Admission(None, Reason.INVALID_AGENT_ID)
+
+
 # --- admit ----------------------------------------------------------------------
 
 GOOD = f"Bearer {SECRET}"

@@ -145,7 +145,7 @@ def test_upstream_url_override(url: str, expected: str) -> None:
 
 
 BAD_OVERRIDES = [
-    ({"PORT": "abc"}, "port: ${PORT", "listen.port: expected a whole number, got 'abc'"),
+    ({"PORT": "eighty"}, "port: ${PORT", "listen.port: expected a whole number, got 'eighty'"),  # ENV's secret is abc
     ({"PORT": "70000"}, "port: ${PORT", "listen.port: 70000 is out of range (0 to 65535)"),
     ({"METRICS_PORT": "-1"}, "port: ${METRICS_PORT", "metrics.port: -1 is out of range (0 to 65535)"),
     ({"LOG_FORMAT": "xml"}, "${LOG_FORMAT", "log.format: expected json or text, got 'xml'"),
@@ -270,6 +270,18 @@ LEAKY = [
     ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET}\n      - " + OLD)),
     ({}, SHIPPED.replace("${EDGE_SECRET}", SECRET)),
     ({}, SHIPPED.replace("${EDGE_SECRET}", SECRET + " !")),
+    # A secret's variable referenced in another field, whose problem quotes the value (found by
+    # tests/test_fuzz_config.py: 'type: ${EDGE_SECRET}' gave "... (got '<the secret>')").
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("type: http", "type: ${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("${LOG_LEVEL:-info}", "${EDGE_SECRET}")),
+    ({"EDGE_SECRET": SECRET}, SHIPPED.replace("paths: [/edge/message]", "paths: ['/edge/${EDGE_SECRET}//']")),
+    ({"EDGE_SECRET": SECRET + "\n"}, SHIPPED.replace("${LOG_FORMAT:-json}", "${EDGE_SECRET}")),
+    # ... even when the policy naming it is a duplicate the loader skips (found by the long run)
+    (
+        {"EDGE_SECRET": SECRET},
+        SHIPPED.replace("${PORT:-8080}", "${EDGE_SECRET}").replace("  edge:\n", "  edge:\n  edge:\n", 1),
+    ),
 ]
 
 
@@ -281,6 +293,27 @@ def test_secrets_never_in_problems(env: dict[str, str], text: str) -> None:
         assert SECRET not in str(problem)
         assert OLD not in str(problem)
     assert config is None or (SECRET not in repr(config) and OLD not in repr(config))
+
+
+def test_a_secret_variable_used_outside_a_bearer_list_is_an_error() -> None:
+    """Found by tests/test_fuzz_config.py: 'header: ${EDGE_SECRET}' loaded, with the secret as
+    the agent id header's name, in the config's repr and sent to the backend."""
+    for field in ("${PORT:-8080}", "X-Edge-Agent-Id  #"):
+        text = SHIPPED.replace(field, "${EDGE_SECRET}", 1)
+        config, problems = load_config(text, env={"EDGE_SECRET": SECRET})
+        assert config is None
+        line = line_of(text, ": ${EDGE_SECRET}")
+        where = "listen.port" if "PORT" in field else "auth.edge.agent_id.header"
+        secret = "${EDGE_SECRET} is a secret (a bearer list names it); use it nowhere else"
+        assert messages(problems) == [f"routes.yaml:{line}: error: {where}: {secret}"]
+
+
+def test_a_secret_value_in_another_variable_is_redacted() -> None:
+    config, problems = load_config(SHIPPED, env={"EDGE_SECRET": SECRET, "PORT": SECRET})
+    assert config is None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(SHIPPED, 'port: ${PORT')}: error: listen.port: expected a whole number, got '<secret>'"
+    ]
 
 
 def test_secret_written_literally_is_a_warning() -> None:
@@ -358,7 +391,7 @@ routes:
 
 
 def test_every_problem_reported_at_once_with_its_line() -> None:
-    config, problems = load_config(MANY_MISTAKES, file="conf/routes.yaml", env={"S": "tok"})
+    config, problems = load_config(MANY_MISTAKES, file="conf/routes.yaml", env={"S": "s3cret-0123456789"})
     assert config is None
     assert sorted(messages(problems)) == sorted(
         [
@@ -394,7 +427,7 @@ routes:
     upstream: b
     auth: e
 """
-S = {"S": "tok"}
+S = {"S": "s3cret-0123456789"}
 
 
 def route(extra: str) -> str:
@@ -465,6 +498,17 @@ ONE_MISTAKE = [
         "bad-regex",
         BASE.replace("    bearer:", "    agent_id: {pattern: '[a-'}\n    bearer:"),
         "6: error: auth.e.agent_id.pattern: not a valid regular expression (unterminated character set at position 0)",
+    ),
+    # found by tests/test_fuzz_config.py: these crashed load_config (OverflowError, RecursionError)
+    (
+        "regex-repeat-too-large",
+        BASE.replace("    bearer:", "    agent_id: {pattern: 'a{4294967296}'}\n    bearer:"),
+        "6: error: auth.e.agent_id.pattern: not a valid regular expression (the repetition number is too large)",
+    ),
+    (
+        "regex-nested-too-deeply",
+        BASE.replace("    bearer:", "    agent_id: {pattern: '" + "(" * 2000 + ")" * 2000 + "'}\n    bearer:"),
+        "6: error: auth.e.agent_id.pattern: not a valid regular expression (groups nested too deeply)",
     ),
     (
         "bad-header-name",
@@ -796,6 +840,23 @@ def test_upstream_without_url() -> None:
         ("a: b: c\n", "routes.yaml:1: error: YAML syntax: mapping values are not allowed here"),
         ("routes: ['${S}]\n", "routes.yaml:2: error: YAML syntax: found unexpected end of stream"),
         ("upstreams: {}\n", "routes.yaml:1: error: routes: missing (at least one route is needed)"),
+        # A character YAML refuses: the line, not '"<unicode string>", position N' (found by
+        # tests/test_fuzz_config.py: these were whole-file problems, line 0).
+        (
+            "\x1f",
+            "routes.yaml:1: error: YAML syntax: unacceptable character U+001F: special characters are not allowed",
+        ),
+        (
+            "listen:\n  port: 1\x07\n",
+            "routes.yaml:2: error: YAML syntax: unacceptable character U+0007: special characters are not allowed",
+        ),
+        # Deeper than PyYAML's composer can recurse (found while writing tests/test_fuzz_config.py:
+        # RecursionError escaped load_config).
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "routes.yaml:1: error: YAML syntax: nested more than 64 levels deep"),
+        (
+            "listen:\n" + "".join(" " * i + "- \n" for i in range(1, 200)),
+            "routes.yaml:65: error: YAML syntax: nested more than 64 levels deep",
+        ),
     ],
 )
 def test_file_level(text: str, expected: str) -> None:
@@ -804,14 +865,15 @@ def test_file_level(text: str, expected: str) -> None:
     assert messages(problems) == [expected]
 
 
-def test_no_upstreams_is_a_whole_file_problem() -> None:
-    config, problems = load_config("listen: {port: 1}\n")
+def test_no_upstreams_points_at_the_top_level() -> None:
+    """Like a missing 'routes' (found by tests/test_fuzz_config.py: this was line 0, the one
+    problem of a non-empty file without a line)."""
+    config, problems = load_config("# comment\n\nlisten: {port: 1}\n")
     assert config is None
     assert messages(problems) == [
-        "routes.yaml: error: upstreams: missing (at least one upstream is needed)",
-        "routes.yaml:1: error: routes: missing (at least one route is needed)",
+        "routes.yaml:3: error: upstreams: missing (at least one upstream is needed)",
+        "routes.yaml:3: error: routes: missing (at least one route is needed)",
     ]
-    assert problems[0].line == 0
 
 
 # --- interpolation ------------------------------------------------------------------
@@ -937,7 +999,7 @@ def test_single_value_stands_for_a_list() -> None:
     text = BASE.replace("paths: [/ws]", "paths: /ws").replace("bearer: ['${S}']", "bearer: '${S}'")
     config = load_ok(text, S)
     assert config.routes[0].paths == ("/ws",)
-    assert config.auth["e"].secret_digests == (digest_secret("tok"),)
+    assert config.auth["e"].secret_digests == (digest_secret("s3cret-0123456789"),)
 
 
 def test_prefix_gets_a_trailing_slash() -> None:

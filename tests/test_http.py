@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for, free_port
+from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
 
 AGENT = "edge_13238407486"
@@ -321,3 +321,22 @@ async def test_logs_name_the_client_a_trusted_proxy_saw_not_a_spoofed_one(
         assert r.status == 400
     (line,) = [r for r in caplog.records if r.getMessage() == "http.rejected"]
     assert line.fields["client"] == "203.0.113.7"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("agent_id", [b"edge\xc2\x851", b"edge\xe2\x80\xa81", b"ab\xffcd"], ids=["NEL", "LS", "0xFF"])
+async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
+    backend: Backend, start_sidecar: StartSidecar, agent_id: bytes
+) -> None:
+    """Found by tests/test_fuzz_auth.py: a permissive pattern let these through to the backend
+    (a raw 0xFF reached it as a different id: 'abcd')."""
+    text = (ROOT / "routes.yaml").read_text().replace("pattern: '[A-Za-z0-9_.-]{1,128}'", "pattern: '.+'")
+    assert "pattern: '.+'" in text
+    sidecar = await start_sidecar(config_for(backend.url, text))
+    request = (
+        b"GET /edge/message HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + SECRET.encode() + b"\r\nX-Edge-Agent-Id: " + agent_id + b"\r\n\r\n"
+    )
+    response = await raw(sidecar.port, request)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"X-Sidecar-Reason: invalid_agent_id" in response
+    assert backend.seen == []

@@ -189,6 +189,12 @@ PREFIX_CASES = [
     ("/api/v2/special/", None, "/api/v2/special"),
     ("/api/ws", "sock", None),
     ("/api/WS", None, "/api/ws"),
+    # near misses of a longer prefix never fall through to a shorter one (found by
+    # tests/test_fuzz_paths.py: '/a.' reached the catch-all of a config with prefix /a/)
+    ("/api/v2.", None, "/api/v2/"),
+    ("/api/v2 ", None, "/api/v2/"),
+    ("/api/V2.", None, "/api/v2/"),
+    ("/api/v2/.. ", "v2", None),  # '.. ' is a name, inside the prefix
 ]
 
 
@@ -231,3 +237,47 @@ routes:
     assert router.resolve("/").route is not None
     resolution = router.resolve("/x")
     assert (resolution.route, resolution.suggestion) == (None, None)
+
+
+def test_near_miss_of_exact_root_does_not_reach_the_catch_all() -> None:
+    """Found by tests/test_fuzz_paths.py: '/%20' went to the catch-all beside an exact '/'."""
+    text = """\
+upstreams:
+  b: {url: 'http://127.0.0.1:1'}
+routes:
+  - {name: root, type: http, paths: [/], upstream: b}
+  - {name: all, type: http, prefix: /, upstream: b}
+"""
+    router = Router(load(text).routes)
+
+    def resolve(path: str) -> tuple[str | None, str | None]:
+        resolution = router.resolve(path)
+        return (resolution.route.name if resolution.route else None, resolution.suggestion)
+
+    assert resolve("/") == ("root", None)
+    assert resolve("/x") == ("all", None)
+    for near in ("/ ", "/...", "/ /"):
+        assert resolve(near) == (None, "/")
+
+
+def test_prefixes_that_differ_in_case_each_serve_their_own_spelling() -> None:
+    """Found by the long run of tests/test_fuzz_paths.py: with prefixes /A/ and /a/, '/a/x' was
+    refused with 'did you mean /A/' (the first of the two as long), though /a/ names it."""
+    text = """\
+upstreams:
+  b: {url: 'http://127.0.0.1:1'}
+routes:
+  - {name: upper, type: http, prefix: /A/, upstream: b}
+  - {name: lower, type: http, prefix: /a/, upstream: b}
+  - {name: all, type: http, prefix: /, upstream: b}
+"""
+    router = Router(load(text).routes)
+
+    def resolve(path: str) -> tuple[str | None, str | None]:
+        resolution = router.resolve(path)
+        return (resolution.route.name if resolution.route else None, resolution.suggestion)
+
+    assert (resolve("/A/x"), resolve("/A")) == (("upper", None), ("upper", None))
+    assert (resolve("/a/x"), resolve("/a")) == (("lower", None), ("lower", None))
+    assert resolve("/a.") == (None, "/A/")  # a near miss of both, still refused
+    assert resolve("/b") == ("all", None)
