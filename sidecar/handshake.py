@@ -21,8 +21,12 @@ def handshake_problem(method: str, version: tuple[int, int], headers: MultiMappi
         return f"method must be GET, not {method}"
     if version < (1, 1):
         return "HTTP/1.1 or later is required"
-    if "websocket" not in tokens(headers, "Upgrade"):
-        return "'Upgrade' must include 'websocket'"
+    upgrade = [t.strip().lower() for value in headers.getall("Upgrade", ()) for t in value.split(",") if t.strip()]
+    if upgrade != ["websocket"]:
+        # RFC 6455 section 4.2.1 asks only that the list include it, but a server
+        # switches to one protocol, and aiohttp's own check (after the upstream
+        # handshake) takes exactly 'websocket': refused here, before anything goes upstream.
+        return "'Upgrade' must be exactly 'websocket'"
     if "upgrade" not in tokens(headers, "Connection"):
         return "'Connection' must include 'Upgrade'"
     versions = headers.getall("Sec-WebSocket-Version", ())

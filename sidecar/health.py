@@ -44,13 +44,16 @@ class Readiness:
 
     async def upstreams(self, upstreams: list[Upstream]) -> dict[str, str | None]:
         """Each upstream's name -> ``None`` if reachable, else why not."""
-        results = await asyncio.gather(*(self._probe(u) for u in upstreams))
+        # Shielded: a health checker that hangs up cancels its own wait, not the probe
+        # that concurrent checks share.
+        results = await asyncio.gather(*(asyncio.shield(self._probe(u)) for u in upstreams))
         return {u.name: r for u, r in zip(upstreams, results, strict=True)}
 
     def _probe(self, upstream: Upstream) -> asyncio.Future[str | None]:
         loop = asyncio.get_running_loop()
         cached = self._probes.get(upstream.url)
-        if cached is not None and (not cached[1].done() or loop.time() - cached[0] < PROBE_TTL):
+        fresh = cached is not None and not cached[1].cancelled() and loop.time() - cached[0] < PROBE_TTL
+        if cached is not None and (not cached[1].done() or fresh):
             return cached[1]
         probe = asyncio.ensure_future(_connect(upstream))
         self._probes[upstream.url] = (loop.time(), probe)

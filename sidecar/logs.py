@@ -59,3 +59,7 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logger.setLevel(level.upper())
+    # aiohttp warns, per handshake, of a client's subprotocols that overlap none of
+    # the server's, quoting the whole list; the sidecar chooses none itself (the
+    # upstream chooses), and a list can carry a browser client's credentials.
+    logging.getLogger("aiohttp.websocket").setLevel(logging.ERROR)

@@ -54,6 +54,20 @@ INVALID = [
     ("http09", "GET", (0, 9), headers(), "HTTP/1.1 or later is required"),
     ("no-connection", "GET", (1, 1), headers(drop=("Connection",)), "'Connection' must include 'Upgrade'"),
     (
+        "upgrade-list",  # aiohttp would refuse it only after the upstream handshake
+        "GET",
+        (1, 1),
+        headers(drop=("Upgrade",), add=(("Upgrade", "websocket, foo/1"),)),
+        "'Upgrade' must be exactly 'websocket'",
+    ),
+    (
+        "upgrade-twice",
+        "GET",
+        (1, 1),
+        headers(drop=("Upgrade",), add=(("Upgrade", "h2c"), ("Upgrade", "websocket"))),
+        "'Upgrade' must be exactly 'websocket'",
+    ),
+    (
         "connection-keep-alive",
         "GET",
         (1, 1),

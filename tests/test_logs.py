@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.logs import JsonFormatter, TextFormatter, configure
 
 from .conftest import SECRET, Sidecar
 
@@ -71,3 +73,35 @@ async def _settle(caplog: pytest.LogCaptureFixture) -> None:
     async with asyncio.timeout(10):
         while not any(r.getMessage() == "ws.closed" for r in caplog.records):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def served_log() -> Iterator[io.StringIO]:
+    """The log as ``serve`` configures it (``sidecar.logs.configure``), written here;
+    the logging setup restored after."""
+    root, websocket = logging.getLogger(), logging.getLogger("aiohttp.websocket")
+    saved = (root.handlers[:], root.level, logging.getLogger("sidecar").level, websocket.level)
+    configure("info", "json")
+    buffer = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    yield buffer
+    root.handlers[:], level, sidecar_level, websocket_level = saved
+    root.setLevel(level)
+    logging.getLogger("sidecar").setLevel(sidecar_level)
+    websocket.setLevel(websocket_level)
+
+
+async def test_offered_subprotocols_are_not_logged(sidecar: Sidecar, served_log: io.StringIO) -> None:
+    # Browser clients carry credentials in the subprotocol list (there is no other header
+    # they can set); aiohttp would warn with the whole list, once per handshake.
+    credential = "base64url.bearer.authorization.k8s.io.c2VjcmV0LWluLWEtc3VicHJvdG9jb2w"
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
+    async with connect(sidecar.url("/ws/edge"), additional_headers=headers, subprotocols=[credential, "chat.v1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "chat.v1"
+        await ws.send("hello")
+        await ws.recv()
+    logged = served_log.getvalue()
+    assert '"event": "ws.established"' in logged  # the log was being written
+    assert credential not in logged

@@ -19,6 +19,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from sidecar import health
+from sidecar.config import Upstream
+
 from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
 
@@ -76,6 +79,37 @@ async def test_readyz_is_503_when_the_upstream_is_unreachable(start_sidecar: Sta
     assert answer["upstreams"] == {"backend": "Connection refused"}
     status, _, _ = await get(sidecar.url("/healthz", "http"))
     assert status == 200  # alive, just not ready
+
+
+async def test_a_health_checker_hanging_up_does_not_fail_the_others(
+    backend: Backend, start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow network to the upstream cannot be had on loopback: the probe is slowed.
+    connect = health._connect
+
+    async def slow(upstream: Upstream) -> str | None:
+        await asyncio.sleep(0.5)
+        return await connect(upstream)
+
+    monkeypatch.setattr(health, "_connect", slow)
+    sidecar = await start_sidecar(config_for(backend.url))
+
+    async def readyz(hang_up_after: float | None = None) -> bytes:
+        # Raw sockets: aiohttp's client would quietly retry a GET whose connection dropped.
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if hang_up_after is not None:
+            await asyncio.sleep(hang_up_after)
+            writer.close()
+            return b""
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return response
+
+    patient = asyncio.ensure_future(readyz())
+    await readyz(hang_up_after=0.1)  # hangs up while the probe they share runs
+    assert (await patient).startswith(b"HTTP/1.1 200 ")
+    assert (await readyz()).startswith(b"HTTP/1.1 200 ")
 
 
 async def test_health_paths_are_configurable(backend: Backend, start_sidecar: StartSidecar) -> None:
