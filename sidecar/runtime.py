@@ -31,6 +31,8 @@ class Session:
     stop: asyncio.Future[tuple[int, str]]
     task: asyncio.Future[None] | None = None
     opened: float = field(default_factory=time.monotonic)
+    # Set when the handshake is over either way: the relay has started, or it failed.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def end(self, code: int, reason: str) -> None:
         """Close the session from outside: ``code`` and ``reason`` to the client."""

@@ -64,6 +64,7 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
             return reject(request, rt, duplicate, route, websocket=True)
         return await _open(request, rt, session, path, started)
     finally:
+        session.settled.set()
         if session.task is None:  # once running, the session releases its place when it ends
             _release(rt, session)
 
@@ -82,10 +83,22 @@ async def _claim(rt: Runtime, session: Session) -> Rejection | None:
     if old is not None:
         event(logging.INFO, "ws.replacing", route=route.name, agent_id=agent_id)
         old.end(*REPLACED_CLOSE)
+        # The backend sees the old session end before the new one begins: wait for
+        # its handshake (if it is still in one) to settle, then for it to close.
+        bound = route.upstream.connect_timeout + 2 * rt.config.close_timeout + 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.settled.wait(), bound)
         if old.task is not None:
-            # The backend sees the old session end before the new one begins.
             await asyncio.wait({old.task}, timeout=2 * rt.config.close_timeout + 1)
-    return None
+    return _replaced(session)
+
+
+def _replaced(session: Session) -> Rejection | None:
+    """A session replaced by a newer one before its relay began is refused, not opened."""
+    if not session.stop.done():
+        return None
+    _, reason = session.stop.result()
+    return Rejection(Reason.DUPLICATE_AGENT, detail=reason, agent_id=session.agent_id)
 
 
 def _release(rt: Runtime, session: Session) -> None:
@@ -119,6 +132,10 @@ async def _open(
         if failure is None:
             raise
         return reject(request, rt, failure, route, websocket=True)
+    replaced = _replaced(session)
+    if replaced is not None:  # while the upstream handshake ran
+        await _abandon(upstream, rt.config.close_timeout)
+        return reject(request, rt, replaced, route, websocket=True)
 
     client = web.WebSocketResponse(
         protocols=(),  # the upstream chose; aiohttp would look at the first header line only
@@ -152,6 +169,7 @@ async def _open(
     # because the client's connection dropped, the relay still finds out by
     # itself, tells the upstream (1001) and accounts for the session.
     session.task = asyncio.ensure_future(_run(session, rt, client, upstream))
+    session.settled.set()
     await asyncio.shield(session.task)
     return client
 

@@ -280,6 +280,26 @@ async def test_replace_closes_the_old_session_with_4409_and_the_new_one_works(
         await echoes(other)  # another agent id is another agent
 
 
+async def test_a_session_replaced_while_it_waits_is_refused_never_opened(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    # Three connections with one agent id in quick succession: the middle one is
+    # replaced while it waits for the first to close (slowly: its backend is mute).
+    sidecar = await start(start_sidecar, backend, listen="close_timeout: 1s")
+    first = await connect(sidecar.url("/edge/ws?n=1"), additional_headers=GOOD)
+    await first.send("mute")
+    await until(lambda: backend.seen)
+    middle = asyncio.ensure_future(refused(sidecar, GOOD, open_timeout=20))
+    await until(lambda: runtime(sidecar).counts.total == 2)  # the middle one admitted, waiting
+    async with connect(sidecar.url("/edge/ws?n=3"), additional_headers=GOOD, open_timeout=20) as last:
+        status, headers, body = await middle
+        assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
+        assert body["detail"] == "replaced by a newer session for this agent id"
+        await echoes(last)
+    # The backend never saw the middle one: the first ended before the last began.
+    assert [seen.query_string for seen in backend.seen] == ["n=1", "n=3"]
+
+
 async def test_reject_refuses_the_second_session_with_409(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=", duplicate_agent: reject")
     async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as first:
