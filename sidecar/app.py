@@ -98,7 +98,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             if route.websocket:
                 response = reject(request, rt, Rejection(Reason.NOT_WEBSOCKET), route, websocket=False)
             else:
-                response = await proxy_http(request, rt, route, path)
+                response = await _proxied(request, rt, route, path)
         status = response.status
         return response
     except asyncio.CancelledError:
@@ -117,6 +117,17 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             duration_s=round(elapsed, 4),
             client=rt.client_of(request),
         )
+
+
+async def _proxied(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
+    """:func:`proxy_http`, registered as in flight, so a hurried stop can cancel it."""
+    task = asyncio.current_task()
+    assert task is not None
+    rt.requests.add(task)
+    try:
+        return await proxy_http(request, rt, route, path)
+    finally:
+        rt.requests.discard(task)
 
 
 def _route(request: web.Request, rt: Runtime, *, websocket: bool) -> tuple[Route, CanonicalPath] | web.Response:

@@ -47,6 +47,7 @@ class Runtime:
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
     sessions: set[Session] = field(default_factory=set)
+    requests: set[asyncio.Task[object]] = field(default_factory=set)  # plain HTTP requests being proxied
     # Admission state: survives a config reload, keyed by route name and client key.
     failures: FailureTable = field(default_factory=FailureTable)
     counts: SessionCounts = field(default_factory=SessionCounts)

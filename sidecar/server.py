@@ -108,6 +108,14 @@ class Running:
         return True
 
 
+async def _cancel_requests(rt: Runtime, hurry: asyncio.Event) -> None:
+    await hurry.wait()
+    if rt.requests:
+        event(logging.INFO, "sidecar.cancelling_requests", requests=len(rt.requests))
+    for task in list(rt.requests):
+        task.cancel()
+
+
 async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
     """Close every open session, the oldest first, evenly spread over ``window``."""
     sessions = sorted(rt.sessions, key=lambda s: s.opened)
@@ -142,11 +150,10 @@ async def start(
     app = make_app(config, metrics, deadline)
     # handler_cancellation: a client that hangs up cancels its request, so an
     # abandoned plain-HTTP request frees its upstream connection at once.
-    # shutdown_timeout: what a request still running after the sessions were
-    # closed gets (a session's close takes at most two close_timeouts).
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=2 * config.close_timeout + 1
-    )
+    # shutdown_timeout: what a request still running after the drain gets; aiohttp
+    # waits it out twice (before and after cancelling), so the worst case after the
+    # drain window is two close_timeouts for requests plus their own.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=config.close_timeout)
     await runner.setup()
     manager = runner.server
     assert manager is not None
@@ -326,6 +333,12 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
     await stop.wait()
     event(logging.INFO, "sidecar.stopping", drain_timeout_s=running.runtime.config.drain_timeout)
     await running.drain(hurry)
-    await running.close()
+    # Requests in flight are answered (within shutdown_timeout), unless a second
+    # signal says to finish at once: then they are cut short.
+    hurrying = asyncio.ensure_future(_cancel_requests(running.runtime, hurry))
+    try:
+        await running.close()
+    finally:
+        hurrying.cancel()
     event(logging.INFO, "sidecar.stopped")
     return 0

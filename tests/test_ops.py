@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -243,6 +243,31 @@ async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Back
         process.send_signal(signal.SIGTERM)
         assert [await closed(ws) for ws in sessions[1:]] == [RESTART, RESTART]
         assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
+async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: Backend, tmp_path: Path) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text((ROOT / "routes.yaml").read_text())
+    async with serving(config, process_backend) as (process, port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")  # the backend never answers
+        await until(lambda: process_backend.seen)
+        process.send_signal(signal.SIGTERM)
+        await until_logged(process, "sidecar.stopping")
+        process.send_signal(signal.SIGTERM)
+        await until_logged(process, "sidecar.cancelling_requests")
+        # At once, not after the requests' shutdown_timeout (close_timeout, 5 s) twice over.
+        assert await asyncio.wait_for(process.wait(), 4) == 0
+        assert await asyncio.wait_for(reader.read(), 4) == b""  # cut short: no response, the connection closed
+        writer.close()
+    await until(lambda: process_backend.hangs_abandoned == 1)  # and the backend's request cancelled
+
+
+async def until(condition: Callable[[], object]) -> None:
+    """Wait (at most 10 s) for something another task or process does."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - the state lives elsewhere
+            await asyncio.sleep(0.01)
 
 
 # --- live reload -------------------------------------------------------------------
