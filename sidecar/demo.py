@@ -11,6 +11,7 @@ never printed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -180,6 +181,9 @@ _ANY_SESSION = (
 )
 
 
+LOOPBACK = "127.0.0.1"
+
+
 # -- running it ---------------------------------------------------------------------------
 
 
@@ -208,7 +212,12 @@ async def run(path: Path, environ: Mapping[str, str]) -> int:
 
 async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, echo: bool) -> int:
     def load() -> tuple[Config | None, list[Problem]]:
-        return read_config(str(path), strict=True, env=env)
+        config, problems = read_config(str(path), strict=True, env=env)
+        if config is not None:
+            # A demo is for this machine: with a made-up token and the catch-all route
+            # in front of a real backend, it must not be reachable from the network.
+            config = dataclasses.replace(config, listen_host=LOOPBACK, metrics_host=LOOPBACK)
+        return config, problems
 
     config, problems = load()
     for problem in problems:

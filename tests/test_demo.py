@@ -215,7 +215,7 @@ def test_a_taken_port_is_one_line_and_exit_1() -> None:
         )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"not starting: cannot listen on *:{port}")
+    assert line.startswith(f"not starting: cannot listen on 127.0.0.1:{port}")
     assert result.stdout == ""
 
 
@@ -229,3 +229,12 @@ async def test_stopping_closes_an_open_session_with_a_close_frame_and_exits_0(de
             await asyncio.wait_for(ws.recv(), 30)
         assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")  # never 1006
     assert await asyncio.wait_for(demo.process.wait(), 30) == 0
+
+
+async def test_the_demo_listens_on_loopback_only(demo: Demo) -> None:
+    code, logged = await demo.stop()
+    assert code == 0
+    started = next(line for line in logged.splitlines() if "sidecar.started" in line)
+    # a made-up token and a catch-all route are for this machine, not the network
+    assert "listen=127.0.0.1:" in started
+    assert "metrics=127.0.0.1:" in started
