@@ -32,6 +32,20 @@ def client_key(address: str | None) -> str:
     return str(ip)
 
 
+_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598: carrier and platform NAT
+
+
+def probably_a_proxy(address: str | None) -> bool:
+    """Is a peer at ``address`` more likely a proxy in front of the sidecar than a
+    client? Internet clients do not arrive from private or shared address space
+    (RFC 1918, RFC 6598, RFC 4193); a platform's edge does (Railway's from 100.64/10)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return not ip.is_loopback and (ip.is_private or ip in _SHARED_ADDRESS_SPACE)
+
+
 @dataclass(slots=True)
 class _Entry:
     window_start: float

@@ -53,6 +53,7 @@ class Runtime:
     counts: SessionCounts = field(default_factory=SessionCounts)
     agents: dict[tuple[str, str], Session] = field(default_factory=dict)  # (route, agent id), admitted or open
     stopping: bool = False  # set when the drain begins: new requests get 503 draining
+    warned_proxy: bool = False  # auth failures were seen keyed on a proxy's address (logged once)
     identity_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.limits import FailureTable, SessionCounts, client_key
+from sidecar.limits import FailureTable, SessionCounts, client_key, probably_a_proxy
 from sidecar.origins import origin_allowed, serialize_origin
 
 # --- origins (RFC 6454 section 6.2) ---------------------------------------------------
@@ -81,6 +81,28 @@ KEYS = [
 @pytest.mark.parametrize(("address", "key"), KEYS)
 def test_client_key(address: str | None, key: str) -> None:
     assert client_key(address) == key
+
+
+@pytest.mark.parametrize(
+    ("address", "proxy"),
+    [
+        ("100.64.0.3", True),  # Railway's edge, as users report it
+        ("100.127.255.254", True),
+        ("10.1.2.3", True),
+        ("172.16.0.9", True),
+        ("192.168.1.1", True),
+        ("fd12:3456::1", True),  # Railway's private network
+        ("1.1.1.1", False),
+        ("8.8.8.8", False),
+        ("2001:4860::1", False),
+        ("127.0.0.1", False),  # a local client (tests, a sidecar beside its load balancer)
+        ("::1", False),
+        (None, False),
+        ("not an address", False),
+    ],
+)
+def test_probably_a_proxy(address: str | None, proxy: bool) -> None:
+    assert probably_a_proxy(address) is proxy
 
 
 # --- the failure table -------------------------------------------------------------------
