@@ -6,7 +6,8 @@
 #     -e EDGE_SECRET -e UPSTREAM_URL=http://backend:8000 sidecar
 #
 # Configuration comes from the environment (see routes.yaml): PORT, UPSTREAM_URL,
-# EDGE_SECRET, EDGE_SECRET_PREVIOUS, METRICS_PORT, LOG_LEVEL, LOG_FORMAT.
+# EDGE_SECRET, EDGE_SECRET_PREVIOUS, METRICS_PORT, LOG_LEVEL, LOG_FORMAT, TRUSTED_PROXIES,
+# CLIENT_IP_HEADER, DRAIN_TIMEOUT.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -42,7 +43,8 @@ RUN sidecar check /app/routes.yaml
 # 8080: the proxy (PORT); 9100: Prometheus /metrics (METRICS_PORT).
 EXPOSE 8080 9100
 
-# Exec form, no shell in between: SIGTERM from 'docker stop' reaches the sidecar
-# itself, which closes every WebSocket session with 1001 before it exits.
+# Exec form, no shell in between: SIGTERM from 'docker stop' or a Railway redeploy
+# reaches the sidecar itself, which drains: every WebSocket session gets 1012, spread
+# over DRAIN_TIMEOUT, before it exits. HEALTHCHECK is left to the platform (/readyz).
 ENTRYPOINT ["sidecar"]
 CMD ["serve", "--config", "/app/routes.yaml"]
