@@ -25,13 +25,11 @@ from .metrics import NO_ROUTE, Metrics
 from .reasons import Reason, Rejection
 from .rejection import reject
 from .routing import BadPath, CanonicalPath, Router, canonicalize
-from .runtime import RUNTIME, SHUTDOWN_CLOSE, Runtime
+from .runtime import DRAIN_RETRY_AFTER, RUNTIME, SHUTDOWN_CLOSE, Runtime
 from .websocket import handle_websocket
 
 # nginx's convention for "the client closed the request before the response".
 CLIENT_CLOSED = 499
-# Retry-After while draining: by then the new replica is taking connections.
-DRAIN_RETRY_AFTER = 1
 
 READINESS = web.AppKey("readiness", Readiness)
 
@@ -170,6 +168,8 @@ async def _close_sessions(app: web.Application) -> None:
     """Shutdown: every open session gets a close frame on both legs (1001)."""
     rt = app[RUNTIME]
     rt.stopping = True  # a handshake still waiting on the backend closes as soon as it opens
+    for waiting in list(rt.handshaking):
+        waiting.end(*SHUTDOWN_CLOSE)  # answered 503 draining
     sessions = list(rt.sessions)
     for session in sessions:
         session.end(*SHUTDOWN_CLOSE)

@@ -20,6 +20,8 @@ from .routing import Router
 # 1012 "Service Restart" (IANA WebSocket close code registry, RFC 6455 section 11.7)
 # tells the agent to reconnect; the upstream leg is sent 1001 "going away".
 SHUTDOWN_CLOSE = (1012, "service restart: reconnect")
+# Retry-After while draining: by then the new replica is taking connections.
+DRAIN_RETRY_AFTER = 1
 
 
 @dataclass(eq=False)
@@ -46,7 +48,8 @@ class Runtime:
     router: Router
     metrics: Metrics
     client: aiohttp.ClientSession | None = None
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[Session] = field(default_factory=set)  # relaying
+    handshaking: set[Session] = field(default_factory=set)  # admitted, not yet relaying
     requests: set[asyncio.Task[object]] = field(default_factory=set)  # plain HTTP requests being proxied
     # Admission state: survives a config reload, keyed by route name and client key.
     failures: FailureTable = field(default_factory=FailureTable)

@@ -117,7 +117,10 @@ async def _cancel_requests(rt: Runtime, hurry: asyncio.Event) -> None:
 
 
 async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
-    """Close every open session, the oldest first, evenly spread over ``window``."""
+    """Close every open session, the oldest first, evenly spread over ``window``.
+    Handshakes still under way are answered 503 draining at once."""
+    for waiting in list(rt.handshaking):
+        waiting.end(*SHUTDOWN_CLOSE)
     sessions = sorted(rt.sessions, key=lambda s: s.opened)
     if sessions:
         event(logging.INFO, "sidecar.draining", sessions=len(sessions), drain_timeout_s=window)

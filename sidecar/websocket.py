@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +26,7 @@ from .reasons import Reason, Rejection
 from .rejection import reject
 from .relay import End, relay
 from .routing import CanonicalPath
-from .runtime import SHUTDOWN_CLOSE, Runtime, Session
+from .runtime import DRAIN_RETRY_AFTER, SHUTDOWN_CLOSE, Runtime, Session
 from .upstream import connect_websocket, rejection_for, request_headers, upstream_query, upstream_url
 
 # How a session ousted by a newer one with the same agent id is closed (4000-4999 is
@@ -58,12 +59,14 @@ async def handle_websocket(request: web.Request, rt: Runtime, route: Route, path
         full = Rejection(Reason.OVER_CAPACITY, agent_id=agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
         return reject(request, rt, full, route, websocket=True)
     session = Session(route, agent_id, loop.create_future())
+    rt.handshaking.add(session)  # a drain ends it too: 503 draining, never a dropped connection
     try:
         duplicate = await _claim(rt, session)
         if duplicate is not None:
             return reject(request, rt, duplicate, route, websocket=True)
         return await _open(request, rt, session, path, started)
     finally:
+        rt.handshaking.discard(session)
         session.settled.set()
         if session.task is None:  # once running, the session releases its place when it ends
             _release(rt, session)
@@ -90,14 +93,17 @@ async def _claim(rt: Runtime, session: Session) -> Rejection | None:
             await asyncio.wait_for(old.settled.wait(), bound)
         if old.task is not None:
             await asyncio.wait({old.task}, timeout=2 * rt.config.close_timeout + 1)
-    return _replaced(session)
+    return _ended(session)
 
 
-def _replaced(session: Session) -> Rejection | None:
-    """A session replaced by a newer one before its relay began is refused, not opened."""
+def _ended(session: Session) -> Rejection | None:
+    """A session ended before its relay began is refused, not opened: the drain
+    (503 draining) or a newer session for its agent id (409 duplicate_agent)."""
     if not session.stop.done():
         return None
-    _, reason = session.stop.result()
+    code, reason = session.stop.result()
+    if (code, reason) == SHUTDOWN_CLOSE:
+        return Rejection(Reason.DRAINING, agent_id=session.agent_id, retry_after=DRAIN_RETRY_AFTER)
     return Rejection(Reason.DUPLICATE_AGENT, detail=reason, agent_id=session.agent_id)
 
 
@@ -117,8 +123,8 @@ async def _open(
     route, agent_id = session.route, session.agent_id
     url = upstream_url(route.upstream, route.upstream_path or path.wire, upstream_query(request, route))
     headers = request_headers(request, rt, route, agent_id)
-    try:
-        upstream = await connect_websocket(
+    connecting = asyncio.ensure_future(
+        connect_websocket(
             rt.http(),
             route,
             url,
@@ -127,15 +133,31 @@ async def _open(
             close_timeout=rt.config.close_timeout,
             agent_id=agent_id,
         )
+    )
+    try:
+        # Ended meanwhile (a drain, a newer session): the client is answered now,
+        # not after the backend (or a retry waiting for it) has made up its mind.
+        either: set[asyncio.Future[Any]] = {connecting, session.stop}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})
+    try:
+        upstream = connecting.result()
+    except asyncio.CancelledError:
+        ended = _ended(session)
+        assert ended is not None, "the handshake was cancelled only because the session ended"
+        return reject(request, rt, ended, route, websocket=True)
     except Exception as exc:
         failure = rejection_for(exc, agent_id)
         if failure is None:
             raise
         return reject(request, rt, failure, route, websocket=True)
-    replaced = _replaced(session)
-    if replaced is not None:  # while the upstream handshake ran
+    ended = _ended(session)
+    if ended is not None:  # as the upstream handshake finished
         await _abandon(upstream, rt.config.close_timeout)
-        return reject(request, rt, replaced, route, websocket=True)
+        return reject(request, rt, ended, route, websocket=True)
 
     client = web.WebSocketResponse(
         protocols=(),  # the upstream chose; aiohttp would look at the first header line only
@@ -169,6 +191,7 @@ async def _open(
     # because the client's connection dropped, the relay still finds out by
     # itself, tells the upstream (1001) and accounts for the session.
     session.task = asyncio.ensure_future(_run(session, rt, client, upstream))
+    rt.handshaking.discard(session)  # _run has put it in rt.sessions
     session.settled.set()
     await asyncio.shield(session.task)
     return client

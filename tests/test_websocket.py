@@ -575,16 +575,36 @@ async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None
 LATE = edge_yaml(listen="close_timeout: 1s", route=", upstream_path: /late/ws")
 
 
-async def test_a_handshake_in_flight_at_shutdown_still_ends_with_a_close_frame(
+async def test_a_handshake_in_flight_at_shutdown_is_answered_503_draining(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, LATE))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
     await _until(lambda: backend.seen)  # the backend is still deciding
     await asyncio.wait_for(sidecar.running.close(), 20)
-    ws = await connecting
-    code, _ = await closed_by_peer(ws)
-    assert code == 1012  # a proper close, not 1006
+    with pytest.raises(InvalidStatus) as refused:  # an answer, not a dropped connection (1006)
+        await connecting
+    response = refused.value.response
+    assert (response.status_code, response.headers["X-Sidecar-Reason"]) == (503, "draining")
+    assert response.headers["Retry-After"] == "1"
+
+
+HANGING = edge_yaml(upstream=", connect_timeout: 60s", route=", upstream_path: /slow/ws")
+
+
+async def test_the_drain_answers_a_handshake_the_backend_sits_on(backend: Backend, start_sidecar: StartSidecar) -> None:
+    # A backend that never answers, and a connect_timeout far longer than the stop
+    # waits for handlers: the client must still get an answer, at once.
+    sidecar = await start_sidecar(config_for(backend.url, HANGING))
+    connecting = asyncio.ensure_future(ws_connect(sidecar))
+    await _until(lambda: backend.seen)
+    await sidecar.running.drain()
+    with pytest.raises(InvalidStatus) as refused:
+        await asyncio.wait_for(connecting, 10)
+    assert refused.value.response.status_code == 503
+    assert refused.value.response.headers["X-Sidecar-Reason"] == "draining"
+    await _until(lambda: backend.hangs_abandoned == 1)  # the upstream handshake was given up, too
+    assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="draining") == 1
 
 
 STALLED = edge_yaml(listen="stall_timeout: 500ms")
