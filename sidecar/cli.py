@@ -53,6 +53,10 @@ def read_config(
             text = f.read()
     except OSError as exc:
         return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
+    except UnicodeDecodeError as exc:  # an editor saved it as Latin-1, say
+        with open(path, "rb") as f:
+            line = f.read()[: exc.start].count(b"\n") + 1
+        return None, [Problem(path, line, "not UTF-8: save the file as UTF-8")]
     return load_config(text, file=path, env=os.environ if env is None else env, strict=strict)
 
 

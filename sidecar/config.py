@@ -491,6 +491,10 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
     for name, policy_node in policy_nodes.items():
         if name not in ld.auth_refs:
             ld.warn(policy_node, f"auth.{name}: not used by any route")
+    routed = {route.upstream.name for route in routes}
+    for name, upstream_node in _named_nodes(top.get("upstreams")).items():
+        if name in upstreams and name not in routed:
+            ld.warn(upstream_node, f"upstreams.{name}: not used by any route (and not probed by the readiness check)")
     return Config(
         routes=tuple(routes),
         upstreams=upstreams,
@@ -549,6 +553,13 @@ def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             ld.error(m["format"], f"log.format: expected json or text, got {fmt!r}")
         elif fmt is not None:
             out["log_format"] = fmt.lower()
+
+
+def _named_nodes(node: Node | None) -> dict[str, Node]:
+    """A mapping's keys and their value nodes, for a problem's line (already validated)."""
+    if not isinstance(node, MappingNode):
+        return {}
+    return {str(k.value): v for k, v in node.value if isinstance(k, ScalarNode)}
 
 
 def _health(ld: _Loader, node: Node, out: dict[str, object]) -> None:

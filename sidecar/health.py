@@ -89,7 +89,8 @@ async def answer(request: BaseRequest, rt: Runtime, readiness: Readiness, path: 
     if rt.stopping:
         reason = Reason.DRAINING
     else:
-        upstreams = list({u.url: u for u in rt.config.upstreams.values()}.values())
+        # The upstreams routes use: one defined but not routed yet must not hold up a deploy.
+        upstreams = list({r.upstream.url: r.upstream for r in rt.config.routes}.values())
         failures = {name: why for name, why in (await readiness.upstreams(upstreams)).items() if why}
         body["upstreams"] = {u.name: failures.get(u.name, "ok") for u in upstreams}
         if failures:

@@ -210,7 +210,9 @@ def bind(host: str, port: int) -> list[socket.socket]:
         try:
             for family, address in families:
                 chosen = _bound_port(sockets[0]) if sockets else port
-                sock = _listen_socket(family, address, chosen, optional=host == ALL_INTERFACES and bool(sockets))
+                sock = _listen_socket(
+                    family, address, chosen, optional=host == ALL_INTERFACES and bool(sockets), v6only=len(families) > 1
+                )
                 if sock is not None:
                     sockets.append(sock)
             return sockets
@@ -222,12 +224,14 @@ def bind(host: str, port: int) -> list[socket.socket]:
     raise OSError(errno.EADDRINUSE, "no port free on every address family")
 
 
-def _listen_socket(family: int, address: str, port: int, *, optional: bool) -> socket.socket | None:
+def _listen_socket(family: int, address: str, port: int, *, optional: bool, v6only: bool) -> socket.socket | None:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Beside an IPv4 socket ('*'): IPv6 only. Alone ('::'), both, as on Linux
+            # by default and as Railway's docs have services bind.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind((address, port))
     except OSError as exc:
         sock.close()

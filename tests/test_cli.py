@@ -252,3 +252,13 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
     finally:
         process.terminate()
         await process.wait()
+
+
+def test_check_says_a_file_that_is_not_utf8_is_not_utf8(tmp_path: Path) -> None:
+    latin1 = tmp_path / "routes.yaml"
+    latin1.write_bytes((ROOT / "routes.yaml").read_bytes() + b"# caf\xe9\n")
+    result = run("check", str(latin1))
+    assert result.returncode == 2
+    lines = (ROOT / "routes.yaml").read_text().count("\n") + 1
+    assert f"{latin1}:{lines}: error: not UTF-8: save the file as UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr

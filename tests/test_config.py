@@ -1163,3 +1163,13 @@ def test_client_ip_header() -> None:
         f"routes.yaml:{line_of(SHIPPED, 'client_ip_header')}: error: "
         "listen.client_ip_header: 'X Real IP' is not a valid header name"
     ]
+
+
+def test_an_upstream_no_route_uses_is_a_warning() -> None:
+    text = SHIPPED.replace("upstreams:\n", "upstreams:\n  staged:\n    url: http://10.0.0.9:8000\n", 1)
+    config, problems = load_config(text, env=ENV)
+    assert config is not None
+    assert messages(problems) == [
+        f"routes.yaml:{line_of(text, 'http://10.0.0.9:8000')}: warning: upstreams.staged: not used by any route "
+        "(and not probed by the readiness check)"
+    ]

@@ -21,6 +21,7 @@ from websockets.protocol import State
 
 from sidecar import health
 from sidecar.config import Upstream
+from sidecar.server import bind
 
 from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
@@ -345,3 +346,26 @@ async def test_listeners_answer_on_ipv4_and_ipv6(backend: Backend, start_sidecar
         await ws.send("over IPv6")
         assert await ws.recv() == "over IPv6"
     assert backend.seen[-1].headers["x-forwarded-for"] == ["::1"]
+
+
+async def test_readyz_ignores_an_upstream_no_route_uses(backend: Backend, start_sidecar: StartSidecar) -> None:
+    text = (
+        (ROOT / "routes.yaml")
+        .read_text()
+        .replace("upstreams:\n", f"upstreams:\n  staged:\n    url: http://127.0.0.1:{free_port()}\n", 1)
+    )
+    sidecar = await start_sidecar(config_for(backend.url, text))
+    status, _, body = await get(sidecar.url("/readyz", "http"))
+    assert (status, json.loads(body)["upstreams"]) == (200, {"backend": "ok"})
+
+
+def test_an_explicit_ipv6_wildcard_takes_ipv4_too() -> None:
+    if not _has_ipv6():
+        pytest.skip("no IPv6 on this machine")
+    [sock] = bind("::", 0)
+    try:
+        sock.listen()
+        with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5):
+            pass  # accepted: '::' alone is every address, as Railway's docs have services bind
+    finally:
+        sock.close()
