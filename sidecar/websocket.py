@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from .admission import authenticate
 from .config import Route
@@ -123,37 +125,9 @@ async def _open(
     route, agent_id = session.route, session.agent_id
     url = upstream_url(route.upstream, route.upstream_path or path.wire, upstream_query(request, route))
     headers = request_headers(request, rt, route, agent_id)
-    connecting = asyncio.ensure_future(
-        connect_websocket(
-            rt.http(),
-            route,
-            url,
-            headers,
-            offered_protocols(request.headers),
-            close_timeout=rt.config.close_timeout,
-            agent_id=agent_id,
-        )
-    )
-    try:
-        # Ended meanwhile (a drain, a newer session): the client is answered now,
-        # not after the backend (or a retry waiting for it) has made up its mind.
-        either: set[asyncio.Future[Any]] = {connecting, session.stop}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not connecting.done():
-            connecting.cancel()
-            await asyncio.wait({connecting})
-    try:
-        upstream = connecting.result()
-    except asyncio.CancelledError:
-        ended = _ended(session)
-        assert ended is not None, "the handshake was cancelled only because the session ended"
-        return reject(request, rt, ended, route, websocket=True)
-    except Exception as exc:
-        failure = rejection_for(exc, agent_id)
-        if failure is None:
-            raise
-        return reject(request, rt, failure, route, websocket=True)
+    upstream = await _connect(rt, session, url, headers, offered_protocols(request.headers))
+    if isinstance(upstream, Rejection):
+        return reject(request, rt, upstream, route, websocket=True)
     ended = _ended(session)
     if ended is not None:  # as the upstream handshake finished
         await _abandon(upstream, rt.config.close_timeout)
@@ -195,6 +169,38 @@ async def _open(
     session.settled.set()
     await asyncio.shield(session.task)
     return client
+
+
+async def _connect(
+    rt: Runtime, session: Session, url: URL, headers: CIMultiDict[str], protocols: list[str]
+) -> aiohttp.ClientWebSocketResponse[bool] | Rejection:
+    """The upstream handshake, or why the client is refused. A session ended meanwhile
+    (a drain, a newer session for its agent id) is answered at once, not after the
+    backend, or a retry waiting for it, has made up its mind."""
+    route = session.route
+    connecting = asyncio.ensure_future(
+        connect_websocket(
+            rt.http(), route, url, headers, protocols, close_timeout=rt.config.close_timeout, agent_id=session.agent_id
+        )
+    )
+    try:
+        either: set[asyncio.Future[Any]] = {connecting, session.stop}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})
+    try:
+        return connecting.result()
+    except asyncio.CancelledError:
+        ended = _ended(session)
+        assert ended is not None, "the handshake was cancelled only because the session ended"
+        return ended
+    except Exception as exc:
+        failure = rejection_for(exc, session.agent_id)
+        if failure is None:
+            raise
+        return failure
 
 
 async def _abandon(upstream: aiohttp.ClientWebSocketResponse[bool], within: float) -> None:
