@@ -25,8 +25,8 @@ from .metrics import NO_ROUTE, Metrics
 from .reasons import Reason, Rejection
 from .rejection import reject
 from .routing import BadPath, CanonicalPath, Router, canonicalize
-from .runtime import DRAIN_RETRY_AFTER, RUNTIME, SHUTDOWN_CLOSE, Runtime
-from .websocket import handle_websocket
+from .runtime import DRAIN_RETRY_AFTER, RUNTIME, Runtime
+from .websocket import end_sessions, handle_websocket
 
 # nginx's convention for "the client closed the request before the response".
 CLIENT_CLOSED = 499
@@ -165,19 +165,11 @@ async def _open_client(app: web.Application) -> None:
 
 
 async def _close_sessions(app: web.Application) -> None:
-    """Shutdown: every open session gets a close frame on both legs (1001)."""
+    """Shutdown: every session still open is closed at once (1012 to the client, 1001
+    upstream); after a drain there are none left."""
     rt = app[RUNTIME]
-    rt.stopping = True  # a handshake still waiting on the backend closes as soon as it opens
-    for waiting in list(rt.handshaking):
-        waiting.end(*SHUTDOWN_CLOSE)  # answered 503 draining
-    sessions = list(rt.sessions)
-    for session in sessions:
-        session.end(*SHUTDOWN_CLOSE)
-    tasks = {s.task for s in sessions if s.task is not None}
-    if tasks:
-        event(logging.INFO, "ws.closing_all", sessions=len(tasks))
-        # Each close is bounded by close_timeout (the close frame, then the reply).
-        await asyncio.wait(tasks, timeout=2 * rt.config.close_timeout + 1)
+    rt.stopping = True  # a handshake still waiting on the backend is answered 503 draining
+    await end_sessions(rt, 0, asyncio.Event())
 
 
 async def _close_client(app: web.Application) -> None:

@@ -33,7 +33,8 @@ from .logs import configure, event
 from .metrics import Metrics
 from .reasons import Reason, Rejection
 from .rejection import reject
-from .runtime import RUNTIME, SHUTDOWN_CLOSE, Runtime
+from .runtime import RUNTIME, Runtime
+from .websocket import end_sessions
 
 Loader = Callable[[], tuple[Config | None, list[Problem]]]
 
@@ -56,7 +57,7 @@ class Running:
         window; ``hurry`` (a second signal) closes the rest at once."""
         rt = self.runtime
         rt.stopping = True
-        await drain_sessions(rt, rt.config.drain_timeout, hurry or asyncio.Event())
+        await end_sessions(rt, rt.config.drain_timeout, hurry or asyncio.Event())
 
     async def close(self) -> None:
         """Stop accepting, close what is left (at once), answer requests in flight, release."""
@@ -114,28 +115,6 @@ async def _cancel_requests(rt: Runtime, hurry: asyncio.Event) -> None:
         event(logging.INFO, "sidecar.cancelling_requests", requests=len(rt.requests))
     for task in list(rt.requests):
         task.cancel()
-
-
-async def drain_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
-    """Close every open session, the oldest first, evenly spread over ``window``.
-    Handshakes still under way are answered 503 draining at once."""
-    for waiting in list(rt.handshaking):
-        waiting.end(*SHUTDOWN_CLOSE)
-    sessions = sorted(rt.sessions, key=lambda s: s.opened)
-    if sessions:
-        event(logging.INFO, "sidecar.draining", sessions=len(sessions), drain_timeout_s=window)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    for index, session in enumerate(sessions):
-        delay = started + window * index / len(sessions) - loop.time()
-        if delay > 0 and not hurry.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hurry.wait(), delay)
-        session.end(*SHUTDOWN_CLOSE)
-    tasks = {s.task for s in sessions if s.task is not None}
-    if tasks:
-        # Each close is bounded by close_timeout (the close frame, then the reply).
-        await asyncio.wait(tasks, timeout=2 * rt.config.close_timeout + 1)
 
 
 async def start(

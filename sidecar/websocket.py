@@ -209,6 +209,29 @@ async def _abandon(upstream: aiohttp.ClientWebSocketResponse[bool], within: floa
         await asyncio.wait_for(upstream.close(code=1001, message=b"client went away"), within)
 
 
+async def end_sessions(rt: Runtime, window: float, hurry: asyncio.Event) -> None:
+    """Stopping: close every open session, the oldest first, evenly spread over
+    ``window`` (0: all at once); ``hurry`` closes the rest at once. Handshakes
+    still under way are answered 503 draining at once."""
+    for waiting in list(rt.handshaking):
+        waiting.end(*SHUTDOWN_CLOSE)
+    sessions = sorted(rt.sessions, key=lambda s: s.opened)
+    if sessions:
+        event(logging.INFO, "ws.closing_all", sessions=len(sessions), over_s=window)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index, session in enumerate(sessions):
+        delay = started + window * index / len(sessions) - loop.time()
+        if delay > 0 and not hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), delay)
+        session.end(*SHUTDOWN_CLOSE)
+    tasks = {s.task for s in sessions if s.task is not None}
+    if tasks:
+        # Each close is bounded by close_timeout (the close frame, then the reply).
+        await asyncio.wait(tasks, timeout=2 * rt.config.close_timeout + 1)
+
+
 async def _run(
     session: Session, rt: Runtime, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse[bool]
 ) -> None:
