@@ -94,15 +94,7 @@ def upstream_query(request: BaseRequest, route: Route) -> str:
 def request_headers(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
     """:func:`forward_headers` for ``request`` as this sidecar received it. A token
     that came in the query goes on as ``Authorization`` where the route forwards it."""
-    headers = _forward_headers_of(request, rt, route, agent_id)
-    token = request.query.getall(QUERY_TOKEN, ()) if route.query_token else ()
-    if route.forward_authorization and token and "Authorization" not in request.headers:
-        headers["Authorization"] = f"Bearer {token[0]}"
-    return headers
-
-
-def _forward_headers_of(request: BaseRequest, rt: Runtime, route: Route, agent_id: str | None) -> CIMultiDict[str]:
-    return forward_headers(
+    headers = forward_headers(
         request.headers,
         route,
         agent_id,
@@ -112,6 +104,10 @@ def _forward_headers_of(request: BaseRequest, rt: Runtime, route: Route, agent_i
         host=request.host,
         trusted=rt.via_trusted_proxy(request.remote),
     )
+    token = request.query.getall(QUERY_TOKEN, ()) if route.query_token else ()
+    if route.forward_authorization and token and "Authorization" not in request.headers:
+        headers["Authorization"] = f"Bearer {token[0]}"
+    return headers
 
 
 def rejection_for(exc: BaseException, agent_id: str | None) -> Rejection | None:
@@ -152,7 +148,17 @@ async def connect_websocket(
     async with asyncio.timeout_at(deadline):
         for attempt in range(1, attempts + 1):
             try:
-                return await _handshake(client, route, url, headers, protocols, close_timeout)
+                return await client.ws_connect(
+                    url,
+                    headers=headers,
+                    protocols=protocols,
+                    autoclose=False,
+                    autoping=False,  # pings and pongs are relayed end to end
+                    compress=15 if route.compression else 0,  # permessage-deflate offered only where enabled
+                    max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
+                    decode_text=False,
+                )
             except Exception as exc:
                 why = _worth_retrying(exc)
                 if why is None or attempt == attempts or route.retry is None:
@@ -174,27 +180,6 @@ async def connect_websocket(
                 )
                 await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def _handshake(
-    client: aiohttp.ClientSession,
-    route: Route,
-    url: URL,
-    headers: CIMultiDict[str],
-    protocols: list[str],
-    close_timeout: float,
-) -> aiohttp.ClientWebSocketResponse[bool]:
-    return await client.ws_connect(
-        url,
-        headers=headers,
-        protocols=protocols,
-        autoclose=False,
-        autoping=False,  # pings and pongs are relayed end to end
-        compress=15 if route.compression else 0,  # permessage-deflate offered only where enabled
-        max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
-        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
-        decode_text=False,
-    )
 
 
 # A backend behind a platform proxy that is starting or restarting: the proxy says so.
