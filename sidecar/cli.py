@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import __version__
 from .config import Config, Problem, load_config
@@ -86,17 +86,26 @@ def _check(path: str) -> int:
     return 0
 
 
+def config_to_serve(path: str, load: Callable[[], tuple[Config | None, list[Problem]]]) -> Config | None:
+    """The config a server starts with: every problem printed; ``None`` (and a line
+    saying so) if there are errors; otherwise logging set up as it says."""
+    config, problems = load()
+    _report(problems)
+    if config is None:
+        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
+        return None
+    configure(config.log_level, config.log_format)
+    return config
+
+
 def _serve(path: str, *, allow_pure_python: bool) -> int:
     pure = pure_python_parts()
     if pure and not allow_pure_python:
         print(refusal(pure), file=sys.stderr)
         return 2
-    config, problems = read_config(path, strict=True)
-    _report(problems)
+    config = config_to_serve(path, lambda: read_config(path, strict=True))
     if config is None:
-        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
         return 2
-    configure(config.log_level, config.log_format)
     if pure:
         event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
     from .server import serve  # imports aiohttp: keep 'check' light

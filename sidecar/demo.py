@@ -22,9 +22,8 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from .cli import read_config
+from .cli import config_to_serve, read_config
 from .config import Config, Problem
-from .logs import configure
 from .server import Running, serve
 
 DEFAULT_CONFIG = "routes.yaml"
@@ -219,13 +218,9 @@ async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, ec
             config = dataclasses.replace(config, listen_host=LOOPBACK, metrics_host=LOOPBACK)
         return config, problems
 
-    config, problems = load()
-    for problem in problems:
-        print(problem, file=sys.stderr)
+    config = config_to_serve(str(path), load)
     if config is None:
-        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
         return 2
-    configure(config.log_level, config.log_format)
 
     def started(running: Running) -> None:
         banner = Banner(running.port, running.metrics_port, env["UPSTREAM_URL"], echo, token, str(path))
