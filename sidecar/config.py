@@ -589,7 +589,7 @@ def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], sett
 def _path_node(routes: Node | None, name: str, path: str) -> Node | None:
     """Where route ``name`` writes ``path`` (for the problem's line)."""
     for spec in routes.value if isinstance(routes, SequenceNode) else ():
-        fields = {k.value: v for k, v in spec.value} if isinstance(spec, MappingNode) else {}
+        fields = _named_nodes(spec)
         paths = fields.get("paths")
         if isinstance(fields.get("name"), ScalarNode) and fields["name"].value == name and paths is not None:
             items = paths.value if isinstance(paths, SequenceNode) else [paths]
