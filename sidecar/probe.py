@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import socket
@@ -201,8 +202,16 @@ async def walk(
         outcome = w.outcome(failure.hint)
     finally:
         if w.writer is not None:
-            w.writer.transport.abort()  # the close handshake, if any, is over: nothing lingers
+            await _hang_up(w.writer)
     return rp.Report(tuple(w.steps), outcome, token_fingerprint, heading)
+
+
+async def _hang_up(writer: asyncio.StreamWriter) -> None:
+    """Ends the connection after what was written (a close frame's answer, say) has gone:
+    at once for TCP, within a second for TLS's close_notify (RFC 8446 section 6.1)."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
 def _ms(start: float) -> float:
