@@ -80,6 +80,11 @@ class Plan:
     tls: ssl.SSLContext | None
     token: str | None
 
+    def secrets(self) -> list[str]:
+        """What no output may show: the token, and credentials given with ``-H 'Authorization: ...'``."""
+        given = [v.split(" ", 1)[-1] for n, v in self.headers if n.lower() == "authorization"]
+        return [s for s in (self.token, *given) if s]
+
 
 def plan_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     """The probe the arguments ask for; ``ValueError`` with a usage message."""
@@ -187,7 +192,7 @@ async def walk(
 ) -> rp.Report:
     """Runs the steps; the report of those that ran. ``token`` describes the token (its
     length and fingerprint) for the hints."""
-    w = _Walk(plan, rp.PeerText(plan.token), token)
+    w = _Walk(plan, rp.PeerText(*plan.secrets()), token)
     t = plan.target
     try:
         addresses = await w.step("resolve", _resolve(t))
@@ -269,6 +274,7 @@ def _names(value: object, wanted: dict[str, str]) -> str:
 
 def _certificate(cert: Mapping[str, object], peer: rp.PeerText) -> str:
     names = {"commonName": "CN", "organizationName": "O"}
+    # subjectAltName is one level flatter than a name: a tuple of (type, value) pairs.
     alt = _names((cert.get("subjectAltName", ()),), {"DNS": "DNS", "IP Address": "IP"})
     found = f"subject {peer(_names(cert.get('subject'), names) or '(none)')}; names {peer(alt) or '(none)'}"
     found += f"; issuer {peer(_names(cert.get('issuer'), names) or '(none)')}"

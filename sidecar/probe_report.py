@@ -28,11 +28,11 @@ class PeerText:
     withheld whole if it contains the token (a server that echoes requests would print
     it; a partial mask would show where it was)."""
 
-    def __init__(self, secret: str | None) -> None:
-        self._secret = secret
+    def __init__(self, *secrets: str | None) -> None:
+        self._secrets = [s for s in secrets if s]
 
     def __call__(self, text: str) -> str:
-        if self._secret and self._secret in text:
+        if any(secret in text for secret in self._secrets):
             return "(withheld: it contains the token)"
         text = _CONTROL.sub(" ", text)
         return text if len(text) <= _LIMIT else text[: _LIMIT - 1] + "…"

@@ -389,7 +389,8 @@ async def raw_server() -> AsyncIterator[Callable[[str], Awaitable[RawServer]]]:
     """A hand-written server on 127.0.0.1 that answers the handshake, then: ``drop``
     (ends TCP, no close frame), ``close`` (a close frame 1008 at once, then waits for
     the client's), ``bad-accept`` (a 101 with the wrong key), ``mute`` (answers
-    nothing after its 101) or ``hang-up`` (ends TCP before answering at all)."""
+    nothing after its 101), ``hang-up`` (ends TCP before answering at all) or ``echo``
+    (refuses, quoting the request in its body and its last header in ``Server``)."""
     servers: list[asyncio.Server] = []
 
     async def start(behaviour: str) -> RawServer:
@@ -398,6 +399,15 @@ async def raw_server() -> AsyncIterator[Callable[[str], Awaitable[RawServer]]]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             head = await reader.readuntil(b"\r\n\r\n")
             if behaviour == "hang-up":
+                writer.close()
+                return
+            if behaviour == "echo":  # a refusal that quotes the request, credentials and all
+                body = json.dumps({"message": head.decode()}).encode()
+                writer.write(
+                    b"HTTP/1.1 400 Bad Request\r\nX-Sidecar-Reason: bad_request\r\nServer: " + head.split(b"\r\n")[-3]
+                )
+                writer.write(b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
                 writer.close()
                 return
             key = re.search(rb"(?im)^sec-websocket-key: *(\S+)", head)
@@ -486,6 +496,20 @@ async def test_a_server_that_hangs_up_on_the_handshake(raw_server: Callable[[str
     assert run.code == 1
     assert (run.json["failed_step"], run.json["status"]) == ("upgrade", None)
     assert run.steps()[-1] == ("upgrade", False, "the connection ended before an answer (nothing)")
+
+
+@pytest.mark.parametrize("how", ["--token-env", "-H"])
+async def test_a_server_that_quotes_the_token_back(raw_server: Callable[[str], Awaitable[RawServer]], how: str) -> None:
+    server = await raw_server("echo")
+    url = f"ws://127.0.0.1:{server.port}/edge/ws"
+    if how == "-H":  # the credentials as a header of the user's own, the last one sent
+        run = await probe(url, "--json", "-H", f"Authorization: Bearer {TOKEN}", token=None)
+    else:
+        run = await probe(url, "--json", "--agent-id", "edge_1", "-H", f"X-Copy: {TOKEN}")
+    assert run.code == 1  # probe() asserted that TOKEN is nowhere in the output
+    assert (run.json["status"], run.json["reason"], run.json["sidecar"]) == (400, "bad_request", True)
+    assert run.steps()[-1][2].endswith("Server: (withheld: it contains the token)")
+    assert run.json["hint"] == "the sidecar refused it (400 bad_request): (withheld: it contains the token)"
 
 
 # --- usage -----------------------------------------------------------------------------------

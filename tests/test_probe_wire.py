@@ -323,7 +323,12 @@ def test_a_one_byte_close_body_is_a_violation() -> None:
 
 # --- words -----------------------------------------------------------------------------------
 
-PEER = rp.PeerText(TOKEN)
+PEER = rp.PeerText(TOKEN, None, "")
+
+
+def test_peer_text_withholds_every_secret_it_is_given() -> None:
+    assert rp.PeerText("one", "two")("has two in it") == "(withheld: it contains the token)"
+    assert rp.PeerText()("anything") == "anything"
 
 
 @pytest.mark.parametrize(
