@@ -112,7 +112,7 @@ PASSED = (
 # OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) the probe words itself.
 _UNTRUSTED = {18: "self-signed", 19: "self-signed in its chain", 20: "issuer unknown here", 21: "issuer unknown here"}
 _EXPIRED = {9: "not valid yet", 10: "expired"}
-_NAME = {62: "name", 64: "IP address"}
+_NAME = frozenset({62, 64})  # the name, or the IP address, is not on the certificate
 
 
 def resolve_hint(host: str, error: str) -> str:
