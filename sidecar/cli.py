@@ -1,21 +1,24 @@
-"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE`` and ``sidecar demo``.
+"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE``, ``sidecar demo``,
+``sidecar probe URL`` and ``sidecar fingerprint``.
 
 Exit status: 0 on success, 2 when the config has errors (every one is printed,
-each with its file:line).
+each with its file:line) or on bad usage; ``probe`` exits 1 when a step failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from . import __version__
+from . import __version__, probe
 from .config import Config, Problem, load_config
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
+from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
 from .logs import configure, event
 
 
@@ -34,7 +37,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file", help="routes file to validate")
     demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
     demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
+    probe_command = commands.add_parser(
+        "probe",
+        help="walk a WebSocket connection to URL step by step and say what to fix",
+        description=probe.USAGE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_arguments(probe_command)
+    secret = commands.add_parser(
+        "fingerprint",
+        help="print a secret's fingerprint (from stdin or --env VAR), never the secret",
+        description="Prints the fingerprint of a secret read from stdin (without its trailing newline) or "
+        "from the environment variable VAR: compare it with the one 'sidecar probe' shows. "
+        "The derivation is documented in sidecar/fingerprint.py.",
+    )
+    secret.add_argument("--env", metavar="VAR", help="read the secret from the environment variable VAR")
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        return probe.run(args)
+    if args.command == "fingerprint":
+        return _fingerprint(args.env)
     if args.command == "check":
         return _check(args.file)
     if args.command == "demo":
@@ -42,6 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args.config)
     return _serve(args.config, allow_pure_python=args.allow_pure_python or allowed_by_env(os.environ))
+
+
+def _fingerprint(env_var: str | None) -> int:
+    if env_var is not None:
+        value = os.environ.get(env_var)
+        if not value:
+            print(f"sidecar fingerprint: {env_var} is {'empty' if value == '' else 'not set'}", file=sys.stderr)
+            return 2
+        secret = secret_bytes(value)
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("secret (not shown): ").encode("utf-8", "surrogateescape")
+    else:
+        secret = without_line_end(sys.stdin.buffer.read())
+    if not secret:
+        print("sidecar fingerprint: no secret on stdin (pipe it in, or use --env VAR)", file=sys.stderr)
+        return 2
+    note = whitespace_note(secret)
+    if note:
+        print(note, file=sys.stderr)
+    print(describe(secret))
+    return 0
 
 
 def read_config(
