@@ -232,7 +232,7 @@ async def test_route_cap_refuses_with_503_before_the_upgrade(backend: Backend, s
         assert len(backend.seen) == 2  # the refused one never reached the backend
         await echoes(one)
         await echoes(two)
-    await until(lambda: runtime(sidecar).counts.total == 0)
+    await until(lambda: len(runtime(sidecar).sessions) == 0)
     async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as three:  # places are given back
         await echoes(three)
 
@@ -257,7 +257,7 @@ async def test_sessions_still_in_their_upstream_handshake_count(backend: Backend
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-    await until(lambda: runtime(sidecar).counts.total == 0)  # the abandoned handshake gave its place back
+    await until(lambda: len(runtime(sidecar).sessions) == 0)  # the abandoned handshake gave its place back
 
 
 # --- 4. a second session with the same agent id ---------------------------------------------
@@ -290,7 +290,7 @@ async def test_a_session_replaced_while_it_waits_is_refused_never_opened(
     await first.send("mute")
     await until(lambda: backend.seen)
     middle = asyncio.ensure_future(refused(sidecar, GOOD, open_timeout=20))
-    await until(lambda: runtime(sidecar).counts.total == 2)  # the middle one admitted, waiting
+    await until(lambda: len(runtime(sidecar).sessions) == 2)  # the middle one admitted, waiting
     async with connect(sidecar.url("/edge/ws?n=3"), additional_headers=GOOD, open_timeout=20) as last:
         status, headers, body = await middle
         assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
@@ -308,7 +308,7 @@ async def test_reject_refuses_the_second_session_with_409(backend: Backend, star
         assert rejections(sidecar, "duplicate_agent") == 1
         await echoes(first)
         assert len(backend.seen) == 1
-    await until(lambda: not runtime(sidecar).agents)
+    await until(lambda: not runtime(sidecar).sessions.agents)
     async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as again:  # the id is free again
         await echoes(again)
 
@@ -323,7 +323,7 @@ async def test_reject_counts_a_session_still_in_its_handshake(backend: Backend, 
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-    await until(lambda: not runtime(sidecar).agents)
+    await until(lambda: not runtime(sidecar).sessions.agents)
 
 
 async def test_allow_lets_both_sessions_run(backend: Backend, start_sidecar: StartSidecar) -> None:
