@@ -1,3 +1,8 @@
+"""Fixtures and config helpers shared by the tests: the backend, a started sidecar, a config
+for it (``config_for``, ``edge_yaml``), the test credentials (``SECRET``, ``GOOD``) and free
+ports. What goes over the sockets (raw requests, frames, waiting, refusals, scrapes, log
+lines) is in ``tests/wire.py``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +23,8 @@ from .upstream import Backend
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef"
 OLD_SECRET = "old-secret-fedcba9876543210"
+AGENT = "edge_13238407486"  # an agent id as real agents send it
+GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}  # what a configured agent sends
 
 # Property-based tests (tests/test_fuzz_*.py). "fast", the default, keeps the whole fuzz suite to a
 # few seconds: a fixed seed (the same examples every run, so CI cannot turn red by luck) and no
@@ -39,6 +46,18 @@ def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config
     config, problems = load_config(text, env=environment)
     assert config is not None, problems
     return config
+
+
+def edge_yaml(*, listen: str = "", upstream: str = "", auth: str = "", route: str = "") -> str:
+    """A one-route config (/edge/ws to the backend, behind the edge secret), plus the extras
+    given: each is spliced into its flow mapping, e.g. ``route=", max_message_size: 1KiB"``."""
+    return (
+        f"listen: {{{listen}}}\n"
+        f'upstreams: {{backend: {{url: "${{UPSTREAM_URL}}"{upstream}}}}}\n'
+        f'auth: {{edge: {{bearer: ["${{EDGE_SECRET}}"]{auth}}}}}\n'
+        "routes:\n"
+        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
+    )
 
 
 @pytest.fixture

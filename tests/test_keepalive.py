@@ -9,9 +9,9 @@ import logging
 import aiohttp
 import pytest
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
-from .test_websocket import AGENT, GOOD, _until, closed_by_peer, edge_yaml, flooded_non_reader, ws_connect
+from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
+from .wire import closed_by_peer, flooded_non_reader, until, ws_connect
 
 KEEPALIVE = edge_yaml(listen="keepalive_interval: 200ms")
 PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsgType.TEXT
@@ -48,7 +48,7 @@ async def test_an_idle_session_outlives_many_intervals(sidecar: Sidecar, backend
     async with ws_connect(sidecar, ping_interval=None) as ws:  # websockets answers pings itself
         await ws.send("hello")
         assert await ws.recv() == "hello"
-        await _until(lambda: len(backend.pings) >= 5)  # a second of silence from both ends
+        await until(lambda: len(backend.pings) >= 5)  # a second of silence from both ends
         await ws.send("still here")
         assert await ws.recv() == "still here"
         assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 1
@@ -113,13 +113,13 @@ async def test_the_clients_own_ping_still_comes_back_with_its_payload(sidecar: S
                 await ws.pong(msg.data)  # the sidecar's keep-alive, answered
             assert (msg.type, msg.data) == (PONG, mine)
             before = keepalives()
-            await _until(lambda: keepalives() > before)  # noqa: B023 - a keep-alive tick in between
+            await until(lambda: keepalives() > before)  # noqa: B023 - a keep-alive tick in between
     assert [p for p in backend.pings if p.startswith(b"mine")] == [b"mine 0", b"mine 1", b"mine 2"]
 
 
 async def test_the_backends_ping_still_reaches_the_agent_and_its_pong_comes_back(sidecar: Sidecar) -> None:
     async with ws_connect(sidecar) as ws:
-        await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 1)
+        await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 1)
         await ws.send("ping liveness")
         assert await asyncio.wait_for(ws.recv(), 10) == "pong liveness"
 
@@ -129,15 +129,15 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
     writer = await idle_raw_client(sidecar)
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
     assert sidecar.running.runtime.sessions == set()
-    await _until(lambda: not leftover_relay_tasks())
-    await _until(lambda: backend.ws_open == 0)  # the upstream connection is gone too
+    await until(lambda: not leftover_relay_tasks())
+    await until(lambda: backend.ws_open == 0)  # the upstream connection is gone too
     writer.transport.abort()
 
 
@@ -149,10 +149,10 @@ async def test_an_upstream_that_stops_answering_is_cut_off_and_the_client_gets_1
         await ws.send("mute")
         assert await closed_by_peer(ws) == (1011, "upstream went away")
     assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="upstream", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
-    await _until(lambda: not leftover_relay_tasks())
+    await until(lambda: not leftover_relay_tasks())
 
 
 async def test_a_peer_held_up_by_backpressure_is_left_to_the_stall_check(
@@ -165,10 +165,10 @@ async def test_a_peer_held_up_by_backpressure_is_left_to_the_stall_check(
     config = edge_yaml(listen="keepalive_interval: 100ms, stall_timeout: 1s")
     sidecar = await start_sidecar(config_for(backend.url, config))
     ws = await flooded_non_reader(sidecar, backend)
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     assert records(caplog, "ws.peer_dead") == []
     assert [r["peer"] for r in records(caplog, "ws.stalled")] == ["client"]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="stalled") == 1
     ws.transport.abort()

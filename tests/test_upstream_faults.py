@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import ROOT, Sidecar, StartSidecar, config_for, free_port
-from .test_websocket import GOOD, _until, closed_by_peer, edge_yaml, rejected, ws_connect
+from .conftest import GOOD, ROOT, Sidecar, StartSidecar, config_for, edge_yaml, free_port
 from .upstream import Backend
+from .wire import closed_by_peer, rejected, until, ws_connect
 
 
 def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -124,7 +124,7 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
     port = free_port()  # nothing listens on it yet
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", RETRY))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
-    await _until(lambda: records(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
+    await until(lambda: records(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
     if connecting.done():  # refused for good, with no retry
         pytest.fail(f"no retry: {connecting.exception()!r}")
     backend = await Backend(port=port).start()
