@@ -19,6 +19,7 @@ from sidecar.runtime import RUNTIME, Runtime
 
 from .conftest import SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
+from .wire import until
 
 AGENT = "edge_1"
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
@@ -58,13 +59,6 @@ async def refused(sidecar: Sidecar, headers: dict[str, str], **kw: Any) -> tuple
 async def echoes(ws: ClientConnection) -> None:
     await ws.send("ping?")
     assert await asyncio.wait_for(ws.recv(), 10) == "ping?"
-
-
-async def until(condition: Any) -> None:
-    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
 
 
 def rejections(sidecar: Sidecar, reason: str, kind: str = "ws", route: str = "edge") -> float:

@@ -8,7 +8,6 @@ import base64
 import os
 import tracemalloc
 import zlib
-from collections.abc import Callable
 
 import pytest
 from websockets.asyncio.client import connect
@@ -16,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .conftest import SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
+from .wire import until
 
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 LIMIT = 64 * 1024
@@ -109,7 +109,7 @@ async def test_a_compression_bomb_is_refused_with_1009_and_never_inflated_whole(
         writer.close()
     assert int.from_bytes(payload[:2], "big") == 1009
     assert peak < 8 * 1024 * 1024  # bounded by the limit, far below the 32 MiB it would inflate to
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1009") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1009") == 1)
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
 
 
@@ -122,10 +122,3 @@ async def test_a_compressed_message_under_the_limit_passes(backend: Backend, sta
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1009
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)

@@ -13,6 +13,7 @@ import pytest
 
 from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
+from .wire import until
 
 AGENT = "edge_13238407486"
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
@@ -277,14 +278,10 @@ async def test_a_request_the_client_abandons_is_abandoned_upstream_too(sidecar: 
     _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    async with asyncio.timeout(10):
-        while not backend.seen:  # noqa: ASYNC110 - the backend is another component
-            await asyncio.sleep(0.01)
-        writer.transport.abort()
-        while backend.hangs_abandoned == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # not held until read_timeout (60 s)
-        while sidecar.sample("sidecar_http_requests_total", route="default", status_class="4xx") == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await until(lambda: backend.seen)
+    writer.transport.abort()
+    await until(lambda: backend.hangs_abandoned != 0)  # not held until read_timeout (60 s)
+    await until(lambda: sidecar.sample("sidecar_http_requests_total", route="default", status_class="4xx") != 0)
     # counted as the client's doing (499), not as a sidecar or backend failure
     assert sidecar.sample("sidecar_http_requests_total", route="default", status_class="5xx") == 0
 

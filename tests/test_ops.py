@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +25,7 @@ from sidecar.server import bind
 
 from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
+from .wire import until
 
 AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 
@@ -262,13 +263,6 @@ async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: 
         assert await asyncio.wait_for(reader.read(), 4) == b""  # cut short: no response, the connection closed
         writer.close()
     await until(lambda: process_backend.hangs_abandoned == 1)  # and the backend's request cancelled
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Wait (at most 10 s) for something another task or process does."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives elsewhere
-            await asyncio.sleep(0.01)
 
 
 # --- live reload -------------------------------------------------------------------

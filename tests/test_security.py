@@ -19,7 +19,7 @@ import pickle
 import posixpath
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -33,6 +33,7 @@ from sidecar.logs import JsonFormatter, TextFormatter
 
 from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
+from .wire import until
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
 
@@ -167,13 +168,6 @@ async def open_raw_websocket(
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 101 "), head
     return reader, writer
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Wait (at most 10 s) for something another component does: a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
 
 
 async def echo_works(sidecar: Sidecar) -> None:
@@ -939,10 +933,12 @@ async def test_the_public_health_checks_carry_no_metrics_addresses_or_secret(
     answers = [await exchange(sidecar.port, plain("GET", path)) for path in ("/healthz", "/readyz")]
     assert [statuses(answer) for answer in answers] == [[200], [200]]
     await backend.stop()  # not ready now (once the cached probe expires): the 503 says why
-    async with asyncio.timeout(10):
-        while statuses(answers[-1]) != [503]:
-            await asyncio.sleep(0.1)
-            answers.append(await exchange(sidecar.port, plain("GET", "/readyz")))
+
+    async def not_ready() -> bool:
+        answers.append(await exchange(sidecar.port, plain("GET", "/readyz")))
+        return statuses(answers[-1]) == [503]
+
+    await until(not_ready)
     assert b"upstream_unavailable" in answers[-1]
     for answer in answers:
         for leak in (b"sidecar_", str(backend.port).encode(), SECRET.encode()):
