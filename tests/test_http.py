@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import until
+from .wire import exchange, plain, until
 
 AGENT = "edge_13238407486"
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
@@ -21,16 +21,6 @@ GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 def http(sidecar: Sidecar, path: str) -> str:
     return sidecar.url(path, "http")
-
-
-async def raw(port: int, request: bytes) -> bytes:
-    """Send bytes exactly as written; return everything the server sends back."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return data
 
 
 async def test_edge_message_is_proxied_with_identity_and_forwarding_headers(sidecar: Sidecar, backend: Backend) -> None:
@@ -96,7 +86,7 @@ async def test_hop_by_hop_headers_are_removed_but_identity_survives(sidecar: Sid
         b"TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
         b"\r\nhi"
     )
-    response = await raw(sidecar.port, request)
+    response = await exchange(sidecar.port, request)
     assert response.startswith(b"HTTP/1.1 200")
     seen = backend.seen[0].headers
     for name in ("x-private", "keep-alive", "te", "proxy-authorization", "upgrade", "http2-settings"):
@@ -196,9 +186,7 @@ async def test_upstream_not_answering_is_504(backend: Backend, start_sidecar: St
     ],
 )
 async def test_path_tricks_never_reach_the_backend(sidecar: Sidecar, backend: Backend, path: str) -> None:
-    response = await raw(
-        sidecar.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-    )
+    response = await exchange(sidecar.port, plain("POST", path))
     assert response.startswith(b"HTTP/1.1 400")
     assert b"X-Sidecar-Reason: bad_path" in response
     assert backend.seen == []
@@ -218,16 +206,16 @@ async def test_near_misses_of_an_authenticated_path_do_not_fall_through(
 
 @pytest.mark.parametrize("target", ["*", "/x%0Ay", "http://evil/edge/message"])
 async def test_every_request_target_gets_the_sidecars_answer(sidecar: Sidecar, backend: Backend, target: str) -> None:
-    response = await raw(sidecar.port, f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    response = await exchange(
+        sidecar.port, f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     assert response.startswith(b"HTTP/1.1 400")
     assert b"X-Sidecar-Reason: bad_path" in response
     assert backend.seen == []
 
 
 async def test_encoded_unreserved_characters_still_need_the_auth(sidecar: Sidecar, backend: Backend) -> None:
-    response = await raw(
-        sidecar.port, b"POST /%65dge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
+    response = await exchange(sidecar.port, plain("POST", "/%65dge/message"))
     assert response.startswith(b"HTTP/1.1 401")
     assert b"X-Sidecar-Reason: missing_token" in response
     assert backend.seen == []
@@ -333,7 +321,7 @@ async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
         b"GET /edge/message HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Authorization: Bearer " + SECRET.encode() + b"\r\nX-Edge-Agent-Id: " + agent_id + b"\r\n\r\n"
     )
-    response = await raw(sidecar.port, request)
+    response = await exchange(sidecar.port, request)
     assert response.startswith(b"HTTP/1.1 400 ")
     assert b"X-Sidecar-Reason: invalid_agent_id" in response
     assert backend.seen == []

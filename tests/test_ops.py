@@ -25,7 +25,7 @@ from sidecar.server import bind
 
 from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import until
+from .wire import exchange, until
 
 AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 
@@ -96,22 +96,15 @@ async def test_a_health_checker_hanging_up_does_not_fail_the_others(
     monkeypatch.setattr(health, "_connect", slow)
     sidecar = await start_sidecar(config_for(backend.url))
 
-    async def readyz(hang_up_after: float | None = None) -> bytes:
-        # Raw sockets: aiohttp's client would quietly retry a GET whose connection dropped.
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        if hang_up_after is not None:
-            await asyncio.sleep(hang_up_after)
-            writer.close()
-            return b""
-        response = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        return response
-
-    patient = asyncio.ensure_future(readyz())
-    await readyz(hang_up_after=0.1)  # hangs up while the probe they share runs
+    # Raw sockets: aiohttp's client would quietly retry a GET whose connection dropped.
+    readyz = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    patient = asyncio.ensure_future(exchange(sidecar.port, readyz))
+    _, impatient = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    impatient.write(readyz)
+    await asyncio.sleep(0.1)
+    impatient.close()  # hangs up while the probe they share runs
     assert (await patient).startswith(b"HTTP/1.1 200 ")
-    assert (await readyz()).startswith(b"HTTP/1.1 200 ")
+    assert (await exchange(sidecar.port, readyz)).startswith(b"HTTP/1.1 200 ")
 
 
 async def test_health_paths_are_configurable(backend: Backend, start_sidecar: StartSidecar) -> None:

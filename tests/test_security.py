@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import hmac
 import logging
 import os
@@ -33,7 +32,7 @@ from sidecar.logs import JsonFormatter, TextFormatter
 
 from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
-from .wire import until
+from .wire import exchange, handshake, head_lines, parse_response, plain, reason_of, statuses, until
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
 
@@ -53,78 +52,6 @@ GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 
 # --- raw-socket helpers ------------------------------------------------------------------
-
-
-async def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data`` in one write; everything the sidecar sends until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 10)  # an upper bound, not a speed claim
-    finally:
-        writer.close()
-
-
-def head_lines(headers: dict[str, str]) -> bytes:
-    return b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
-
-
-def handshake(path: str, headers: dict[str, str] | None = None, extra: bytes = b"") -> bytes:
-    """A valid RFC 6455 opening handshake for ``path``, plus ``headers`` and raw ``extra`` lines."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    base = {"Host": "x", "Upgrade": "websocket", "Connection": "Upgrade"}
-    base |= {"Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
-    return f"GET {path} HTTP/1.1\r\n".encode() + head_lines(base | (headers or {})) + extra + b"\r\n"
-
-
-def plain(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
-    base = {"Host": "x", "Content-Length": str(len(body)), "Connection": "close"}
-    return f"{method} {path} HTTP/1.1\r\n".encode() + head_lines(base | (headers or {})) + b"\r\n" + body
-
-
-def statuses(response: bytes) -> list[int]:
-    """The status of every response in ``response``, in order: a pipelined request that
-    was answered shows up here, after the first response's body."""
-    found: list[int] = []
-    while response:
-        head, blank, rest = response.partition(b"\r\n\r\n")
-        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
-        if not blank or status is None:
-            break
-        found.append(int(status[1]))
-        if found[-1] == 101:
-            break  # what follows is frames
-        response = rest[_body_length(found[-1], head, rest) :]
-    return found
-
-
-def _body_length(status: int, head: bytes, rest: bytes) -> int:
-    """How many bytes of ``rest`` the body of the response with ``head`` takes."""
-    fields = head.lower()
-    if status // 100 == 1:
-        return 0
-    length = re.search(rb"\r\ncontent-length: *(\d+)", fields)
-    if length is not None:
-        return int(length[1])
-    if re.search(rb"\r\ntransfer-encoding: *chunked", fields):
-        at = 0
-        while True:
-            line, _, _ = rest[at:].partition(b"\r\n")
-            size = int(line.split(b";")[0] or b"0", 16)
-            at += len(line) + 2 + size + 2
-            if size == 0 or at >= len(rest):
-                return at
-    return len(rest)  # until the connection closed
-
-
-def header(response: bytes, name: str) -> str | None:
-    head = response.partition(b"\r\n\r\n")[0].decode("latin-1")
-    for line in head.split("\r\n")[1:]:
-        key, _, value = line.partition(":")
-        if key.lower() == name.lower():
-            return value.strip()
-    return None
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, declared: int | None = None) -> bytes:
@@ -293,7 +220,7 @@ async def test_path_tricks_never_reach_the_backend_without_the_token(
     response = await exchange(sidecar.port, trick_request(kind, target))
     status, reason = EXACT[kind] if outcome == "exact" else OUTCOME[outcome]
     assert statuses(response) == [status], response[:200]
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert lenient.seen == []
 
 
@@ -310,11 +237,11 @@ async def test_a_slash_merging_backend_never_gets_edge_message_through_the_catch
     for headers in ({"X-Edge-Agent-Id": AGENT}, GOOD):
         for path in ("//edge/message", "/edge//message", "///edge/message", "//edge//message/"):
             response = await exchange(sidecar.port, plain("POST", path, headers, b"{}"))
-            assert (statuses(response), header(response, "X-Sidecar-Reason")) == ([400], "bad_path")
+            assert (statuses(response), reason_of(response)) == ([400], "bad_path")
     assert lenient.seen == []
     # The canonical path still needs, and with the token gets, the real route.
     missing = await exchange(sidecar.port, plain("POST", "/edge/message", {"X-Edge-Agent-Id": AGENT}, b"{}"))
-    assert header(missing, "X-Sidecar-Reason") == "missing_token"
+    assert reason_of(missing) == "missing_token"
     assert lenient.seen == []
     served = await exchange(sidecar.port, plain("POST", "/edge/message", GOOD, b"{}"))
     assert statuses(served) == [200] and served.endswith(b"edge endpoint served")
@@ -352,7 +279,7 @@ async def test_a_refused_handshake_with_pipelined_requests_is_not_a_tunnel(
     sidecar = await start_sidecar(config_for(backend.url, FORBIDDEN_UPSTREAM))
     response = await exchange(sidecar.port, handshake("/edge/ws", headers) + SMUGGLED)
     assert statuses(response) == [status]  # one answer, then the connection is closed
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert [seen.path for seen in backend.seen] == upstream_saw
 
 
@@ -399,8 +326,8 @@ async def test_an_upstream_101_without_a_valid_accept_is_not_a_tunnel(
         response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + frame(0x1, b"hi") + SMUGGLED)
         await until(lambda: len(received) == 2)
     assert statuses(response) == [502]
-    assert header(response, "X-Sidecar-Reason") == "upstream_rejected"
-    assert header(response, "X-Sidecar-Upstream-Status") == "101"
+    assert reason_of(response) == "upstream_rejected"
+    assert parse_response(response).headers.get("X-Sidecar-Upstream-Status") == "101"
     assert b"tunnelled bytes" not in response
     assert received[0].startswith(b"GET /edge/ws HTTP/1.1\r\n")
     assert received[1] == b""  # not one byte of the client's
@@ -417,7 +344,7 @@ async def test_an_upgrade_on_a_plain_http_route_never_upgrades(
 ) -> None:
     response = await exchange(sidecar.port, handshake(path, GOOD | upgrade))
     assert statuses(response) == [404]
-    assert header(response, "X-Sidecar-Reason") == "no_route"
+    assert reason_of(response) == "no_route"
     assert backend.seen == []
 
 
@@ -460,8 +387,8 @@ async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(star
         for path in ("/first", "/second"):
             response = await exchange(sidecar.port, plain("GET", path))
             assert statuses(response) == [502]
-            assert header(response, "X-Sidecar-Reason") == "upstream_rejected"
-            assert header(response, "X-Sidecar-Upstream-Status") == "101"
+            assert reason_of(response) == "upstream_rejected"
+            assert parse_response(response).headers.get("X-Sidecar-Upstream-Status") == "101"
         await until(lambda: len(connections) == 2 and all(len(c) == 2 for c in connections))
     assert [c[0].split(b" ")[1] for c in connections] == [b"/first", b"/second"]  # one connection each
     assert [c[1] for c in connections] == [b"", b""]  # nothing written after the 101
@@ -470,7 +397,7 @@ async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(star
 async def test_an_http2_preface_is_refused(sidecar: Sidecar, backend: Backend) -> None:
     response = await exchange(sidecar.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -478,7 +405,7 @@ async def test_http_0_9_is_refused_not_proxied(sidecar: Sidecar, backend: Backen
     # No headers (no Host, no token) and no status line: nothing to check, nothing to say.
     response = await exchange(sidecar.port, b"GET /anything\r\n\r\n")
     assert response.startswith(b"HTTP/0.9 400 ")  # aiohttp echoes the request's version
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -516,7 +443,7 @@ async def test_ambiguous_request_framing_is_refused(
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + head_lines(GOOD)
     response = await exchange(sidecar.port, head + attack)
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -656,7 +583,7 @@ async def test_agent_id_injection_in_the_query_is_refused(
 ) -> None:
     response = await exchange(sidecar.port, agent_request(route, query=agent_id))
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "invalid_agent_id"
+    assert reason_of(response) == "invalid_agent_id"
     assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -671,7 +598,7 @@ async def test_agent_id_injection_in_the_header_is_refused(
     # without the token, it must not get the request in (401, nothing upstream).
     response = await exchange(sidecar.port, agent_request(route, raw_id=raw_id, token=reason != "missing_token"))
     assert statuses(response) == [401 if reason == "missing_token" else 400]
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -687,7 +614,7 @@ async def test_control_characters_fail_even_a_permissive_pattern(
     sidecar = await start_sidecar(config_for(backend.url, PERMISSIVE))
     for route in ("http", "websocket"):
         response = await exchange(sidecar.port, agent_request(route, query=agent_id))
-        assert (statuses(response), header(response, "X-Sidecar-Reason")) == ([400], "invalid_agent_id")
+        assert (statuses(response), reason_of(response)) == ([400], "invalid_agent_id")
         assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -840,7 +767,7 @@ async def test_tokens_are_compared_in_constant_time_against_every_secret(
     # The decision is compare_digest's own: make it say no, and the right token is refused.
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: False)
     response = await exchange(sidecar.port, plain("POST", "/edge/message", GOOD))
-    assert header(response, "X-Sidecar-Reason") == "invalid_token"
+    assert reason_of(response) == "invalid_token"
 
 
 async def test_the_secret_is_never_in_logs_metrics_or_bodies(
@@ -917,7 +844,7 @@ async def test_the_public_port_never_serves_the_sidecars_metrics(
     sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
     response = await exchange(sidecar.port, plain("GET", path))
     assert b"sidecar_" not in response
-    if header(response, "X-Sidecar-Reason") is None:
+    if reason_of(response) is None:
         assert statuses(response) == [200]  # the backend's answer, through the catch-all
         assert [seen.raw_path for seen in backend.seen] == [path.replace("%6d", "m")]  # m is unreserved
     else:

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-from .wire import closed_by_peer, flooded_non_reader, rejected, until, ws_connect
+from .wire import closed_by_peer, exchange, flooded_non_reader, parse_response, rejected, until, ws_connect
 
 # --- aliases, headers, the handshake --------------------------------------------------
 
@@ -333,11 +333,8 @@ async def test_handshake_headers_not_arriving_in_time_are_cut_off(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, DEADLINE))
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
-    writer.close()
+    # the head is never finished (no blank line): the sidecar closes the connection
+    assert await exchange(sidecar.port, b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n") == b""
 
 
 @pytest.mark.parametrize(
@@ -350,12 +347,8 @@ async def test_handshake_headers_not_arriving_in_time_are_cut_off(
     ids=["long-line", "many-fields", "large-total"],
 )
 async def test_oversized_headers_are_refused_with_431(sidecar: Sidecar, backend: Backend, head: bytes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    assert response.split(b"\r\n")[0].split()[1] == b"431"
+    response = await exchange(sidecar.port, b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+    assert parse_response(response).status == 431
     assert b"X-Sidecar-Reason: headers_too_large" in response
     assert backend.seen == []
 
@@ -364,13 +357,10 @@ async def test_unparseable_request_gets_a_reason_and_never_echoes_the_token(
     sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     # a bare LF ends the Authorization line: aiohttp's own answer would quote it
-    writer.write(f"GET /edge/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\nX: y\r\n\r\n".encode())
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    assert response.split(b"\r\n")[0].split()[1] == b"400"
+    request = f"GET /edge/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\nX: y\r\n\r\n"
+    response = await exchange(sidecar.port, request.encode())
+    assert parse_response(response).status == 400
     assert b"X-Sidecar-Reason: bad_request" in response
     assert SECRET.encode() not in response
     assert all(SECRET not in r.getMessage() and not r.exc_info for r in caplog.records)

@@ -1,5 +1,9 @@
-"""The tests' toolbox for what goes over the sockets: waiting for another component, WebSocket
-sessions and refusals through python `websockets`.
+"""The tests' toolbox for what goes over the sockets: waiting for another component, raw
+HTTP exchanges (requests written byte for byte, answers parsed by hand), WebSocket sessions
+and refusals through python `websockets`.
+
+Raw sockets are for what a client library would not send or would hide: bad paths and
+headers, smuggling, exact bytes. A library client is for everything else.
 
 Every test module takes these from here (and fixtures and configs from ``conftest``); no
 test module imports from another. Timeouts here are upper bounds for a slow, shared
@@ -9,12 +13,16 @@ machine, never speed claims: speed is measured in the benchmarks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import json
+import os
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from multidict import CIMultiDict
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -36,6 +44,111 @@ async def until(condition: Callable[[], object], timeout: float = 10) -> None:  
             if holds:
                 return
             await asyncio.sleep(0.01)
+
+
+# --- raw HTTP ------------------------------------------------------------------------------
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` in one write to 127.0.0.1:``port``; everything the server sends back
+    until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def head_lines(headers: Mapping[str, str]) -> bytes:
+    """``headers`` as header lines, each ending in CRLF."""
+    return b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+
+
+def plain(method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b"") -> bytes:
+    """An HTTP/1.1 request that asks for the connection to be closed after the answer;
+    ``headers`` add to or replace Host, Content-Length and Connection."""
+    base = {"Host": "x", "Content-Length": str(len(body)), "Connection": "close"}
+    return f"{method} {path} HTTP/1.1\r\n".encode() + head_lines(base | dict(headers or {})) + b"\r\n" + body
+
+
+def handshake(path: str, headers: Mapping[str, str] | None = None, extra: bytes = b"") -> bytes:
+    """A valid RFC 6455 opening handshake (section 4.1) for ``path``, a fresh key; ``headers``
+    add to or replace its fields, ``extra`` is raw header lines (repeats, bad bytes)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    base = {"Host": "x", "Upgrade": "websocket", "Connection": "Upgrade"}
+    base |= {"Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+    return f"GET {path} HTTP/1.1\r\n".encode() + head_lines(base | dict(headers or {})) + extra + b"\r\n"
+
+
+class Response(NamedTuple):
+    """An HTTP response as read off a raw socket."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+def parse_response(data: bytes) -> Response:
+    """The first response in ``data``; ``ValueError`` if ``data`` does not start with one."""
+    return _split(data)[1]
+
+
+def statuses(data: bytes) -> list[int]:
+    """The status of every HTTP/1.x response in ``data``, in order: a pipelined request that
+    was answered shows up here, after the first response's body. Frames after a 101 are not read."""
+    found: list[int] = []
+    while data:
+        try:
+            version, response, data = _split(data)
+        except ValueError:
+            break
+        if version not in ("1.0", "1.1"):
+            break
+        found.append(response.status)
+        if response.status == 101:
+            break  # what follows is frames
+    return found
+
+
+def reason_of(data: bytes) -> str | None:
+    """The ``X-Sidecar-Reason`` of the first response in ``data``: why the sidecar refused."""
+    return parse_response(data).headers.get("X-Sidecar-Reason")
+
+
+def _split(data: bytes) -> tuple[str, Response, bytes]:
+    """(HTTP version, the first response, what follows it)."""
+    head, blank, rest = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    matched = re.match(r"HTTP/(\d\.\d) (\d{3}) ", status_line)
+    if not blank or matched is None:
+        raise ValueError(f"not an HTTP response: {data[:200]!r}")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.add(name, value.strip())
+    status = int(matched[2])
+    length = _body_length(status, headers, rest)
+    return matched[1], Response(status, headers, rest[:length]), rest[length:]
+
+
+def _body_length(status: int, headers: CIMultiDict[str], rest: bytes) -> int:
+    """How many bytes of ``rest`` the body of a response with these headers takes."""
+    if status // 100 == 1:
+        return 0
+    length = re.match(r"\d+", headers.get("Content-Length", ""))
+    if length is not None:
+        return int(length[0])
+    if headers.get("Transfer-Encoding", "").lower().startswith("chunked"):
+        at = 0
+        while True:
+            line, _, _ = rest[at:].partition(b"\r\n")
+            size = int(line.split(b";")[0] or b"0", 16)
+            at += len(line) + 2 + size + 2
+            if size == 0 or at >= len(rest):
+                return at
+    return len(rest)  # until the connection closed
 
 
 # --- WebSocket sessions (python `websockets`, a strict RFC 6455 client) ---------------------
