@@ -4,8 +4,6 @@ applies to the decompressed message. Real backend, real sidecar; python `websock
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import tracemalloc
 import zlib
 
@@ -15,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .conftest import SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
-from .wire import until
+from .wire import handshake, masked_frame, open_raw_websocket, read_frame, until
 
 GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 LIMIT = 64 * 1024
@@ -62,15 +60,6 @@ async def test_a_route_with_compression_negotiates_it_on_both_legs(
     assert backend.seen[0].headers["sec-websocket-extensions"][0].startswith("permessage-deflate")
 
 
-def _masked_frame(payload: bytes) -> bytes:
-    """FIN + RSV1 (compressed, RFC 7692 section 6) + binary, masked as a client must."""
-    head = bytes([0xC2])
-    n = len(payload)
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 def _deflated(data: bytes) -> bytes:
     squeeze = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, -15)
     out = squeeze.compress(data) + squeeze.flush(zlib.Z_SYNC_FLUSH)
@@ -84,30 +73,20 @@ async def test_a_compression_bomb_is_refused_with_1009_and_never_inflated_whole(
     sidecar = await start(start_sidecar, backend, f", compression: true, max_message_size: {LIMIT}")
     bomb = _deflated(bytes(32 * 1024 * 1024))  # 32 MiB of zeros in about 32 KiB
     assert len(bomb) < LIMIT  # small on the wire: only the decompressed size is over
-    frame = _masked_frame(bomb)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            "GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-            f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: edge_1\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head.lower()
+    frame = masked_frame(0x2, bomb, rsv1=True)  # RSV1: compressed, RFC 7692 section 6
+    offer = handshake("/edge/ws", GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    reader, writer, head = await open_raw_websocket(sidecar.port, offer)
+    assert b"permessage-deflate" in head.lower()
     tracemalloc.start()
     try:
         writer.write(frame)
-        close = await asyncio.wait_for(reader.readexactly(2), 10)
-        assert close[0] == 0x88  # a close frame, unmasked from the server
-        payload = await asyncio.wait_for(reader.readexactly(close[1] & 0x7F), 10)
+        close = await asyncio.wait_for(read_frame(reader), 10)
+        assert close.first == 0x88  # a close frame (FIN, no RSV bits), unmasked from the server
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         writer.close()
-    assert int.from_bytes(payload[:2], "big") == 1009
+    assert int.from_bytes(close.payload[:2], "big") == 1009
     assert peak < 8 * 1024 * 1024  # bounded by the limit, far below the 32 MiB it would inflate to
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1009") == 1)
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0

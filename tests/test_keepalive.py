@@ -9,9 +9,9 @@ import logging
 import aiohttp
 import pytest
 
-from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
+from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-from .wire import closed_by_peer, flooded_non_reader, until, ws_connect
+from .wire import closed_by_peer, flooded_non_reader, open_raw_websocket, until, ws_connect
 
 KEEPALIVE = edge_yaml(listen="keepalive_interval: 200ms")
 PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsgType.TEXT
@@ -24,19 +24,6 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
 
 def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
     return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
-
-
-async def idle_raw_client(sidecar: Sidecar) -> asyncio.StreamWriter:
-    """A WebSocket client that completes the handshake, then never reads another byte."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(
-        b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        + f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: {AGENT}\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101")
-    return writer
 
 
 def leftover_relay_tasks() -> list[asyncio.Task[object]]:
@@ -128,7 +115,7 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
     sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
-    writer = await idle_raw_client(sidecar)
+    _, writer, _ = await open_raw_websocket(sidecar.port)  # and never reads another byte
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]

@@ -13,11 +13,9 @@ import ast
 import asyncio
 import hmac
 import logging
-import os
 import pickle
 import posixpath
 import re
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,19 @@ from sidecar.logs import JsonFormatter, TextFormatter
 
 from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
-from .wire import exchange, handshake, head_lines, parse_response, plain, reason_of, statuses, until
+from .wire import (
+    close_code,
+    exchange,
+    handshake,
+    head_lines,
+    masked_frame,
+    open_raw_websocket,
+    parse_response,
+    plain,
+    reason_of,
+    statuses,
+    until,
+)
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
 
@@ -52,49 +62,6 @@ GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 
 # --- raw-socket helpers ------------------------------------------------------------------
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, declared: int | None = None) -> bytes:
-    """A masked client frame (RFC 6455 section 5.2); ``declared`` overrides the length field."""
-    length = len(payload) if declared is None else declared
-    first = bytes([(0x80 if fin else 0) | opcode])
-    if length < 126:
-        size = bytes([0x80 | length])
-    elif length < 1 << 16:
-        size = bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        size = bytes([0x80 | 127]) + struct.pack("!Q", length)
-    mask = os.urandom(4)
-    return first + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One unmasked server frame: (opcode, payload)."""
-    first, second = await reader.readexactly(2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", await reader.readexactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    return first & 0x0F, await reader.readexactly(length)
-
-
-async def close_code(reader: asyncio.StreamReader) -> int:
-    """Skip data frames until the close frame; its code."""
-    while True:
-        opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
-        if opcode == 0x8:
-            return int(struct.unpack("!H", payload[:2])[0])
-
-
-async def open_raw_websocket(
-    port: int, headers: dict[str, str] | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(handshake("/edge/ws", GOOD if headers is None else headers))
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return reader, writer
 
 
 async def echo_works(sidecar: Sidecar) -> None:
@@ -286,10 +253,7 @@ async def test_a_refused_handshake_with_pipelined_requests_is_not_a_tunnel(
 async def test_bytes_pipelined_after_a_101_are_frames_not_requests(sidecar: Sidecar, backend: Backend) -> None:
     """After the 101 the connection speaks RFC 6455 framing only: an HTTP request written
     behind the handshake is a malformed frame (1002), never a request to the backend."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(handshake("/edge/ws", GOOD) + SMUGGLED)
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101 ")
+    reader, writer, _ = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD) + SMUGGLED)
     assert await close_code(reader) == 1002
     writer.close()
     await until(lambda: backend.closes)
@@ -323,7 +287,7 @@ async def test_an_upstream_101_without_a_valid_accept_is_not_a_tunnel(
     server = await asyncio.start_server(fake_upstream, "127.0.0.1", 0)
     async with server:
         sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
-        response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + frame(0x1, b"hi") + SMUGGLED)
+        response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + masked_frame(0x1, b"hi") + SMUGGLED)
         await until(lambda: len(received) == 2)
     assert statuses(response) == [502]
     assert reason_of(response) == "upstream_rejected"
@@ -488,7 +452,9 @@ async def test_connection_cannot_strip_or_replace_the_sidecars_headers(
 async def test_connection_cannot_strip_the_identity_from_a_websocket_handshake(
     sidecar: Sidecar, backend: Backend
 ) -> None:
-    _, writer = await open_raw_websocket(sidecar.port, GOOD | {"Connection": "Upgrade, X-Edge-Agent-Id"})
+    _, writer, _ = await open_raw_websocket(
+        sidecar.port, handshake("/edge/ws", GOOD | {"Connection": "Upgrade, X-Edge-Agent-Id"})
+    )
     writer.close()
     (seen,) = backend.seen
     assert seen.headers["x-edge-agent-id"] == [AGENT]
@@ -514,7 +480,7 @@ FORGED = {
 async def test_client_forwarding_headers_are_never_trusted(sidecar: Sidecar, backend: Backend, route: str) -> None:
     """Only a peer in listen.trusted_proxies may speak for the client (none here)."""
     if route == "edge-websocket":
-        _, writer = await open_raw_websocket(sidecar.port, GOOD | FORGED)
+        _, writer, _ = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD | FORGED))
         writer.close()
     else:
         path = "/anything" if route == "catch-all" else "/edge/message"
@@ -659,8 +625,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, QUICK))
-    _, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x1, b"flood 64 1048576"))  # 64 MiB asked for; none of it read
+    _, writer, _ = await open_raw_websocket(sidecar.port)
+    writer.write(masked_frame(0x1, b"flood 64 1048576"))  # 64 MiB asked for; none of it read
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     await echo_works(sidecar)
@@ -674,8 +640,8 @@ async def test_a_frame_declaring_a_huge_length_is_refused_before_its_payload(
     """The declared length is checked against max_message_size before any payload is
     buffered: a header claiming 2**62 bytes gets 1009 at once (RFC 6455 section 7.4.1)."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x2, b"a few bytes", declared=1 << 62))
+    reader, writer, _ = await open_raw_websocket(sidecar.port)
+    writer.write(masked_frame(0x2, b"a few bytes", declared=1 << 62))
     assert await close_code(reader) == 1009
     writer.close()
     await until(lambda: backend.closes)
@@ -690,9 +656,11 @@ async def test_endless_continuation_frames_end_with_1009_at_the_limit(
     grows: 1009 to the sender once past 1 KiB, a close to the backend, which never got
     a byte of it, and other sessions keep working."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
+    reader, writer, _ = await open_raw_websocket(sidecar.port)
     chunk = b"c" * 100
-    writer.write(frame(0x1, chunk, fin=False) + b"".join(frame(0x0, chunk, fin=False) for _ in range(1000)))
+    writer.write(
+        masked_frame(0x1, chunk, fin=False) + b"".join(masked_frame(0x0, chunk, fin=False) for _ in range(1000))
+    )
     assert await close_code(reader) == 1009
     writer.close()
     await until(lambda: backend.closes)
@@ -705,8 +673,8 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x2, b"z" * 1025))
+    reader, writer, _ = await open_raw_websocket(sidecar.port)
+    writer.write(masked_frame(0x2, b"z" * 1025))
     assert await close_code(reader) == 1009
     writer.close()
     await until(lambda: backend.closes)
@@ -716,13 +684,13 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
 
 
 BAD_FRAMES = {
-    "ping-over-125-bytes": frame(0x9, b"p" * 126),  # RFC 6455 section 5.5
-    "fragmented-ping": frame(0x9, b"p", fin=False),  # section 5.5
-    "continuation-first": frame(0x0, b"orphan"),  # section 5.4
-    "new-message-mid-fragments": frame(0x1, b"a", fin=False) + frame(0x1, b"b"),  # section 5.4
-    "reserved-opcode": frame(0x3, b"x"),  # section 5.2
-    "reserved-bits": bytes([0xC1]) + frame(0x1, b"x")[1:],  # RSV1 without an extension, section 5.2
-    "close-with-1-byte": frame(0x8, b"\x03"),  # section 5.5.1
+    "ping-over-125-bytes": masked_frame(0x9, b"p" * 126),  # RFC 6455 section 5.5
+    "fragmented-ping": masked_frame(0x9, b"p", fin=False),  # section 5.5
+    "continuation-first": masked_frame(0x0, b"orphan"),  # section 5.4
+    "new-message-mid-fragments": masked_frame(0x1, b"a", fin=False) + masked_frame(0x1, b"b"),  # section 5.4
+    "reserved-opcode": masked_frame(0x3, b"x"),  # section 5.2
+    "reserved-bits": masked_frame(0x1, b"x", rsv1=True),  # RSV1 without an extension, section 5.2
+    "close-with-1-byte": masked_frame(0x8, b"\x03"),  # section 5.5.1
 }
 
 
@@ -730,7 +698,7 @@ BAD_FRAMES = {
 async def test_protocol_violations_close_both_legs_with_1002(sidecar: Sidecar, backend: Backend, bad: bytes) -> None:
     """A frame RFC 6455 forbids fails that session (1002 to the sender, 1002 to the
     backend) and is never relayed; other sessions keep working."""
-    reader, writer = await open_raw_websocket(sidecar.port)
+    reader, writer, _ = await open_raw_websocket(sidecar.port)
     writer.write(bad)
     assert await close_code(reader) == 1002
     writer.close()

@@ -12,7 +12,18 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-from .wire import closed_by_peer, exchange, flooded_non_reader, parse_response, rejected, until, ws_connect
+from .wire import (
+    closed_by_peer,
+    exchange,
+    flooded_non_reader,
+    handshake,
+    masked_frame,
+    open_raw_websocket,
+    parse_response,
+    rejected,
+    until,
+    ws_connect,
+)
 
 # --- aliases, headers, the handshake --------------------------------------------------
 
@@ -112,7 +123,7 @@ async def test_upstream_close_code_and_reason_reach_client(sidecar: Sidecar) -> 
 
 async def test_close_without_status_is_passed_on_as_1000_never_1005(sidecar: Sidecar, backend: Backend) -> None:
     async with ws_connect(sidecar) as ws:
-        ws.transport.write(b"\x88\x80\x00\x00\x00\x00")  # a masked close frame with no payload
+        ws.transport.write(masked_frame(0x8, b""))  # a close frame with no payload
         await closed_by_peer(ws)
     await until(lambda: backend.closes)
     assert backend.closes == [(1000, "")]
@@ -398,11 +409,6 @@ async def test_metrics_count_messages_bytes_and_connections(sidecar: Sidecar) ->
     assert sidecar.sample("sidecar_ws_session_duration_seconds_count", route="edge") == 1
 
 
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame with an all-zero mask (so the payload goes as written); len < 126."""
-    return bytes([0x80 | opcode, 0x80 | len(payload), 0, 0, 0, 0]) + payload
-
-
 async def test_invalid_close_code_from_client_is_a_protocol_error_on_both_legs(
     sidecar: Sidecar, backend: Backend
 ) -> None:
@@ -489,19 +495,10 @@ async def test_close_codes_outside_rfc6455_do_not_mint_labels(sidecar: Sidecar, 
 
 
 async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    head = (
-        "GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: {AGENT}\r\n"
-        "Sec-WebSocket-Protocol: foo\r\nSec-WebSocket-Protocol: chat.v1\r\n\r\n"
-    )
-    writer.write(head.encode())
-    await writer.drain()
-    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    two_lines = b"Sec-WebSocket-Protocol: foo\r\nSec-WebSocket-Protocol: chat.v1\r\n"
+    _, writer, head = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD, extra=two_lines))
     writer.transport.abort()
-    assert response.startswith(b"HTTP/1.1 101")
-    assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in response  # what the backend chose
+    assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in head  # what the backend chose
 
 
 LATE = edge_yaml(listen="close_timeout: 1s", route=", upstream_path: /late/ws")

@@ -1,6 +1,6 @@
 """The tests' toolbox for what goes over the sockets: waiting for another component, raw
-HTTP exchanges (requests written byte for byte, answers parsed by hand), WebSocket sessions
-and refusals through python `websockets`.
+HTTP exchanges (requests written byte for byte, answers parsed by hand), raw WebSocket
+frames, WebSocket sessions and refusals through python `websockets`.
 
 Raw sockets are for what a client library would not send or would hide: bad paths and
 headers, smuggling, exact bytes. A library client is for everything else.
@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -149,6 +150,69 @@ def _body_length(status: int, headers: CIMultiDict[str], rest: bytes) -> int:
             if size == 0 or at >= len(rest):
                 return at
     return len(rest)  # until the connection closed
+
+
+# --- raw WebSocket frames (RFC 6455 section 5) ----------------------------------------------
+
+
+def masked_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False, declared: int | None = None
+) -> bytes:
+    """A client frame (section 5.2), masked with a fresh key as a client's must be (section
+    5.3). ``rsv1`` marks it compressed (RFC 7692 section 6); ``declared`` puts another
+    length in its header than the payload's."""
+    length = len(payload) if declared is None else declared
+    first = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
+    if length < 126:
+        size = bytes([0x80 | length])
+    elif length < 1 << 16:
+        size = bytes([0x80 | 126]) + struct.pack("!H", length)
+    else:
+        size = bytes([0x80 | 127]) + struct.pack("!Q", length)
+    mask = os.urandom(4)
+    return first + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Frame(NamedTuple):
+    """A server frame as read off the socket."""
+
+    first: int  # its first byte: FIN, RSV1-3 and the opcode
+    payload: bytes
+
+    @property
+    def opcode(self) -> int:
+        return self.first & 0x0F
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """One frame from the server (unmasked, as a server's must be)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return Frame(first, await reader.readexactly(length))
+
+
+async def close_code(reader: asyncio.StreamReader) -> int:
+    """Skip data frames until the close frame; its code."""
+    while True:
+        frame = await asyncio.wait_for(read_frame(reader), 10)
+        if frame.opcode == 0x8:
+            return int(struct.unpack("!H", frame.payload[:2])[0])
+
+
+async def open_raw_websocket(
+    port: int, request: bytes | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A raw socket past its 101: (reader, writer, the response head). ``request`` is what is
+    written first, by default ``handshake("/edge/ws", GOOD)``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(handshake("/edge/ws", GOOD) if request is None else request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer, head
 
 
 # --- WebSocket sessions (python `websockets`, a strict RFC 6455 client) ---------------------
