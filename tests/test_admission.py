@@ -17,12 +17,10 @@ from websockets.typing import Origin
 from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.runtime import RUNTIME, Runtime
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
+from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
 from .wire import until
 
-AGENT = "edge_1"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 BAD = {"Authorization": "Bearer wrong-guess", "X-Edge-Agent-Id": AGENT}
 
 

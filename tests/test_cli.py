@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sidecar.extensions import pure_python_parts
 
-from .conftest import ROOT, SECRET, free_port
+from .conftest import GOOD, ROOT, SECRET, free_port
 from .upstream import Backend
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
@@ -105,8 +105,7 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0()
         assert process.stderr is not None
         started = await asyncio.wait_for(process.stderr.readline(), 30)
         assert b'"event": "sidecar.started"' in started
-        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
             await ws.send("over real sockets")
             assert await ws.recv() == "over real sockets"
             process.send_signal(signal.SIGTERM)
@@ -184,8 +183,7 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert started["event"] == "sidecar.started"
         port = int(started["listen"].rpartition(":")[2])
-        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
             await ws.send("pure")
             assert await ws.recv() == "pure"
         process.send_signal(signal.SIGTERM)

@@ -11,11 +11,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
+from .conftest import GOOD, Sidecar, StartSidecar, config_for
 from .upstream import Backend
 from .wire import handshake, masked_frame, open_raw_websocket, read_frame, until
 
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 LIMIT = 64 * 1024
 
 

@@ -11,12 +11,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
+from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
 from .wire import exchange, plain, until
-
-AGENT = "edge_13238407486"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 
 def http(sidecar: Sidecar, path: str) -> str:

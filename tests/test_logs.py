@@ -14,9 +14,8 @@ from websockets.exceptions import InvalidStatus
 
 from sidecar.logs import JsonFormatter, TextFormatter, configure
 
-from .conftest import SECRET, Sidecar
+from .conftest import AGENT, GOOD, SECRET, Sidecar
 
-AGENT = "edge_13238407486"
 WRONG = "wrong-token-must-not-be-logged"
 
 
@@ -27,13 +26,12 @@ def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sidecar")
-    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
-    async with connect(sidecar.url("/ws/edge"), additional_headers=headers) as ws:
+    async with connect(sidecar.url("/ws/edge"), additional_headers=GOOD) as ws:
         await ws.send("hello")
         await ws.recv()
         await ws.close(code=4000, reason="done")
     with pytest.raises(InvalidStatus):
-        async with connect(sidecar.url("/edge/ws"), additional_headers={**headers, "Authorization": f"Bearer {WRONG}"}):
+        async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, "Authorization": f"Bearer {WRONG}"}):
             pass
     await _settle(caplog)
     events = {line["event"]: line for line in lines(caplog)}
@@ -97,8 +95,7 @@ async def test_offered_subprotocols_are_not_logged(sidecar: Sidecar, served_log:
     # Browser clients carry credentials in the subprotocol list (there is no other header
     # they can set); aiohttp would warn with the whole list, once per handshake.
     credential = "base64url.bearer.authorization.k8s.io.c2VjcmV0LWluLWEtc3VicHJvdG9jb2w"
-    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
-    async with connect(sidecar.url("/ws/edge"), additional_headers=headers, subprotocols=[credential, "chat.v1"]) as ws:  # type: ignore[list-item]
+    async with connect(sidecar.url("/ws/edge"), additional_headers=GOOD, subprotocols=[credential, "chat.v1"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "chat.v1"
         await ws.send("hello")
         await ws.recv()

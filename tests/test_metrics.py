@@ -11,10 +11,9 @@ from websockets.asyncio.client import connect
 
 from sidecar.metrics import Metrics
 
-from .conftest import SECRET, StartSidecar, config_for
+from .conftest import GOOD, StartSidecar, config_for
 from .upstream import Backend
 
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 PROCESS_SERIES = (
     "process_open_fds",
     "process_max_fds",

@@ -23,16 +23,14 @@ from sidecar import health
 from sidecar.config import Upstream
 from sidecar.server import bind
 
-from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
+from .conftest import GOOD, ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
 from .wire import exchange, until
-
-AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 
 
 def agent(n: int) -> dict[str, str]:
     """Headers for agent ``n``: each session its own agent id (a second would replace the first)."""
-    return {**AUTH, "X-Edge-Agent-Id": f"edge_{n}"}
+    return {**GOOD, "X-Edge-Agent-Id": f"edge_{n}"}
 
 
 RESTART = (1012, "service restart: reconnect")
@@ -131,7 +129,7 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
     assert (status, headers["X-Sidecar-Reason"], headers["Retry-After"]) == (503, "draining", "1")
     assert headers["Connection"] == "close"  # a kept-alive connection would pin the client to this replica
     with pytest.raises(Exception) as refused:
-        await connect(sidecar.url("/edge/ws"), additional_headers=AUTH, open_timeout=10)
+        await connect(sidecar.url("/edge/ws"), additional_headers=GOOD, open_timeout=10)
     response = refused.value.response  # type: ignore[attr-defined]
     assert (response.status_code, response.headers["X-Sidecar-Reason"]) == (503, "draining")
     assert response.headers["Retry-After"] == "1"
@@ -266,7 +264,7 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
     async with serving(config, process_backend) as (process, port, metrics_port):
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=AUTH) as old:
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as old:
             # The edit: the alias /ws/edge is dropped and a new one added.
             config.write_text(shipped.replace("paths: [/edge/ws, /ws/edge]", "paths: [/edge/ws, /agent/ws]"))
             process.send_signal(signal.SIGHUP)
@@ -276,7 +274,7 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
                 await new.send("new alias")
                 assert await new.recv() == "new alias"
             with pytest.raises(Exception) as refused:
-                await connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=AUTH)
+                await connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD)
             assert refused.value.response.status_code == 404  # type: ignore[attr-defined]
             await old.send("the session admitted before the reload")
             assert await old.recv() == "the session admitted before the reload"
@@ -302,7 +300,7 @@ async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backe
         assert "no upstream named 'nowhere'" in str(problem["problem"])
         failed = await until_logged(process, "config.reload_failed")
         assert failed["errors"] == 1
-        async with connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=AUTH) as ws:
+        async with connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD) as ws:
             await ws.send("still the old config")
             assert await ws.recv() == "still the old config"
         _, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -329,7 +327,7 @@ async def test_listeners_answer_on_ipv4_and_ipv6(backend: Backend, start_sidecar
         assert status == 200
         status, _, body = await get(f"http://{host}:{sidecar.running.metrics_port}/metrics")
         assert status == 200 and b"sidecar_config_info" in body
-    async with connect(f"ws://[::1]:{sidecar.port}/edge/ws", additional_headers=AUTH) as ws:
+    async with connect(f"ws://[::1]:{sidecar.port}/edge/ws", additional_headers=GOOD) as ws:
         await ws.send("over IPv6")
         assert await ws.recv() == "over IPv6"
     assert backend.seen[-1].headers["x-forwarded-for"] == ["::1"]

@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from sidecar.config import load_config
 from sidecar.logs import JsonFormatter, TextFormatter
 
-from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
+from .conftest import AGENT, GOOD, OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
 from .wire import (
     close_code,
@@ -56,9 +56,7 @@ def shipped_with(*edits: tuple[str, str]) -> str:
     return text
 
 
-AGENT = "edge_1"
 WRONG = "wrong-secret-4f1c2a9e7b"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 
 # --- raw-socket helpers ------------------------------------------------------------------
