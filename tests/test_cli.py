@@ -21,6 +21,7 @@ from sidecar.extensions import pure_python_parts
 
 from .conftest import GOOD, ROOT, SECRET, free_port
 from .upstream import Backend
+from .wire import echoes
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
 PROCESS_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
@@ -106,8 +107,7 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0()
         started = await asyncio.wait_for(process.stderr.readline(), 30)
         assert b'"event": "sidecar.started"' in started
         async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
-            await ws.send("over real sockets")
-            assert await ws.recv() == "over real sockets"
+            await echoes(ws, "over real sockets")
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
@@ -184,8 +184,7 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         assert started["event"] == "sidecar.started"
         port = int(started["listen"].rpartition(":")[2])
         async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
-            await ws.send("pure")
-            assert await ws.recv() == "pure"
+            await echoes(ws, "pure")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:

@@ -8,12 +8,11 @@ import tracemalloc
 import zlib
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from .conftest import GOOD, Sidecar, StartSidecar, config_for
 from .upstream import Backend
-from .wire import handshake, masked_frame, open_raw_websocket, read_frame, until
+from .wire import handshake, masked_frame, open_raw_websocket, read_frame, until, ws_connect
 
 LIMIT = 64 * 1024
 
@@ -36,7 +35,7 @@ async def test_deflate_offered_by_the_client_is_not_accepted_and_not_offered_ups
 ) -> None:
     sidecar = await start(start_sidecar, backend)
     # python websockets offers permessage-deflate by default; the backend would accept it if offered.
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         assert ws.request is not None and "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
         assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
         assert ws.protocol.extensions == []
@@ -49,7 +48,7 @@ async def test_a_route_with_compression_negotiates_it_on_both_legs(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start(start_sidecar, backend, ", compression: true")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         assert ws.response is not None and ws.response.headers["Sec-WebSocket-Extensions"].startswith(
             "permessage-deflate"
         )
@@ -93,7 +92,7 @@ async def test_a_compression_bomb_is_refused_with_1009_and_never_inflated_whole(
 
 async def test_a_compressed_message_under_the_limit_passes(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, f", compression: true, max_message_size: {LIMIT}")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         await ws.send(bytes(LIMIT))
         assert await ws.recv() == bytes(LIMIT)
         await ws.send(bytes(LIMIT + 100))

@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-from .wire import closed_by_peer, flooded_non_reader, open_raw_websocket, until, ws_connect
+from .wire import closed_by_peer, echoes, flooded_non_reader, open_raw_websocket, until, ws_connect
 
 KEEPALIVE = edge_yaml(listen="keepalive_interval: 200ms")
 PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsgType.TEXT
@@ -33,11 +33,9 @@ def leftover_relay_tasks() -> list[asyncio.Task[object]]:
 
 async def test_an_idle_session_outlives_many_intervals(sidecar: Sidecar, backend: Backend) -> None:
     async with ws_connect(sidecar, ping_interval=None) as ws:  # websockets answers pings itself
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
+        await echoes(ws, "hello")
         await until(lambda: len(backend.pings) >= 5)  # a second of silence from both ends
-        await ws.send("still here")
-        assert await ws.recv() == "still here"
+        await echoes(ws, "still here")
         assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 1
     assert len(set(backend.pings)) == 1 and backend.pings[0].startswith(b"sidecar-keepalive ")
 

@@ -9,12 +9,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from sidecar.logs import JsonFormatter, TextFormatter, configure
 
 from .conftest import AGENT, GOOD, SECRET, Sidecar
+from .wire import ws_connect
 
 WRONG = "wrong-token-must-not-be-logged"
 
@@ -26,12 +26,12 @@ def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sidecar")
-    async with connect(sidecar.url("/ws/edge"), additional_headers=GOOD) as ws:
+    async with ws_connect(sidecar, "/ws/edge") as ws:
         await ws.send("hello")
         await ws.recv()
         await ws.close(code=4000, reason="done")
     with pytest.raises(InvalidStatus):
-        async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, "Authorization": f"Bearer {WRONG}"}):
+        async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {WRONG}"}):
             pass
     await _settle(caplog)
     events = {line["event"]: line for line in lines(caplog)}
@@ -53,7 +53,7 @@ async def test_invalid_agent_id_is_not_logged(sidecar: Sidecar, caplog: pytest.L
     caplog.set_level(logging.DEBUG, logger="sidecar")
     headers = {"Authorization": f"Bearer {SECRET}"}
     with pytest.raises(InvalidStatus):
-        async with connect(sidecar.url("/edge/ws?edge_agent_id=evil%0AX-Injected:%201"), additional_headers=headers):
+        async with ws_connect(sidecar, "/edge/ws?edge_agent_id=evil%0AX-Injected:%201", headers):
             pass
     (line,) = [x for x in lines(caplog) if x["event"] == "ws.rejected"]
     assert line["reason"] == "invalid_agent_id"
@@ -95,7 +95,7 @@ async def test_offered_subprotocols_are_not_logged(sidecar: Sidecar, served_log:
     # Browser clients carry credentials in the subprotocol list (there is no other header
     # they can set); aiohttp would warn with the whole list, once per handshake.
     credential = "base64url.bearer.authorization.k8s.io.c2VjcmV0LWluLWEtc3VicHJvdG9jb2w"
-    async with connect(sidecar.url("/ws/edge"), additional_headers=GOOD, subprotocols=[credential, "chat.v1"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, "/ws/edge", subprotocols=[credential, "chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v1"
         await ws.send("hello")
         await ws.recv()

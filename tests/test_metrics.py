@@ -7,12 +7,12 @@ import asyncio
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import connect
 
 from sidecar.metrics import Metrics
 
-from .conftest import GOOD, StartSidecar, config_for
+from .conftest import StartSidecar, config_for
 from .upstream import Backend
+from .wire import echoes, ws_connect
 
 PROCESS_SERIES = (
     "process_open_fds",
@@ -57,9 +57,8 @@ async def test_process_series_and_task_count_are_on_the_metrics_listener(
     assert before["process_open_fds"] > 0 and before["process_resident_memory_bytes"] > 0
     assert before["sidecar_asyncio_tasks"] >= 1  # at least the scrape's own handler
 
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
+    async with ws_connect(sidecar) as ws:
+        await echoes(ws, "hello")
         during = await scrape(port)
         # Client, sidecar (both legs) and backend share this process: 4 more sockets,
         # and at least the session's relay tasks.

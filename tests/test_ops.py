@@ -25,7 +25,7 @@ from sidecar.server import bind
 
 from .conftest import GOOD, ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, until
+from .wire import echoes, exchange, rejected, until, ws_connect
 
 
 def agent(n: int) -> dict[str, str]:
@@ -128,11 +128,9 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
     status, headers, body = await get(sidecar.url("/edge/message", "http"), "POST")
     assert (status, headers["X-Sidecar-Reason"], headers["Retry-After"]) == (503, "draining", "1")
     assert headers["Connection"] == "close"  # a kept-alive connection would pin the client to this replica
-    with pytest.raises(Exception) as refused:
-        await connect(sidecar.url("/edge/ws"), additional_headers=GOOD, open_timeout=10)
-    response = refused.value.response  # type: ignore[attr-defined]
-    assert (response.status_code, response.headers["X-Sidecar-Reason"]) == (503, "draining")
-    assert response.headers["Retry-After"] == "1"
+    status, refusal, _ = await rejected(sidecar, "/edge/ws", GOOD, open_timeout=10)
+    assert (status, refusal["X-Sidecar-Reason"]) == (503, "draining")
+    assert refusal["Retry-After"] == "1"
     assert backend.seen == []
     assert sidecar.sample("sidecar_ws_rejections_total", route="none", reason="draining") == 1
     assert sidecar.sample("sidecar_http_rejections_total", route="none", reason="draining") == 1
@@ -140,7 +138,7 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
 
 async def test_drain_closes_sessions_with_1012_one_at_a_time(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url, DRAIN_TIMEOUT="30s"))
-    sessions = [await connect(sidecar.url("/edge/ws"), additional_headers=agent(n)) for n in range(3)]
+    sessions = [await ws_connect(sidecar, headers=agent(n)) for n in range(3)]
     hurry = asyncio.Event()
     draining = asyncio.ensure_future(sidecar.running.drain(hurry))
     assert await closed(sessions[0]) == RESTART
@@ -271,13 +269,11 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
             reloaded = await until_logged(process, "config.reloaded")
             assert reloaded["routes"] == ["edge", "edge-message", "default"]
             async with connect(f"ws://127.0.0.1:{port}/agent/ws", additional_headers=agent(2)) as new:
-                await new.send("new alias")
-                assert await new.recv() == "new alias"
+                await echoes(new, "new alias")
             with pytest.raises(Exception) as refused:
                 await connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD)
             assert refused.value.response.status_code == 404  # type: ignore[attr-defined]
-            await old.send("the session admitted before the reload")
-            assert await old.recv() == "the session admitted before the reload"
+            await echoes(old, "the session admitted before the reload")
         status, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
         text = body.decode()
@@ -301,8 +297,7 @@ async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backe
         failed = await until_logged(process, "config.reload_failed")
         assert failed["errors"] == 1
         async with connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD) as ws:
-            await ws.send("still the old config")
-            assert await ws.recv() == "still the old config"
+            await echoes(ws, "still the old config")
         _, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert 'sidecar_config_reloads_total{result="failure"} 1.0' in body.decode()
 
@@ -328,8 +323,7 @@ async def test_listeners_answer_on_ipv4_and_ipv6(backend: Backend, start_sidecar
         status, _, body = await get(f"http://{host}:{sidecar.running.metrics_port}/metrics")
         assert status == 200 and b"sidecar_config_info" in body
     async with connect(f"ws://[::1]:{sidecar.port}/edge/ws", additional_headers=GOOD) as ws:
-        await ws.send("over IPv6")
-        assert await ws.recv() == "over IPv6"
+        await echoes(ws, "over IPv6")
     assert backend.seen[-1].headers["x-forwarded-for"] == ["::1"]
 
 

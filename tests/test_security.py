@@ -23,7 +23,6 @@ from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
-from websockets.asyncio.client import connect
 
 from sidecar.config import load_config
 from sidecar.logs import JsonFormatter, TextFormatter
@@ -32,6 +31,7 @@ from .conftest import AGENT, GOOD, OLD_SECRET, ROOT, SECRET, Sidecar, StartSidec
 from .upstream import Backend
 from .wire import (
     close_code,
+    echoes,
     exchange,
     handshake,
     head_lines,
@@ -42,6 +42,7 @@ from .wire import (
     reason_of,
     statuses,
     until,
+    ws_connect,
 )
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
@@ -64,9 +65,8 @@ WRONG = "wrong-secret-4f1c2a9e7b"
 
 async def echo_works(sidecar: Sidecar) -> None:
     """A bystander: a fresh, legitimate session still gets its echo."""
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
-        await ws.send("still here")
-        assert await asyncio.wait_for(ws.recv(), 10) == "still here"
+    async with ws_connect(sidecar) as ws:
+        await echoes(ws, "still here")
 
 
 # --- a backend that trusts the path too much ------------------------------------------
@@ -595,7 +595,7 @@ async def test_a_slowloris_is_cut_off_and_other_sessions_are_unaffected(
     """The head must be complete within header_timeout of the connection opening,
     however steadily the bytes trickle in (nginx's client_header_timeout)."""
     sidecar = await start_sidecar(config_for(backend.url, QUICK))
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as established:
+    async with ws_connect(sidecar) as established:
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
         writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n")
 
@@ -613,8 +613,7 @@ async def test_a_slowloris_is_cut_off_and_other_sessions_are_unaffected(
             writer.close()
         assert closed_with == b"" or statuses(closed_with) == [408]
         # The established session and a new one are unaffected.
-        await established.send("older session")
-        assert await asyncio.wait_for(established.recv(), 10) == "older session"
+        await echoes(established, "older session")
         await echo_works(sidecar)
     assert [seen.path for seen in backend.seen] == ["/edge/ws", "/edge/ws"]
 
@@ -756,7 +755,7 @@ async def test_the_secret_is_never_in_logs_metrics_or_bodies(
             plain("GET", "/x", {"Authorization": f"Bearer {token}", "X-Big": "a" * 9000}),  # 431
         ):
             responses.append(await exchange(port, request))
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
+    async with ws_connect(sidecar) as ws:
         await ws.send("hello")
         await ws.recv()
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)

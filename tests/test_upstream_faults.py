@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection
 
 from .conftest import GOOD, ROOT, Sidecar, StartSidecar, config_for, edge_yaml, free_port
 from .upstream import Backend
-from .wire import closed_by_peer, rejected, until, ws_connect
+from .wire import closed_by_peer, echoes, rejected, until, ws_connect
 
 
 def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -88,8 +88,7 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
         async with aiohttp.ClientSession() as session:
             others = [await session.ws_connect(sidecar.url("/edge/ws"), headers=GOOD) for _ in range(2)]
             for ws in agents:
-                await ws.send("hi")
-                assert await ws.recv() == "hi"
+                await echoes(ws, "hi")
             for other in others:
                 await other.send_str("hi")
                 assert (await other.receive()).data == "hi"
@@ -130,8 +129,7 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
     backend = await Backend(port=port).start()
     try:
         async with await connecting as ws:
-            await ws.send("awake?")
-            assert await ws.recv() == "awake?"
+            await echoes(ws, "awake?")
     finally:
         await backend.stop()
     first = records(caplog, "ws.upstream_retry")[0]
@@ -163,8 +161,7 @@ async def test_a_backend_answering_503_twice_then_101_is_reached_on_the_third_tr
     caplog.set_level(logging.INFO, logger="sidecar")
     sidecar = await start_sidecar(config_for(backend.url, waking(3)))
     async with ws_connect(sidecar) as ws:
-        await ws.send("third time")
-        assert await ws.recv() == "third time"
+        await echoes(ws, "third time")
     assert [s.path for s in backend.seen] == ["/waking/ws"] * 3
     assert [r["error"] for r in records(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
 

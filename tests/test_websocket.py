@@ -14,6 +14,7 @@ from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, co
 from .upstream import Backend
 from .wire import (
     closed_by_peer,
+    echoes,
     exchange,
     flooded_non_reader,
     handshake,
@@ -34,8 +35,7 @@ async def test_both_aliases_reach_the_one_backend_endpoint_with_query_kept(
 ) -> None:
     headers = {**GOOD, "X-Forwarded-For": "6.6.6.6"}
     async with ws_connect(sidecar, f"{alias}?edge_agent_id={AGENT}&v=a%20b", headers) as ws:
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
+        await echoes(ws, "hello")
     seen = backend.seen[0]
     assert seen.path == "/edge/ws"
     assert seen.query_string == f"edge_agent_id={AGENT}&v=a%20b"  # byte for byte
@@ -55,14 +55,13 @@ async def test_agent_id_from_query_alone_is_sent_upstream_as_header(sidecar: Sid
 async def test_previous_secret_is_accepted_during_rotation(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url, EDGE_SECRET_PREVIOUS=OLD_SECRET))
     async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {OLD_SECRET}"}) as ws:
-        await ws.send("rotated")
-        assert await ws.recv() == "rotated"
+        await echoes(ws, "rotated")
 
 
 async def test_subprotocol_is_the_one_the_upstream_chose(sidecar: Sidecar, backend: Backend) -> None:
-    async with ws_connect(sidecar, subprotocols=["chat.v1"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, subprotocols=["chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v1"
-    async with ws_connect(sidecar, subprotocols=["chat.v9"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, subprotocols=["chat.v9"]) as ws:
         assert ws.subprotocol is None
     assert backend.seen[0].headers["sec-websocket-protocol"] == ["chat.v1"]
 
@@ -162,8 +161,7 @@ async def test_oversized_message_closes_that_session_with_1009_only(
         await ws.send(b"z" * 1025)
         code, _ = await closed_by_peer(ws)
         assert code == 1009
-        await bystander.send("still here")
-        assert await bystander.recv() == "still here"
+        await echoes(bystander, "still here")
     await until(lambda: len(backend.closes) == 2)
     assert backend.closes[0][0] == 1009
 

@@ -243,6 +243,12 @@ async def closed_by_peer(
     return ws.close_code, ws.close_reason or ""
 
 
+async def echoes(ws: ClientConnection, message: str = "ping?") -> None:
+    """The session works: ``message`` comes back from the echo backend."""
+    await ws.send(message)
+    assert await asyncio.wait_for(ws.recv(), 10) == message
+
+
 async def rejected(
     sidecar: Sidecar, path: str, headers: Mapping[str, str], **options: Any
 ) -> tuple[int, Headers, dict[str, Any]]:
