@@ -16,7 +16,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from sidecar import health
@@ -25,7 +24,7 @@ from sidecar.server import bind
 
 from .conftest import GOOD, ROOT, SECRET, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import echoes, exchange, rejected, until, ws_connect
+from .wire import closed_by_peer, echoes, exchange, rejected, until, ws_connect
 
 
 def agent(n: int) -> dict[str, str]:
@@ -41,10 +40,9 @@ async def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes
         return response.status, dict(response.headers), await response.read()
 
 
-async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 20)
-    return ws.close_code, ws.close_reason
+async def closed(ws: ClientConnection) -> tuple[int, str]:
+    """The close a draining sidecar sends, with nothing before it (a drain takes its time)."""
+    return await closed_by_peer(ws, timeout=20, skip_messages=False)
 
 
 # --- health ------------------------------------------------------------------------
