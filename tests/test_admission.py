@@ -12,12 +12,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.runtime import RUNTIME, Runtime
 
 from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
-from .wire import closed_by_peer, echoes, rejected, until, ws_connect
+from .wire import closed_by_peer, echoes, formatted, log_fields, rejected, until, ws_connect
 
 BAD = {"Authorization": "Bearer wrong-guess", "X-Edge-Agent-Id": AGENT}
 
@@ -390,13 +389,13 @@ async def test_a_query_token_never_reaches_a_log_line(
         for path in (f"/plain?{token}&edge_agent_id={AGENT}", f"/edge/message?{token}", f"/other?{token}"):
             async with http.get(sidecar.url(path, "http")) as response:
                 await response.read()
-    await until(lambda: any(r.getMessage() == "ws.closed" for r in caplog.records))
+    await until(lambda: log_fields(caplog, "ws.closed"))
     events = [r.getMessage() for r in caplog.records]
     for expected in ("ws.established", "ws.closed", "ws.rejected", "http.rejected", "http.request"):
         assert expected in events
     records = [r for r in caplog.records if not r.name.startswith("websockets")]  # the client logs its own URL
     assert {r.name for r in records} >= {"sidecar"}
-    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in records)
+    everything = "\n".join(formatted(records))
     assert SECRET not in everything
     assert SECRET[:8] not in everything  # not even in part
     assert all(SECRET not in s.query_string for s in backend.seen if s.path != "/other")

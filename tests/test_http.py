@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, plain, until
+from .wire import exchange, log_fields, plain, until
 
 
 def http(sidecar: Sidecar, path: str) -> str:
@@ -301,8 +301,8 @@ async def test_logs_name_the_client_a_trusted_proxy_saw_not_a_spoofed_one(
     headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}  # the client wrote 6.6.6.6; the proxy appended .7
     async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/x//y"), headers=headers) as r:
         assert r.status == 400
-    (line,) = [r for r in caplog.records if r.getMessage() == "http.rejected"]
-    assert line.fields["client"] == "203.0.113.7"  # type: ignore[attr-defined]
+    (line,) = log_fields(caplog, "http.rejected")
+    assert line["client"] == "203.0.113.7"
 
 
 @pytest.mark.parametrize("agent_id", [b"edge\xc2\x851", b"edge\xe2\x80\xa81", b"ab\xffcd"], ids=["NEL", "LS", "0xFF"])

@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-from .wire import closed_by_peer, echoes, flooded_non_reader, open_raw_websocket, until, ws_connect
+from .wire import closed_by_peer, echoes, flooded_non_reader, log_fields, open_raw_websocket, until, ws_connect
 
 KEEPALIVE = edge_yaml(listen="keepalive_interval: 200ms")
 PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsgType.TEXT
@@ -20,10 +20,6 @@ PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsg
 @pytest.fixture
 async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
     return await start_sidecar(config_for(backend.url, KEEPALIVE))
-
-
-def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
 
 
 def leftover_relay_tasks() -> list[asyncio.Task[object]]:
@@ -82,7 +78,7 @@ async def test_a_message_counts_as_an_answer(
         await ws.send_str("still open")
         while (msg := await asyncio.wait_for(ws.receive(), 10)).data != "still open":
             assert msg.type in (PING, TEXT)
-    assert records(caplog, "ws.peer_dead") == []
+    assert log_fields(caplog, "ws.peer_dead") == []
 
 
 async def test_the_clients_own_ping_still_comes_back_with_its_payload(sidecar: Sidecar, backend: Backend) -> None:
@@ -116,7 +112,7 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
     _, writer, _ = await open_raw_websocket(sidecar.port)  # and never reads another byte
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
+    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
@@ -133,7 +129,7 @@ async def test_an_upstream_that_stops_answering_is_cut_off_and_the_client_gets_1
     async with ws_connect(sidecar) as ws:
         await ws.send("mute")
         assert await closed_by_peer(ws) == (1011, "upstream went away")
-    assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
+    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="upstream", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
@@ -152,8 +148,8 @@ async def test_a_peer_held_up_by_backpressure_is_left_to_the_stall_check(
     ws = await flooded_non_reader(sidecar, backend)
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert records(caplog, "ws.peer_dead") == []
-    assert [r["peer"] for r in records(caplog, "ws.stalled")] == ["client"]
+    assert log_fields(caplog, "ws.peer_dead") == []
+    assert [r["peer"] for r in log_fields(caplog, "ws.stalled")] == ["client"]
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="stalled") == 1
     ws.transport.abort()

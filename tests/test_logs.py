@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -14,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 from sidecar.logs import JsonFormatter, TextFormatter, configure
 
 from .conftest import AGENT, GOOD, SECRET, Sidecar
-from .wire import ws_connect
+from .wire import formatted, log_fields, until, ws_connect
 
 WRONG = "wrong-token-must-not-be-logged"
 
@@ -33,7 +32,7 @@ async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, cap
     with pytest.raises(InvalidStatus):
         async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {WRONG}"}):
             pass
-    await _settle(caplog)
+    await until(lambda: log_fields(caplog, "ws.closed"))
     events = {line["event"]: line for line in lines(caplog)}
     established = events["ws.established"]
     assert (established["route"], established["alias"], established["agent_id"]) == ("edge", "/ws/edge", AGENT)
@@ -44,7 +43,7 @@ async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, cap
     rejected = events["ws.rejected"]
     assert (rejected["reason"], rejected["status"], rejected["agent_id"]) == ("invalid_token", 401, AGENT)
     assert rejected["client"] == "127.0.0.1"
-    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in caplog.records)
+    everything = "\n".join(formatted(caplog.records))
     assert SECRET not in everything and WRONG not in everything
     assert SECRET[:8] not in everything  # not even in part
 
@@ -65,12 +64,6 @@ def test_text_format_is_key_value() -> None:
     record = logging.LogRecord("sidecar", logging.INFO, __file__, 1, "ws.closed", None, None)
     record.fields = {"code": 1000, "reason": "a b"}
     assert TextFormatter().format(record).endswith('INFO    ws.closed code=1000 reason="a b"')
-
-
-async def _settle(caplog: pytest.LogCaptureFixture) -> None:
-    async with asyncio.timeout(10):
-        while not any(r.getMessage() == "ws.closed" for r in caplog.records):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

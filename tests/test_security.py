@@ -25,7 +25,6 @@ import pytest
 from aiohttp import web
 
 from sidecar.config import load_config
-from sidecar.logs import JsonFormatter, TextFormatter
 
 from .conftest import AGENT, GOOD, OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
@@ -33,6 +32,7 @@ from .wire import (
     close_code,
     echoes,
     exchange,
+    formatted,
     handshake,
     head_lines,
     masked_frame,
@@ -769,7 +769,7 @@ async def test_the_secret_is_never_in_logs_metrics_or_bodies(
     # headers it sends at DEBUG): the sidecar's, aiohttp's, asyncio's ...
     records = [record for record in caplog.records if not record.name.startswith("websockets")]
     logged = [record.getMessage() for record in records]
-    logged += [fmt.format(record) for record in records for fmt in (JsonFormatter(), TextFormatter())]
+    logged += formatted(records)
     assert len(logged) > 40  # the session above did log
     for secret in (SECRET, WRONG):
         assert not [line for line in logged if secret in line]

@@ -15,12 +15,7 @@ from websockets.asyncio.client import ClientConnection
 
 from .conftest import GOOD, ROOT, Sidecar, StartSidecar, config_for, edge_yaml, free_port
 from .upstream import Backend
-from .wire import closed_by_peer, echoes, rejected, until, ws_connect
-
-
-def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
-
+from .wire import closed_by_peer, echoes, log_fields, rejected, until, ws_connect
 
 # --- refused, hanging ------------------------------------------------------------------
 
@@ -123,7 +118,7 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
     port = free_port()  # nothing listens on it yet
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", RETRY))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
-    await until(lambda: records(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
+    await until(lambda: log_fields(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
     if connecting.done():  # refused for good, with no retry
         pytest.fail(f"no retry: {connecting.exception()!r}")
     backend = await Backend(port=port).start()
@@ -132,7 +127,7 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
             await echoes(ws, "awake?")
     finally:
         await backend.stop()
-    first = records(caplog, "ws.upstream_retry")[0]
+    first = log_fields(caplog, "ws.upstream_retry")[0]
     assert (first["route"], first["attempt"], first["attempts"], first["error"]) == (
         "edge",
         1,
@@ -148,7 +143,7 @@ async def test_without_retry_a_backend_not_yet_listening_is_502(
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", edge_yaml()))
     status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
-    assert records(caplog, "ws.upstream_retry") == []
+    assert log_fields(caplog, "ws.upstream_retry") == []
 
 
 def waking(attempts: int) -> str:
@@ -163,7 +158,7 @@ async def test_a_backend_answering_503_twice_then_101_is_reached_on_the_third_tr
     async with ws_connect(sidecar) as ws:
         await echoes(ws, "third time")
     assert [s.path for s in backend.seen] == ["/waking/ws"] * 3
-    assert [r["error"] for r in records(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
+    assert [r["error"] for r in log_fields(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
 
 
 async def test_when_the_tries_run_out_the_last_failure_is_reported(
@@ -197,4 +192,4 @@ async def test_retries_stay_within_connect_timeout(
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", config))
     status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")  # not a 504: no try was cut short
-    assert 1 <= len(records(caplog, "ws.upstream_retry")) < 10
+    assert 1 <= len(log_fields(caplog, "ws.upstream_retry")) < 10

@@ -18,6 +18,7 @@ from .wire import (
     exchange,
     flooded_non_reader,
     handshake,
+    log_fields,
     masked_frame,
     open_raw_websocket,
     parse_response,
@@ -545,8 +546,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     ws = await flooded_non_reader(sidecar, backend)  # the sidecar's writes to it stall
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    (stalled,) = [r for r in caplog.records if r.getMessage() == "ws.stalled"]
+    (stalled,) = log_fields(caplog, "ws.stalled")
     # (this config's auth has no agent id rule, so the line has no agent_id)
-    assert stalled.fields == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}  # type: ignore[attr-defined]
+    assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()

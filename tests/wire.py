@@ -1,6 +1,7 @@
 """The tests' toolbox for what goes over the sockets: waiting for another component, raw
 HTTP exchanges (requests written byte for byte, answers parsed by hand), raw WebSocket
-frames, WebSocket sessions and refusals through python `websockets`.
+frames, WebSocket sessions and refusals through python `websockets`, and the log lines
+the sidecar writes about them.
 
 Raw sockets are for what a client library would not send or would hide: bad paths and
 headers, smuggling, exact bytes. A library client is for everything else.
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import inspect
 import json
+import logging
 import os
 import re
 import struct
@@ -27,6 +29,8 @@ from multidict import CIMultiDict
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sidecar.logs import JsonFormatter, TextFormatter
 
 from .conftest import GOOD, Sidecar
 from .upstream import Backend
@@ -267,3 +271,17 @@ async def flooded_non_reader(sidecar: Sidecar, backend: Backend) -> ClientConnec
     await ws.send("flood 64 1048576")
     await until(lambda: backend.flood_sent > 0)
     return ws
+
+
+# --- log lines -------------------------------------------------------------------------------
+
+
+def log_fields(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of each log line of ``event`` captured so far, oldest first."""
+    # sidecar.logs.event passes them as extra={"fields": ...}: an attribute of the record
+    return [record.__dict__["fields"] for record in caplog.records if record.getMessage() == event]
+
+
+def formatted(records: list[logging.LogRecord]) -> list[str]:
+    """Each record as ``LOG_FORMAT=json`` and as ``text`` write it: where no secret may show."""
+    return [formatter.format(record) for record in records for formatter in (JsonFormatter(), TextFormatter())]
