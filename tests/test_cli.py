@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
@@ -20,7 +19,7 @@ from sidecar.extensions import pure_python_parts
 
 from .conftest import GOOD, ROOT, SECRET, free_port
 from .upstream import Backend
-from .wire import closed_by_peer, echoes
+from .wire import closed_by_peer, echoes, scrape
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
 PROCESS_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
@@ -218,8 +217,7 @@ async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
         assert started["event"] == "sidecar.started"
         expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
         assert started["open_files_limit"] == expected > low
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
-            assert f"process_max_fds {float(expected)}" in await r.text()
+        assert (await scrape(metrics_port))["process_max_fds"] == expected
     finally:
         process.terminate()
         await process.wait()

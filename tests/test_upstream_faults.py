@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import GOOD, ROOT, Sidecar, StartSidecar, config_for, edge_yaml, free_port
+from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port
 from .upstream import Backend
-from .wire import closed_by_peer, echoes, log_fields, rejected, until, ws_connect
+from .wire import closed_by_peer, echoes, log_fields, rejected, scrape, until, until_scraped, ws_connect
 
 # --- refused, hanging ------------------------------------------------------------------
 
@@ -58,15 +58,6 @@ async def test_a_hanging_upstream_is_504_after_connect_timeout(
 # --- killed mid-session ------------------------------------------------------------------
 
 
-async def scrape(sidecar: Sidecar, name: str) -> float:
-    """A sample as Prometheus reads it, from the metrics listener."""
-    url = f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
-    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(value)
-
-
 async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns_to_zero(
     start_sidecar: StartSidecar,
 ) -> None:
@@ -78,6 +69,7 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
         assert backend.stdout is not None
         assert b"test backend:" in await asyncio.wait_for(backend.stdout.readline(), 30)
         sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", edge_yaml()), metrics_port=0)
+        assert sidecar.running.metrics_port is not None
         gauge = 'sidecar_ws_connections_active{route="edge"}'
         agents: list[ClientConnection] = [await ws_connect(sidecar) for _ in range(3)]
         async with aiohttp.ClientSession() as session:
@@ -87,7 +79,7 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
             for other in others:
                 await other.send_str("hi")
                 assert (await other.receive()).data == "hi"
-            assert await scrape(sidecar, gauge) == 5
+            assert (await scrape(sidecar.running.metrics_port))[gauge] == 5
 
             backend.send_signal(signal.SIGKILL)
             codes = [await closed_by_peer(ws) for ws in agents]
@@ -95,11 +87,7 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
                 msg = await asyncio.wait_for(other.receive(), 10)
                 codes.append((msg.data, msg.extra))
         assert codes == [(1011, "upstream went away")] * 5
-        for _ in range(1000):  # scraped as Prometheus would, until it reads 0 (at most 10 s)
-            if await scrape(sidecar, gauge) == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert await scrape(sidecar, gauge) == 0
+        await until_scraped(sidecar.running.metrics_port, gauge, 0)  # scraped as Prometheus would
     finally:
         if backend.returncode is None:
             backend.kill()

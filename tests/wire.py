@@ -1,7 +1,7 @@
 """The tests' toolbox for what goes over the sockets: waiting for another component, raw
 HTTP exchanges (requests written byte for byte, answers parsed by hand), raw WebSocket
-frames, WebSocket sessions and refusals through python `websockets`, and the log lines
-the sidecar writes about them.
+frames, WebSocket sessions and refusals through python `websockets`; and what the sidecar
+says about them: its metrics as a scraper reads them, and its log lines.
 
 Raw sockets are for what a client library would not send or would hide: bad paths and
 headers, smuggling, exact bytes. A library client is for everything else.
@@ -24,8 +24,10 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -271,6 +273,40 @@ async def flooded_non_reader(sidecar: Sidecar, backend: Backend) -> ClientConnec
     await ws.send("flood 64 1048576")
     await until(lambda: backend.flood_sent > 0)
     return ws
+
+
+# --- metrics, as Prometheus scrapes them -------------------------------------------------------
+
+
+async def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """One scrape of the metrics listener on a connection of its own, parsed as Prometheus
+    parses it: each series as exposed (``name`` or ``name{label="value",...}``) -> value."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"http://{host}:{port}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {
+        _series(sample.name, sample.labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def until_scraped(port: int, series: str, value: float) -> None:
+    """Wait until a scrape shows ``series`` at ``value``: for what only a scrape shows."""
+
+    async def shows() -> bool:
+        return (await scrape(port))[series] == value
+
+    await until(shows)
+
+
+def _series(name: str, labels: Mapping[str, str]) -> str:
+    """How the text format writes a series (label values escaped as it escapes them)."""
+    if not labels:
+        return name
+    escaped = (v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') for v in labels.values())
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in zip(labels, escaped, strict=True)) + "}"
 
 
 # --- log lines -------------------------------------------------------------------------------
