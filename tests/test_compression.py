@@ -7,24 +7,16 @@ import asyncio
 import tracemalloc
 import zlib
 
-from .conftest import GOOD, Sidecar, StartSidecar, config_for
+from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
 from .wire import closed_by_peer, handshake, masked_frame, open_raw_websocket, read_frame, until, ws_connect
 
 LIMIT = 64 * 1024
 
 
-def compression_yaml(route: str = "") -> str:
-    return (
-        'upstreams: {backend: {url: "${UPSTREAM_URL}"}}\n'
-        'auth: {edge: {bearer: ["${EDGE_SECRET}"], agent_id: {}}}\n'
-        "routes:\n"
-        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
-    )
-
-
 async def start(start_sidecar: StartSidecar, backend: Backend, route: str = "") -> Sidecar:
-    return await start_sidecar(config_for(backend.url, compression_yaml(route)))
+    """The edge route, its agents identified by the default agent id rule, and ``route`` added."""
+    return await start_sidecar(config_for(backend.url, edge_yaml(auth=", agent_id: {}", route=route)))
 
 
 async def test_deflate_offered_by_the_client_is_not_accepted_and_not_offered_upstream(
