@@ -164,13 +164,6 @@ async def test_a_request_in_flight_is_answered_during_the_drain(backend: Backend
     await asyncio.wait_for(closing, 20)
 
 
-@pytest.fixture
-async def process_backend() -> AsyncIterator[Backend]:
-    backend = await Backend().start()
-    yield backend
-    await backend.stop()
-
-
 @contextlib.asynccontextmanager
 async def serving(
     config: Path, backend: Backend, **env: str
@@ -220,10 +213,10 @@ async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[s
                 return record
 
 
-async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Backend, tmp_path: Path) -> None:
+async def test_a_second_sigterm_finishes_the_drain_at_once(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text((ROOT / "routes.yaml").read_text())
-    async with serving(config, process_backend, DRAIN_TIMEOUT="60s") as (process, port, _):
+    async with serving(config, backend, DRAIN_TIMEOUT="60s") as (process, port, _):
         url = f"ws://127.0.0.1:{port}/edge/ws"
         sessions = [await connect(url, additional_headers=agent(n)) for n in range(3)]
         process.send_signal(signal.SIGTERM)
@@ -234,13 +227,13 @@ async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Back
         assert await asyncio.wait_for(process.wait(), 20) == 0
 
 
-async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: Backend, tmp_path: Path) -> None:
+async def test_a_second_sigterm_cuts_short_a_request_in_flight(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text((ROOT / "routes.yaml").read_text())
-    async with serving(config, process_backend) as (process, port, _):
+    async with serving(config, backend) as (process, port, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")  # the backend never answers
-        await until(lambda: process_backend.seen)
+        await until(lambda: backend.seen)
         process.send_signal(signal.SIGTERM)
         await until_logged(process, "sidecar.stopping")
         process.send_signal(signal.SIGTERM)
@@ -249,17 +242,17 @@ async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: 
         assert await asyncio.wait_for(process.wait(), 4) == 0
         assert await asyncio.wait_for(reader.read(), 4) == b""  # cut short: no response, the connection closed
         writer.close()
-    await until(lambda: process_backend.hangs_abandoned == 1)  # and the backend's request cancelled
+    await until(lambda: backend.hangs_abandoned == 1)  # and the backend's request cancelled
 
 
 # --- live reload -------------------------------------------------------------------
 
 
-async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_backend: Backend, tmp_path: Path) -> None:
+async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    async with serving(config, process_backend) as (process, port, metrics_port):
+    async with serving(config, backend) as (process, port, metrics_port):
         async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as old:
             # The edit: the alias /ws/edge is dropped and a new one added.
             config.write_text(shipped.replace("paths: [/edge/ws, /ws/edge]", "paths: [/edge/ws, /agent/ws]"))
@@ -280,11 +273,11 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
         assert f'sha256="{reloaded["previous_sha256"]}"' not in text  # one series: the config in use
 
 
-async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backend: Backend, tmp_path: Path) -> None:
+async def test_sighup_with_an_invalid_config_keeps_the_running_one(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    async with serving(config, process_backend) as (process, port, metrics_port):
+    async with serving(config, backend) as (process, port, metrics_port):
         config.write_text(
             shipped.replace("upstream: backend\n    upstream_path", "upstream: nowhere\n    upstream_path")
         )
