@@ -5,10 +5,12 @@ lines) is in ``tests/wire.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from sidecar.server import Running, start
 from .upstream import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
+SIDECAR = [sys.executable, "-m", "sidecar"]  # the command line, on this test run's Python
 SECRET = "test-secret-0123456789abcdef"
 OLD_SECRET = "old-secret-fedcba9876543210"
 AGENT = "edge_13238407486"  # an agent id as real agents send it
@@ -108,6 +111,25 @@ async def start_sidecar() -> AsyncIterator[StartSidecar]:
 @pytest.fixture
 async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
     return await start_sidecar(config_for(backend.url))
+
+
+# What the sidecar reads from its environment (and the test run's own shell might have set).
+_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
+
+
+def process_env(**settings: str) -> dict[str, str]:
+    """The environment for a ``sidecar`` process: this one's without the sidecar's own
+    settings, plus ``settings``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS)}, **settings}
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port that something else listens on while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
 
 
 def free_port() -> int:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,18 +14,14 @@ from websockets.asyncio.client import connect
 
 from sidecar.extensions import pure_python_parts
 
-from .conftest import GOOD, ROOT, SECRET, free_port
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, free_port, process_env, taken_port
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, scrape
 
-SIDECAR = [sys.executable, "-m", "sidecar"]
-PROCESS_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
-
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
     return subprocess.run(
-        [*SIDECAR, *args], capture_output=True, text=True, env={**clean, **(env or {})}, cwd=ROOT, timeout=60
+        [*SIDECAR, *args], capture_output=True, text=True, env=process_env(**(env or {})), cwd=ROOT, timeout=60
     )
 
 
@@ -89,14 +82,9 @@ def test_serve_refuses_to_start_without_the_secret() -> None:
 async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0() -> None:
     backend = await Backend().start()
     port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "LOG_FORMAT": "json",
-    }
+    env = process_env(
+        EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port), LOG_FORMAT="json"
+    )
     process = await asyncio.create_subprocess_exec(
         *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -120,10 +108,7 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0()
 
 
 def test_serve_says_clearly_when_the_port_is_taken() -> None:
-    with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = run("serve", "--config", "routes.yaml", env={"EDGE_SECRET": SECRET, "PORT": str(port)})
     assert result.returncode == 1
     assert f"cannot listen on *:{port}" in result.stderr
@@ -158,16 +143,14 @@ def test_serve_refuses_pure_python_aiohttp_with_one_line_naming_the_fix() -> Non
 )
 async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: list[str], env: dict[str, str]) -> None:
     backend = await Backend().start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
-    environment = {
-        **clean,
+    environment = process_env(
         **env,
-        "AIOHTTP_NO_EXTENSIONS": "1",
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": "0",  # a free port, read back from the log: no race with other test runs
-        "METRICS_PORT": "0",
-    }
+        AIOHTTP_NO_EXTENSIONS="1",
+        EDGE_SECRET=SECRET,
+        UPSTREAM_URL=backend.url,
+        PORT="0",  # a free port, read back from the log: no race with other test runs
+        METRICS_PORT="0",
+    )
     process = await asyncio.create_subprocess_exec(
         *SIDECAR, "serve", "--config", "routes.yaml", *flag, cwd=ROOT, env=environment, stderr=asyncio.subprocess.PIPE
     )
@@ -200,7 +183,7 @@ async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
     process = await asyncio.create_subprocess_exec(
         *SIDECAR,
         "serve",
@@ -228,7 +211,7 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))  # as a container's nofile might be
 
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
     process = await asyncio.create_subprocess_exec(
         *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
         preexec_fn=cap_the_hard_limit,

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from sidecar import health
 from sidecar.config import Upstream
 from sidecar.server import bind
 
-from .conftest import GOOD, ROOT, SECRET, StartSidecar, config_for, free_port
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, free_port, process_env
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, exchange, rejected, until, ws_connect
 
@@ -171,25 +169,10 @@ async def serving(
     """A real ``sidecar serve`` process on free ports, logging JSON: (process, port,
     metrics port), once it has logged ``sidecar.started``. Killed on the way out."""
     port, metrics_port = free_port(), free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
-    environment = {
-        **clean,
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "LOG_FORMAT": "json",
-        **env,
-    }
+    settings = process_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port))
+    environment = settings | {"LOG_FORMAT": "json", **env}
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--config",
-        str(config),
-        env=environment,
-        stderr=asyncio.subprocess.PIPE,
+        *SIDECAR, "serve", "--config", str(config), env=environment, stderr=asyncio.subprocess.PIPE
     )
     try:
         await until_logged(process, "sidecar.started")
