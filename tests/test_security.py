@@ -39,6 +39,7 @@ from .wire import (
     open_raw_websocket,
     parse_response,
     plain,
+    raw_upstream,
     reason_of,
     statuses,
     until,
@@ -282,9 +283,8 @@ async def test_an_upstream_101_without_a_valid_accept_is_not_a_tunnel(
         received.append(await reader.read())  # whatever else arrives, until the sidecar hangs up
         writer.close()
 
-    server = await asyncio.start_server(fake_upstream, "127.0.0.1", 0)
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+    async with raw_upstream(fake_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
         response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + masked_frame(0x1, b"hi") + SMUGGLED)
         await until(lambda: len(received) == 2)
     assert statuses(response) == [502]
@@ -343,9 +343,8 @@ async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(star
         received.append(await reader.read())  # anything written into the switched connection
         writer.close()
 
-    server = await asyncio.start_server(switching_upstream, "127.0.0.1", 0)
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+    async with raw_upstream(switching_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
         for path in ("/first", "/second"):
             response = await exchange(sidecar.port, plain("GET", path))
             assert statuses(response) == [502]

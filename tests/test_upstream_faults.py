@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection
 
 from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port
 from .upstream import Backend
-from .wire import closed_by_peer, echoes, log_fields, rejected, scrape, until, until_scraped, ws_connect
+from .wire import closed_by_peer, echoes, log_fields, raw_upstream, rejected, scrape, until, until_scraped, ws_connect
 
 # --- refused, hanging ------------------------------------------------------------------
 
@@ -36,9 +36,8 @@ async def silent_upstream() -> AsyncIterator[str]:
     async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)
 
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    async with server:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with raw_upstream(accept) as url:
+        yield url
         for writer in held:
             writer.transport.abort()
 

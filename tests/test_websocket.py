@@ -22,6 +22,7 @@ from .wire import (
     masked_frame,
     open_raw_websocket,
     parse_response,
+    raw_upstream,
     rejected,
     until,
     ws_connect,
@@ -317,10 +318,8 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         )
         await writer.drain()
 
-    server = await asyncio.start_server(bad_upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}"))
+    async with raw_upstream(bad_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
         status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
         502,

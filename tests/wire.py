@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import json
 import logging
 import os
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -87,6 +88,17 @@ def handshake(path: str, headers: Mapping[str, str] | None = None, extra: bytes 
     base = {"Host": "x", "Upgrade": "websocket", "Connection": "Upgrade"}
     base |= {"Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
     return f"GET {path} HTTP/1.1\r\n".encode() + head_lines(base | dict(headers or {})) + extra + b"\r\n"
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    speak: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A backend that ``speak`` plays byte by byte, one call a connection, on 127.0.0.1
+    and a free port: its URL, while the block runs."""
+    server = await asyncio.start_server(speak, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 class Response(NamedTuple):
