@@ -5,6 +5,7 @@ lines) is in ``tests/wire.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -12,6 +13,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -121,6 +123,19 @@ def process_env(**settings: str) -> dict[str, str]:
     """The environment for a ``sidecar`` process: this one's without the sidecar's own
     settings, plus ``settings``."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS)}, **settings}
+
+
+@contextlib.asynccontextmanager
+async def spawned(*command: str, **options: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process (``asyncio.create_subprocess_exec``), killed on the way out if the
+    test has not ended it."""
+    process = await asyncio.create_subprocess_exec(*command, **options)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
 
 
 @contextlib.contextmanager

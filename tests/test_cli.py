@@ -7,14 +7,16 @@ import json
 import resource
 import signal
 import subprocess
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
 from sidecar.extensions import pure_python_parts
 
-from .conftest import GOOD, ROOT, SECRET, SIDECAR, free_port, process_env, taken_port
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, free_port, process_env, spawned, taken_port
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, scrape
 
@@ -23,6 +25,12 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run(
         [*SIDECAR, *args], capture_output=True, text=True, env=process_env(**(env or {})), cwd=ROOT, timeout=60
     )
+
+
+def serve(env: dict[str, str], *flags: str, **options: Any) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """``sidecar serve`` on the shipped routes.yaml with ``env``, its log on a pipe."""
+    command = [*SIDECAR, "serve", "--config", "routes.yaml", *flags]
+    return spawned(*command, cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE, **options)
 
 
 def test_check_summarises_the_shipped_config_and_warns_of_unset_secret() -> None:
@@ -79,16 +87,12 @@ def test_serve_refuses_to_start_without_the_secret() -> None:
         assert "not starting" in result.stderr
 
 
-async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0() -> None:
-    backend = await Backend().start()
+async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0(backend: Backend) -> None:
     port, metrics_port = free_port(), free_port()
     env = process_env(
         EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port), LOG_FORMAT="json"
     )
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
-    )
-    try:
+    async with serve(env) as process:
         assert process.stderr is not None
         started = await asyncio.wait_for(process.stderr.readline(), 30)
         assert b'"event": "sidecar.started"' in started
@@ -100,11 +104,6 @@ async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0()
         assert backend.closes == [(1001, "sidecar closing the session")]
         logged = (await process.stderr.read()).decode()
         assert '"event": "ws.closed"' in logged and SECRET not in logged
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await backend.stop()
 
 
 def test_serve_says_clearly_when_the_port_is_taken() -> None:
@@ -141,8 +140,9 @@ def test_serve_refuses_pure_python_aiohttp_with_one_line_naming_the_fix() -> Non
     [(["--allow-pure-python"], {}), ([], {"SIDECAR_ALLOW_PURE_PYTHON": "1"})],
     ids=["flag", "env"],
 )
-async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: list[str], env: dict[str, str]) -> None:
-    backend = await Backend().start()
+async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(
+    backend: Backend, flag: list[str], env: dict[str, str]
+) -> None:
     environment = process_env(
         **env,
         AIOHTTP_NO_EXTENSIONS="1",
@@ -151,10 +151,7 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         PORT="0",  # a free port, read back from the log: no race with other test runs
         METRICS_PORT="0",
     )
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", *flag, cwd=ROOT, env=environment, stderr=asyncio.subprocess.PIPE
-    )
-    try:
+    async with serve(environment, *flag) as process:
         assert process.stderr is not None
         warning = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert (warning["level"], warning["event"]) == ("warning", "sidecar.pure_python")
@@ -166,11 +163,6 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
             await echoes(ws, "pure")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await backend.stop()
 
 
 async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
@@ -184,26 +176,13 @@ async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
 
     port, metrics_port = free_port(), free_port()
     env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR,
-        "serve",
-        "--config",
-        "routes.yaml",
-        cwd=ROOT,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=lower_the_soft_limit,
-    )
-    try:
+    async with serve(env, preexec_fn=lower_the_soft_limit) as process:
         assert process.stderr is not None
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert started["event"] == "sidecar.started"
         expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
         assert started["open_files_limit"] == expected > low
         assert (await scrape(metrics_port))["process_max_fds"] == expected
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_open() -> None:
@@ -212,11 +191,7 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
 
     port, metrics_port = free_port(), free_port()
     env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=cap_the_hard_limit,
-    )  # fmt: skip
-    try:
+    async with serve(env, preexec_fn=cap_the_hard_limit) as process:
         assert process.stderr is not None
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert (started["event"], started["open_files_limit"]) == ("sidecar.started", 4096)
@@ -224,9 +199,6 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
         assert warning["event"] == "sidecar.open_files_low"
         assert (warning["level"], warning["max_sessions"], warning["needed"]) == ("warning", 10000, 20256)
         assert "limits.max_sessions" in warning["fix"]
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 def test_check_says_a_file_that_is_not_utf8_is_not_utf8(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sidecar import health
 from sidecar.config import Upstream
 from sidecar.server import bind
 
-from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, free_port, process_env
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, free_port, process_env, spawned
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, exchange, rejected, until, ws_connect
 
@@ -171,16 +171,11 @@ async def serving(
     port, metrics_port = free_port(), free_port()
     settings = process_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port))
     environment = settings | {"LOG_FORMAT": "json", **env}
-    process = await asyncio.create_subprocess_exec(
+    async with spawned(
         *SIDECAR, "serve", "--config", str(config), env=environment, stderr=asyncio.subprocess.PIPE
-    )
-    try:
+    ) as process:
         await until_logged(process, "sidecar.started")
         yield process, port, metrics_port
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[str, object]:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port
+from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port, spawned
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, log_fields, raw_upstream, rejected, scrape, until, until_scraped, ws_connect
 
@@ -61,10 +61,9 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
     start_sidecar: StartSidecar,
 ) -> None:
     port = free_port()
-    backend = await asyncio.create_subprocess_exec(
+    async with spawned(
         sys.executable, "-u", "-m", "tests.upstream", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE
-    )
-    try:
+    ) as backend:
         assert backend.stdout is not None
         assert b"test backend:" in await asyncio.wait_for(backend.stdout.readline(), 30)
         sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", edge_yaml()), metrics_port=0)
@@ -87,10 +86,6 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
                 codes.append((msg.data, msg.extra))
         assert codes == [(1011, "upstream went away")] * 5
         await until_scraped(sidecar.running.metrics_port, gauge, 0)  # scraped as Prometheus would
-    finally:
-        if backend.returncode is None:
-            backend.kill()
-        await backend.wait()
 
 
 # --- retrying the handshake ----------------------------------------------------------------
