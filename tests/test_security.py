@@ -30,6 +30,7 @@ from .conftest import AGENT, GOOD, OLD_SECRET, ROOT, SECRET, Sidecar, StartSidec
 from .upstream import Backend
 from .wire import (
     close_code,
+    close_code_after,
     echoes,
     exchange,
     formatted,
@@ -636,10 +637,7 @@ async def test_a_frame_declaring_a_huge_length_is_refused_before_its_payload(
     """The declared length is checked against max_message_size before any payload is
     buffered: a header claiming 2**62 bytes gets 1009 at once (RFC 6455 section 7.4.1)."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer, _ = await open_raw_websocket(sidecar.port)
-    writer.write(masked_frame(0x2, b"a few bytes", declared=1 << 62))
-    assert await close_code(reader) == 1009
-    writer.close()
+    assert await close_code_after(sidecar.port, masked_frame(0x2, b"a few bytes", declared=1 << 62)) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     await echo_works(sidecar)
@@ -652,13 +650,9 @@ async def test_endless_continuation_frames_end_with_1009_at_the_limit(
     grows: 1009 to the sender once past 1 KiB, a close to the backend, which never got
     a byte of it, and other sessions keep working."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer, _ = await open_raw_websocket(sidecar.port)
     chunk = b"c" * 100
-    writer.write(
-        masked_frame(0x1, chunk, fin=False) + b"".join(masked_frame(0x0, chunk, fin=False) for _ in range(1000))
-    )
-    assert await close_code(reader) == 1009
-    writer.close()
+    fragments = masked_frame(0x1, chunk, fin=False) + b"".join(masked_frame(0x0, chunk, fin=False) for _ in range(1000))
+    assert await close_code_after(sidecar.port, fragments) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
@@ -669,10 +663,7 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer, _ = await open_raw_websocket(sidecar.port)
-    writer.write(masked_frame(0x2, b"z" * 1025))
-    assert await close_code(reader) == 1009
-    writer.close()
+    assert await close_code_after(sidecar.port, masked_frame(0x2, b"z" * 1025)) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0  # never relayed
@@ -694,10 +685,7 @@ BAD_FRAMES = {
 async def test_protocol_violations_close_both_legs_with_1002(sidecar: Sidecar, backend: Backend, bad: bytes) -> None:
     """A frame RFC 6455 forbids fails that session (1002 to the sender, 1002 to the
     backend) and is never relayed; other sessions keep working."""
-    reader, writer, _ = await open_raw_websocket(sidecar.port)
-    writer.write(bad)
-    assert await close_code(reader) == 1002
-    writer.close()
+    assert await close_code_after(sidecar.port, bad) == 1002
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1002
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0

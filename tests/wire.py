@@ -61,9 +61,9 @@ async def exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` in one write to 127.0.0.1:``port``; everything the server sends back
     until it closes the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
     try:
+        writer.write(data)
+        await writer.drain()
         return await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
@@ -88,17 +88,6 @@ def handshake(path: str, headers: Mapping[str, str] | None = None, extra: bytes 
     base = {"Host": "x", "Upgrade": "websocket", "Connection": "Upgrade"}
     base |= {"Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
     return f"GET {path} HTTP/1.1\r\n".encode() + head_lines(base | dict(headers or {})) + extra + b"\r\n"
-
-
-@contextlib.asynccontextmanager
-async def raw_upstream(
-    speak: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A backend that ``speak`` plays byte by byte, one call a connection, on 127.0.0.1
-    and a free port: its URL, while the block runs."""
-    server = await asyncio.start_server(speak, "127.0.0.1", 0)
-    async with server:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 class Response(NamedTuple):
@@ -170,6 +159,17 @@ def _body_length(status: int, headers: CIMultiDict[str], rest: bytes) -> int:
     return len(rest)  # until the connection closed
 
 
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    speak: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A backend that ``speak`` plays byte by byte, one call a connection, on 127.0.0.1
+    and a free port: its URL, while the block runs."""
+    server = await asyncio.start_server(speak, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
 # --- raw WebSocket frames (RFC 6455 section 5) ----------------------------------------------
 
 
@@ -219,6 +219,16 @@ async def close_code(reader: asyncio.StreamReader) -> int:
         frame = await asyncio.wait_for(read_frame(reader), 10)
         if frame.opcode == 0x8:
             return int(struct.unpack("!H", frame.payload[:2])[0])
+
+
+async def close_code_after(port: int, frames: bytes) -> int:
+    """Open a raw session and send ``frames``: the code of the close the sidecar answers with."""
+    reader, writer, _ = await open_raw_websocket(port)
+    writer.write(frames)
+    try:
+        return await close_code(reader)
+    finally:
+        writer.close()
 
 
 async def open_raw_websocket(
@@ -290,11 +300,11 @@ async def flooded_non_reader(sidecar: Sidecar, backend: Backend) -> ClientConnec
 # --- metrics, as Prometheus scrapes them -------------------------------------------------------
 
 
-async def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+async def scrape(port: int) -> dict[str, float]:
     """One scrape of the metrics listener on a connection of its own, parsed as Prometheus
     parses it: each series as exposed (``name`` or ``name{label="value",...}``) -> value."""
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"http://{host}:{port}/metrics") as r:
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
         assert r.status == 200
         text = await r.text()
     return {
