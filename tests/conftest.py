@@ -1,7 +1,7 @@
 """Fixtures and config helpers shared by the tests: the backend, a started sidecar, a config
-for it (``config_for``, ``edge_yaml``), the test credentials (``SECRET``, ``GOOD``) and free
-ports. What goes over the sockets (raw requests, frames, waiting, refusals, scrapes, log
-lines) is in ``tests/wire.py``."""
+for it (``config_for``, ``edge_yaml``), the test credentials (``SECRET``, ``GOOD``), ports,
+and ``sidecar`` processes (``process_env``, ``spawned``). What goes over the sockets (raw
+requests, frames, waiting, refusals, scrapes, log lines) is in ``tests/wire.py``."""
 
 from __future__ import annotations
 
