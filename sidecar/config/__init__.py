@@ -1,0 +1,50 @@
+"""The config: ``routes.yaml`` -> frozen dataclasses, every problem with its ``file:line``.
+
+What lives where:
+
+- ``model``: the frozen dataclasses (``Config``, ``Route``, ``Upstream``, ``AuthPolicy``,
+  ``AgentIdRule``, ``Retry``, ``Problem``) and their defaults. Pure, no YAML.
+- ``schema``: ``load_config``, the section builders and the reader they use.
+
+The names below are the ones the rest of ``sidecar`` and the tests use.
+"""
+
+from __future__ import annotations
+
+from .model import (
+    ALL_INTERFACES,
+    DEFAULT_AGENT_ID_PATTERN,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    AgentIdRule,
+    AuthPolicy,
+    Config,
+    DuplicateAgent,
+    IPNetwork,
+    Problem,
+    Retry,
+    Route,
+    Severity,
+    Upstream,
+    digest_secret,
+    identity_headers,
+)
+from .schema import load_config
+
+__all__ = [
+    "ALL_INTERFACES",
+    "DEFAULT_AGENT_ID_PATTERN",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "AgentIdRule",
+    "AuthPolicy",
+    "Config",
+    "DuplicateAgent",
+    "IPNetwork",
+    "Problem",
+    "Retry",
+    "Route",
+    "Severity",
+    "Upstream",
+    "digest_secret",
+    "identity_headers",
+    "load_config",
+]
