@@ -4,7 +4,12 @@ What lives where:
 
 - ``model``: the frozen dataclasses (``Config``, ``Route``, ``Upstream``, ``AuthPolicy``,
   ``AgentIdRule``, ``Retry``, ``Problem``) and their defaults. Pure, no YAML.
-- ``schema``: ``load_config``, the section builders and the reader they use.
+- ``interpolation``: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in values.
+- ``reader``: text to YAML nodes (syntax problems, the nesting-depth guard), and nodes
+  to typed values, each problem with its ``file:line``.
+- ``redaction``: where the secrets are (every value under ``bearer``), and keeping them
+  out of problem messages.
+- ``schema``: ``load_config`` and the section builders.
 
 The names below are the ones the rest of ``sidecar`` and the tests use.
 """

@@ -11,13 +11,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from ..headers import is_reserved
 from ..origins import serialize_origin
@@ -33,204 +30,10 @@ from .model import (
     Upstream,
     digest_secret,
 )
-
-T = TypeVar("T")
-
-# --- interpolation ---------------------------------------------------------------
-
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\})")
-
-
-@dataclass
-class _Expanded:
-    value: str
-    unset: list[str]  # referenced without a default, and not set
-    used: list[str]  # every variable referenced
-    defaulted: bool = False  # some of the value is a default written in the file
-
-
-def _expand(text: str, env: Mapping[str, str]) -> _Expanded:
-    unset: list[str] = []
-    used: list[str] = []
-    defaulted = False
-
-    def one(m: re.Match[str]) -> str:
-        nonlocal defaulted
-        name = m.group(1)
-        if name is None:
-            return "$"
-        used.append(name)
-        value = env.get(name)
-        if m.group(2) is not None:
-            defaulted = defaulted or (not value and bool(m.group(3)))
-            return value if value else m.group(3)
-        if value is None:
-            unset.append(name)
-            return ""
-        return value
-
-    value = _VAR.sub(one, text)
-    if "${" in _VAR.sub("", text):
-        raise ValueError("malformed '${...}' (use ${NAME} or ${NAME:-default}; $$ for '$')")
-    return _Expanded(value, unset, used, defaulted)
-
-
-# --- the loader ------------------------------------------------------------------
-
-_BOOL = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-class _Loader:
-    """Walks the YAML node tree, converting and collecting problems."""
-
-    def __init__(self, file: str, env: Mapping[str, str], strict: bool) -> None:
-        self.file = file
-        self.env = env
-        self.strict = strict
-        self.problems: list[Problem] = []
-        self._reported_unset: set[tuple[str, int]] = set()
-        self.auth_refs: set[str] = set()  # auth policies some route names, valid or not
-        self.secret_names: set[str] = set()  # variables some bearer list names
-
-    def error(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message))
-
-    def warn(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message, "warning"))
-
-    # scalars
-
-    def text(self, node: Node, where: str) -> _Expanded | None:
-        if not isinstance(node, ScalarNode):
-            self.error(node, f"{where}: expected a single value, got a {_kind(node)}")
-            return None
-        try:
-            expanded = _expand(str(node.value), self.env)
-        except ValueError as exc:
-            self.error(node, f"{where}: {exc}")
-            return None
-        shared = sorted(set(expanded.used) & self.secret_names)
-        if shared and not where.endswith(".bearer"):
-            # A secret in any other field would sit in plain config (a header name, a host)
-            # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
-            self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
-            return None
-        for name in expanded.unset:
-            if (name, _line(node)) in self._reported_unset:
-                continue
-            self._reported_unset.add((name, _line(node)))
-            message = f"{where}: environment variable {name} is referenced but not set"
-            (self.error if self.strict else self.warn)(node, message)
-        return expanded
-
-    def string(self, node: Node, where: str) -> str | None:
-        expanded = self.text(node, where)
-        return None if expanded is None else expanded.value
-
-    def convert(self, node: Node, where: str, what: str, parse: Callable[[str], T]) -> T | None:
-        raw = self.string(node, where)
-        if raw is None:
-            return None
-        try:
-            return parse(raw.strip())
-        except ValueError:
-            self.error(node, f"{where}: expected {what}, got {raw!r}")
-            return None
-
-    def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
-        value = self.convert(node, where, "a whole number", int)
-        if value is not None and not lo <= value <= hi:
-            self.error(node, f"{where}: {value} is out of range ({lo} to {hi})")
-            return None
-        return value
-
-    def boolean(self, node: Node, where: str) -> bool | None:
-        return self.convert(node, where, "true or false", _parse_bool)
-
-    def duration(self, node: Node, where: str) -> float | None:
-        value = self.convert(node, where, "a duration such as 10s, 500ms or 2m", _parse_duration)
-        if value is not None and value <= 0:
-            self.error(node, f"{where}: must be greater than zero")
-            return None
-        return value
-
-    def duration_or_off(self, node: Node, where: str) -> float | None:
-        """A duration, or ``off`` (also ``0``) to turn the feature off: 0.0."""
-        return self.convert(node, where, "a duration such as 25s or 500ms, or off", _parse_duration_or_off)
-
-    def size(self, node: Node, where: str) -> int | None:
-        value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
-        if value is not None and value <= 0:
-            self.error(node, f"{where}: must be greater than zero")
-            return None
-        return value
-
-    # collections
-
-    def mapping(self, node: Node, where: str, known: set[str]) -> dict[str, Node] | None:
-        if not isinstance(node, MappingNode):
-            self.error(node, f"{where}: expected a mapping (key: value), got a {_kind(node)}")
-            return None
-        out: dict[str, Node] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
-            if key is None:
-                self.error(key_node, f"{where}: keys must be plain names")
-                continue
-            if key in out:
-                self.error(key_node, f"{where}: duplicate key '{key}'")
-                continue
-            if known and key not in known:
-                self.error(key_node, f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(known))})")
-                continue
-            out[key] = value_node
-        return out
-
-    def sequence(self, node: Node, where: str) -> list[Node] | None:
-        if isinstance(node, ScalarNode):
-            return [node]  # a single value stands for a list of one
-        if not isinstance(node, SequenceNode):
-            self.error(node, f"{where}: expected a list, got a {_kind(node)}")
-            return None
-        return list(node.value)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() not in _BOOL:
-        raise ValueError(text)
-    return _BOOL[text.lower()]
-
-
-def _kind(node: Node) -> str:
-    return {MappingNode: "mapping", SequenceNode: "list", ScalarNode: "value"}.get(type(node), "node")
-
-
-def _parse_duration(text: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?", text)
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
-
-def _parse_duration_or_off(text: str) -> float:
-    return 0.0 if text.lower() in ("off", "false", "no") else _parse_duration(text)
-
-
-def _parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", text)
-    if not m or m.group(2).lower() not in _SIZES:
-        raise ValueError(text)
-    return int(m.group(1)) * _SIZES[m.group(2).lower()]
-
+from .reader import HEADER_NAME, Reader, Unreadable, compose, named_nodes
+from .redaction import bearer_texts, redact, secret_names, secret_values
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2 token
 _TOP = {"listen", "metrics", "log", "health", "limits", "upstreams", "auth", "routes"}
 
 
@@ -240,116 +43,21 @@ def load_config(
     """Parse and validate ``text``. Returns the config (``None`` if any error) and
     every problem found. ``strict`` makes an unset variable an error (``serve``);
     otherwise it is a warning (``check``, which also runs where secrets are absent)."""
-    loader = _Loader(file, {} if env is None else env, strict)
-    too_deep = _too_deep(text)
-    if too_deep is not None:
-        return None, [Problem(file, too_deep, f"YAML syntax: nested more than {_MAX_DEPTH} levels deep")]
+    env = {} if env is None else env
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        return None, [_syntax_problem(file, text, exc)]
-    if root is None:
-        return None, [Problem(file, 0, "the file is empty")]
-    bearer = _bearer_texts(root)
-    loader.secret_names = {name for text in bearer for name in _variables(text)}
-    config = _build(loader, root, text)
-    problems = _redact(loader.problems, _secret_values(bearer, loader.env))
+        root = compose(text, file)
+    except Unreadable as exc:
+        return None, [exc.problem]
+    bearer = bearer_texts(root)
+    reader = Reader(file, env, strict, secret_names(bearer))
+    config = _build(reader, root, text)
+    problems = redact(reader.problems, secret_values(bearer, env))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems
 
 
-def _bearer_texts(root: Node) -> list[str]:
-    """Every value under a ``bearer`` key anywhere in the file, valid or not, unexpanded: a
-    duplicate or broken policy's secrets are secrets too (found by tests/test_fuzz_config.py:
-    with 'edge:' written twice, the loader skipped the duplicate and never read its list)."""
-    texts: list[str] = []
-    seen: set[int] = set()
-    todo = [root]
-    while todo:  # iterative, and each node once: aliases can make the tree a graph
-        node = todo.pop()
-        if id(node) in seen or isinstance(node, ScalarNode):
-            continue
-        seen.add(id(node))
-        pairs = node.value if isinstance(node, MappingNode) else [(None, item) for item in node.value]
-        for key, value in pairs:
-            todo.append(value)
-            if isinstance(key, ScalarNode) and key.value == "bearer":
-                items = value.value if isinstance(value, SequenceNode) else [value]
-                texts += [str(item.value) for item in items if isinstance(item, ScalarNode)]
-    return texts
-
-
-def _variables(text: str) -> list[str]:
-    return [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
-
-
-def _secret_values(texts: list[str], env: Mapping[str, str]) -> set[str]:
-    """What a secret looks like in a message: the value, and each variable's value in it."""
-    values: set[str] = set()
-    for text in texts:
-        names = _variables(text)
-        try:
-            expanded = _expand(text, env).value
-        except ValueError:
-            expanded = ""
-        values.update(filter(None, (text if not names else "", expanded, *(env.get(name) for name in names))))
-    return values
-
-
-def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
-    """A message quotes the value it refuses, and a variable that holds a secret can be
-    referenced anywhere (``type: ${EDGE_SECRET}``): no secret is quoted, whatever the field."""
-    out: list[Problem] = []
-    for problem in problems:
-        message = problem.message
-        for secret in sorted(secrets, key=len, reverse=True):
-            for form in (secret, repr(secret)[1:-1]):  # as written, and as quoted by !r
-                message = message.replace(form, "<secret>")
-        out.append(replace(problem, message=message))
-    return out
-
-
-# routes.yaml nests 4 deep. PyYAML's composer recurses once per level, so a deep file
-# ('a: [[[[...' 2000 deep, found writing tests/test_fuzz_config.py) raised RecursionError.
-_MAX_DEPTH = 64
-
-
-def _too_deep(text: str) -> int | None:
-    """The line where collections nest more than ``_MAX_DEPTH`` deep, if they do. The
-    parser's events come without recursion; stops at the first level too deep."""
-    depth = 0
-    try:
-        for event in yaml.parse(text):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > _MAX_DEPTH:
-                    return int(event.start_mark.line) + 1 if event.start_mark else 1
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    except yaml.YAMLError:
-        return None  # yaml.compose reports it, with its line
-    return None
-
-
-# Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
-_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
-
-
-def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
-    if isinstance(exc, yaml.reader.ReaderError):
-        # A character YAML refuses (a control, a lone surrogate) is found before any mark
-        # exists: the error has only an offset into the text, and its str() says
-        # '"<unicode string>", position N'. Give the line instead, as for every other problem.
-        line = len(_YAML_BREAK.split(text[: exc.position]))
-        return Problem(file, line, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
-    mark = getattr(exc, "problem_mark", None)
-    line = int(mark.line) + 1 if mark is not None else 0
-    problem = getattr(exc, "problem", None) or str(exc)
-    return Problem(file, line, f"YAML syntax: {problem}")
-
-
-def _build(ld: _Loader, root: Node, text: str) -> Config | None:
+def _build(ld: Reader, root: Node, text: str) -> Config | None:
     top = ld.mapping(root, "top level", _TOP)
     if top is None:
         return None
@@ -366,13 +74,15 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
         _limits(ld, top["limits"], settings)
     upstreams, upstream_names = _upstreams(ld, top.get("upstreams"), root)
     policies, policy_nodes = _policies(ld, top.get("auth"))
-    routes = _routes(ld, top.get("routes"), root, upstreams, policies, (upstream_names, set(policy_nodes)))
+    auth_refs: set[str] = set()  # auth policies some route names, valid or not
+    defined = (upstream_names, set(policy_nodes))
+    routes = _routes(ld, top.get("routes"), root, upstreams, policies, defined, auth_refs)
     _health_not_routed(ld, top.get("routes"), routes, settings)
     for name, policy_node in policy_nodes.items():
-        if name not in ld.auth_refs:
+        if name not in auth_refs:
             ld.warn(policy_node, f"auth.{name}: not used by any route")
     routed = {route.upstream.name for route in routes}
-    for name, upstream_node in _named_nodes(top.get("upstreams")).items():
+    for name, upstream_node in named_nodes(top.get("upstreams")).items():
         if name in upstreams and name not in routed:
             ld.warn(upstream_node, f"upstreams.{name}: not used by any route (and not probed by the readiness check)")
     return Config(
@@ -385,7 +95,7 @@ def _build(ld: _Loader, root: Node, text: str) -> Config | None:
     )
 
 
-def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+def _listen(ld: Reader, node: Node, out: dict[str, object]) -> None:
     keys = {
         "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
         "trusted_proxies", "client_ip_header", "keepalive_interval",
@@ -403,14 +113,14 @@ def _listen(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     if "trusted_proxies" in m:
         out["trusted_proxies"] = _networks(ld, m["trusted_proxies"], "listen.trusted_proxies")
     if "client_ip_header" in m and (header := ld.string(m["client_ip_header"], "listen.client_ip_header")):
-        if _HEADER.fullmatch(header):
+        if HEADER_NAME.fullmatch(header):
             out["client_ip_header"] = header
         else:
             ld.error(m["client_ip_header"], f"listen.client_ip_header: {header!r} is not a valid header name")
     _drop_none(out)
 
 
-def _metrics(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+def _metrics(ld: Reader, node: Node, out: dict[str, object]) -> None:
     m = ld.mapping(node, "metrics", {"host", "port"}) or {}
     if "host" in m:
         out["metrics_host"] = ld.string(m["host"], "metrics.host")
@@ -419,7 +129,7 @@ def _metrics(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     _drop_none(out)
 
 
-def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+def _log(ld: Reader, node: Node, out: dict[str, object]) -> None:
     m = ld.mapping(node, "log", {"level", "format"}) or {}
     if "level" in m:
         level = ld.string(m["level"], "log.level")
@@ -435,14 +145,7 @@ def _log(ld: _Loader, node: Node, out: dict[str, object]) -> None:
             out["log_format"] = fmt.lower()
 
 
-def _named_nodes(node: Node | None) -> dict[str, Node]:
-    """A mapping's keys and their value nodes, for a problem's line (already validated)."""
-    if not isinstance(node, MappingNode):
-        return {}
-    return {str(k.value): v for k, v in node.value if isinstance(k, ScalarNode)}
-
-
-def _health(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+def _health(ld: Reader, node: Node, out: dict[str, object]) -> None:
     m = ld.mapping(node, "health", {"live", "ready"}) or {}
     for key in ("live", "ready"):
         path = ld.string(m[key], f"health.{key}") if key in m else None
@@ -452,7 +155,7 @@ def _health(ld: _Loader, node: Node, out: dict[str, object]) -> None:
         ld.error(node, "health: 'live' and 'ready' must be different paths")
 
 
-def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], settings: Mapping[str, object]) -> None:
+def _health_not_routed(ld: Reader, node: Node | None, routes: list[Route], settings: Mapping[str, object]) -> None:
     """A route may not name a health path: the sidecar answers it before routing, so
     the route would silently never see it. (A prefix covering one is fine, and
     ``sidecar check`` lists it.)"""
@@ -469,7 +172,7 @@ def _health_not_routed(ld: _Loader, node: Node | None, routes: list[Route], sett
 def _path_node(routes: Node | None, name: str, path: str) -> Node | None:
     """Where route ``name`` writes ``path`` (for the problem's line)."""
     for spec in routes.value if isinstance(routes, SequenceNode) else ():
-        fields = _named_nodes(spec)
+        fields = named_nodes(spec)
         paths = fields.get("paths")
         if isinstance(fields.get("name"), ScalarNode) and fields["name"].value == name and paths is not None:
             items = paths.value if isinstance(paths, SequenceNode) else [paths]
@@ -477,7 +180,7 @@ def _path_node(routes: Node | None, name: str, path: str) -> Node | None:
     return None
 
 
-def _limits(ld: _Loader, node: Node, out: dict[str, object]) -> None:
+def _limits(ld: Reader, node: Node, out: dict[str, object]) -> None:
     m = ld.mapping(node, "limits", {"auth_failures", "auth_window", "tracked_clients", "max_sessions"}) or {}
     if "auth_failures" in m:
         out["auth_failures"] = ld.integer(m["auth_failures"], "limits.auth_failures", 1, 1_000_000)
@@ -490,7 +193,7 @@ def _limits(ld: _Loader, node: Node, out: dict[str, object]) -> None:
     _drop_none(out)
 
 
-def _networks(ld: _Loader, node: Node, where: str) -> tuple[IPNetwork, ...]:
+def _networks(ld: Reader, node: Node, where: str) -> tuple[IPNetwork, ...]:
     networks: list[IPNetwork] = []
     for item in ld.sequence(node, where) or []:
         text = ld.string(item, where) or ""
@@ -507,7 +210,7 @@ def _drop_none(out: dict[str, object]) -> None:
         del out[key]
 
 
-def _upstreams(ld: _Loader, node: Node | None, root: Node) -> tuple[dict[str, Upstream], set[str]]:
+def _upstreams(ld: Reader, node: Node | None, root: Node) -> tuple[dict[str, Upstream], set[str]]:
     """The valid upstreams, and the names of every one defined (valid or not)."""
     if node is None:
         # At the top-level mapping, like a missing 'routes': every problem has a line.
@@ -560,7 +263,7 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _policies(ld: _Loader, node: Node | None) -> tuple[dict[str, AuthPolicy], dict[str, Node]]:
+def _policies(ld: Reader, node: Node | None) -> tuple[dict[str, AuthPolicy], dict[str, Node]]:
     out: dict[str, AuthPolicy] = {}
     specs = {} if node is None else ld.mapping(node, "auth", set()) or {}
     for name, spec in specs.items():
@@ -581,7 +284,7 @@ def _policies(ld: _Loader, node: Node | None) -> tuple[dict[str, AuthPolicy], di
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 section 2.1
 
 
-def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
+def _secrets(ld: Reader, node: Node, where: str) -> tuple[bytes, ...]:
     items = ld.sequence(node, where) or []
     digests: list[bytes] = []
     unset: list[str] = []
@@ -610,14 +313,14 @@ def _secrets(ld: _Loader, node: Node, where: str) -> tuple[bytes, ...]:
     return tuple(digests)
 
 
-def _agent_id(ld: _Loader, node: Node, where: str) -> AgentIdRule | None:
+def _agent_id(ld: Reader, node: Node, where: str) -> AgentIdRule | None:
     m = ld.mapping(node, where, {"header", "query", "pattern", "required", "forward_header"})
     if m is None:
         return None
     kwargs: dict[str, object] = {}
     for key in ("header", "forward_header"):
         if key in m and (value := ld.string(m[key], f"{where}.{key}")) is not None:
-            if not _HEADER.fullmatch(value):
+            if not HEADER_NAME.fullmatch(value):
                 ld.error(m[key], f"{where}.{key}: {value!r} is not a valid header name")
             elif is_reserved(value):
                 ld.error(m[key], f"{where}.{key}: {value!r} is a header the sidecar or HTTP itself owns")
@@ -648,12 +351,13 @@ _WEBSOCKET_ONLY = ("origins", "max_sessions", "duplicate_agent", "compression")
 
 
 def _routes(
-    ld: _Loader,
+    ld: Reader,
     node: Node | None,
     root: Node,
     upstreams: Mapping[str, Upstream],
     policies: Mapping[str, AuthPolicy],
     defined: tuple[set[str], set[str]],
+    auth_refs: set[str],
 ) -> list[Route]:
     if node is None:
         ld.error(root, "routes: missing (at least one route is needed)")
@@ -662,7 +366,7 @@ def _routes(
     seen_paths: dict[str, str] = {}
     seen_names: set[str] = set()
     for index, spec in enumerate(ld.sequence(node, "routes") or []):
-        route, name, claims = _route(ld, spec, f"routes[{index}]", upstreams, policies, defined)
+        route, name, claims = _route(ld, spec, f"routes[{index}]", upstreams, policies, defined, auth_refs)
         # Names and paths are checked even for a route with other errors: every problem is listed.
         where = f"routes[{index}] ({name})" if name else f"routes[{index}]"
         if name is not None and name in seen_names:
@@ -679,12 +383,13 @@ def _routes(
 
 
 def _route(
-    ld: _Loader,
+    ld: Reader,
     spec: Node,
     where: str,
     upstreams: Mapping[str, Upstream],
     policies: Mapping[str, AuthPolicy],
     defined: tuple[set[str], set[str]],
+    auth_refs: set[str],
 ) -> tuple[Route | None, str | None, tuple[str, ...]]:
     """The route (``None`` if it has errors), its name and the paths it claims.
 
@@ -735,7 +440,7 @@ def _route(
             ld.error(m["upstream_path"], f"{where}.upstream_path: only routes with exact 'paths' can rewrite the path")
     policy = None
     if "auth" in m and (auth_name := ld.string(m["auth"], f"{where}.auth")) is not None:
-        ld.auth_refs.add(auth_name)
+        auth_refs.add(auth_name)
         policy = policies.get(auth_name)
         if policy is None and auth_name not in defined_policies:
             ld.error(
@@ -773,7 +478,7 @@ def _route(
     return route, name, claims
 
 
-def _retry(ld: _Loader, node: Node, where: str, kind: str | None) -> Retry | None:
+def _retry(ld: Reader, node: Node, where: str, kind: str | None) -> Retry | None:
     m = ld.mapping(node, where, {"attempts", "backoff"})
     if m is None:
         return None
@@ -791,7 +496,7 @@ def _retry(ld: _Loader, node: Node, where: str, kind: str | None) -> Retry | Non
     return Retry(attempts, backoff)
 
 
-def _admission(ld: _Loader, m: dict[str, Node], where: str, websocket: bool, has_auth: bool) -> dict[str, object]:
+def _admission(ld: Reader, m: dict[str, Node], where: str, websocket: bool, has_auth: bool) -> dict[str, object]:
     """A route's admission keys: origins, max_sessions, duplicate_agent, compression, query_token."""
     out: dict[str, object] = {}
     for key in _WEBSOCKET_ONLY:
@@ -817,7 +522,7 @@ def _admission(ld: _Loader, m: dict[str, Node], where: str, websocket: bool, has
     return out
 
 
-def _origins(ld: _Loader, node: Node, where: str) -> frozenset[str] | None:
+def _origins(ld: Reader, node: Node, where: str) -> frozenset[str] | None:
     allowed: set[str] = set()
     items = ld.sequence(node, where)
     for item in items or []:
@@ -838,7 +543,7 @@ def _defined(names: set[str]) -> str:
     return "defined: " + (", ".join(sorted(names)) or "none")
 
 
-def _path_ok(ld: _Loader, node: Node, where: str, path: str) -> bool:
+def _path_ok(ld: Reader, node: Node, where: str, path: str) -> bool:
     # Imported here: routing imports this module for Route.
     from ..routing import BadPath, canonicalize
 
