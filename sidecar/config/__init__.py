@@ -3,13 +3,17 @@
 What lives where:
 
 - ``model``: the frozen dataclasses (``Config``, ``Route``, ``Upstream``, ``AuthPolicy``,
-  ``AgentIdRule``, ``Retry``, ``Problem``) and their defaults. Pure, no YAML.
+  ``AgentIdRule``, ``Retry``, ``Problem``), their defaults, ``identity_headers`` and
+  ``digest_secret``. Pure, no YAML.
 - ``interpolation``: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in values.
-- ``reader``: text to YAML nodes (syntax problems, the nesting-depth guard), and nodes
-  to typed values, each problem with its ``file:line``.
-- ``redaction``: where the secrets are (every value under ``bearer``), and keeping them
-  out of problem messages.
-- ``schema``: ``load_config`` and the section builders.
+- ``reader``: text to YAML nodes (syntax problems with their line, the nesting-depth
+  guard), and nodes to typed values (``Reader``, ``Fields``), each problem with its
+  ``file:line``; whether a path is written canonically (``sidecar.paths``).
+- ``redaction``: where the secrets are (every value under a ``bearer`` key), and keeping
+  them out of every problem message.
+- ``schema``: ``load_config``, and the top-level sections (listen, metrics, log, health,
+  limits).
+- ``targets``: the ``upstreams`` and ``auth`` sections; ``routes``: the ``routes`` section.
 
 The names below are the ones the rest of ``sidecar`` and the tests use.
 """

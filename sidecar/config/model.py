@@ -21,6 +21,7 @@ DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
 DuplicateAgent = Literal["replace", "reject", "allow"]
+LogFormat = Literal["json", "text"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Config:
     metrics_host: str = ALL_INTERFACES
     metrics_port: int = 9100
     log_level: str = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_format: LogFormat = "json"
     # Admission limits (the ``limits`` section).
     auth_failures: int = 10  # failed authentications per client address ...
     auth_window: float = 60.0  # ... within this many seconds, then 429 for as long

@@ -21,6 +21,7 @@ from .interpolation import Expanded, expand
 from .model import Problem
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: the model's, for a key that is absent or has a problem
 
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2 token
 
@@ -147,6 +148,36 @@ class Reader:
         return list(node.value)
 
 
+class Fields:
+    """One mapping's values by key (``m``, as ``Reader.mapping`` returned it): a key that is
+    absent, or whose value has a problem (reported, with its line), gives ``default``."""
+
+    def __init__(self, reader: Reader, m: Mapping[str, Node], where: str) -> None:
+        self.reader = reader
+        self.m = m
+        self.where = where
+
+    def string(self, key: str, default: D) -> str | D:
+        value = self.reader.string(self.m[key], f"{self.where}.{key}") if key in self.m else None
+        return default if value is None else value
+
+    def integer(self, key: str, lo: int, hi: int, default: D) -> int | D:
+        value = self.reader.integer(self.m[key], f"{self.where}.{key}", lo, hi) if key in self.m else None
+        return default if value is None else value
+
+    def boolean(self, key: str, default: D) -> bool | D:
+        value = self.reader.boolean(self.m[key], f"{self.where}.{key}") if key in self.m else None
+        return default if value is None else value
+
+    def duration(self, key: str, default: D) -> float | D:
+        value = self.reader.duration(self.m[key], f"{self.where}.{key}") if key in self.m else None
+        return default if value is None else value
+
+    def duration_or_off(self, key: str, default: D) -> float | D:
+        value = self.reader.duration_or_off(self.m[key], f"{self.where}.{key}") if key in self.m else None
+        return default if value is None else value
+
+
 def named_nodes(node: Node | None) -> dict[str, Node]:
     """A mapping's keys and their value nodes, for a problem's line (already validated)."""
     if not isinstance(node, MappingNode):
@@ -245,3 +276,19 @@ def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
     at = int(mark.line) + 1 if mark is not None else 0
     problem = getattr(exc, "problem", None) or str(exc)
     return Problem(file, at, f"YAML syntax: {problem}")
+
+
+def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
+    """Whether ``path`` is written in canonical form; if not, the problem is recorded."""
+    # Imported here: routing imports this module for Route.
+    from ..routing import BadPath, canonicalize
+
+    try:
+        canonical = canonicalize(path)
+    except BadPath as exc:
+        rd.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
+        return False
+    if canonical.wire != path or "%" in path:
+        rd.error(node, f"{where}: write {path!r} without percent-escapes")
+        return False
+    return True
