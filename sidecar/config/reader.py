@@ -17,6 +17,7 @@ from typing import TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..paths import BadPath, canonicalize
 from .interpolation import Expanded, expand
 from .model import Problem
 
@@ -280,9 +281,6 @@ def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
 
 def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
     """Whether ``path`` is written in canonical form; if not, the problem is recorded."""
-    # Imported here: routing imports this module for Route.
-    from ..routing import BadPath, canonicalize
-
     try:
         canonical = canonicalize(path)
     except BadPath as exc:
