@@ -14,12 +14,14 @@ What lives where:
 - ``schema``: ``load_config``, and the top-level sections (listen, metrics, log, health,
   limits).
 - ``targets``: the ``upstreams`` and ``auth`` sections; ``routes``: the ``routes`` section.
+- ``files``: ``read_config``, the file on disk to ``load_config`` (the package's only I/O).
 
 The names below are the ones the rest of ``sidecar`` and the tests use.
 """
 
 from __future__ import annotations
 
+from .files import read_config
 from .model import (
     ALL_INTERFACES,
     DEFAULT_AGENT_ID_PATTERN,
@@ -56,4 +58,5 @@ __all__ = [
     "digest_secret",
     "identity_headers",
     "load_config",
+    "read_config",
 ]
