@@ -1,8 +1,9 @@
 """The config model: what ``routes.yaml`` becomes. Frozen dataclasses and their defaults.
 
-Pure: no YAML and no I/O here (reading the file is ``reader``'s, the sections are
-``schema``'s). A secret is held only as its SHA-256 digest (``digest_secret``), so no
-``repr``, log line or exception can carry one.
+Pure: no YAML and no I/O here (YAML is ``reader``'s; the sections are built in
+``schema``, ``targets`` and ``routes``, each default taken from the classes below).
+A secret is held only as its SHA-256 digest (``digest_secret``), so no ``repr``, log
+line or exception can carry one.
 """
 
 from __future__ import annotations

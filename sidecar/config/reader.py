@@ -1,11 +1,12 @@
 """Reading ``routes.yaml``: text to a YAML node tree, and nodes to typed values with their line.
 
-``compose`` turns the text into nodes, or one ``Problem`` (a syntax error with its line,
-or a file nested too deep for PyYAML's recursive composer). A ``Reader`` then converts
-nodes to strings, numbers, durations, sizes, mappings and lists, expanding ``${VAR}``
-in every scalar (``interpolation``), and records a ``Problem`` with ``file:line`` for
-each value it cannot convert, instead of stopping at the first. The sections are built
-from these values in ``schema`` and ``routes``.
+``compose`` turns the text into nodes, or raises ``Unreadable`` with the one ``Problem``
+(a syntax error with its line, a file nested too deep for PyYAML's recursive composer,
+an empty file). A ``Reader`` then converts nodes to strings, numbers, durations, sizes,
+mappings and lists, expanding ``${VAR}`` in every scalar (``interpolation``), and
+records a ``Problem`` with ``file:line`` for each value it cannot convert, instead of
+stopping at the first; ``Fields`` reads a mapping's keys with a default for each. The
+sections are built from these values in ``schema``, ``targets`` and ``routes``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 _SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
 
 
-def line(node: Node) -> int:
+def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
@@ -47,10 +48,10 @@ class Reader:
         self.secret_names = secret_names  # variables some bearer list names
 
     def error(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, line(node) if node else 0, message))
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message))
 
     def warn(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, line(node) if node else 0, message, "warning"))
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message, "warning"))
 
     # scalars
 
@@ -70,9 +71,9 @@ class Reader:
             self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
             return None
         for name in expanded.unset:
-            if (name, line(node)) in self._reported_unset:
+            if (name, _line(node)) in self._reported_unset:
                 continue
-            self._reported_unset.add((name, line(node)))
+            self._reported_unset.add((name, _line(node)))
             message = f"{where}: environment variable {name} is referenced but not set"
             (self.error if self.strict else self.warn)(node, message)
         return expanded
@@ -186,6 +187,19 @@ def named_nodes(node: Node | None) -> dict[str, Node]:
     return {str(k.value): v for k, v in node.value if isinstance(k, ScalarNode)}
 
 
+def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
+    """Whether ``path`` is written in canonical form; if not, the problem is recorded."""
+    try:
+        canonical = canonicalize(path)
+    except BadPath as exc:
+        rd.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
+        return False
+    if canonical.wire != path or "%" in path:
+        rd.error(node, f"{where}: write {path!r} without percent-escapes")
+        return False
+    return True
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() not in _BOOL:
         raise ValueError(text)
@@ -277,16 +291,3 @@ def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
     at = int(mark.line) + 1 if mark is not None else 0
     problem = getattr(exc, "problem", None) or str(exc)
     return Problem(file, at, f"YAML syntax: {problem}")
-
-
-def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
-    """Whether ``path`` is written in canonical form; if not, the problem is recorded."""
-    try:
-        canonical = canonicalize(path)
-    except BadPath as exc:
-        rd.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
-        return False
-    if canonical.wire != path or "%" in path:
-        rd.error(node, f"{where}: write {path!r} without percent-escapes")
-        return False
-    return True
