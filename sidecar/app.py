@@ -27,9 +27,10 @@ from .health import Readiness, answer, is_health_path
 from .httpproxy import proxy_http
 from .logs import event
 from .metrics import NO_ROUTE, Metrics
+from .paths import BadPath, canonicalize
 from .reasons import Reason, Refused, Rejection
 from .refusal import refuse
-from .routing import BadPath, Router, canonicalize
+from .routing import Router
 from .runtime import RUNTIME, Runtime
 from .sessions import DRAIN_RETRY_AFTER
 from .websocket import handle_websocket

@@ -13,13 +13,14 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 from . import __version__, probe
-from .config import Config, Problem, load_config
+from .config import read_config
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
 from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
-from .logs import configure, event
+from .logs import event
+from .startup import config_to_serve, report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,30 +88,9 @@ def _fingerprint(env_var: str | None) -> int:
     return 0
 
 
-def read_config(
-    path: str, *, strict: bool, env: Mapping[str, str] | None = None
-) -> tuple[Config | None, list[Problem]]:
-    """Read and validate the file at ``path`` (with ``env``, default the process's)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
-    except UnicodeDecodeError as exc:  # an editor saved it as Latin-1, say
-        with open(path, "rb") as f:
-            line = f.read()[: exc.start].count(b"\n") + 1
-        return None, [Problem(path, line, "not UTF-8: save the file as UTF-8")]
-    return load_config(text, file=path, env=os.environ if env is None else env, strict=strict)
-
-
-def _report(problems: list[Problem]) -> None:
-    for problem in problems:
-        print(problem, file=sys.stderr)
-
-
 def _check(path: str) -> int:
     config, problems = read_config(path, strict=False)
-    _report(problems)
+    report(problems)
     if config is None:
         errors = sum(p.severity == "error" for p in problems)
         print(f"{path}: {errors} error(s); not valid", file=sys.stderr)
@@ -127,18 +107,6 @@ def _check(path: str) -> int:
         shadows = f" (route '{longest.name}' never sees it)" if longest else ""
         print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
     return 0
-
-
-def config_to_serve(path: str, load: Callable[[], tuple[Config | None, list[Problem]]]) -> Config | None:
-    """The config a server starts with: every problem printed; ``None`` (and a line
-    saying so) if there are errors; otherwise logging set up as it says."""
-    config, problems = load()
-    _report(problems)
-    if config is None:
-        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
-        return None
-    configure(config.log_level, config.log_format)
-    return config
 
 
 def _serve(path: str, *, allow_pure_python: bool) -> int:

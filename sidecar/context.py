@@ -13,7 +13,7 @@ from multidict import MultiDict, MultiDictProxy, MultiMapping
 from yarl import URL
 
 from .config import Route
-from .routing import CanonicalPath
+from .paths import CanonicalPath
 
 
 @dataclass(eq=False, slots=True)
