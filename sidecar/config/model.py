@@ -23,6 +23,15 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
 DuplicateAgent = Literal["replace", "reject", "allow"]
 LogFormat = Literal["json", "text"]
+OnExpiry = Literal["close", "ignore"]
+
+# JWT algorithms (RFC 7518 section 3.1, RFC 8037 for EdDSA). "none" is never one of them.
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+# An HMAC key at least as long as the hash's output (RFC 7518 section 3.2: HS256, 32 bytes).
+MIN_JWT_SECRET_BYTES = 32
+# How long an agent id may be when the pattern itself has no bound (``.+``).
+UNBOUNDED_AGENT_ID_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,28 @@ class AgentIdRule:
     pattern: re.Pattern[str] = re.compile(DEFAULT_AGENT_ID_PATTERN)
     required: bool = True
     forward_header: str = "X-Edge-Agent-Id"
+    # The longest id the pattern can match: longer input is refused before the pattern
+    # runs, so an operator's pattern never backtracks over a whole 8 KiB header.
+    max_length: int = 128
+
+
+@dataclass(frozen=True)
+class JwtPolicy:
+    """JSON Web Tokens an auth policy accepts (``auth.<name>.jwt``).
+
+    ``secrets`` are the HMAC keys, current first: verification needs them as they are,
+    so they are held, but never shown (``repr=False``; ``sidecar check`` names them by
+    fingerprint). Asymmetric keys come from ``jwks_url`` at run time, never from the file.
+    """
+
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None  # iss must equal it
+    audience: str | None = None  # aud must contain it
+    agent_claim: str = "sub"  # the claim whose value is the agent id
+    leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    on_expiry: OnExpiry = "close"  # close: an open session ends at exp + leeway (4401)
 
 
 @dataclass(frozen=True)
@@ -61,6 +92,7 @@ class AuthPolicy:
     name: str
     secret_digests: tuple[bytes, ...] = field(repr=False, default=())
     agent_id: AgentIdRule | None = None
+    jwt: JwtPolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class Reader:
         self.strict = strict
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
-        self.secret_names = secret_names  # variables some bearer list names
+        self.secret_names = secret_names  # variables some bearer or jwt.secrets list names
 
     def error(self, node: Node | None, message: str) -> None:
         self.problems.append(Problem(self.file, _line(node) if node else 0, message))
@@ -65,7 +65,7 @@ class Reader:
             self.error(node, f"{where}: {exc}")
             return None
         shared = sorted(set(expanded.used) & self.secret_names)
-        if shared and not where.endswith(".bearer"):
+        if shared and not where.endswith((".bearer", ".jwt.secrets")):
             # A secret in any other field would sit in plain config (a header name, a host)
             # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
             self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
