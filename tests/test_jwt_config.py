@@ -8,9 +8,11 @@ import pickle
 
 import pytest
 
-from sidecar.config import Config, load_config
+from sidecar.auth import Admission, resolve_agent_id
+from sidecar.config import AgentIdRule, Config, load_config
 from sidecar.config.model import JwtPolicy
 from sidecar.config.patterns import max_length, nested_quantifier
+from sidecar.reasons import Reason
 
 from .issuer import JWT_SECRET, JWT_SECRET_PREVIOUS
 
@@ -282,3 +284,26 @@ def test_the_default_pattern_bounds_ids_at_128() -> None:
     assert problems == []
     assert config is not None and config.auth["e"].agent_id is not None
     assert config.auth["e"].agent_id.max_length == 11
+
+
+class Recording:
+    """A stand-in for a compiled pattern that records the length of what it is run on."""
+
+    pattern = "[a-z]+"
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+
+    def fullmatch(self, value: str) -> bool:
+        self.lengths.append(len(value))
+        return True
+
+
+def test_an_id_longer_than_the_pattern_allows_never_reaches_the_pattern() -> None:
+    """An operator's pattern runs on attacker input: never on more than the id's own maximum."""
+    pattern = Recording()
+    rule = AgentIdRule(pattern=pattern, max_length=128)  # type: ignore[arg-type]
+    assert resolve_agent_id(["a" * 8000], [], rule) == Admission(None, Reason.INVALID_AGENT_ID)
+    assert resolve_agent_id([], ["b" * 129], rule) == Admission(None, Reason.INVALID_AGENT_ID)
+    assert resolve_agent_id(["c" * 128], [], rule) == Admission("c" * 128)
+    assert pattern.lengths == [128]
