@@ -143,13 +143,17 @@ class KeyCache:
         source.wanted_at = now
         source.wake.set()
 
+    def state_of(self, url: str) -> str | None:
+        source = self._sources.get(url)
+        return None if source is None else source.state()
+
     def state(self, config: Config) -> dict[str, str]:
         """Each policy with a JWKS -> its state (``/readyz``)."""
         out: dict[str, str] = {}
         for name, policy in sorted(config.auth.items()):
-            source = self._sources.get(policy.jwt.jwks_url) if policy.jwt and policy.jwt.jwks_url else None
-            if source is not None:
-                out[name] = source.state()
+            state = self.state_of(policy.jwt.jwks_url) if policy.jwt and policy.jwt.jwks_url else None
+            if state is not None:
+                out[name] = state
         return out
 
     async def running(self, _: object = None) -> AsyncIterator[None]:
@@ -158,10 +162,11 @@ class KeyCache:
         self._running = True
         for source in self._sources.values():
             self._launch(source)
-        tried = [source.tried.wait() for source in self._sources.values()]
+        tried = [asyncio.ensure_future(source.tried.wait()) for source in self._sources.values()]
         if tried:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*tried), FETCH_TIMEOUT + 1)
+            _, late = await asyncio.wait(tried, timeout=FETCH_TIMEOUT + 1)
+            for waiting in late:
+                waiting.cancel()
         try:
             yield
         finally:
@@ -181,8 +186,12 @@ class KeyCache:
             source.wake.clear()  # a kid wanted during this fetch wakes the next one
             ok = await self._refresh(source)
             source.tried.set()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the wait's result
+            # when a cancellation and a wake-up coincide, and the cleanup would wait a whole
+            # interval for this task (found by tests/test_jwks.py).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(source.wake.wait(), REFRESH_EVERY if ok else RETRY_AFTER_FAILURE)
+                async with asyncio.timeout(REFRESH_EVERY if ok else RETRY_AFTER_FAILURE):
+                    await source.wake.wait()
 
     async def _refresh(self, source: Source) -> bool:
         try:

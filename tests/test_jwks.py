@@ -121,65 +121,70 @@ async def test_plain_http_resolves_only_to_loopback_or_private_addresses(
             await resolver.resolve("issuer.internal", 80)
 
 
-async def test_a_fetch_that_does_not_answer_in_time_keeps_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.asynccontextmanager
+async def kept(*urls: str) -> AsyncIterator[tuple[KeyCache, Metrics]]:
+    """A cache of ``urls`` running as it does while the sidecar serves (first fetches done)."""
     metrics = Metrics()
-    server = await Jwks(ec_signer()).start()
     cache = KeyCache(metrics)
-    cache.configure([server.url])
+    cache.configure(urls)
+    running = cache.running()
+    await running.__anext__()
     try:
-        running = cache.running()
-        await running.__anext__()
-        assert cache.sets[server.url].kids == ["ec-1"]
-        monkeypatch.setattr(jwks, "FETCH_TIMEOUT", 0.2)
-        server.hold = asyncio.Event()  # the issuer stops answering
-        cache.wanted(server.url)
-        await until(lambda: refreshes(metrics, "failure") == 1)
-        assert cache.sets[server.url].kids == ["ec-1"]  # the last good keys
-        state = cache._sources[server.url]
-        assert state.failure == "no answer within 0.2 s"
-        with pytest.raises(StopAsyncIteration):
-            await running.__anext__()
+        yield cache, metrics
+    finally:
+        await running.aclose()  # its fetches cancelled, as at the server's cleanup
+
+
+async def test_a_fetch_that_does_not_answer_in_time_keeps_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await Jwks(ec_signer()).start()
+    try:
+        async with kept(server.url) as (cache, metrics):
+            assert cache.sets[server.url].kids == ["ec-1"]
+            monkeypatch.setattr(jwks, "FETCH_TIMEOUT", 0.2)
+            server.hold = asyncio.Event()  # the issuer stops answering
+            cache.wanted(server.url)
+            await until(lambda: refreshes(metrics, "failure") == 1)
+            assert cache.sets[server.url].kids == ["ec-1"]  # the last good keys
+            assert cache.state_of(server.url) == "last refresh failed; using the 1 keys fetched 0 s ago"
     finally:
         await server.stop()
 
 
 async def test_a_reload_fetches_a_new_set_and_forgets_an_old_one() -> None:
-    metrics = Metrics()
     first, second = await Jwks(ec_signer()).start(), await Jwks(rsa_signer()).start()
-    cache = KeyCache(metrics)
-    cache.configure([first.url])
     try:
-        running = cache.running()
-        await running.__anext__()
-        cache.configure([second.url])  # as Runtime.apply does on SIGHUP
-        await until(lambda: second.url in cache.sets)
-        assert list(cache.sets) == [second.url] and cache.sets[second.url].kids == ["rsa-1"]
-        with pytest.raises(StopAsyncIteration):
-            await running.__anext__()
+        async with kept(first.url) as (cache, _):
+            cache.configure([second.url])  # as Runtime.apply does on SIGHUP
+            await until(lambda: second.url in cache.sets)
+            assert list(cache.sets) == [second.url] and cache.sets[second.url].kids == ["rsa-1"]
     finally:
         await first.stop()
         await second.stop()
 
 
 async def test_an_unknown_kid_wakes_at_most_one_fetch_per_interval() -> None:
-    metrics = Metrics()
     server = await Jwks(ec_signer()).start()
-    cache = KeyCache(metrics)
-    cache.configure([server.url])
     try:
-        running = cache.running()
-        await running.__anext__()
-        assert server.fetches == 1
-        for _ in range(20):  # a client sending made-up kids
-            cache.wanted(server.url)
-        await until(
-            lambda: metrics.registry.get_sample_value("sidecar_jwks_refreshes_total", {"result": "success"}) == 2
-        )
-        for _ in range(20):
-            cache.wanted(server.url)
-        assert not cache._sources[server.url].wake.is_set()  # no third fetch is coming
-        assert server.fetches == 2
-        with pytest.raises(StopAsyncIteration):
-            await running.__anext__()
+        async with kept(server.url) as (cache, metrics):
+            assert server.fetches == 1
+            for _ in range(20):  # a client sending made-up kids
+                cache.wanted(server.url)
+            await until(lambda: refreshes(metrics, "success") == 2)
+            for _ in range(20):
+                cache.wanted(server.url)
+            assert not cache._sources[server.url].wake.is_set()  # no third fetch is coming
+            assert server.fetches == 2
+    finally:
+        await server.stop()
+
+
+async def test_the_cache_stops_at_once_even_as_a_fetch_is_woken() -> None:
+    """The server's cleanup cancels the fetch loop; a wake-up arriving just before must not
+    keep it waiting for the next 10-minute tick."""
+    server = await Jwks(ec_signer()).start()
+    try:
+        async with asyncio.timeout(10):  # a bound for a shared machine; the stop is immediate
+            async with kept(server.url) as (cache, _):
+                cache.wanted(server.url)  # an unknown kid, as the cleanup begins
     finally:
         await server.stop()
