@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, probe
+from .clients import settings
 from .config import read_config
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
 from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
@@ -101,6 +102,8 @@ def _check(path: str) -> int:
         target = route.upstream.name + " " + (route.upstream_path or "(same path)")
         auth = route.auth.name if route.auth else "none"
         print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
+    for key, (value, why) in settings(config).items():
+        print(f"  listen.{key}: {value} ({why})")
     for path in (config.live_path, config.ready_path):
         covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import context_of, make_app
+from .clients import log_fields as client_settings
 from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
 from .logs import configure, event
@@ -302,6 +303,7 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         config=config.source,
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
+        **client_settings(config),  # where client addresses come from, and why (Railway's defaults)
     )
     needed = 2 * config.max_sessions + _SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:
