@@ -31,15 +31,19 @@ LogFormat = Literal["json", "text"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file)."""
+    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file) and, where
+    known (a YAML syntax error), ``column`` (1-based; 0 = the line)."""
 
     file: str
     line: int
     message: str
     severity: Severity = "error"
+    column: int = 0
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         return f"{where}: {self.severity}: {self.message}"
 
 

@@ -11,8 +11,9 @@ sections are built from these values in ``schema``, ``targets`` and ``routes``.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TypeVar
 
 import yaml
@@ -136,7 +137,11 @@ class Reader:
                 self.error(key_node, f"{where}: duplicate key '{key}'")
                 continue
             if known and key not in known:
-                self.error(key_node, f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(known))})")
+                hint = nearest(key, known)
+                hint = f": did you mean '{hint}'?" if hint else ""
+                self.error(
+                    key_node, f"{where}: unknown key '{key}'{hint} (expected one of: {', '.join(sorted(known))})"
+                )
                 continue
             out[key] = value_node
         return out
@@ -185,6 +190,19 @@ def named_nodes(node: Node | None) -> dict[str, Node]:
     if not isinstance(node, MappingNode):
         return {}
     return {str(k.value): v for k, v in node.value if isinstance(k, ScalarNode)}
+
+
+def nearest(key: str, known: Collection[str]) -> str | None:
+    """The known key ``key`` is most likely a misspelling of: the same but for case, the
+    closest by difflib's ratio, or the one key it begins (``drain`` for ``drain_timeout``)."""
+    lowered = {k.lower(): k for k in known}
+    if key.lower() in lowered:
+        return lowered[key.lower()]
+    close = difflib.get_close_matches(key.lower(), lowered, n=1)
+    if close:
+        return lowered[close[0]]
+    begun = [k for k in known if len(key) >= 3 and k.lower().startswith(key.lower())]
+    return begun[0] if len(begun) == 1 else None
 
 
 def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
@@ -288,6 +306,56 @@ def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
         at = len(_YAML_BREAK.split(text[: exc.position]))
         return Problem(file, at, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
     mark = getattr(exc, "problem_mark", None)
-    at = int(mark.line) + 1 if mark is not None else 0
-    problem = getattr(exc, "problem", None) or str(exc)
-    return Problem(file, at, f"YAML syntax: {problem}")
+    problem = _plain_tokens(getattr(exc, "problem", None) or str(exc))
+    if mark is None:
+        return Problem(file, 0, f"YAML syntax: {problem}")
+    found = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+    if opened is not None and context.startswith(_UNCLOSED):
+        # PyYAML notices an unclosed '[', '{' or quote where the text ends or something
+        # else begins; the mistake is where it was opened.
+        what = repr(_at(text, opened)) if context.startswith("while parsing") else "quoted value"
+        return _at_mark(file, opened, f"YAML syntax: this {what} is never closed: {found}")
+    if opened is not None and context.startswith("while parsing a block"):
+        # A line indented deeper or shallower than its neighbours: PyYAML points at it.
+        block = f"line {opened.line + 1}, column {opened.column + 1}"
+        return _at_mark(file, mark, f"YAML syntax: indented unlike the block it is in, from {block}: {problem}")
+    return _at_mark(file, mark, f"YAML syntax: {problem}{_HINTS.get(problem, '')}")
+
+
+_UNCLOSED = ("while parsing a flow", "while scanning a quoted scalar")
+_HINTS = {
+    "mapping values are not allowed here": (
+        " (a ': ' inside a value, which needs quotes; or a key indented deeper than the one above it)"
+    ),
+    "found character '\\t' that cannot start any token": " (YAML indents with spaces, never tabs)",
+    "found character '@' that cannot start any token": " (quote a value that begins with @)",
+    "found character '`' that cannot start any token": " (quote a value that begins with `)",
+}
+
+
+# PyYAML's names for tokens, as a reader of the file would say them.
+_TOKENS = {
+    "'<stream end>'": "the end of the file",
+    "<stream end>": "the end of the file",
+    "<block end>": "the end of the block",
+    "'<block mapping start>'": "a key",
+    "'?'": "a key",
+    "'<block sequence start>'": "a list item",
+    "'-'": "a list item",
+    "unexpected end of stream": "the end of the file",
+}
+
+
+def _plain_tokens(problem: str) -> str:
+    for token, words in _TOKENS.items():
+        problem = problem.replace(token, words)
+    return problem
+
+
+def _at(text: str, mark: yaml.Mark) -> str:
+    return text[mark.index] if 0 <= mark.index < len(text) else ""
+
+
+def _at_mark(file: str, mark: yaml.Mark, message: str) -> Problem:
+    return Problem(file, int(mark.line) + 1, message, column=int(mark.column) + 1)
