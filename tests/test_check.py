@@ -113,3 +113,35 @@ def test_an_unknown_key_names_its_route_and_the_nearest_known_key(text: str, exp
 )
 def test_a_yaml_syntax_error_gives_the_line_and_column_of_the_mistake(text: str, expected: str) -> None:
     assert first(text).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("written", "size", "warning"),
+    [
+        ("4MiB", 4 * 1024**2, None),
+        ("512KiB", 512 * 1024, None),
+        ("65536", 65536, None),
+        ("1gib", 1024**3, None),  # units are case-insensitive
+        # KB, MB and GB count in 1000s: accepted, and a warning saying so.
+        (
+            "4MB",
+            4_000_000,
+            "4MB is 4,000,000 bytes (MB counts in 1000s); if 4MiB (4,194,304 bytes) is meant, write that",
+        ),
+        (
+            "512kb",
+            512_000,
+            "512kb is 512,000 bytes (kb counts in 1000s); if 512KiB (524,288 bytes) is meant, write that",
+        ),
+        (
+            "${SIZE}",
+            4_000_000,
+            "4MB is 4,000,000 bytes (MB counts in 1000s); if 4MiB (4,194,304 bytes) is meant, write that",
+        ),
+    ],
+)
+def test_sizes_in_kb_or_mb_are_a_warning_that_says_what_they_mean(written: str, size: int, warning: str | None) -> None:
+    config, problems = load_config(ROUTES + f"    max_message_size: {written}\n", env={**ENV, "SIZE": "4MB"})
+    assert config is not None and config.routes[0].max_message_size == size
+    expected = [f"routes.yaml:9: warning: routes[0] (edge).max_message_size: {warning}"] if warning else []
+    assert [str(p) for p in problems] == expected

@@ -22,6 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..paths import BadPath, canonicalize
 from .interpolation import Expanded, expand
 from .model import Problem
+from .syntax import syntax_problem
 
 T = TypeVar("T")
 D = TypeVar("D")  # a default: the model's, for a key that is absent or has a problem
@@ -30,7 +31,8 @@ HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6
 
 _BOOL = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
+# Units are case-insensitive; KB, MB and GB count in 1000s (and are a warning: see Reader.size).
+_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 
 
 def _line(node: Node) -> int:
@@ -115,10 +117,27 @@ class Reader:
         return self.convert(node, where, "a duration such as 25s or 500ms, or off", _parse_duration_or_off)
 
     def size(self, node: Node, where: str) -> int | None:
-        value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
-        if value is not None and value <= 0:
+        raw = self.string(node, where)
+        if raw is None:
+            return None
+        try:
+            value = _parse_size(raw.strip())
+        except ValueError:
+            self.error(node, f"{where}: expected a size such as 4MiB, 65536 or 512KiB, got {raw!r}")
+            return None
+        if value <= 0:
             self.error(node, f"{where}: must be greater than zero")
             return None
+        decimal = _decimal_unit(raw)
+        if decimal is not None:
+            # 4MB is 4,000,000 bytes here, as in SI; whoever writes it almost always means 4MiB.
+            number, unit = decimal
+            binary = f"{number}{unit[0].upper()}iB"
+            self.warn(
+                node,
+                f"{where}: {raw.strip()} is {value:,} bytes ({unit} counts in 1000s); if {binary} "
+                f"({_parse_size(binary):,} bytes) is meant, write that",
+            )
         return value
 
     # collections
@@ -239,6 +258,12 @@ def _parse_duration_or_off(text: str) -> float:
     return 0.0 if text.lower() in ("off", "false", "no") else _parse_duration(text)
 
 
+def _decimal_unit(text: str) -> tuple[int, str] | None:
+    """The number and unit of a size written in KB, MB or GB (any case), else ``None``."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG][bB])\s*", text)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
 def _parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", text)
     if not m or m.group(2).lower() not in _SIZES:
@@ -266,7 +291,7 @@ def compose(text: str, file: str) -> Node:
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise Unreadable(_syntax_problem(file, text, exc)) from None
+        raise Unreadable(syntax_problem(file, text, exc)) from None
     if root is None:
         raise Unreadable(Problem(file, 0, "the file is empty"))
     return root
@@ -292,70 +317,3 @@ def _too_deep(text: str) -> int | None:
     except yaml.YAMLError:
         return None  # yaml.compose reports it, with its line
     return None
-
-
-# Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
-_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
-
-
-def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
-    if isinstance(exc, yaml.reader.ReaderError):
-        # A character YAML refuses (a control, a lone surrogate) is found before any mark
-        # exists: the error has only an offset into the text, and its str() says
-        # '"<unicode string>", position N'. Give the line instead, as for every other problem.
-        at = len(_YAML_BREAK.split(text[: exc.position]))
-        return Problem(file, at, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
-    mark = getattr(exc, "problem_mark", None)
-    problem = _plain_tokens(getattr(exc, "problem", None) or str(exc))
-    if mark is None:
-        return Problem(file, 0, f"YAML syntax: {problem}")
-    found = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
-    if opened is not None and context.startswith(_UNCLOSED):
-        # PyYAML notices an unclosed '[', '{' or quote where the text ends or something
-        # else begins; the mistake is where it was opened.
-        what = repr(_at(text, opened)) if context.startswith("while parsing") else "quoted value"
-        return _at_mark(file, opened, f"YAML syntax: this {what} is never closed: {found}")
-    if opened is not None and context.startswith("while parsing a block"):
-        # A line indented deeper or shallower than its neighbours: PyYAML points at it.
-        block = f"line {opened.line + 1}, column {opened.column + 1}"
-        return _at_mark(file, mark, f"YAML syntax: indented unlike the block it is in, from {block}: {problem}")
-    return _at_mark(file, mark, f"YAML syntax: {problem}{_HINTS.get(problem, '')}")
-
-
-_UNCLOSED = ("while parsing a flow", "while scanning a quoted scalar")
-_HINTS = {
-    "mapping values are not allowed here": (
-        " (a ': ' inside a value, which needs quotes; or a key indented deeper than the one above it)"
-    ),
-    "found character '\\t' that cannot start any token": " (YAML indents with spaces, never tabs)",
-    "found character '@' that cannot start any token": " (quote a value that begins with @)",
-    "found character '`' that cannot start any token": " (quote a value that begins with `)",
-}
-
-
-# PyYAML's names for tokens, as a reader of the file would say them.
-_TOKENS = {
-    "'<stream end>'": "the end of the file",
-    "<stream end>": "the end of the file",
-    "<block end>": "the end of the block",
-    "'<block mapping start>'": "a key",
-    "'?'": "a key",
-    "'<block sequence start>'": "a list item",
-    "'-'": "a list item",
-    "unexpected end of stream": "the end of the file",
-}
-
-
-def _plain_tokens(problem: str) -> str:
-    for token, words in _TOKENS.items():
-        problem = problem.replace(token, words)
-    return problem
-
-
-def _at(text: str, mark: yaml.Mark) -> str:
-    return text[mark.index] if 0 <= mark.index < len(text) else ""
-
-
-def _at_mark(file: str, mark: yaml.Mark, message: str) -> Problem:
-    return Problem(file, int(mark.line) + 1, message, column=int(mark.column) + 1)
