@@ -265,7 +265,7 @@ def raise_open_files_limit() -> int:
 
 
 _NR_OPEN = 1 << 20  # Linux's default fs.nr_open
-_SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
+SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
 
 
 async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
@@ -305,7 +305,7 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         open_files_limit=open_files,
         **client_settings(config),  # where client addresses come from, and why (Railway's defaults)
     )
-    needed = 2 * config.max_sessions + _SPARE_FILES
+    needed = 2 * config.max_sessions + SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:
         # Past the limit, accept() and connect() fail: upgrades would get 502s
         # (and asyncio logs a traceback each) long before over_capacity answers.
