@@ -57,10 +57,10 @@ def test_every_event_the_sidecar_logs_has_a_message() -> None:
         (
             "ws.closed",
             {"route": "edge", "agent_id": "edge_7", "code": 1012, "reason": "service restart", "initiator": "sidecar"},
-            "session closed with 1012 service restart by the sidecar on route edge for agent edge_7",
+            "session closed by the sidecar with 1012 (service restart) on route edge for agent edge_7",
         ),
         # A part whose field is absent (or empty) is left out.
-        ("ws.closed", {"code": 1006, "reason": "", "initiator": "client"}, "session closed with 1006 by the client"),
+        ("ws.closed", {"code": 1006, "reason": "", "initiator": "client"}, "session closed by the client with 1006"),
         (
             "ws.rejected",
             {"reason": "invalid_token", "status": 401, "route": "edge"},
@@ -108,7 +108,7 @@ async def test_each_json_line_has_message_and_level_beside_event_and_its_fields(
     await until(lambda: '"ws.closed"' in served_log.getvalue())
     lines = {line["event"]: line for line in map(json.loads, served_log.getvalue().splitlines())}
     closed, refused = lines["ws.closed"], lines["ws.rejected"]
-    assert (closed["level"], closed["message"]) == ("info", "session closed with 1000 by the client on route edge")
+    assert (closed["level"], closed["message"]) == ("info", "session closed by the client with 1000 on route edge")
     assert (closed["code"], closed["initiator"], closed["request_id"]) == (1000, "client", RAILWAY_ID)
     assert refused["level"] == "warning"
     assert refused["message"] == "refused a WebSocket upgrade with 401 invalid_token on route edge"
