@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import signal
 import subprocess
 
@@ -14,12 +15,18 @@ import pytest
 from multidict import CIMultiDict
 from websockets.exceptions import InvalidStatus
 
+from sidecar.admission import authenticate
 from sidecar.clients import ClientRules, settings
 from sidecar.config import load_config, model
+from sidecar.context import Context
+from sidecar.metrics import Metrics
+from sidecar.reasons import Refused
+from sidecar.routing import Router
+from sidecar.runtime import Runtime
 
 from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, edge_yaml, free_port, process_env, spawned
 from .upstream import Backend
-from .wire import rejected, ws_connect
+from .wire import log_fields, rejected, ws_connect
 
 ON_RAILWAY = {"RAILWAY_SERVICE_ID": "5b7c81b3-1578-4eb8-8498-44f4f517b263"}
 ATTACKER = "203.0.113.66"
@@ -201,3 +208,20 @@ def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SIDECAR, "check", "routes.yaml"], capture_output=True, text=True, env=process_env(**env), cwd=ROOT, timeout=60
     )
+
+
+@pytest.mark.parametrize(("peer", "warned"), [("10.1.2.3", True), ("100.64.0.3", False), ("93.184.216.34", False)])
+def test_on_railway_failures_from_a_proxy_outside_the_edges_range_still_warn(
+    peer: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Were Railway's edge to connect from elsewhere than 100.64.0.0/10, its agents would
+    share one budget again: the once-per-process hint still names the peer to trust."""
+    caplog.set_level(logging.WARNING, logger="sidecar")
+    config = config_for("http://127.0.0.1:1", edge_yaml(), **ON_RAILWAY)
+    rt = Runtime(config=config, router=Router(config.routes), metrics=Metrics())
+    headers = CIMultiDict({"Authorization": "Bearer wrong", "X-Real-IP": AGENT_IP})
+    client, trusted = rt.clients.identify(peer, headers)
+    ctx = Context("GET", "/edge/ws", (1, 1), headers, peer, client, trusted, True, 0.0)
+    with pytest.raises(Refused):
+        authenticate(ctx, rt, config.routes[0])
+    assert [f["peer"] for f in log_fields(caplog, "auth.failures_keyed_on_proxy")] == ([peer] if warned else [])
