@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, probe
 from .config import read_config
@@ -31,8 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", help="run the proxy", epilog=serve_environment(), formatter_class=argparse.RawDescriptionHelpFormatter
+        "serve", help="run the proxy", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    serve.add_argument("-h", "--help", action=_HelpWithEnvironment, help="show this help message and exit")
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
     serve.add_argument(
         "--allow-pure-python",
@@ -136,6 +138,19 @@ def _serve(path: str, *, allow_pure_python: bool) -> int:
 
     secrets = secret_states(config, os.environ)  # before the loop runs: scrypt is slow on purpose
     return asyncio.run(serve(config, lambda: read_config(path, strict=True), secrets=secrets))
+
+
+class _HelpWithEnvironment(argparse.Action):
+    """``serve --help``: the help, then the environment it reads (the shipped file is read
+    only when help is asked for, not at every command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.epilog = serve_environment()
+        parser.print_help()
+        parser.exit()
 
 
 def serve_environment() -> str:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from .conftest import SECRET, StartSidecar, config_for, free_port
+from .test_layout import PACKAGE, import_graph
 from .wire import log_fields
 
 NOWHERE = "nonexistent.invalid"  # RFC 6761 section 6.4: never resolves
@@ -62,3 +63,22 @@ async def test_an_ipv6_upstream_is_named_in_brackets(start_sidecar: StartSidecar
     status, _, body = await readyz(sidecar.port)
     assert status == 503
     assert str(body["upstreams"]).startswith(f"{{'backend': '[::1]:{port}: ")
+
+
+def test_nothing_that_answers_a_client_can_compute_a_fingerprint() -> None:
+    """A fingerprint is a slow KDF on purpose: computed per request it would hand anyone
+    sending requests a CPU lever. The server is given them once, at start (cli), and no
+    module it runs on can reach sidecar.fingerprint."""
+    graph = import_graph(PACKAGE)
+    for start in ("sidecar.server", "sidecar.app", "sidecar.health"):
+        reached, todo = set(), [start]
+        while todo:
+            for module in graph[todo.pop()] - reached:
+                reached.add(module)
+                todo.append(module)
+        assert "sidecar.fingerprint" not in reached, start
+    assert {m for m, imported in graph.items() if "sidecar.fingerprint" in imported} == {
+        "sidecar.cli",
+        "sidecar.probe",
+        "sidecar.startup",
+    }
