@@ -7,8 +7,8 @@ mappings and lists, expanding ``${VAR}`` in every scalar (``interpolation``), an
 records a ``Problem`` with ``file:line`` for each value it cannot convert, instead of
 stopping at the first; ``Fields`` reads a mapping's keys with a default for each. A
 problem quotes a value with ``Reader.quote`` (or shows it with ``Reader.show``), which
-masks a secret another variable carried into it (``redaction``). The
-sections are built from these values in ``schema``, ``targets`` and ``routes``.
+masks a secret another variable carried into it (``redaction``). The sections are
+built from these values in ``schema``, ``targets`` and ``routes``.
 """
 
 from __future__ import annotations
