@@ -10,11 +10,14 @@ What lives where:
   guard), and nodes to typed values (``Reader``, ``Fields``), each problem with its
   ``file:line``; whether a path is written canonically (``sidecar.paths``).
 - ``redaction``: where the secrets are (every value under a ``bearer`` key), and keeping
-  them out of every problem message.
+  them out of every problem message (by where a quoted value came from, never by searching
+  messages for the secret).
 - ``schema``: ``load_config``, and the top-level sections (listen, metrics, log, health,
   limits).
 - ``targets``: the ``upstreams`` and ``auth`` sections; ``routes``: the ``routes`` section.
 - ``files``: ``read_config``, the file on disk to ``load_config`` (the package's only I/O).
+- ``environment``: the variables a file names (for ``serve --help``), and whether the
+  process runs on Railway.
 
 The names below are the ones the rest of ``sidecar`` and the tests use.
 """
