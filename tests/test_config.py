@@ -18,7 +18,7 @@ from sidecar.config import (
 from .conftest import ROOT
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
-ENV = {"EDGE_SECRET": "abc"}
+ENV = {"EDGE_SECRET": "abc-0123456789abcdef"}  # 16 characters or more: no warning
 
 
 def line_of(text: str, needle: str) -> int:
@@ -100,7 +100,7 @@ def test_shipped_defaults() -> None:
 
 def test_shipped_auth_policy() -> None:
     policy = load_ok(SHIPPED).auth["edge"]
-    assert policy.secret_digests == (digest_secret("abc"),)
+    assert policy.secret_digests == (digest_secret(ENV["EDGE_SECRET"]),)
     rule = policy.agent_id
     assert rule is not None
     assert (rule.header, rule.query, rule.required, rule.forward_header) == (
@@ -328,10 +328,10 @@ def test_secret_written_literally_is_a_warning() -> None:
 
 
 def test_secret_written_as_a_default_is_a_warning() -> None:
-    text = SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET:-hunter2}")
+    text = SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET:-hunter2-0123456789}")
     config, problems = load_config(text, env={})
     assert config is not None
-    assert config.auth["edge"].secret_digests == (digest_secret("hunter2"),)
+    assert config.auth["edge"].secret_digests == (digest_secret("hunter2-0123456789"),)
     assert [p.severity for p in problems] == ["warning"]
     assert "a secret is written in the file" in problems[0].message
 
@@ -1030,7 +1030,7 @@ def test_unused_auth_policy_is_a_warning() -> None:
 
 
 def test_warnings_alone_do_not_stop_the_config() -> None:
-    text = BASE.replace("'${S}'", "literal-token")
+    text = BASE.replace("'${S}'", "literal-token-0123456789")
     config, problems = load_config(text, env={})
     assert config is not None
     assert [p.severity for p in problems] == ["warning"]

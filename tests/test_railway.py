@@ -28,7 +28,7 @@ from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, edg
 from .upstream import Backend
 from .wire import log_fields, rejected, ws_connect
 
-ON_RAILWAY = {"RAILWAY_SERVICE_ID": "5b7c81b3-1578-4eb8-8498-44f4f517b263"}
+ON_RAILWAY = {"RAILWAY_ENVIRONMENT_ID": "b5ce7ab5-96f1-4fa3-929b-fc883f89cbd1"}
 ATTACKER = "203.0.113.66"
 AGENT_IP = "198.51.100.7"
 SHIPPED = (ROOT / "routes.yaml").read_text()
@@ -71,7 +71,7 @@ async def test_off_railway_clients_behind_one_untrusted_address_share_its_budget
 
 # --- the values in force, and why (a table: no sockets) -------------------------------------
 
-RAILWAYS = "Railway's default: RAILWAY_SERVICE_ID is set"
+RAILWAYS = "Railway's default: RAILWAY_ENVIRONMENT_ID is set"
 
 
 @pytest.mark.parametrize(
@@ -81,12 +81,13 @@ RAILWAYS = "Railway's default: RAILWAY_SERVICE_ID is set"
         ({}, ("none", "default"), ("none", "default")),
         # On Railway: its edge, and the header it names the client in.
         (ON_RAILWAY, ("100.64.0.0/10", RAILWAYS), ("X-Real-IP", RAILWAYS)),
-        (
-            {"RAILWAY_ENVIRONMENT_ID": "e"},
-            ("100.64.0.0/10", "Railway's default: RAILWAY_ENVIRONMENT_ID is set"),
-            ("X-Real-IP", "Railway's default: RAILWAY_ENVIRONMENT_ID is set"),
+        (  # any other Railway variable, where that one is missing
+            {"RAILWAY_SERVICE_ID": "s"},
+            ("100.64.0.0/10", "Railway's default: RAILWAY_SERVICE_ID is set"),
+            ("X-Real-IP", "Railway's default: RAILWAY_SERVICE_ID is set"),
         ),
-        ({"RAILWAY_SERVICE_ID": ""}, ("none", "default"), ("none", "default")),  # set but empty: not Railway
+        ({"RAILWAY_ENVIRONMENT_ID": ""}, ("none", "default"), ("none", "default")),  # set but empty: not Railway
+        ({"RAILWAY_TOKEN": "t"}, ("none", "default"), ("none", "default")),  # the CLI's credential, anywhere
         # An explicit setting wins, key by key ...
         (
             {**ON_RAILWAY, "TRUSTED_PROXIES": "10.0.0.0/8"},
@@ -124,7 +125,7 @@ def test_the_values_in_force_and_why(
 def test_check_shows_the_values_in_force_and_why() -> None:
     result = check({**ON_RAILWAY, "CLIENT_IP_HEADER": "X-Client-IP"})
     assert result.returncode == 0, result.stderr
-    assert "  listen.trusted_proxies: 100.64.0.0/10 (Railway's default: RAILWAY_SERVICE_ID is set)" in result.stdout
+    assert "  listen.trusted_proxies: 100.64.0.0/10 (Railway's default: RAILWAY_ENVIRONMENT_ID is set)" in result.stdout
     assert "  listen.client_ip_header: X-Client-IP (set in the config file)" in result.stdout.splitlines()
     off = check({})
     assert "  listen.trusted_proxies: none (default)" in off.stdout.splitlines()
@@ -172,7 +173,7 @@ DRAIN_LINE = next(n for n, line in enumerate(SHIPPED.splitlines(), 1) if "drain_
 def test_a_drain_longer_than_railway_allows_is_a_warning_naming_the_number_to_raise(
     env: dict[str, str], warning: str | None
 ) -> None:
-    config, problems = load_config(SHIPPED, env={"EDGE_SECRET": SECRET, **env})
+    config, problems = load_config(SHIPPED, env={"EDGE_SECRET": SECRET, "UPSTREAM_URL": "http://backend:8000", **env})
     assert config is not None  # a warning: it still starts
     assert [str(p) for p in problems] == ([warning] if warning else [])
 

@@ -69,6 +69,9 @@ class AuthPolicy:
     name: str
     secret_digests: tuple[bytes, ...] = field(repr=False, default=())
     agent_id: AgentIdRule | None = None
+    # The variables its bearer list names (names, not values): what 'sidecar check' and
+    # the start-up log list as set or unset, with the fingerprints of those set.
+    secret_variables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

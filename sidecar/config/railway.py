@@ -1,9 +1,9 @@
 """Running on Railway: how the sidecar knows, and the defaults and checks that follow.
 
 Pure: reads an environment mapping, no I/O. Railway sets its service variables
-(``RAILWAY_PROJECT_ID``, ``RAILWAY_ENVIRONMENT_ID``, ``RAILWAY_SERVICE_ID``, ...) in every
-build and deployment, and in ``railway run``. Where one is set, and the file does not say
-otherwise:
+(``RAILWAY_ENVIRONMENT_ID``, ``RAILWAY_SERVICE_ID``, ...) in every build and deployment,
+and in ``railway run``; where one is set (``environment.railway_marker``), and the file
+does not say otherwise:
 
 - ``listen.trusted_proxies`` is Railway's edge, which connects from the shared address
   space of RFC 6598 (``model.RAILWAY_EDGE``), so its view of the client is kept;
@@ -23,9 +23,9 @@ import math
 from collections.abc import Mapping
 
 from . import model
+from .environment import railway_marker
 from .model import IPNetwork
 
-SERVICE_VARIABLES = ("RAILWAY_SERVICE_ID", "RAILWAY_ENVIRONMENT_ID", "RAILWAY_PROJECT_ID")
 DRAINING_SECONDS = "RAILWAY_DEPLOYMENT_DRAINING_SECONDS"
 NONE = "none"  # the explicit "no proxy" / "no header" value
 SET_IN_FILE = "set in the config file"
@@ -33,12 +33,10 @@ DEFAULT = "default"
 
 
 def detected(env: Mapping[str, str]) -> str | None:
-    """Why the process is taken to run on Railway ("Railway's default: RAILWAY_SERVICE_ID
-    is set"), or ``None``."""
-    for name in SERVICE_VARIABLES:
-        if env.get(name):
-            return f"Railway's default: {name} is set"
-    return None
+    """Why the process is taken to run on Railway ("Railway's default: RAILWAY_ENVIRONMENT_ID
+    is set"), or ``None``: the same test as everywhere else (``environment.railway_marker``)."""
+    marker = railway_marker(env)
+    return f"Railway's default: {marker} is set" if marker else None
 
 
 def trusted_proxies(listed: tuple[IPNetwork, ...] | None, env: Mapping[str, str]) -> tuple[tuple[IPNetwork, ...], str]:

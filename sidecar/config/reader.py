@@ -5,8 +5,10 @@
 an empty file). A ``Reader`` then converts nodes to strings, numbers, durations, sizes,
 mappings and lists, expanding ``${VAR}`` in every scalar (``interpolation``), and
 records a ``Problem`` with ``file:line`` for each value it cannot convert, instead of
-stopping at the first; ``Fields`` reads a mapping's keys with a default for each. The
-sections are built from these values in ``schema``, ``targets`` and ``routes``.
+stopping at the first; ``Fields`` reads a mapping's keys with a default for each. A
+problem quotes a value with ``Reader.quote`` (or shows it with ``Reader.show``), which
+masks a secret another variable carried into it (``redaction``). The sections are
+built from these values in ``schema``, ``targets`` and ``routes``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..paths import BadPath, canonicalize
 from .interpolation import Expanded, expand
-from .model import Problem
+from .model import Problem, Severity
+from .redaction import carried, net, shown
 from .syntax import syntax_problem
 
 T = TypeVar("T")
@@ -42,19 +45,44 @@ def _line(node: Node) -> int:
 class Reader:
     """Walks the YAML node tree, converting and collecting problems."""
 
-    def __init__(self, file: str, env: Mapping[str, str], strict: bool, secret_names: set[str]) -> None:
+    def __init__(
+        self,
+        file: str,
+        env: Mapping[str, str],
+        strict: bool,
+        secret_names: set[str],
+        secrets: frozenset[str] = frozenset(),
+    ) -> None:
         self.file = file
         self.env = env
         self.strict = strict
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.secret_names = secret_names  # variables some bearer list names
+        self.secrets = secrets  # what those secrets look like (redaction.secret_values)
+        # A value's node -> the secrets another variable carried into it (redaction.carried).
+        self._carried: dict[int, frozenset[str]] = {}
 
     def error(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message))
+        self._record(node, message, "error")
 
     def warn(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message, "warning"))
+        self._record(node, message, "warning")
+
+    def _record(self, node: Node | None, message: str, severity: Severity) -> None:
+        carries = self._carried.get(id(node)) if node is not None else None
+        if carries:
+            message = net(message, carries)
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message, severity))
+
+    def show(self, node: Node, value: str) -> str:
+        """``value``, read at ``node``, as a problem may show it (``<secret>`` if a
+        variable carried a secret into it)."""
+        return shown(value, self._carried.get(id(node), frozenset()))
+
+    def quote(self, node: Node, value: str) -> str:
+        """``value``, read at ``node``, quoted for a problem: ``repr`` of :meth:`show`."""
+        return repr(self.show(node, value))
 
     # scalars
 
@@ -73,6 +101,9 @@ class Reader:
             # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
             self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
             return None
+        carries = carried(expanded.used, self.env, self.secrets)
+        if carries:
+            self._carried[id(node)] = carries
         for name in expanded.unset:
             if (name, _line(node)) in self._reported_unset:
                 continue
@@ -92,13 +123,13 @@ class Reader:
         try:
             return parse(raw.strip())
         except ValueError:
-            self.error(node, f"{where}: expected {what}, got {raw!r}")
+            self.error(node, f"{where}: expected {what}, got {self.quote(node, raw)}")
             return None
 
     def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
         value = self.convert(node, where, "a whole number", int)
         if value is not None and not lo <= value <= hi:
-            self.error(node, f"{where}: {value} is out of range ({lo} to {hi})")
+            self.error(node, f"{where}: {self.show(node, str(value))} is out of range ({lo} to {hi})")
             return None
         return value
 
@@ -123,7 +154,7 @@ class Reader:
         try:
             value = _parse_size(raw.strip())
         except ValueError:
-            self.error(node, f"{where}: expected a size such as 4MiB, 65536 or 512KiB, got {raw!r}")
+            self.error(node, f"{where}: expected a size such as 4MiB, 65536 or 512KiB, got {self.quote(node, raw)}")
             return None
         if value <= 0:
             self.error(node, f"{where}: must be greater than zero")
@@ -135,7 +166,7 @@ class Reader:
             binary = f"{number}{unit[0].upper()}iB"
             self.warn(
                 node,
-                f"{where}: {raw.strip()} is {value:,} bytes ({unit} counts in 1000s); if {binary} "
+                f"{where}: {self.show(node, raw.strip())} is {value:,} bytes ({unit} counts in 1000s); if {binary} "
                 f"({_parse_size(binary):,} bytes) is meant, write that",
             )
         return value
@@ -229,10 +260,10 @@ def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
     try:
         canonical = canonicalize(path)
     except BadPath as exc:
-        rd.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
+        rd.error(node, f"{where}: {rd.quote(node, path)} is not a canonical path ({exc.why})")
         return False
     if canonical.wire != path or "%" in path:
-        rd.error(node, f"{where}: write {path!r} without percent-escapes")
+        rd.error(node, f"{where}: write {rd.quote(node, path)} without percent-escapes")
         return False
     return True
 
