@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, probe
+from .clients import settings
 from .config import read_config
 from .config.environment import RAILWAY_MARKER, variables_of
 from .config.files import SHIPPED_CONFIG
@@ -116,6 +117,8 @@ def _check(path: str) -> int:
             print(f"  auth {policy:<9} {name:<24} {state}")
         if not states:
             print(f"  auth {policy:<9} (no variables: its secrets are written in the file)")
+    for key, (value, why) in settings(config).items():
+        print(f"  listen.{key}: {value} ({why})")
     for path in (config.live_path, config.ready_path):
         covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import context_of, make_app
+from .clients import log_fields as client_settings
 from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
 from .logs import configure, event
@@ -269,7 +270,7 @@ def raise_open_files_limit() -> int:
 
 
 _NR_OPEN = 1 << 20  # Linux's default fs.nr_open
-_SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
+SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
 
 
 async def serve(
@@ -312,8 +313,9 @@ async def serve(
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
         secret_fingerprints=secrets,
+        **client_settings(config),  # where client addresses come from, and why (Railway's defaults)
     )
-    needed = 2 * config.max_sessions + _SPARE_FILES
+    needed = 2 * config.max_sessions + SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:
         # Past the limit, accept() and connect() fail: upgrades would get 502s
         # (and asyncio logs a traceback each) long before over_capacity answers.

@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from yaml.nodes import Node
+from yaml.nodes import Node, ScalarNode
 
 from ..origins import serialize_origin
 from .model import DEFAULT_MAX_MESSAGE_SIZE, AuthPolicy, DuplicateAgent, Retry, Route, Upstream
-from .reader import Fields, Reader, path_ok
+from .reader import Fields, Reader, named_nodes, path_ok
 from .targets import Targets, defined_names
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -102,7 +102,7 @@ def routes(rd: Reader, node: Node | None, root: Node, targets: Targets) -> Route
 
 
 def _route(rd: Reader, spec: Node, where: str, targets: Targets) -> _Read:
-    m = rd.mapping(spec, where, _ROUTE_KEYS)
+    m = rd.mapping(spec, _with_name(spec, where), _ROUTE_KEYS)
     if m is None:
         return _Read(None, None, (), None)
     name = rd.string(m["name"], f"{where}.name") if "name" in m else None
@@ -147,6 +147,14 @@ def _route(rd: Reader, spec: Node, where: str, targets: Targets) -> _Read:
         retry=retry,
     )
     return _Read(route, name, paths.claims, auth_name)
+
+
+def _with_name(spec: Node, where: str) -> str:
+    """``routes[0] (edge)``: where, with the route's name as written, if it is a valid
+    one; a problem found before the name is read names the route too."""
+    name = named_nodes(spec).get("name")
+    written = name.value if isinstance(name, ScalarNode) else None
+    return f"{where} ({written})" if isinstance(written, str) and _NAME.fullmatch(written) else where
 
 
 def _paths(rd: Reader, m: Mapping[str, Node], spec: Node, where: str) -> _Paths:

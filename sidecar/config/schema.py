@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from . import routes, targets
+from . import railway, routes, targets
 from .model import ALL_INTERFACES, Config, IPNetwork, LogFormat, Problem, Route
 from .reader import HEADER_NAME, Fields, Reader, Unreadable, compose, named_nodes, path_ok
 from .redaction import bearer_texts, secret_names, secret_values
@@ -77,8 +77,10 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
         upstreams=upstreams.valid,
         auth=policies.valid,
         listen_host=listen.host,
-        trusted_proxies=listen.trusted_proxies,
-        client_ip_header=listen.client_ip_header,
+        trusted_proxies=listen.trusted_proxies[0],
+        client_ip_header=listen.client_ip_header[0],
+        trusted_proxies_from=listen.trusted_proxies[1],
+        client_ip_header_from=listen.client_ip_header[1],
         port=listen.port,
         header_timeout=listen.header_timeout,
         close_timeout=listen.close_timeout,
@@ -114,14 +116,15 @@ class Listen:
     stall_timeout: float
     drain_timeout: float
     keepalive_interval: float  # 0.0: off
-    trusted_proxies: tuple[IPNetwork, ...]
-    client_ip_header: str | None
+    trusted_proxies: tuple[tuple[IPNetwork, ...], str]  # the value, and why (``railway``)
+    client_ip_header: tuple[str | None, str]
 
 
 def _listen(rd: Reader, node: Node | None) -> Listen:
     m = _section(rd, node, "listen", _LISTEN_KEYS)
     fields = Fields(rd, m, "listen")
-    return Listen(
+    listed = _networks(rd, m["trusted_proxies"], "listen.trusted_proxies") if "trusted_proxies" in m else None
+    listen = Listen(
         host=fields.string("host", Config.listen_host),
         port=fields.integer("port", 0, 65535, Config.port),
         header_timeout=fields.duration("header_timeout", Config.header_timeout),
@@ -129,36 +132,43 @@ def _listen(rd: Reader, node: Node | None) -> Listen:
         stall_timeout=fields.duration("stall_timeout", Config.stall_timeout),
         drain_timeout=fields.duration("drain_timeout", Config.drain_timeout),
         keepalive_interval=fields.duration_or_off("keepalive_interval", Config.keepalive_interval),
-        trusted_proxies=(
-            _networks(rd, m["trusted_proxies"], "listen.trusted_proxies")
-            if "trusted_proxies" in m
-            else Config.trusted_proxies
-        ),
-        client_ip_header=_client_ip_header(rd, m),
+        trusted_proxies=railway.trusted_proxies(listed, rd.env),
+        client_ip_header=railway.client_ip_header(_client_ip_header(rd, m), rd.env),
     )
+    drain = railway.drain_problem(rd.env, listen.drain_timeout, listen.close_timeout)
+    if drain is not None:
+        rd.warn(m.get("drain_timeout", node), drain)
+    return listen
 
 
 def _client_ip_header(rd: Reader, m: Mapping[str, Node]) -> str | None:
+    """The header named (``none`` included), or ``None`` if none is (an unset variable)."""
     header = rd.string(m["client_ip_header"], "listen.client_ip_header") if "client_ip_header" in m else None
-    if not header:
-        return Config.client_ip_header
+    if not header or header.lower() == railway.NONE:
+        return header or None
     if not HEADER_NAME.fullmatch(header):
         shown = rd.quote(m["client_ip_header"], header)
         rd.error(m["client_ip_header"], f"listen.client_ip_header: {shown} is not a valid header name")
-        return Config.client_ip_header
+        return None
     return header
 
 
-def _networks(rd: Reader, node: Node, where: str) -> tuple[IPNetwork, ...]:
+def _networks(rd: Reader, node: Node, where: str) -> tuple[IPNetwork, ...] | None:
+    """The networks listed; ``()`` for ``none``; ``None`` when nothing is (every entry
+    an unset variable, as ``${TRUSTED_PROXIES:-}`` is until it is set)."""
     networks: list[IPNetwork] = []
+    said = False
     for item in rd.sequence(node, where) or []:
         text = rd.string(item, where) or ""
         for entry in filter(None, (part.strip() for part in text.split(","))):  # "a, b" from one variable
+            said = True
+            if entry.lower() == railway.NONE:
+                continue
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 rd.error(item, f"{where}: {rd.quote(item, entry)} is not an IP address or network (such as 10.0.0.0/8)")
-    return tuple(networks)
+    return tuple(networks) if said else None
 
 
 @dataclass(frozen=True)
