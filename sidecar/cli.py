@@ -13,24 +13,31 @@ import getpass
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, probe
-from .auth import valid_agent_id
-from .config import AuthPolicy, Config, read_config
+from .clients import settings
+from .config import read_config
+from .config.environment import RAILWAY_MARKER, variables_of
+from .config.files import SHIPPED_CONFIG
+from .config.reader import Unreadable
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
 from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
 from .logs import event
-from .startup import config_to_serve, report
-from .tokens import MINT_ALGORITHM, mint, parse_ttl, summary
+from .minting import add_token_command, token
+from .startup import config_to_serve, report, secret_states
+from .tokens import summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sidecar", description="WebSocket-aware reverse proxy for edge agents.")
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve", help="run the proxy", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    serve.add_argument("-h", "--help", action=_HelpWithEnvironment, help="show this help message and exit")
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
     serve.add_argument(
         "--allow-pure-python",
@@ -38,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"start even if aiohttp runs without its C extensions (also {ALLOW_ENV}=1)",
     )
     check = commands.add_parser("check", help="validate a routes file without serving")
-    check.add_argument("file", help="routes file to validate")
+    check.add_argument("file", nargs="?", help="routes file to validate (default: routes.yaml)")
+    check.add_argument("--config", help="the same, as 'serve --config' takes it")
     demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
     demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
     probe_command = commands.add_parser(
@@ -56,26 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The derivation is documented in sidecar/fingerprint.py.",
     )
     secret.add_argument("--env", metavar="VAR", help="read the secret from the environment variable VAR")
-    token = commands.add_parser(
-        "token",
-        help="print a signed token (JWT) for one agent, from an auth policy's jwt.secrets",
-        description="Prints an HS256 token whose agent claim is AGENT_ID, signed with the policy's first "
-        "jwt.secrets key (the secrets come from the environment, as for serve). Give each edge device "
-        "its own; see docs/jwt.md.",
-    )
-    token.add_argument("agent_id", metavar="AGENT_ID", help="the agent the token is for")
-    token.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
-    token.add_argument("--auth", metavar="NAME", help="the auth policy (default: the only one with jwt)")
-    token.add_argument("--ttl", default="24h", help="how long it is valid: 90s, 30m, 24h, 30d (default: 24h)")
+    add_token_command(commands)
     args = parser.parse_args(argv)
     if args.command == "token":
-        return _token(args.agent_id, args.config, args.auth, args.ttl)
+        return token(args.agent_id, args.config, args.auth, args.ttl)
     if args.command == "probe":
         return probe.run(args)
     if args.command == "fingerprint":
         return _fingerprint(args.env)
     if args.command == "check":
-        return _check(args.file)
+        if args.file and args.config and args.file != args.config:
+            check.error(f"two routes files given ({args.file} and --config {args.config}): give one")
+        return _check(args.config or args.file or "routes.yaml")
     if args.command == "demo":
         from .demo import main as demo_main  # imports aiohttp: keep 'check' light
 
@@ -117,9 +117,16 @@ def _check(path: str) -> int:
         target = route.upstream.name + " " + (route.upstream_path or "(same path)")
         auth = route.auth.name if route.auth else "none"
         print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
-    for name, policy in sorted(config.auth.items()):
-        for line in summary(policy.jwt) if policy.jwt else ():
-            print(f"  auth {name}: jwt: {line}")
+    for policy, states in secret_states(config, os.environ).items():
+        for name, state in states.items():
+            print(f"  auth {policy:<9} {name:<24} {state}")
+        if not states:
+            print(f"  auth {policy:<9} (no variables: its secrets are written in the file)")
+    for name, auth_policy in sorted(config.auth.items()):
+        for line in summary(auth_policy.jwt) if auth_policy.jwt else ():
+            print(f"  auth {name:<9} jwt: {line}")
+    for key, (value, why) in settings(config).items():
+        print(f"  listen.{key}: {value} ({why})")
     for path in (config.live_path, config.ready_path):
         covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
@@ -140,58 +147,46 @@ def _serve(path: str, *, allow_pure_python: bool) -> int:
         event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
     from .server import serve  # imports aiohttp: keep 'check' light
 
-    return asyncio.run(serve(config, lambda: read_config(path, strict=True)))
+    secrets = secret_states(config, os.environ)  # before the loop runs: scrypt is slow on purpose
+    return asyncio.run(serve(config, lambda: read_config(path, strict=True), secrets=secrets))
 
 
-def _token(agent_id: str, path: str, auth: str | None, ttl_text: str) -> int:
-    """``sidecar token``: the token on stdout, what it is on stderr; 2 when it cannot be made."""
+class _HelpWithEnvironment(argparse.Action):
+    """``serve --help``: the help, then the environment it reads (the shipped file is read
+    only when help is asked for, not at every command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.epilog = serve_environment()
+        parser.print_help()
+        parser.exit()
+
+
+def serve_environment() -> str:
+    """``serve --help``'s list of the environment variables it reads: those the shipped
+    routes.yaml names (read from it, so the list cannot drift), then the process's own."""
+    lines = ["environment (the shipped routes.yaml's variables; a file of your own reads those it names):"]
     try:
-        ttl = parse_ttl(ttl_text)
-    except ValueError:
-        return _cannot(f"--ttl: expected a duration such as 30m, 24h or 30d, got {ttl_text!r}")
-    config, problems = read_config(path, strict=False)
-    if config is None:
-        report(problems)
-        return _cannot(f"{path} has errors (see above)")
-    name, why = _jwt_policy(config, auth)
-    if why is not None:
-        return _cannot(why)
-    policy = config.auth[name]
-    jwt = policy.jwt
-    if jwt is None or not jwt.secrets:
-        report([p for p in problems if "not set" in p.message])
-        return _cannot(f"auth.{name} has no jwt.secrets set (is its variable set here?): nothing to sign with")
-    if MINT_ALGORITHM not in jwt.algorithms:
-        return _cannot(f"auth.{name}.jwt.algorithms does not accept {MINT_ALGORITHM}: the token would be refused")
-    rule = policy.agent_id
-    if rule is not None and not valid_agent_id(agent_id, rule):
-        return _cannot(
-            f"{agent_id!r} is not a valid agent id for auth.{name}: it must match {rule.pattern.pattern!r} "
-            f"(at most {rule.max_length} characters)"
-        )
-    now = time.time()
-    print(mint(jwt, agent_id, ttl=ttl, now=now))
-    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now + ttl))
-    key = describe(jwt.secrets[0])
-    print(f"sidecar token: for {agent_id}, valid until {until}, signed with {key}", file=sys.stderr)
-    return 0
-
-
-def _jwt_policy(config: Config, auth: str | None) -> tuple[str, str | None]:
-    """The policy ``--auth`` names, else the only one with ``jwt``; or why there is none."""
-    with_jwt = sorted(name for name, policy in config.auth.items() if policy.jwt is not None)
-    if auth is not None:
-        policy: AuthPolicy | None = config.auth.get(auth)
-        if policy is None:
-            return auth, f"no auth policy named {auth!r} (defined: {', '.join(sorted(config.auth)) or 'none'})"
-        return auth, None if policy.jwt is not None else f"auth.{auth} has no jwt section"
-    if len(with_jwt) == 1:
-        return with_jwt[0], None
-    if not with_jwt:
-        return "", "no auth policy has a jwt section"
-    return "", f"several auth policies have jwt ({', '.join(with_jwt)}): name one with --auth"
-
-
-def _cannot(why: str) -> int:
-    print(f"sidecar token: {why}", file=sys.stderr)
-    return 2
+        found = variables_of(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, Unreadable):
+        found = []
+        lines.append(f"  ({SHIPPED_CONFIG} cannot be read)")
+    for name in dict.fromkeys(r.name for r in found):
+        refs = [r for r in found if r.name == name]
+        where = ", ".join(dict.fromkeys(r.where for r in refs))
+        default = refs[0].default
+        if refs[0].secret:
+            what = "a secret, " + ("required" if default is None else "optional")
+        else:
+            what = "required" if default is None else f"default {default}" if default else "default: none"
+        lines.append(f"  {name:<27} {where} ({what})")
+    lines += [
+        "process:",
+        f"  {ALLOW_ENV + '=1':<27} start even if aiohttp runs without its C extensions (--allow-pure-python)",
+        f"  {'AIOHTTP_NO_EXTENSIONS':<27} read by aiohttp: if set, it runs without them, and serve refuses to start",
+        f"  {RAILWAY_MARKER:<27} set by Railway (so are other RAILWAY_* variables): an upstream url",
+        f"  {'':<27} that falls back to a loopback default written in the file is then an error",
+    ]
+    return "\n".join(lines)

@@ -49,5 +49,6 @@ def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> web.Response:
         detail=rejection.detail,
         why=rejection.log_detail,  # for the operator only: never in the response
         upstream_status=rejection.upstream_status,
+        request_id=ctx.request_id,
     )
     return response(refusal_answer(rejection, route, rt.router.websocket_paths, websocket=ctx.websocket))

@@ -41,7 +41,6 @@ from jwt.exceptions import (
 from jwt.types import Options
 
 from .config.model import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, JwtPolicy
-from .fingerprint import describe
 from .keys import KeySet
 from .reasons import Reason
 
@@ -182,12 +181,12 @@ def parse_ttl(text: str) -> float:
 
 
 def summary(policy: JwtPolicy) -> list[str]:
-    """What ``sidecar check`` says of a policy's tokens: its keys by fingerprint (never
-    the keys), where its public keys come from, and the rules."""
+    """What ``sidecar check`` says of a policy's tokens (beside its secrets' variables and
+    their fingerprints, listed for every policy): how many HMAC keys, where its public keys
+    come from, and the rules."""
     lines = []
     if policy.secrets:
-        named = ", ".join(describe(key) for key in policy.secrets)
-        lines.append(f"HMAC secrets (current first): {named}")
+        lines.append(f"{len(policy.secrets)} HMAC secret(s), the first signs ('sidecar token')")
     if policy.jwks_url:
         lines.append(f"JWKS: {policy.jwks_url} (fetched at start, then every 10 min and on an unknown kid)")
     rules = [f"algorithms {', '.join(policy.algorithms)}", f"agent claim {policy.agent_claim!r}"]

@@ -89,8 +89,10 @@ def test_token_exits_2_with_a_clear_message(config: Path, args: list[str], env: 
 def test_check_prints_the_key_fingerprints_never_the_keys(config: Path) -> None:
     result = run("check", str(config), EDGE_JWT_SECRET=JWT_SECRET, EDGE_JWT_SECRET_PREVIOUS=JWT_SECRET_PREVIOUS)
     assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if "HMAC secrets" in line)
-    assert f"{fingerprint(JWT_SECRET)} (64 bytes), {fingerprint(JWT_SECRET_PREVIOUS)} (64 bytes)" in line
+    lines = result.stdout.splitlines()
+    assert f"  auth edge      EDGE_JWT_SECRET          set, {fingerprint(JWT_SECRET)} (64 bytes)" in lines
+    assert f"  auth edge      EDGE_JWT_SECRET_PREVIOUS set, {fingerprint(JWT_SECRET_PREVIOUS)} (64 bytes)" in lines
+    assert "  auth edge      jwt: 2 HMAC secret(s), the first signs ('sidecar token')" in lines
     for secret in (JWT_SECRET, JWT_SECRET_PREVIOUS):
         assert secret not in result.stdout + result.stderr
 

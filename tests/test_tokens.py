@@ -313,9 +313,11 @@ def test_parse_ttl_refuses(text: str) -> None:
         parse_ttl(text)
 
 
-def test_summary_names_keys_by_fingerprint_only() -> None:
+def test_summary_says_what_the_policy_takes_never_a_key() -> None:
     lines = summary(POLICY)
-    assert lines[0].startswith("HMAC secrets (current first): fp1:")
-    assert "(64 bytes)" in lines[0]
+    assert lines[:2] == [
+        "2 HMAC secret(s), the first signs ('sidecar token')",
+        "JWKS: https://issuer.test/jwks (fetched at start, then every 10 min and on an unknown kid)",
+    ]
     assert JWT_SECRET not in " ".join(lines)
     assert lines[-1].endswith("leeway 30s; an open session closes at expiry")

@@ -40,12 +40,15 @@ def private_address(host: str) -> bool:
     return address.is_loopback or address.is_private
 
 
-def jwt_policy(rd: Reader, node: Node, where: str, bearer_digests: tuple[bytes, ...]) -> JwtPolicy | None:
-    """The policy's ``jwt`` mapping, or ``None`` if it is not a mapping (reported)."""
+def jwt_policy(
+    rd: Reader, node: Node, where: str, bearer_digests: tuple[bytes, ...]
+) -> tuple[JwtPolicy | None, tuple[str, ...]]:
+    """The policy's ``jwt`` mapping (``None`` if it is not a mapping: reported), and the
+    variables its ``secrets`` name (listed with their fingerprints by ``sidecar check``)."""
     m = rd.mapping(node, where, _KEYS)
     if m is None:
-        return None
-    secrets, incomplete = _secrets(rd, m["secrets"], f"{where}.secrets") if "secrets" in m else ((), False)
+        return None, ()
+    secrets, incomplete, names = _secrets(rd, m["secrets"], f"{where}.secrets") if "secrets" in m else ((), False, ())
     if any(hashlib.sha256(key).digest() in bearer_digests for key in secrets):
         rd.error(
             m["secrets"],
@@ -63,7 +66,7 @@ def jwt_policy(rd: Reader, node: Node, where: str, bearer_digests: tuple[bytes, 
     if not claim:
         rd.error(m["agent_claim"], f"{where}.agent_claim: must name a claim (such as sub)")
         claim = JwtPolicy.agent_claim
-    return JwtPolicy(
+    policy = JwtPolicy(
         secrets=secrets,
         jwks_url=url,
         algorithms=algorithms,
@@ -73,12 +76,14 @@ def jwt_policy(rd: Reader, node: Node, where: str, bearer_digests: tuple[bytes, 
         leeway=fields.duration_or_off("leeway", JwtPolicy.leeway),
         on_expiry=_on_expiry(rd, m, where),
     )
+    return policy, names
 
 
-def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], bool]:
-    """The HMAC keys that are set, current first; and whether some entry is unset or
-    invalid (then an empty list is not reported again)."""
+def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], bool, tuple[str, ...]]:
+    """The HMAC keys that are set, current first; whether some entry is unset or invalid
+    (then an empty list is not reported again); and the variables the list names."""
     keys: list[bytes] = []
+    used: list[str] = []
     incomplete = False
     for item in rd.sequence(node, where) or []:
         expanded = rd.text(item, where)
@@ -86,6 +91,7 @@ def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], boo
             incomplete = True
             continue
         incomplete = incomplete or bool(expanded.unset)
+        used += expanded.used
         if expanded.value and (not expanded.used or expanded.defaulted):
             rd.warn(item, f"{where}: a secret is written in the file; use ${{VAR}} so it comes from the environment")
         if not expanded.value:
@@ -101,7 +107,7 @@ def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], boo
             incomplete = True
             continue
         keys.append(key)
-    return tuple(dict.fromkeys(keys)), incomplete
+    return tuple(dict.fromkeys(keys)), incomplete, tuple(dict.fromkeys(used))
 
 
 def _jwks_url(rd: Reader, node: Node, where: str) -> tuple[str | None, bool]:
