@@ -56,7 +56,7 @@ async def handle_websocket(request: web.Request, ctx: Context, rt: Runtime) -> w
     assert ctx.route is not None
     check_handshake(ctx)
     agent_id = authenticate(ctx, rt, ctx.route)
-    session = Session(ctx.route, agent_id, ctx.client)
+    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at)
     task = asyncio.ensure_future(_session(request, ctx, rt, session))
     try:
         return await asyncio.shield(task)
