@@ -178,7 +178,8 @@ class Scanner:
             self._skip = 0
             self.payload_bytes += pos
             self._frame_ended(pos, events)
-        kinds, mask = self._kinds, self._mask
+        kinds, mask, limit, boundaries = self._kinds, self._mask, self._max, self.boundaries
+        messages = counted = 0  # kept in locals while scanning: a frame costs no attribute writes
         try:
             while size - pos > 1:
                 b0, b1 = data[pos], data[pos + 1]
@@ -200,25 +201,34 @@ class Scanner:
                         raise FrameError(PROTOCOL_ERROR, "64-bit payload length with its top bit set")
                 head += mask >> 5  # the 4-byte masking key
                 end = head + length
-                if kind == _CONTROL:
+                if kind == _START_FIN and end <= size and length <= limit and not self._open:
+                    messages += 1  # the common case: a whole message in one frame, all here
+                    counted += length
+                    pos = end
+                    if boundaries:
+                        events.append(Boundary(pos))
+                elif kind == _CONTROL:
                     if end > size:
                         break
                     events.append(self._control(b0 & 0x0F, data, pos, head, end))
                     pos = end
-                    continue
-                if head > size:
+                elif head > size:
                     break
-                self._start_frame(kind, length)
-                if end > size:
-                    self._skip = end - size
-                    self.payload_bytes += size - head
-                    return size, events
-                self.payload_bytes += length
-                pos = end
-                self._frame_ended(pos, events)
+                else:
+                    self._start_frame(kind, length)
+                    if end > size:
+                        self._skip = end - size
+                        counted += size - head
+                        pos = size
+                        break
+                    counted += length
+                    pos = end
+                    self._frame_ended(pos, events)
         except FrameError as error:
             self._fault = Fault(error.code, error.reason, pos)
             events.append(self._fault)
+        self.messages += messages
+        self.payload_bytes += counted
         return pos, events
 
     def _start_frame(self, kind: int, length: int) -> None:
