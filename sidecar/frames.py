@@ -21,7 +21,9 @@ Policy stays with the relay: the scanner fails only what RFC 6455 (and RFC 7692
 for RSV1) makes a protocol error. A close code above 4999, which RFC 6455 leaves
 undefined (section 7.4.2 stops at 4999), is reported, not failed. A text frame's
 UTF-8 is not checked: the endpoint decides that, and its 1007 comes back. With
-permessage-deflate, sizes are what is on the wire, compressed.
+permessage-deflate, sizes are what is on the wire, compressed: a route that
+allows compression promises a limit on the inflated size (tests/test_compression.py),
+which this scanner alone cannot keep.
 
 Encoders for the frames the sidecar injects are at the end: :func:`server_frame`,
 :func:`client_frame`, :func:`close_payload`, and :func:`decode_close` to read one.
