@@ -18,10 +18,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The package only: no tests, no dev extras ("[test]" is never installed).
 # routes.yaml too: sidecar/routes.yaml links to it, and the wheel carries its contents
 # (what 'sidecar demo' falls back to outside /app).
+# Every package at the version requirements.lock pins (scripts/lock refreshes it), pip and
+# the build backend included, so a rebuild installs what CI tested.
 WORKDIR /src
-COPY pyproject.toml README.md routes.yaml ./
+COPY pyproject.toml README.md routes.yaml requirements.lock ./
 COPY sidecar/ ./sidecar/
-RUN pip install --no-cache-dir /src \
+RUN pip install --no-cache-dir --upgrade -c requirements.lock pip setuptools \
+    && pip install --no-cache-dir --no-build-isolation -c requirements.lock /src \
     && rm -rf /src
 # aiohttp must run on its C parsers ('serve' refuses otherwise): fail the build, not the deploy.
 RUN python -c "from sidecar.extensions import pure_python_parts as p, refusal; import sys; sys.exit(refusal(p()) if p() else 0)"

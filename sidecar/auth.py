@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 from multidict import MultiMapping
 
 from .config import AgentIdRule, AuthPolicy, digest_secret
-from .reasons import Reason
+from .reasons import Reason, Rejection
 
 # credentials = "Bearer" 1*SP b64token  (RFC 6750 section 2.1; scheme is case-insensitive)
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
@@ -89,6 +89,13 @@ class Admission:
     agent_id: str | None
     reason: Reason | None = None
     detail: str | None = None  # never a token or a header value
+
+    def rejection(self, authorization: Sequence[str]) -> Rejection:
+        """The refusal for a failed admission; a token failure carries its challenge
+        (RFC 6750 section 3), built from the ``Authorization`` values the request sent."""
+        assert self.reason is not None, "admitted"
+        challenge = www_authenticate(self.reason, authorization) if self.reason in TOKEN_FAILURES else None
+        return Rejection(self.reason, detail=self.detail, agent_id=self.agent_id, challenge=challenge)
 
 
 def resolve_agent_id(header: Sequence[str], query: Sequence[str], rule: AgentIdRule) -> Admission:

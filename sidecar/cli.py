@@ -1,22 +1,26 @@
-"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE`` and ``sidecar demo``.
+"""Command line: ``sidecar serve --config FILE``, ``sidecar check FILE``, ``sidecar demo``,
+``sidecar probe URL`` and ``sidecar fingerprint``.
 
 Exit status: 0 on success, 2 when the config has errors (every one is printed,
-each with its file:line).
+each with its file:line) or on bad usage; ``probe`` exits 1 when a step failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
-from . import __version__
-from .config import Config, Problem, load_config
+from . import __version__, probe
+from .config import read_config
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
-from .logs import configure, event
+from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
+from .logs import event
+from .startup import config_to_serve, report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +38,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file", help="routes file to validate")
     demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
     demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
+    probe_command = commands.add_parser(
+        "probe",
+        help="walk a WebSocket connection to URL step by step and say what to fix",
+        description=probe.USAGE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_arguments(probe_command)
+    secret = commands.add_parser(
+        "fingerprint",
+        help="print a secret's fingerprint (from stdin or --env VAR), never the secret",
+        description="Prints the fingerprint of a secret read from stdin (without its trailing newline) or "
+        "from the environment variable VAR: compare it with the one 'sidecar probe' shows. "
+        "The derivation is documented in sidecar/fingerprint.py.",
+    )
+    secret.add_argument("--env", metavar="VAR", help="read the secret from the environment variable VAR")
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        return probe.run(args)
+    if args.command == "fingerprint":
+        return _fingerprint(args.env)
     if args.command == "check":
         return _check(args.file)
     if args.command == "demo":
@@ -44,30 +67,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args.config, allow_pure_python=args.allow_pure_python or allowed_by_env(os.environ))
 
 
-def read_config(
-    path: str, *, strict: bool, env: Mapping[str, str] | None = None
-) -> tuple[Config | None, list[Problem]]:
-    """Read and validate the file at ``path`` (with ``env``, default the process's)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        return None, [Problem(path, 0, f"cannot read the file: {exc.strerror}")]
-    except UnicodeDecodeError as exc:  # an editor saved it as Latin-1, say
-        with open(path, "rb") as f:
-            line = f.read()[: exc.start].count(b"\n") + 1
-        return None, [Problem(path, line, "not UTF-8: save the file as UTF-8")]
-    return load_config(text, file=path, env=os.environ if env is None else env, strict=strict)
-
-
-def _report(problems: list[Problem]) -> None:
-    for problem in problems:
-        print(problem, file=sys.stderr)
+def _fingerprint(env_var: str | None) -> int:
+    if env_var is not None:
+        value = os.environ.get(env_var)
+        if not value:
+            print(f"sidecar fingerprint: {env_var} is {'empty' if value == '' else 'not set'}", file=sys.stderr)
+            return 2
+        secret = secret_bytes(value)
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("secret (not shown): ").encode("utf-8", "surrogateescape")
+    else:
+        secret = without_line_end(sys.stdin.buffer.read())
+    if not secret:
+        print("sidecar fingerprint: no secret on stdin (pipe it in, or use --env VAR)", file=sys.stderr)
+        return 2
+    note = whitespace_note(secret)
+    if note:
+        print(note, file=sys.stderr)
+    print(describe(secret))
+    return 0
 
 
 def _check(path: str) -> int:
     config, problems = read_config(path, strict=False)
-    _report(problems)
+    report(problems)
     if config is None:
         errors = sum(p.severity == "error" for p in problems)
         print(f"{path}: {errors} error(s); not valid", file=sys.stderr)
@@ -84,18 +107,6 @@ def _check(path: str) -> int:
         shadows = f" (route '{longest.name}' never sees it)" if longest else ""
         print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
     return 0
-
-
-def config_to_serve(path: str, load: Callable[[], tuple[Config | None, list[Problem]]]) -> Config | None:
-    """The config a server starts with: every problem printed; ``None`` (and a line
-    saying so) if there are errors; otherwise logging set up as it says."""
-    config, problems = load()
-    _report(problems)
-    if config is None:
-        print(f"{path}: not starting: the config has errors (see above)", file=sys.stderr)
-        return None
-    configure(config.log_level, config.log_format)
-    return config
 
 
 def _serve(path: str, *, allow_pure_python: bool) -> int:

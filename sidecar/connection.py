@@ -52,9 +52,8 @@ class Connection(RequestHandler):
         if not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)  # a bug: logged with its traceback
         too_large = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
-        response = self._refuse(request, Reason.HEADERS_TOO_LARGE if too_large else Reason.BAD_REQUEST)
-        response.force_close()
-        return response
+        # Both reasons close the connection: the parser's state is unknown.
+        return self._refuse(request, Reason.HEADERS_TOO_LARGE if too_large else Reason.BAD_REQUEST)
 
 
 class HeaderDeadline:

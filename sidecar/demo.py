@@ -22,9 +22,9 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from .cli import config_to_serve, read_config
-from .config import Config, Problem
+from .config import Config, Problem, read_config
 from .server import Running, serve
+from .startup import config_to_serve
 
 DEFAULT_CONFIG = "routes.yaml"
 # The copy installed with the package (sidecar/routes.yaml links to the repository's one).

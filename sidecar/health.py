@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from yarl import URL
 
 from .config import Upstream
+from .context import Context
 from .logs import event
-from .reasons import Reason
+from .reasons import Reason, Rejection
+from .refusal import response
+from .render import Answer, json_answer
 from .runtime import Runtime
 
 PROBE_TTL = 1.0  # seconds a probe result is reused
 PROBE_TIMEOUT = 2.0  # at most; an upstream's connect_timeout if shorter
 
-_NO_CACHE = {"Cache-Control": "no-store", "Server": "sidecar"}
+_NO_CACHE = ("Cache-Control", "no-store")
+_ALLOW = ("Allow", "GET, HEAD")  # RFC 9110 section 15.5.6: a 405 says what is allowed
 
 
 class Readiness:
@@ -79,11 +81,16 @@ def is_health_path(rt: Runtime, path: str) -> bool:
     return path in (rt.config.live_path, rt.config.ready_path)
 
 
-async def answer(request: BaseRequest, rt: Runtime, readiness: Readiness, path: str) -> web.Response:
-    if request.method not in ("GET", "HEAD"):
-        return _json(405, {"error": "method_not_allowed", "allow": "GET, HEAD"}, Allow="GET, HEAD")
-    if path == rt.config.live_path:
-        return _json(200, {"status": "ok", "draining": rt.stopping})
+async def answer(ctx: Context, rt: Runtime, readiness: Readiness) -> web.Response:
+    return response(await check(ctx, rt, readiness))
+
+
+async def check(ctx: Context, rt: Runtime, readiness: Readiness) -> Answer:
+    """The answer to a health check at ``ctx.raw_path`` (one of the health paths)."""
+    if ctx.method not in ("GET", "HEAD"):
+        return json_answer(405, {"error": "method_not_allowed", "allow": _ALLOW[1]}, (_NO_CACHE, _ALLOW))
+    if ctx.raw_path == rt.config.live_path:
+        return json_answer(200, {"status": "ok", "draining": rt.stopping}, (_NO_CACHE,))
     body: dict[str, object] = {"config_sha256": rt.config.digest[:12]}
     reason: Reason | None = None
     if rt.stopping:
@@ -100,13 +107,7 @@ async def answer(request: BaseRequest, rt: Runtime, readiness: Readiness, path: 
         readiness.ready = ready
         event(logging.INFO if ready else logging.WARNING, "sidecar.ready" if ready else "sidecar.not_ready", **body)
     if reason is None:
-        return _json(200, {"status": "ready", **body})
+        return json_answer(200, {"status": "ready", **body}, (_NO_CACHE,))
     # 503 whatever the reason: to a health checker "not ready" is one answer.
     body = {"status": "not_ready", "error": reason.value, "message": reason.message, **body}
-    return _json(503, body, **{"X-Sidecar-Reason": reason.value})
-
-
-def _json(status: int, body: dict[str, object], **headers: str) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json", headers={**_NO_CACHE, **headers}
-    )
+    return json_answer(503, body, (_NO_CACHE, *Rejection(reason).headers()))

@@ -11,27 +11,36 @@ import logging
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
 
 from .admission import authenticate
+from .auth import QUERY_TOKEN
 from .config import Route
-from .headers import HOP_BY_HOP, tokens
+from .context import Context
+from .forwarding import forward_headers, response_headers, upstream_query
 from .logs import event
-from .reasons import Reason, Rejection
-from .rejection import reject
-from .routing import CanonicalPath
+from .reasons import Reason, Refused, Rejection
 from .runtime import Runtime
-from .upstream import SKIP_AUTO_HEADERS, rejection_for, request_headers, upstream_query, upstream_url
+from .upstream import SKIP_AUTO_HEADERS, rejection_for, upstream_url
 
 
-async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: CanonicalPath) -> web.StreamResponse:
-    admission = authenticate(request, rt, route)  # the rate limit, then the token and agent id
-    if isinstance(admission, Rejection):
-        return reject(request, rt, admission, route, websocket=False)
-
-    target = route.upstream_path if (route.upstream_path and route.paths) else path.wire
-    url = upstream_url(route.upstream, target, upstream_query(request, route))
-    headers = request_headers(request, rt, route, admission.agent_id)
+async def proxy_http(request: web.Request, ctx: Context, rt: Runtime, route: Route) -> web.StreamResponse:
+    """The backend's answer, streamed; :exc:`Refused` when the request is not admitted
+    or the backend cannot give one."""
+    agent_id = authenticate(ctx, rt, route)  # the rate limit, then the token and agent id
+    assert ctx.path is not None
+    target = route.upstream_path if (route.upstream_path and route.paths) else ctx.path.wire
+    url = upstream_url(route.upstream, target, upstream_query(ctx.query_string, route))
+    headers = forward_headers(
+        ctx.headers,
+        route,
+        agent_id,
+        identity=rt.identity_headers,
+        remote=ctx.peer,
+        scheme=request.scheme,
+        host=request.host,
+        trusted=ctx.trusted,
+        query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
+    )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout
     )
@@ -47,10 +56,10 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
             timeout=timeout,
         )
     except Exception as exc:
-        failure = rejection_for(exc, admission.agent_id)
+        failure = rejection_for(exc, agent_id)
         if failure is None:
             raise
-        return reject(request, rt, failure, route, websocket=False)
+        raise Refused(failure) from None
 
     if upstream.status == 101:
         # RFC 9110 section 15.2.2: a server may switch only to a protocol the request's
@@ -60,10 +69,9 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
         # into whatever it switched to), and the client must not be told it switched.
         upstream.close()
         detail = "the backend switched protocols on a plain HTTP request"
-        rejection = Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=admission.agent_id)
-        return reject(request, rt, rejection, route, websocket=False)
+        raise Refused(Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=agent_id))
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(_response_headers(upstream.headers))
+    response.headers.extend(response_headers(upstream.headers))
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
@@ -72,7 +80,7 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
     except ConnectionError:
         # The client went away mid-response: nothing to answer, nothing to log loudly.
         upstream.close()  # what is unread must not go back to the pool
-        event(logging.DEBUG, "http.client_gone", route=route.name, client=rt.client_of(request))
+        event(logging.DEBUG, "http.client_gone", route=route.name, client=ctx.client)
     except aiohttp.ClientError as exc:
         # The backend broke off mid-body. The status line is gone already, so the
         # client learns it from a truncated body: the connection is closed.
@@ -82,8 +90,3 @@ async def proxy_http(request: web.Request, rt: Runtime, route: Route, path: Cano
     finally:
         upstream.release()  # back to the pool when read to the end; closed otherwise
     return response
-
-
-def _response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | tokens(headers, "Connection")
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)

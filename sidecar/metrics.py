@@ -85,6 +85,10 @@ class Metrics:
         self.config_reloads = Counter(
             "sidecar_config_reloads", "Config reloads (SIGHUP), by result: success or failure.", ["result"], registry=r
         )
+        # Both series from the start, at 0: rate() and increase() see a counter's first
+        # increment only from an earlier sample, so a first failed reload would not alert.
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
         self.config_info = Gauge(
             "sidecar_config_info",
             "The loaded config: its file and the first 12 hex digits of its SHA-256 (value 1).",

@@ -4,6 +4,12 @@ Every refusal the sidecar makes is one :class:`Reason`. The same value becomes t
 HTTP status, the ``X-Sidecar-Reason`` header, the ``error`` field of the JSON body,
 the ``reason`` field of the log line and the ``reason`` label of the rejection
 counters. Nothing else in the package spells a reason code.
+
+A check that refuses raises :exc:`Refused` carrying a :class:`Rejection` (the reason
+plus the facts that make it actionable), the way h11's ``ProtocolError`` carries its
+status hint; one boundary (:mod:`sidecar.refusal`) catches it and answers. The headers
+a refusal adds are data: fixed ones per reason in the table below, the rest derived
+from the rejection's own fields (:meth:`Rejection.headers`).
 """
 
 from __future__ import annotations
@@ -11,11 +17,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+Header = tuple[str, str]
+
 
 @dataclass(frozen=True)
 class _Spec:
     status: int
     message: str
+    headers: tuple[Header, ...] = ()  # sent with every refusal for this reason
+    closes: bool = False  # the connection ends after the answer (the parser's state is unknown)
 
 
 class Reason(enum.Enum):
@@ -50,17 +60,27 @@ class Reason(enum.Enum):
     def message(self) -> str:
         return _SPECS[self].message
 
+    @property
+    def headers(self) -> tuple[Header, ...]:
+        return _SPECS[self].headers
+
+    @property
+    def closes(self) -> bool:
+        return _SPECS[self].closes
+
 
 _SPECS: dict[Reason, _Spec] = {
     Reason.BAD_REQUEST: _Spec(
         400,
         "The request is not valid HTTP/1.1 (request line or header syntax). Check the "
         "client or anything rewriting requests in between.",
+        closes=True,
     ),
     Reason.HEADERS_TOO_LARGE: _Spec(
         431,
         "The request head is too large: a line over 8 KiB, more than 100 header fields, "
         "or more than 32 KiB in all. Send fewer or smaller headers.",
+        closes=True,
     ),
     Reason.NO_ROUTE: _Spec(
         404,
@@ -77,12 +97,14 @@ _SPECS: dict[Reason, _Spec] = {
         426,
         "This path only accepts WebSocket connections. Connect with a WebSocket "
         "client (ws:// or wss://), not a plain HTTP request.",
+        headers=(("Upgrade", "websocket"), ("Connection", "Upgrade")),  # RFC 9110 section 15.5.22
     ),
     Reason.BAD_HANDSHAKE: _Spec(
         400,
         "The WebSocket handshake is malformed: it must be a GET with "
         "'Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13' "
         "and a valid Sec-WebSocket-Key (RFC 6455 section 4.1).",
+        headers=(("Sec-WebSocket-Version", "13"),),  # RFC 6455 section 4.4
     ),
     Reason.MISSING_TOKEN: _Spec(
         401,
@@ -167,3 +189,30 @@ class Rejection:
     upstream_status: int | None = None
     agent_id: str | None = None
     retry_after: int | None = None  # seconds, sent as Retry-After (RFC 9110 section 10.2.3)
+    challenge: str | None = None  # WWW-Authenticate, for a 401 (RFC 6750 section 3)
+    suggestion: str | None = None  # the path that was meant, for a near miss of a route
+
+    def headers(self) -> tuple[Header, ...]:
+        """Every header the refusal is answered with, beyond the body's own."""
+        out = [("X-Sidecar-Reason", self.reason.value), *self.reason.headers]
+        if self.upstream_status is not None:
+            out.append(("X-Sidecar-Upstream-Status", str(self.upstream_status)))
+        if self.retry_after is not None:
+            out.append(("Retry-After", str(self.retry_after)))
+        if self.challenge is not None:
+            out.append(("WWW-Authenticate", self.challenge))
+        return tuple(out)
+
+
+class Refused(Exception):
+    """Raised by a check that refuses a request; the refusal boundary answers it."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection)
+        self.rejection = rejection
+
+    def __str__(self) -> str:
+        rejection = self.rejection
+        return f"{rejection.reason.value} ({rejection.reason.status})" + (
+            f": {rejection.detail}" if rejection.detail else ""
+        )

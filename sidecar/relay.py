@@ -16,25 +16,9 @@ relayed; every other pong is relayed as before. A peer that has not answered by
 the next tick is dead, and is cut off (see :class:`_Watchdog` for what counts as
 an answer); the session then ends as if that peer had vanished.
 
-How a session ends is decided once, by whichever side ends first, and the other
-side is always told with a real close frame (RFC 6455 section 7.4):
-
-==========================  ======================  ==============================
-first event                 to the other side       initiator label
-==========================  ======================  ==============================
-close frame (code, reason)  the same code, reason   the side that sent it
-TCP gone, no close frame    1011 to the client,     the side that vanished
-                            1001 to the upstream    (code label 1006)
-protocol fault (1002/1007/  the same code           sidecar
-1009) detected by aiohttp
-sidecar stops the session   its code (e.g. 1001)    sidecar
-==========================  ======================  ==============================
-
-A close frame is relayed as a closing handshake (RFC 6455 section 7.1.2): the
-other side gets it, the other direction keeps flowing until that side's close
-reply arrives, and the reply goes back to the initiator. Messages in flight when
-a peer closes are delivered, not dropped. 1005, 1006 and 1015 are never put on the
-wire (RFC 6455 section 7.4.1).
+How a session ends (who is sent which close frame, and how it is counted) is
+decided by the pure functions of :mod:`sidecar.closing`, whose docstring has the
+table; this module carries those decisions out, each close bounded in time.
 """
 
 from __future__ import annotations
@@ -47,22 +31,26 @@ import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from aiohttp import WSMsgType
 from aiohttp.http_websocket import WebSocketError
 
+from .closing import (
+    SIDECAR_CLOSING_UPSTREAM,
+    SIDECAR_ERROR,
+    Cause,
+    End,
+    Side,
+    Stopped,
+    close_payload,
+    closing_after,
+    cut_reason,
+    reply_to_initiator,
+)
 from .logs import event
 from .metrics import Tally
-
-Side = Literal["client", "upstream"]
-Initiator = Literal["client", "upstream", "sidecar"]
-Cause = Literal["dead", "stalled"]  # why the sidecar cut a peer off
-
-ABNORMAL = 1006  # a label only: never sent (RFC 6455 section 7.4.1)
-_NOT_ON_THE_WIRE = frozenset({0, 1005, 1006, 1015})
-_VANISHED_CODE = {"client": 1001, "upstream": 1011}  # what the *other* side is sent
-_VANISHED_REASON = {"client": b"client went away", "upstream": b"upstream went away"}
+from .sessions import EndCause
 
 
 class Leg(Protocol):
@@ -73,34 +61,7 @@ class Leg(Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
 
 
-@dataclass(frozen=True)
-class End:
-    """How a session ended."""
-
-    initiator: Initiator
-    code: int  # the close code the initiator sent (or ABNORMAL as a label)
-    reason: str = ""
-    cut: tuple[Side, Cause] | None = None  # a peer the sidecar cut off, and why
-
-
-def on_the_wire(code: int) -> int:
-    """A received close code as it may be passed on."""
-    if code in _NOT_ON_THE_WIRE or not 1000 <= code <= 4999:
-        return 1000 if code in (0, 1005) else 1002
-    return code
-
-
-@dataclass(frozen=True)
-class _Stopped:
-    """A pump's last word: ``code`` None means the TCP connection vanished."""
-
-    side: Side
-    code: int | None
-    reason: str = ""
-    fault: bool = False  # aiohttp failed the leg (protocol error, too big) and sent ``code``
-
-
-async def _pump(src: _Peer, dst: _Peer) -> _Stopped | None:
+async def _pump(src: _Peer, dst: _Peer) -> Stopped | None:
     """Relay ``src``'s messages, pings and pongs to ``dst``, except the pong answering
     the sidecar's own ping. ``None`` means stopped because ``dst`` is closing, or by
     the other side."""
@@ -125,13 +86,13 @@ async def _pump(src: _Peer, dst: _Peer) -> _Stopped | None:
         elif kind is pong:
             src.answered = True  # the sidecar's own keep-alive ping, answered
         elif kind is WSMsgType.CLOSE:
-            return _Stopped(src.side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
+            return Stopped(src.side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
         elif kind is WSMsgType.CLOSING:
             return None  # we closed this leg from the other task
         elif kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):  # type: ignore[attr-defined]
-            return _Stopped(src.side, msg.data.code, str(msg.data), fault=True)  # type: ignore[attr-defined]
+            return Stopped(src.side, msg.data.code, str(msg.data), fault=True)  # type: ignore[attr-defined]
         else:  # CLOSED, or ERROR from the transport: gone without a close frame
-            return _Stopped(src.side, None)
+            return Stopped(src.side, None)
 
 
 async def relay(
@@ -139,7 +100,7 @@ async def relay(
     upstream: Leg,
     upstream_tally: Tally,
     downstream_tally: Tally,
-    stop: asyncio.Future[tuple[int, str]],
+    stop: asyncio.Future[EndCause],
     *,
     close_timeout: float,
     stall_timeout: float,
@@ -148,8 +109,8 @@ async def relay(
 ) -> End:
     """Run both pumps until one side ends, then close the other side properly.
 
-    ``stop`` lets the sidecar end the session itself: its result is the
-    (code, reason) for the client; the upstream is sent 1001. Every close is
+    ``stop`` lets the sidecar end the session itself: its result is the cause, whose
+    code and reason the client is sent; the upstream is sent 1001. Every close is
     bounded by ``close_timeout``; a peer that does not take its close frame in
     time has its connection aborted. So does a peer that takes no data for
     ``stall_timeout`` while the sidecar has some for it (it stopped reading), and,
@@ -164,28 +125,28 @@ async def relay(
     watchdog = _Watchdog(peers, stall_timeout, keepalive_interval, context)
     closing = _Closer(close_timeout)
     pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
-    first: _Stopped | None = None
+    first: Stopped | None = None
     try:
         while first is None and (up in pending or down in pending):
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if stop in done:
                 watchdog.stop()
-                code, reason = stop.result()
-                await closing.both(client, upstream, code, reason)
-                return End("sidecar", code, reason, watchdog.cut)
+                cause = stop.result()
+                await closing.both(client, upstream, cause.code, cause.reason)
+                return End("sidecar", cause.code, cause.reason, watchdog.cut)
             for task in (up, down):
                 if task in done and first is None:
                     first = task.result()
         watchdog.stop()  # no more pings once the session is ending
         if first is None:  # both pumps found their destination closing
-            first = _Stopped("client", None)
+            first = Stopped("client", None)
         other_pump = down if first.side == "client" else up
         end = await _finish(first, client, upstream, other_pump, closing)
         return dataclasses.replace(end, cut=watchdog.cut)
     except BaseException:
         # Cancelled or failed: still leave neither peer without a close frame.
         with contextlib.suppress(Exception):
-            await closing.both(client, upstream, 1011, "sidecar error")
+            await closing.both(client, upstream, *SIDECAR_ERROR)
         raise
     finally:
         watchdog.stop()
@@ -200,35 +161,24 @@ async def relay(
 
 
 async def _finish(
-    first: _Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[_Stopped | None], closing: _Closer
+    first: Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[Stopped | None], closing: _Closer
 ) -> End:
+    """Carry out :func:`~sidecar.closing.closing_after` for the first leg to stop."""
     origin, other = (client, upstream) if first.side == "client" else (upstream, client)
-    if first.code is None:
-        await closing.close(other, _VANISHED_CODE[first.side], _VANISHED_REASON[first.side])
-        return End(first.side, ABNORMAL)
-    code = on_the_wire(first.code)
-    if first.fault:
-        # aiohttp already sent ``code`` to the faulty side; tell the other why.
-        await closing.close(other, code, f"{first.side}: {first.reason}".encode())
-        return End("sidecar", code, first.reason)
+    decision = closing_after(first)
+    if not decision.handshake:
+        await closing.close(other, *decision.to_other)
+        return decision.end
     # The closing handshake, relayed (RFC 6455 section 7.1.2): pass the close frame
     # on, keep relaying what the other side still sends until its close arrives,
-    # then answer the initiator with that reply (normally its own code echoed).
-    reason = first.reason.encode("utf-8")
-    reply: _Stopped | None = None
+    # then answer the initiator with that reply.
+    reply: Stopped | None = None
     with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-        await asyncio.wait_for(other.send_frame(_close_payload(code, reason), WSMsgType.CLOSE), closing.timeout)
+        await asyncio.wait_for(other.send_frame(close_payload(*decision.to_other), WSMsgType.CLOSE), closing.timeout)
         reply = await asyncio.wait_for(asyncio.shield(other_pump), closing.timeout)
-    if reply is not None and reply.code is not None and not reply.fault:
-        await closing.close(origin, on_the_wire(reply.code), reply.reason.encode("utf-8"))
-    else:
-        await closing.close(origin, code, reason)
+    await closing.close(origin, *reply_to_initiator(first, reply))
     await closing.drop(other)
-    return End(first.side, first.code or 1005, first.reason)  # an empty close frame reads as 1005
-
-
-def _close_payload(code: int, reason: bytes) -> bytes:
-    return code.to_bytes(2, "big") + reason[:123]  # a control frame carries 125 bytes at most
+    return decision.end
 
 
 @dataclass(eq=False)
@@ -363,7 +313,7 @@ class _Closer:
 
     async def close(self, leg: Leg, code: int, reason: bytes) -> None:
         try:
-            await asyncio.wait_for(leg.close(code=code, message=reason[:123]), self.timeout)
+            await asyncio.wait_for(leg.close(code=code, message=cut_reason(reason)), self.timeout)
         except (TimeoutError, ConnectionError):
             transport = _transport(leg)
             if transport is not None:
@@ -372,7 +322,7 @@ class _Closer:
     async def both(self, client: Leg, upstream: Leg, code: int, reason: str) -> None:
         await asyncio.gather(
             self.close(client, code, reason.encode()),
-            self.close(upstream, 1001, b"sidecar closing the session"),
+            self.close(upstream, *SIDECAR_CLOSING_UPSTREAM),
         )
 
     async def drop(self, leg: Leg) -> None:

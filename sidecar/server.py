@@ -26,15 +26,14 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .app import make_app
+from .app import context_of, make_app
 from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
 from .logs import configure, event
 from .metrics import Metrics
 from .reasons import Reason, Rejection
-from .rejection import reject
+from .refusal import refuse
 from .runtime import RUNTIME, Runtime
-from .websocket import end_sessions
 
 Loader = Callable[[], tuple[Config | None, list[Problem]]]
 
@@ -56,12 +55,14 @@ class Running:
         """Refuse new work and close every session properly, spread over the drain
         window; ``hurry`` (a second signal) closes the rest at once."""
         rt = self.runtime
-        rt.stopping = True
-        await end_sessions(rt, rt.config.drain_timeout, hurry or asyncio.Event())
+        rt.stop_admitting()
+        await rt.sessions.drain(
+            rt.config.drain_timeout, hurry or asyncio.Event(), close_timeout=rt.config.close_timeout
+        )
 
     async def close(self) -> None:
         """Stop accepting, close what is left (at once), answer requests in flight, release."""
-        self.runtime.stopping = True
+        self.runtime.stop_admitting()
         for server in self.servers:
             server.close()
         await self.runner.cleanup()
@@ -142,13 +143,13 @@ async def start(
     rt = app[RUNTIME]
     loop = asyncio.get_running_loop()
 
-    def refuse(request: BaseRequest, reason: Reason) -> web.StreamResponse:
-        return reject(request, rt, Rejection(reason), None, websocket=False)
+    def unparsable(request: BaseRequest, reason: Reason) -> web.StreamResponse:
+        return refuse(context_of(request, rt, parsed=False), rt, Rejection(reason))
 
     def connection() -> Connection:
         return Connection(
             manager,
-            refuse=refuse,
+            refuse=unparsable,
             loop=loop,
             access_log=None,
             keepalive_timeout=75.0,

@@ -1,10 +1,19 @@
+"""Fixtures and config helpers shared by the tests: the backend, a started sidecar, a config
+for it (``config_for``, ``edge_yaml``), the test credentials (``SECRET``, ``GOOD``), ports,
+and ``sidecar`` processes (``process_env``, ``spawned``). What goes over the sockets (raw
+requests, frames, waiting, refusals, scrapes, log lines) is in ``tests/wire.py``."""
+
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -16,8 +25,11 @@ from sidecar.server import Running, start
 from .upstream import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
+SIDECAR = [sys.executable, "-m", "sidecar"]  # the command line, on this test run's Python
 SECRET = "test-secret-0123456789abcdef"
 OLD_SECRET = "old-secret-fedcba9876543210"
+AGENT = "edge_13238407486"  # an agent id as real agents send it
+GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}  # what a configured agent sends
 
 # Property-based tests (tests/test_fuzz_*.py). "fast", the default, keeps the whole fuzz suite to a
 # few seconds: a fixed seed (the same examples every run, so CI cannot turn red by luck) and no
@@ -39,6 +51,18 @@ def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config
     config, problems = load_config(text, env=environment)
     assert config is not None, problems
     return config
+
+
+def edge_yaml(*, listen: str = "", upstream: str = "", auth: str = "", route: str = "") -> str:
+    """A one-route config (/edge/ws to the backend, behind the edge secret), plus the extras
+    given: each is spliced into its flow mapping, e.g. ``route=", max_message_size: 1KiB"``."""
+    return (
+        f"listen: {{{listen}}}\n"
+        f'upstreams: {{backend: {{url: "${{UPSTREAM_URL}}"{upstream}}}}}\n'
+        f'auth: {{edge: {{bearer: ["${{EDGE_SECRET}}"]{auth}}}}}\n'
+        "routes:\n"
+        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
+    )
 
 
 @pytest.fixture
@@ -89,6 +113,38 @@ async def start_sidecar() -> AsyncIterator[StartSidecar]:
 @pytest.fixture
 async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
     return await start_sidecar(config_for(backend.url))
+
+
+# What the sidecar reads from its environment (and the test run's own shell might have set).
+_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
+
+
+def process_env(**settings: str) -> dict[str, str]:
+    """The environment for a ``sidecar`` process: this one's without the sidecar's own
+    settings, plus ``settings``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS)}, **settings}
+
+
+@contextlib.asynccontextmanager
+async def spawned(*command: str, **options: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process (``asyncio.create_subprocess_exec``), killed on the way out if the
+    test has not ended it."""
+    process = await asyncio.create_subprocess_exec(*command, **options)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port that something else listens on while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
 
 
 def free_port() -> int:

@@ -6,22 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.runtime import RUNTIME, Runtime
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
+from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
+from .wire import closed_by_peer, echoes, formatted, log_fields, rejected, until, ws_connect
 
-AGENT = "edge_1"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 BAD = {"Authorization": "Bearer wrong-guess", "X-Edge-Agent-Id": AGENT}
 
 
@@ -47,26 +43,6 @@ def runtime(sidecar: Sidecar) -> Runtime:
     return sidecar.running.runner.app[RUNTIME]
 
 
-async def refused(sidecar: Sidecar, headers: dict[str, str], **kw: Any) -> tuple[int, Any, dict[str, Any]]:
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(sidecar.url("/edge/ws"), additional_headers=headers, **kw):
-            pass
-    response = info.value.response
-    return response.status_code, response.headers, json.loads(response.body or b"{}")
-
-
-async def echoes(ws: ClientConnection) -> None:
-    await ws.send("ping?")
-    assert await asyncio.wait_for(ws.recv(), 10) == "ping?"
-
-
-async def until(condition: Any) -> None:
-    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
-
-
 def rejections(sidecar: Sidecar, reason: str, kind: str = "ws", route: str = "edge") -> float:
     return sidecar.sample(f"sidecar_{kind}_rejections_total", route=route, reason=reason)
 
@@ -83,7 +59,7 @@ async def test_an_origin_not_on_the_list_is_denied_before_anything_else(
     backend: Backend, start_sidecar: StartSidecar, origin: str
 ) -> None:
     sidecar = await start(start_sidecar, backend, route=ORIGINS)
-    status, headers, body = await refused(sidecar, {}, origin=Origin(origin))  # no token either
+    status, headers, body = await rejected(sidecar, "/edge/ws", {}, origin=Origin(origin))  # no token either
     assert (status, headers["X-Sidecar-Reason"], body["error"], body["route"]) == (
         403,
         "origin_denied",
@@ -103,15 +79,13 @@ async def test_a_listed_origin_or_none_at_all_gets_in(
     backend: Backend, start_sidecar: StartSidecar, origin: str | None
 ) -> None:
     sidecar = await start(start_sidecar, backend, route=ORIGINS)
-    async with connect(
-        sidecar.url("/edge/ws"), additional_headers=GOOD, origin=Origin(origin) if origin else None
-    ) as ws:
+    async with ws_connect(sidecar, origin=Origin(origin) if origin else None) as ws:
         await echoes(ws)
 
 
 async def test_without_a_list_any_origin_gets_in(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend)
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, origin=Origin("https://evil.example")) as ws:
+    async with ws_connect(sidecar, origin=Origin("https://evil.example")) as ws:
         await echoes(ws)
 
 
@@ -122,14 +96,14 @@ async def test_failed_tokens_from_one_address_then_429_before_the_token_is_compa
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 3, auth_window: 1m")
-    for headers in (
+    for attempt in (
         BAD,
         {"X-Edge-Agent-Id": AGENT},
         {**BAD, "Authorization": "Basic x"},
     ):  # invalid, missing, malformed
-        status, _, _ = await refused(sidecar, headers)
+        status, _, _ = await rejected(sidecar, "/edge/ws", attempt)
         assert status == 401
-    status, headers, body = await refused(sidecar, GOOD)  # even the right token: not compared now
+    status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)  # even the right token: not compared now
     assert (status, headers["X-Sidecar-Reason"], body["error"]) == (429, "rate_limited", "rate_limited")
     assert 1 <= int(headers["Retry-After"]) <= 60
     assert rejections(sidecar, "rate_limited") == 1
@@ -147,11 +121,11 @@ async def test_a_valid_agent_is_not_limited_and_success_does_not_reset_the_count
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 2")
-    await refused(sidecar, BAD)
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:  # one failure: still in
+    await rejected(sidecar, "/edge/ws", BAD)
+    async with ws_connect(sidecar) as ws:  # one failure: still in
         await echoes(ws)
-    await refused(sidecar, BAD)  # the second failure: a success in between did not reset the count
-    status, headers, _ = await refused(sidecar, GOOD)
+    await rejected(sidecar, "/edge/ws", BAD)  # the second failure: a success in between did not reset the count
+    status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (429, "rate_limited")
 
 
@@ -163,11 +137,11 @@ async def test_the_limit_is_per_client_address_and_ipv6_counts_by_64(
 ) -> None:
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 2", listen=TRUSTED)
     for address in ("2001:db8:1:2::1", "2001:db8:1:2::ffff"):  # the same /64
-        await refused(sidecar, {**BAD, "X-Forwarded-For": address})
-    status, _, body = await refused(sidecar, {**GOOD, "X-Forwarded-For": "2001:db8:1:2:abcd::9"})
+        await rejected(sidecar, "/edge/ws", {**BAD, "X-Forwarded-For": address})
+    status, _, body = await rejected(sidecar, "/edge/ws", {**GOOD, "X-Forwarded-For": "2001:db8:1:2:abcd::9"})
     assert (status, body["error"]) == (429, "rate_limited")
     for other in ("2001:db8:1:3::1", "203.0.113.9"):  # another /64, another address: unaffected
-        async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, "X-Forwarded-For": other}) as ws:
+        async with ws_connect(sidecar, headers={**GOOD, "X-Forwarded-For": other}) as ws:
             await echoes(ws)
 
 
@@ -179,11 +153,11 @@ async def test_behind_a_trusted_proxy_the_client_ip_header_names_the_client(
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 2", listen=listen)
     edge = {"X-Forwarded-For": "100.64.0.3"}
     for _ in range(2):
-        await refused(sidecar, {**BAD, **edge, "X-Real-IP": "203.0.113.66"})
-    status, _, body = await refused(sidecar, {**GOOD, **edge, "X-Real-IP": "203.0.113.66"})
+        await rejected(sidecar, "/edge/ws", {**BAD, **edge, "X-Real-IP": "203.0.113.66"})
+    status, _, body = await rejected(sidecar, "/edge/ws", {**GOOD, **edge, "X-Real-IP": "203.0.113.66"})
     assert (status, body["error"]) == (429, "rate_limited")
     # Another client behind the same edge address is not locked out by the attacker.
-    async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, **edge, "X-Real-IP": "198.51.100.5"}) as ws:
+    async with ws_connect(sidecar, headers={**GOOD, **edge, "X-Real-IP": "198.51.100.5"}) as ws:
         await echoes(ws)
 
 
@@ -192,8 +166,8 @@ async def test_the_client_ip_header_of_an_untrusted_peer_is_ignored(
 ) -> None:
     sidecar = await start(start_sidecar, backend, limits="auth_failures: 2", listen="client_ip_header: X-Real-IP")
     for n in range(2):  # a client cannot dodge the limit by inventing addresses
-        await refused(sidecar, {**BAD, "X-Real-IP": f"203.0.113.{n}"})
-    status, _, body = await refused(sidecar, {**GOOD, "X-Real-IP": "203.0.113.99"})
+        await rejected(sidecar, "/edge/ws", {**BAD, "X-Real-IP": f"203.0.113.{n}"})
+    status, _, body = await rejected(sidecar, "/edge/ws", {**GOOD, "X-Real-IP": "203.0.113.99"})
     assert (status, body["error"]) == (429, "rate_limited")
 
 
@@ -223,24 +197,23 @@ async def test_the_failure_table_never_exceeds_its_cap(backend: Backend, start_s
 
 async def test_route_cap_refuses_with_503_before_the_upgrade(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=", max_sessions: 2, duplicate_agent: allow")
-    url = sidecar.url("/edge/ws")
-    async with connect(url, additional_headers=GOOD) as one, connect(url, additional_headers=GOOD) as two:
-        status, headers, body = await refused(sidecar, GOOD)
+    async with ws_connect(sidecar) as one, ws_connect(sidecar) as two:
+        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
         assert (status, headers["X-Sidecar-Reason"], body["error"]) == (503, "over_capacity", "over_capacity")
         assert headers["Retry-After"] == "5"
         assert rejections(sidecar, "over_capacity") == 1
         assert len(backend.seen) == 2  # the refused one never reached the backend
         await echoes(one)
         await echoes(two)
-    await until(lambda: runtime(sidecar).counts.total == 0)
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as three:  # places are given back
+    await until(lambda: len(runtime(sidecar).sessions) == 0)
+    async with ws_connect(sidecar) as three:  # places are given back
         await echoes(three)
 
 
 async def test_global_cap(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, limits="max_sessions: 1")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
-        status, headers, _ = await refused(sidecar, {**GOOD, "X-Edge-Agent-Id": "edge_2"})
+    async with ws_connect(sidecar) as ws:
+        status, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "X-Edge-Agent-Id": "edge_2"})
         assert (status, headers["X-Sidecar-Reason"], headers["Retry-After"]) == (503, "over_capacity", "5")
         await echoes(ws)
 
@@ -248,16 +221,16 @@ async def test_global_cap(backend: Backend, start_sidecar: StartSidecar) -> None
 async def test_sessions_still_in_their_upstream_handshake_count(backend: Backend, start_sidecar: StartSidecar) -> None:
     # /slow/ws never answers the handshake: the first session holds its place while it waits.
     sidecar = await start(start_sidecar, backend, route=", max_sessions: 1", upstream_path="/slow/ws")
-    waiting = asyncio.ensure_future(connect(sidecar.url("/edge/ws"), additional_headers=GOOD, open_timeout=30))
+    waiting = asyncio.ensure_future(ws_connect(sidecar, open_timeout=30))
     try:
         await until(lambda: len(backend.seen) == 1)
-        status, headers, _ = await refused(sidecar, {**GOOD, "X-Edge-Agent-Id": "edge_2"})
+        status, headers, _ = await rejected(sidecar, "/edge/ws", {**GOOD, "X-Edge-Agent-Id": "edge_2"})
         assert (status, headers["X-Sidecar-Reason"]) == (503, "over_capacity")
         assert len(backend.seen) == 1
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-    await until(lambda: runtime(sidecar).counts.total == 0)  # the abandoned handshake gave its place back
+    await until(lambda: len(runtime(sidecar).sessions) == 0)  # the abandoned handshake gave its place back
 
 
 # --- 4. a second session with the same agent id ---------------------------------------------
@@ -267,16 +240,14 @@ async def test_replace_closes_the_old_session_with_4409_and_the_new_one_works(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start(start_sidecar, backend)  # replace is the default
-    old = await connect(sidecar.url("/edge/ws"), additional_headers=GOOD)
+    old = await ws_connect(sidecar)
     await echoes(old)
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as new:
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(old.recv(), 10)
-        assert (old.close_code, old.close_reason) == (4409, "replaced by a newer session for this agent id")
+    async with ws_connect(sidecar) as new:
+        assert await closed_by_peer(old, skip_messages=False) == (4409, "replaced by a newer session for this agent id")
         await echoes(new)
         assert backend.closes == [(1001, "sidecar closing the session")]  # the old upstream leg, before the new one
         assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="4409") == 1
-    async with connect(sidecar.url("/edge/ws"), additional_headers={**GOOD, "X-Edge-Agent-Id": "edge_2"}) as other:
+    async with ws_connect(sidecar, headers={**GOOD, "X-Edge-Agent-Id": "edge_2"}) as other:
         await echoes(other)  # another agent id is another agent
 
 
@@ -286,12 +257,12 @@ async def test_a_session_replaced_while_it_waits_is_refused_never_opened(
     # Three connections with one agent id in quick succession: the middle one is
     # replaced while it waits for the first to close (slowly: its backend is mute).
     sidecar = await start(start_sidecar, backend, listen="close_timeout: 1s")
-    first = await connect(sidecar.url("/edge/ws?n=1"), additional_headers=GOOD)
+    first = await ws_connect(sidecar, "/edge/ws?n=1")
     await first.send("mute")
     await until(lambda: backend.seen)
-    middle = asyncio.ensure_future(refused(sidecar, GOOD, open_timeout=20))
-    await until(lambda: runtime(sidecar).counts.total == 2)  # the middle one admitted, waiting
-    async with connect(sidecar.url("/edge/ws?n=3"), additional_headers=GOOD, open_timeout=20) as last:
+    middle = asyncio.ensure_future(rejected(sidecar, "/edge/ws", GOOD, open_timeout=20))
+    await until(lambda: len(runtime(sidecar).sessions) == 2)  # the middle one admitted, waiting
+    async with ws_connect(sidecar, "/edge/ws?n=3", open_timeout=20) as last:
         status, headers, body = await middle
         assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
         assert body["detail"] == "replaced by a newer session for this agent id"
@@ -302,34 +273,33 @@ async def test_a_session_replaced_while_it_waits_is_refused_never_opened(
 
 async def test_reject_refuses_the_second_session_with_409(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=", duplicate_agent: reject")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as first:
-        status, headers, body = await refused(sidecar, GOOD)
+    async with ws_connect(sidecar) as first:
+        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
         assert (status, headers["X-Sidecar-Reason"], body["error"]) == (409, "duplicate_agent", "duplicate_agent")
         assert rejections(sidecar, "duplicate_agent") == 1
         await echoes(first)
         assert len(backend.seen) == 1
-    await until(lambda: not runtime(sidecar).agents)
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as again:  # the id is free again
+    await until(lambda: not runtime(sidecar).sessions.agents)
+    async with ws_connect(sidecar) as again:  # the id is free again
         await echoes(again)
 
 
 async def test_reject_counts_a_session_still_in_its_handshake(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=", duplicate_agent: reject", upstream_path="/slow/ws")
-    waiting = asyncio.ensure_future(connect(sidecar.url("/edge/ws"), additional_headers=GOOD, open_timeout=30))
+    waiting = asyncio.ensure_future(ws_connect(sidecar, open_timeout=30))
     try:
         await until(lambda: len(backend.seen) == 1)
-        status, _, body = await refused(sidecar, GOOD)
+        status, _, body = await rejected(sidecar, "/edge/ws", GOOD)
         assert (status, body["error"]) == (409, "duplicate_agent")
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-    await until(lambda: not runtime(sidecar).agents)
+    await until(lambda: not runtime(sidecar).sessions.agents)
 
 
 async def test_allow_lets_both_sessions_run(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=", duplicate_agent: allow")
-    url = sidecar.url("/edge/ws")
-    async with connect(url, additional_headers=GOOD) as one, connect(url, additional_headers=GOOD) as two:
+    async with ws_connect(sidecar) as one, ws_connect(sidecar) as two:
         await echoes(one)
         await echoes(two)
 
@@ -344,7 +314,7 @@ async def test_a_query_token_is_refused_where_the_route_does_not_opt_in(
 ) -> None:
     sidecar = await start(start_sidecar, backend)
     with pytest.raises(InvalidStatus) as info:
-        async with connect(sidecar.url(f"/edge/ws?access_token={SECRET}&edge_agent_id={AGENT}")):
+        async with ws_connect(sidecar, f"/edge/ws?access_token={SECRET}&edge_agent_id={AGENT}", {}):
             pass
     response = info.value.response
     body = json.loads(response.body or b"{}")
@@ -373,7 +343,7 @@ async def test_an_opted_in_route_takes_the_query_token_and_never_passes_it_on_in
 ) -> None:
     route = QUERY_ROUTE + (", forward_authorization: true" if forward else "")
     sidecar = await start(start_sidecar, backend, route=route)
-    async with connect(sidecar.url(f"/edge/ws?v=1&access_token={SECRET}&edge_agent_id={AGENT}")) as ws:
+    async with ws_connect(sidecar, f"/edge/ws?v=1&access_token={SECRET}&edge_agent_id={AGENT}", {}) as ws:
         await echoes(ws)
     seen = backend.seen[0]
     assert seen.query_string == f"v=1&edge_agent_id={AGENT}"  # the rest byte for byte
@@ -384,7 +354,7 @@ async def test_an_opted_in_route_takes_the_query_token_and_never_passes_it_on_in
 async def test_header_and_query_token_together_are_refused(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, route=QUERY_ROUTE)
     with pytest.raises(InvalidStatus) as info:
-        async with connect(sidecar.url(f"/edge/ws?access_token={SECRET}"), additional_headers=GOOD):
+        async with ws_connect(sidecar, f"/edge/ws?access_token={SECRET}"):
             pass
     body = json.loads(info.value.response.body or b"{}")
     assert (info.value.response.status_code, body["error"]) == (401, "malformed_token")
@@ -403,7 +373,7 @@ async def test_a_query_token_never_reaches_a_log_line(
     text = text.replace("upstreams: {", 'upstreams: {gone: {url: "http://127.0.0.1:1"}, ')
     sidecar = await start_sidecar(config_for(backend.url, text))
     token = f"access_token={SECRET}"
-    async with connect(sidecar.url(f"/edge/ws?{token}&edge_agent_id={AGENT}")) as ws:  # a whole session
+    async with ws_connect(sidecar, f"/edge/ws?{token}&edge_agent_id={AGENT}", {}) as ws:  # a whole session
         await echoes(ws)
     for path in (
         f"/edge/ws?{token}&edge_agent_id=bad%20id",  # invalid agent id
@@ -413,19 +383,19 @@ async def test_a_query_token_never_reaches_a_log_line(
         f"/nowhere/ws?{token}",  # no route
     ):
         with pytest.raises(InvalidStatus):
-            async with connect(sidecar.url(path)):
+            async with ws_connect(sidecar, path, {}):
                 pass
     async with aiohttp.ClientSession() as http:
         for path in (f"/plain?{token}&edge_agent_id={AGENT}", f"/edge/message?{token}", f"/other?{token}"):
             async with http.get(sidecar.url(path, "http")) as response:
                 await response.read()
-    await until(lambda: any(r.getMessage() == "ws.closed" for r in caplog.records))
+    await until(lambda: log_fields(caplog, "ws.closed"))
     events = [r.getMessage() for r in caplog.records]
     for expected in ("ws.established", "ws.closed", "ws.rejected", "http.rejected", "http.request"):
         assert expected in events
     records = [r for r in caplog.records if not r.name.startswith("websockets")]  # the client logs its own URL
     assert {r.name for r in records} >= {"sidecar"}
-    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in records)
+    everything = "\n".join(formatted(records))
     assert SECRET not in everything
     assert SECRET[:8] not in everything  # not even in part
     assert all(SECRET not in s.query_string for s in backend.seen if s.path != "/other")

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import signal
-import socket
 import subprocess
-import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from sidecar.extensions import pure_python_parts
 
-from .conftest import ROOT, SECRET, free_port
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, free_port, process_env, spawned, taken_port
 from .upstream import Backend
-
-SIDECAR = [sys.executable, "-m", "sidecar"]
-PROCESS_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON")
+from .wire import closed_by_peer, echoes, scrape
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
     return subprocess.run(
-        [*SIDECAR, *args], capture_output=True, text=True, env={**clean, **(env or {})}, cwd=ROOT, timeout=60
+        [*SIDECAR, *args], capture_output=True, text=True, env=process_env(**(env or {})), cwd=ROOT, timeout=60
     )
+
+
+def serve(env: dict[str, str], *flags: str, **options: Any) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """``sidecar serve`` on the shipped routes.yaml with ``env``, its log on a pipe."""
+    command = [*SIDECAR, "serve", "--config", "routes.yaml", *flags]
+    return spawned(*command, cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE, **options)
 
 
 def test_check_summarises_the_shipped_config_and_warns_of_unset_secret() -> None:
@@ -87,48 +87,27 @@ def test_serve_refuses_to_start_without_the_secret() -> None:
         assert "not starting" in result.stderr
 
 
-async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0() -> None:
-    backend = await Backend().start()
+async def test_serve_relays_then_sigterm_closes_sessions_with_1012_and_exits_0(backend: Backend) -> None:
     port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "LOG_FORMAT": "json",
-    }
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
+    env = process_env(
+        EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port), LOG_FORMAT="json"
     )
-    try:
+    async with serve(env) as process:
         assert process.stderr is not None
         started = await asyncio.wait_for(process.stderr.readline(), 30)
         assert b'"event": "sidecar.started"' in started
-        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
-            await ws.send("over real sockets")
-            assert await ws.recv() == "over real sockets"
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
+            await echoes(ws, "over real sockets")
             process.send_signal(signal.SIGTERM)
-            with pytest.raises(ConnectionClosed):
-                await asyncio.wait_for(ws.recv(), 10)
-            assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")
+            assert await closed_by_peer(ws, skip_messages=False) == (1012, "service restart: reconnect")
         assert await asyncio.wait_for(process.wait(), 30) == 0
         assert backend.closes == [(1001, "sidecar closing the session")]
         logged = (await process.stderr.read()).decode()
         assert '"event": "ws.closed"' in logged and SECRET not in logged
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await backend.stop()
 
 
 def test_serve_says_clearly_when_the_port_is_taken() -> None:
-    with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = run("serve", "--config", "routes.yaml", env={"EDGE_SECRET": SECRET, "PORT": str(port)})
     assert result.returncode == 1
     assert f"cannot listen on *:{port}" in result.stderr
@@ -161,22 +140,18 @@ def test_serve_refuses_pure_python_aiohttp_with_one_line_naming_the_fix() -> Non
     [(["--allow-pure-python"], {}), ([], {"SIDECAR_ALLOW_PURE_PYTHON": "1"})],
     ids=["flag", "env"],
 )
-async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: list[str], env: dict[str, str]) -> None:
-    backend = await Backend().start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROCESS_SETTINGS)}
-    environment = {
-        **clean,
+async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(
+    backend: Backend, flag: list[str], env: dict[str, str]
+) -> None:
+    environment = process_env(
         **env,
-        "AIOHTTP_NO_EXTENSIONS": "1",
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": "0",  # a free port, read back from the log: no race with other test runs
-        "METRICS_PORT": "0",
-    }
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", *flag, cwd=ROOT, env=environment, stderr=asyncio.subprocess.PIPE
+        AIOHTTP_NO_EXTENSIONS="1",
+        EDGE_SECRET=SECRET,
+        UPSTREAM_URL=backend.url,
+        PORT="0",  # a free port, read back from the log: no race with other test runs
+        METRICS_PORT="0",
     )
-    try:
+    async with serve(environment, *flag) as process:
         assert process.stderr is not None
         warning = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert (warning["level"], warning["event"]) == ("warning", "sidecar.pure_python")
@@ -184,17 +159,10 @@ async def test_serve_on_pure_python_aiohttp_when_allowed_warns_and_serves(flag: 
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert started["event"] == "sidecar.started"
         port = int(started["listen"].rpartition(":")[2])
-        headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=headers) as ws:
-            await ws.send("pure")
-            assert await ws.recv() == "pure"
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as ws:
+            await echoes(ws, "pure")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await backend.stop()
 
 
 async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
@@ -207,28 +175,14 @@ async def test_serve_raises_its_open_files_limit_and_says_so() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR,
-        "serve",
-        "--config",
-        "routes.yaml",
-        cwd=ROOT,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=lower_the_soft_limit,
-    )
-    try:
+    env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
+    async with serve(env, preexec_fn=lower_the_soft_limit) as process:
         assert process.stderr is not None
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert started["event"] == "sidecar.started"
         expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
         assert started["open_files_limit"] == expected > low
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
-            assert f"process_max_fds {float(expected)}" in await r.text()
-    finally:
-        process.terminate()
-        await process.wait()
+        assert (await scrape(metrics_port))["process_max_fds"] == expected
 
 
 async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_open() -> None:
@@ -236,12 +190,8 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))  # as a container's nofile might be
 
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "EDGE_SECRET": SECRET, "PORT": str(port), "METRICS_PORT": str(metrics_port)}
-    process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "serve", "--config", "routes.yaml", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=cap_the_hard_limit,
-    )  # fmt: skip
-    try:
+    env = process_env(EDGE_SECRET=SECRET, PORT=str(port), METRICS_PORT=str(metrics_port))
+    async with serve(env, preexec_fn=cap_the_hard_limit) as process:
         assert process.stderr is not None
         started = json.loads(await asyncio.wait_for(process.stderr.readline(), 30))
         assert (started["event"], started["open_files_limit"]) == ("sidecar.started", 4096)
@@ -249,9 +199,6 @@ async def test_serve_warns_when_the_session_cap_needs_more_files_than_it_may_ope
         assert warning["event"] == "sidecar.open_files_low"
         assert (warning["level"], warning["max_sessions"], warning["needed"]) == ("warning", 10000, 20256)
         assert "limits.max_sessions" in warning["fix"]
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 def test_check_says_a_file_that_is_not_utf8_is_not_utf8(tmp_path: Path) -> None:

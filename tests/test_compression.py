@@ -4,34 +4,19 @@ applies to the decompressed message. Real backend, real sidecar; python `websock
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import tracemalloc
 import zlib
-from collections.abc import Callable
 
-import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
+from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
+from .wire import closed_by_peer, handshake, masked_frame, open_raw_websocket, read_frame, until, ws_connect
 
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 LIMIT = 64 * 1024
 
 
-def compression_yaml(route: str = "") -> str:
-    return (
-        'upstreams: {backend: {url: "${UPSTREAM_URL}"}}\n'
-        'auth: {edge: {bearer: ["${EDGE_SECRET}"], agent_id: {}}}\n'
-        "routes:\n"
-        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
-    )
-
-
 async def start(start_sidecar: StartSidecar, backend: Backend, route: str = "") -> Sidecar:
-    return await start_sidecar(config_for(backend.url, compression_yaml(route)))
+    """The edge route, its agents identified by the default agent id rule, and ``route`` added."""
+    return await start_sidecar(config_for(backend.url, edge_yaml(auth=", agent_id: {}", route=route)))
 
 
 async def test_deflate_offered_by_the_client_is_not_accepted_and_not_offered_upstream(
@@ -39,7 +24,7 @@ async def test_deflate_offered_by_the_client_is_not_accepted_and_not_offered_ups
 ) -> None:
     sidecar = await start(start_sidecar, backend)
     # python websockets offers permessage-deflate by default; the backend would accept it if offered.
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         assert ws.request is not None and "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
         assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
         assert ws.protocol.extensions == []
@@ -52,7 +37,7 @@ async def test_a_route_with_compression_negotiates_it_on_both_legs(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start(start_sidecar, backend, ", compression: true")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         assert ws.response is not None and ws.response.headers["Sec-WebSocket-Extensions"].startswith(
             "permessage-deflate"
         )
@@ -60,15 +45,6 @@ async def test_a_route_with_compression_negotiates_it_on_both_legs(
         await ws.send("y" * 10_000)
         assert await ws.recv() == "y" * 10_000
     assert backend.seen[0].headers["sec-websocket-extensions"][0].startswith("permessage-deflate")
-
-
-def _masked_frame(payload: bytes) -> bytes:
-    """FIN + RSV1 (compressed, RFC 7692 section 6) + binary, masked as a client must."""
-    head = bytes([0xC2])
-    n = len(payload)
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def _deflated(data: bytes) -> bytes:
@@ -84,48 +60,30 @@ async def test_a_compression_bomb_is_refused_with_1009_and_never_inflated_whole(
     sidecar = await start(start_sidecar, backend, f", compression: true, max_message_size: {LIMIT}")
     bomb = _deflated(bytes(32 * 1024 * 1024))  # 32 MiB of zeros in about 32 KiB
     assert len(bomb) < LIMIT  # small on the wire: only the decompressed size is over
-    frame = _masked_frame(bomb)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            "GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-            f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: edge_1\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head.lower()
+    frame = masked_frame(0x2, bomb, rsv1=True)  # RSV1: compressed, RFC 7692 section 6
+    offer = handshake("/edge/ws", GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    reader, writer, head = await open_raw_websocket(sidecar.port, offer)
+    assert b"permessage-deflate" in head.lower()
     tracemalloc.start()
     try:
         writer.write(frame)
-        close = await asyncio.wait_for(reader.readexactly(2), 10)
-        assert close[0] == 0x88  # a close frame, unmasked from the server
-        payload = await asyncio.wait_for(reader.readexactly(close[1] & 0x7F), 10)
+        close = await asyncio.wait_for(read_frame(reader), 10)
+        assert close.first == 0x88  # a close frame (FIN, no RSV bits), unmasked from the server
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         writer.close()
-    assert int.from_bytes(payload[:2], "big") == 1009
+    assert int.from_bytes(close.payload[:2], "big") == 1009
     assert peak < 8 * 1024 * 1024  # bounded by the limit, far below the 32 MiB it would inflate to
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1009") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1009") == 1)
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
 
 
 async def test_a_compressed_message_under_the_limit_passes(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start(start_sidecar, backend, f", compression: true, max_message_size: {LIMIT}")
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD, compression="deflate") as ws:
+    async with ws_connect(sidecar, compression="deflate") as ws:
         await ws.send(bytes(LIMIT))
         assert await ws.recv() == bytes(LIMIT)
         await ws.send(bytes(LIMIT + 100))
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 10)
-        assert ws.close_code == 1009
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
+        code, _ = await closed_by_peer(ws, skip_messages=False)
+        assert code == 1009

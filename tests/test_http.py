@@ -11,25 +11,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
+from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-
-AGENT = "edge_13238407486"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
+from .wire import exchange, log_fields, plain, scrape, until
 
 
 def http(sidecar: Sidecar, path: str) -> str:
     return sidecar.url(path, "http")
-
-
-async def raw(port: int, request: bytes) -> bytes:
-    """Send bytes exactly as written; return everything the server sends back."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return data
 
 
 async def test_edge_message_is_proxied_with_identity_and_forwarding_headers(sidecar: Sidecar, backend: Backend) -> None:
@@ -95,7 +83,7 @@ async def test_hop_by_hop_headers_are_removed_but_identity_survives(sidecar: Sid
         b"TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
         b"\r\nhi"
     )
-    response = await raw(sidecar.port, request)
+    response = await exchange(sidecar.port, request)
     assert response.startswith(b"HTTP/1.1 200")
     seen = backend.seen[0].headers
     for name in ("x-private", "keep-alive", "te", "proxy-authorization", "upgrade", "http2-settings"):
@@ -195,9 +183,7 @@ async def test_upstream_not_answering_is_504(backend: Backend, start_sidecar: St
     ],
 )
 async def test_path_tricks_never_reach_the_backend(sidecar: Sidecar, backend: Backend, path: str) -> None:
-    response = await raw(
-        sidecar.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-    )
+    response = await exchange(sidecar.port, plain("POST", path))
     assert response.startswith(b"HTTP/1.1 400")
     assert b"X-Sidecar-Reason: bad_path" in response
     assert backend.seen == []
@@ -217,16 +203,16 @@ async def test_near_misses_of_an_authenticated_path_do_not_fall_through(
 
 @pytest.mark.parametrize("target", ["*", "/x%0Ay", "http://evil/edge/message"])
 async def test_every_request_target_gets_the_sidecars_answer(sidecar: Sidecar, backend: Backend, target: str) -> None:
-    response = await raw(sidecar.port, f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    response = await exchange(
+        sidecar.port, f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     assert response.startswith(b"HTTP/1.1 400")
     assert b"X-Sidecar-Reason: bad_path" in response
     assert backend.seen == []
 
 
 async def test_encoded_unreserved_characters_still_need_the_auth(sidecar: Sidecar, backend: Backend) -> None:
-    response = await raw(
-        sidecar.port, b"POST /%65dge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
+    response = await exchange(sidecar.port, plain("POST", "/%65dge/message"))
     assert response.startswith(b"HTTP/1.1 401")
     assert b"X-Sidecar-Reason: missing_token" in response
     assert backend.seen == []
@@ -234,13 +220,12 @@ async def test_encoded_unreserved_characters_still_need_the_auth(sidecar: Sideca
 
 async def test_sidecar_metrics_are_not_on_the_public_port(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(http(sidecar, "/metrics")) as r:
-            assert "sidecar_" not in await r.text()  # the backend answered, not the sidecar
-        assert [seen.path for seen in backend.seen] == ["/metrics"]
-        async with s.get(f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics") as r:
-            text = await r.text()
-    assert 'sidecar_http_requests_total{route="default",status_class="2xx"} 1.0' in text
+    async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/metrics")) as r:
+        assert "sidecar_" not in await r.text()  # the backend answered, not the sidecar
+    assert [seen.path for seen in backend.seen] == ["/metrics"]
+    assert sidecar.running.metrics_port is not None
+    scraped = await scrape(sidecar.running.metrics_port)
+    assert scraped['sidecar_http_requests_total{route="default",status_class="2xx"}'] == 1.0
 
 
 async def test_client_hanging_up_mid_response_is_quiet(
@@ -277,14 +262,10 @@ async def test_a_request_the_client_abandons_is_abandoned_upstream_too(sidecar: 
     _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    async with asyncio.timeout(10):
-        while not backend.seen:  # noqa: ASYNC110 - the backend is another component
-            await asyncio.sleep(0.01)
-        writer.transport.abort()
-        while backend.hangs_abandoned == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # not held until read_timeout (60 s)
-        while sidecar.sample("sidecar_http_requests_total", route="default", status_class="4xx") == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await until(lambda: backend.seen)
+    writer.transport.abort()
+    await until(lambda: backend.hangs_abandoned != 0)  # not held until read_timeout (60 s)
+    await until(lambda: sidecar.sample("sidecar_http_requests_total", route="default", status_class="4xx") != 0)
     # counted as the client's doing (499), not as a sidecar or backend failure
     assert sidecar.sample("sidecar_http_requests_total", route="default", status_class="5xx") == 0
 
@@ -319,8 +300,8 @@ async def test_logs_name_the_client_a_trusted_proxy_saw_not_a_spoofed_one(
     headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}  # the client wrote 6.6.6.6; the proxy appended .7
     async with aiohttp.ClientSession() as s, s.get(http(sidecar, "/x//y"), headers=headers) as r:
         assert r.status == 400
-    (line,) = [r for r in caplog.records if r.getMessage() == "http.rejected"]
-    assert line.fields["client"] == "203.0.113.7"  # type: ignore[attr-defined]
+    (line,) = log_fields(caplog, "http.rejected")
+    assert line["client"] == "203.0.113.7"
 
 
 @pytest.mark.parametrize("agent_id", [b"edge\xc2\x851", b"edge\xe2\x80\xa81", b"ab\xffcd"], ids=["NEL", "LS", "0xFF"])
@@ -336,7 +317,7 @@ async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
         b"GET /edge/message HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Authorization: Bearer " + SECRET.encode() + b"\r\nX-Edge-Agent-Id: " + agent_id + b"\r\n\r\n"
     )
-    response = await raw(sidecar.port, request)
+    response = await exchange(sidecar.port, request)
     assert response.startswith(b"HTTP/1.1 400 ")
     assert b"X-Sidecar-Reason: invalid_agent_id" in response
     assert backend.seen == []

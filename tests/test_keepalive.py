@@ -9,9 +9,9 @@ import logging
 import aiohttp
 import pytest
 
-from .conftest import SECRET, Sidecar, StartSidecar, config_for
-from .test_websocket import AGENT, GOOD, _until, closed_by_peer, edge_yaml, flooded_non_reader, ws_connect
+from .conftest import GOOD, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
+from .wire import closed_by_peer, echoes, flooded_non_reader, log_fields, open_raw_websocket, until, ws_connect
 
 KEEPALIVE = edge_yaml(listen="keepalive_interval: 200ms")
 PING, PONG, TEXT = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG, aiohttp.WSMsgType.TEXT
@@ -22,23 +22,6 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
     return await start_sidecar(config_for(backend.url, KEEPALIVE))
 
 
-def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
-
-
-async def idle_raw_client(sidecar: Sidecar) -> asyncio.StreamWriter:
-    """A WebSocket client that completes the handshake, then never reads another byte."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(
-        b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        + f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: {AGENT}\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101")
-    return writer
-
-
 def leftover_relay_tasks() -> list[asyncio.Task[object]]:
     names = {"_pump", "WebSocketWriter.send_frame", "_run"}
     return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ in names]  # type: ignore[union-attr]
@@ -46,11 +29,9 @@ def leftover_relay_tasks() -> list[asyncio.Task[object]]:
 
 async def test_an_idle_session_outlives_many_intervals(sidecar: Sidecar, backend: Backend) -> None:
     async with ws_connect(sidecar, ping_interval=None) as ws:  # websockets answers pings itself
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
-        await _until(lambda: len(backend.pings) >= 5)  # a second of silence from both ends
-        await ws.send("still here")
-        assert await ws.recv() == "still here"
+        await echoes(ws, "hello")
+        await until(lambda: len(backend.pings) >= 5)  # a second of silence from both ends
+        await echoes(ws, "still here")
         assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 1
     assert len(set(backend.pings)) == 1 and backend.pings[0].startswith(b"sidecar-keepalive ")
 
@@ -97,7 +78,7 @@ async def test_a_message_counts_as_an_answer(
         await ws.send_str("still open")
         while (msg := await asyncio.wait_for(ws.receive(), 10)).data != "still open":
             assert msg.type in (PING, TEXT)
-    assert records(caplog, "ws.peer_dead") == []
+    assert log_fields(caplog, "ws.peer_dead") == []
 
 
 async def test_the_clients_own_ping_still_comes_back_with_its_payload(sidecar: Sidecar, backend: Backend) -> None:
@@ -113,13 +94,13 @@ async def test_the_clients_own_ping_still_comes_back_with_its_payload(sidecar: S
                 await ws.pong(msg.data)  # the sidecar's keep-alive, answered
             assert (msg.type, msg.data) == (PONG, mine)
             before = keepalives()
-            await _until(lambda: keepalives() > before)  # noqa: B023 - a keep-alive tick in between
+            await until(lambda: keepalives() > before)  # noqa: B023 - a keep-alive tick in between
     assert [p for p in backend.pings if p.startswith(b"mine")] == [b"mine 0", b"mine 1", b"mine 2"]
 
 
 async def test_the_backends_ping_still_reaches_the_agent_and_its_pong_comes_back(sidecar: Sidecar) -> None:
     async with ws_connect(sidecar) as ws:
-        await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 1)
+        await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 1)
         await ws.send("ping liveness")
         assert await asyncio.wait_for(ws.recv(), 10) == "pong liveness"
 
@@ -128,16 +109,16 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
     sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
-    writer = await idle_raw_client(sidecar)
-    await _until(lambda: backend.closes)
+    _, writer, _ = await open_raw_websocket(sidecar.port)  # and never reads another byte
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
-    assert sidecar.running.runtime.sessions == set()
-    await _until(lambda: not leftover_relay_tasks())
-    await _until(lambda: backend.ws_open == 0)  # the upstream connection is gone too
+    assert len(sidecar.running.runtime.sessions) == 0
+    await until(lambda: not leftover_relay_tasks())
+    await until(lambda: backend.ws_open == 0)  # the upstream connection is gone too
     writer.transport.abort()
 
 
@@ -148,11 +129,11 @@ async def test_an_upstream_that_stops_answering_is_cut_off_and_the_client_gets_1
     async with ws_connect(sidecar) as ws:
         await ws.send("mute")
         assert await closed_by_peer(ws) == (1011, "upstream went away")
-    assert records(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="upstream", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
-    await _until(lambda: not leftover_relay_tasks())
+    await until(lambda: not leftover_relay_tasks())
 
 
 async def test_a_peer_held_up_by_backpressure_is_left_to_the_stall_check(
@@ -165,10 +146,10 @@ async def test_a_peer_held_up_by_backpressure_is_left_to_the_stall_check(
     config = edge_yaml(listen="keepalive_interval: 100ms, stall_timeout: 1s")
     sidecar = await start_sidecar(config_for(backend.url, config))
     ws = await flooded_non_reader(sidecar, backend)
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert records(caplog, "ws.peer_dead") == []
-    assert [r["peer"] for r in records(caplog, "ws.stalled")] == ["client"]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert log_fields(caplog, "ws.peer_dead") == []
+    assert [r["peer"] for r in log_fields(caplog, "ws.stalled")] == ["client"]
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="stalled") == 1
     ws.transport.abort()

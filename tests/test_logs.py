@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from sidecar.logs import JsonFormatter, TextFormatter, configure
 
-from .conftest import SECRET, Sidecar
+from .conftest import AGENT, GOOD, SECRET, Sidecar
+from .wire import formatted, log_fields, until, ws_connect
 
-AGENT = "edge_13238407486"
 WRONG = "wrong-token-must-not-be-logged"
 
 
@@ -27,15 +25,14 @@ def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sidecar")
-    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
-    async with connect(sidecar.url("/ws/edge"), additional_headers=headers) as ws:
+    async with ws_connect(sidecar, "/ws/edge") as ws:
         await ws.send("hello")
         await ws.recv()
         await ws.close(code=4000, reason="done")
     with pytest.raises(InvalidStatus):
-        async with connect(sidecar.url("/edge/ws"), additional_headers={**headers, "Authorization": f"Bearer {WRONG}"}):
+        async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {WRONG}"}):
             pass
-    await _settle(caplog)
+    await until(lambda: log_fields(caplog, "ws.closed"))
     events = {line["event"]: line for line in lines(caplog)}
     established = events["ws.established"]
     assert (established["route"], established["alias"], established["agent_id"]) == ("edge", "/ws/edge", AGENT)
@@ -46,7 +43,7 @@ async def test_session_lifecycle_is_logged_without_secrets(sidecar: Sidecar, cap
     rejected = events["ws.rejected"]
     assert (rejected["reason"], rejected["status"], rejected["agent_id"]) == ("invalid_token", 401, AGENT)
     assert rejected["client"] == "127.0.0.1"
-    everything = "\n".join(JsonFormatter().format(r) + TextFormatter().format(r) for r in caplog.records)
+    everything = "\n".join(formatted(caplog.records))
     assert SECRET not in everything and WRONG not in everything
     assert SECRET[:8] not in everything  # not even in part
 
@@ -55,7 +52,7 @@ async def test_invalid_agent_id_is_not_logged(sidecar: Sidecar, caplog: pytest.L
     caplog.set_level(logging.DEBUG, logger="sidecar")
     headers = {"Authorization": f"Bearer {SECRET}"}
     with pytest.raises(InvalidStatus):
-        async with connect(sidecar.url("/edge/ws?edge_agent_id=evil%0AX-Injected:%201"), additional_headers=headers):
+        async with ws_connect(sidecar, "/edge/ws?edge_agent_id=evil%0AX-Injected:%201", headers):
             pass
     (line,) = [x for x in lines(caplog) if x["event"] == "ws.rejected"]
     assert line["reason"] == "invalid_agent_id"
@@ -67,12 +64,6 @@ def test_text_format_is_key_value() -> None:
     record = logging.LogRecord("sidecar", logging.INFO, __file__, 1, "ws.closed", None, None)
     record.fields = {"code": 1000, "reason": "a b"}
     assert TextFormatter().format(record).endswith('INFO    ws.closed code=1000 reason="a b"')
-
-
-async def _settle(caplog: pytest.LogCaptureFixture) -> None:
-    async with asyncio.timeout(10):
-        while not any(r.getMessage() == "ws.closed" for r in caplog.records):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -97,8 +88,7 @@ async def test_offered_subprotocols_are_not_logged(sidecar: Sidecar, served_log:
     # Browser clients carry credentials in the subprotocol list (there is no other header
     # they can set); aiohttp would warn with the whole list, once per handshake.
     credential = "base64url.bearer.authorization.k8s.io.c2VjcmV0LWluLWEtc3VicHJvdG9jb2w"
-    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
-    async with connect(sidecar.url("/ws/edge"), additional_headers=headers, subprotocols=[credential, "chat.v1"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, "/ws/edge", subprotocols=[credential, "chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v1"
         await ws.send("hello")
         await ws.recv()

@@ -3,18 +3,14 @@ scraper sees them (a real scrape of the metrics listener, a real session)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import connect
 
 from sidecar.metrics import Metrics
 
-from .conftest import SECRET, StartSidecar, config_for
+from .conftest import StartSidecar, config_for
 from .upstream import Backend
+from .wire import echoes, scrape, until_scraped, ws_connect
 
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
 PROCESS_SERIES = (
     "process_open_fds",
     "process_max_fds",
@@ -23,27 +19,6 @@ PROCESS_SERIES = (
     "process_cpu_seconds_total",
     "process_start_time_seconds",
 )
-
-
-async def scrape(port: int) -> dict[str, float]:
-    """One scrape on a connection of its own, closed after: sample name -> value."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
-        assert r.status == 200
-        text = await r.text()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
-
-
-async def settled(port: int, name: str, value: float) -> None:
-    """Wait (at most 10 s) until a scrape shows ``name`` at ``value``; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while (await scrape(port))[name] != value:  # noqa: ASYNC110 - only a scrape shows it
-            await asyncio.sleep(0.02)
 
 
 async def test_process_series_and_task_count_are_on_the_metrics_listener(
@@ -58,9 +33,8 @@ async def test_process_series_and_task_count_are_on_the_metrics_listener(
     assert before["process_open_fds"] > 0 and before["process_resident_memory_bytes"] > 0
     assert before["sidecar_asyncio_tasks"] >= 1  # at least the scrape's own handler
 
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
+    async with ws_connect(sidecar) as ws:
+        await echoes(ws, "hello")
         during = await scrape(port)
         # Client, sidecar (both legs) and backend share this process: 4 more sockets,
         # and at least the session's relay tasks.
@@ -68,8 +42,8 @@ async def test_process_series_and_task_count_are_on_the_metrics_listener(
         assert during["sidecar_asyncio_tasks"] >= before["sidecar_asyncio_tasks"] + 3
 
     # The session is gone: both come back to where they were.
-    await settled(port, "sidecar_asyncio_tasks", before["sidecar_asyncio_tasks"])
-    await settled(port, "process_open_fds", before["process_open_fds"])
+    await until_scraped(port, "sidecar_asyncio_tasks", before["sidecar_asyncio_tasks"])
+    await until_scraped(port, "process_open_fds", before["process_open_fds"])
 
 
 async def test_the_public_port_never_serves_the_process_series(backend: Backend, start_sidecar: StartSidecar) -> None:

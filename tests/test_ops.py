@@ -6,32 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from sidecar import health
 from sidecar.config import Upstream
 from sidecar.server import bind
 
-from .conftest import ROOT, SECRET, StartSidecar, config_for, free_port
+from .conftest import GOOD, ROOT, SECRET, SIDECAR, StartSidecar, config_for, free_port, process_env, spawned
 from .upstream import Backend
-
-AUTH = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": "edge_1"}
+from .wire import closed_by_peer, echoes, exchange, rejected, until, ws_connect
 
 
 def agent(n: int) -> dict[str, str]:
     """Headers for agent ``n``: each session its own agent id (a second would replace the first)."""
-    return {**AUTH, "X-Edge-Agent-Id": f"edge_{n}"}
+    return {**GOOD, "X-Edge-Agent-Id": f"edge_{n}"}
 
 
 RESTART = (1012, "service restart: reconnect")
@@ -42,10 +38,9 @@ async def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes
         return response.status, dict(response.headers), await response.read()
 
 
-async def closed(ws: ClientConnection) -> tuple[int | None, str | None]:
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 20)
-    return ws.close_code, ws.close_reason
+async def closed(ws: ClientConnection) -> tuple[int, str]:
+    """The close a draining sidecar sends, with nothing before it (a drain takes its time)."""
+    return await closed_by_peer(ws, timeout=20, skip_messages=False)
 
 
 # --- health ------------------------------------------------------------------------
@@ -95,22 +90,15 @@ async def test_a_health_checker_hanging_up_does_not_fail_the_others(
     monkeypatch.setattr(health, "_connect", slow)
     sidecar = await start_sidecar(config_for(backend.url))
 
-    async def readyz(hang_up_after: float | None = None) -> bytes:
-        # Raw sockets: aiohttp's client would quietly retry a GET whose connection dropped.
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        if hang_up_after is not None:
-            await asyncio.sleep(hang_up_after)
-            writer.close()
-            return b""
-        response = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        return response
-
-    patient = asyncio.ensure_future(readyz())
-    await readyz(hang_up_after=0.1)  # hangs up while the probe they share runs
+    # Raw sockets: aiohttp's client would quietly retry a GET whose connection dropped.
+    readyz = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    patient = asyncio.ensure_future(exchange(sidecar.port, readyz))
+    _, impatient = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    impatient.write(readyz)
+    await asyncio.sleep(0.1)
+    impatient.close()  # hangs up while the probe they share runs
     assert (await patient).startswith(b"HTTP/1.1 200 ")
-    assert (await readyz()).startswith(b"HTTP/1.1 200 ")
+    assert (await exchange(sidecar.port, readyz)).startswith(b"HTTP/1.1 200 ")
 
 
 async def test_health_paths_are_configurable(backend: Backend, start_sidecar: StartSidecar) -> None:
@@ -136,11 +124,9 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
     status, headers, body = await get(sidecar.url("/edge/message", "http"), "POST")
     assert (status, headers["X-Sidecar-Reason"], headers["Retry-After"]) == (503, "draining", "1")
     assert headers["Connection"] == "close"  # a kept-alive connection would pin the client to this replica
-    with pytest.raises(Exception) as refused:
-        await connect(sidecar.url("/edge/ws"), additional_headers=AUTH, open_timeout=10)
-    response = refused.value.response  # type: ignore[attr-defined]
-    assert (response.status_code, response.headers["X-Sidecar-Reason"]) == (503, "draining")
-    assert response.headers["Retry-After"] == "1"
+    status, refusal, _ = await rejected(sidecar, "/edge/ws", GOOD, open_timeout=10)
+    assert (status, refusal["X-Sidecar-Reason"]) == (503, "draining")
+    assert refusal["Retry-After"] == "1"
     assert backend.seen == []
     assert sidecar.sample("sidecar_ws_rejections_total", route="none", reason="draining") == 1
     assert sidecar.sample("sidecar_http_rejections_total", route="none", reason="draining") == 1
@@ -148,7 +134,7 @@ async def test_drain_refuses_new_work_with_503_draining(backend: Backend, start_
 
 async def test_drain_closes_sessions_with_1012_one_at_a_time(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url, DRAIN_TIMEOUT="30s"))
-    sessions = [await connect(sidecar.url("/edge/ws"), additional_headers=agent(n)) for n in range(3)]
+    sessions = [await ws_connect(sidecar, headers=agent(n)) for n in range(3)]
     hurry = asyncio.Event()
     draining = asyncio.ensure_future(sidecar.running.drain(hurry))
     assert await closed(sessions[0]) == RESTART
@@ -176,13 +162,6 @@ async def test_a_request_in_flight_is_answered_during_the_drain(backend: Backend
     await asyncio.wait_for(closing, 20)
 
 
-@pytest.fixture
-async def process_backend() -> AsyncIterator[Backend]:
-    backend = await Backend().start()
-    yield backend
-    await backend.stop()
-
-
 @contextlib.asynccontextmanager
 async def serving(
     config: Path, backend: Backend, **env: str
@@ -190,33 +169,13 @@ async def serving(
     """A real ``sidecar serve`` process on free ports, logging JSON: (process, port,
     metrics port), once it has logged ``sidecar.started``. Killed on the way out."""
     port, metrics_port = free_port(), free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "UPSTREAM_", "PORT", "METRICS_"))}
-    environment = {
-        **clean,
-        "EDGE_SECRET": SECRET,
-        "UPSTREAM_URL": backend.url,
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "LOG_FORMAT": "json",
-        **env,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--config",
-        str(config),
-        env=environment,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    settings = process_env(EDGE_SECRET=SECRET, UPSTREAM_URL=backend.url, PORT=str(port), METRICS_PORT=str(metrics_port))
+    environment = settings | {"LOG_FORMAT": "json", **env}
+    async with spawned(
+        *SIDECAR, "serve", "--config", str(config), env=environment, stderr=asyncio.subprocess.PIPE
+    ) as process:
         await until_logged(process, "sidecar.started")
         yield process, port, metrics_port
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[str, object]:
@@ -232,10 +191,10 @@ async def until_logged(process: asyncio.subprocess.Process, name: str) -> dict[s
                 return record
 
 
-async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Backend, tmp_path: Path) -> None:
+async def test_a_second_sigterm_finishes_the_drain_at_once(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text((ROOT / "routes.yaml").read_text())
-    async with serving(config, process_backend, DRAIN_TIMEOUT="60s") as (process, port, _):
+    async with serving(config, backend, DRAIN_TIMEOUT="60s") as (process, port, _):
         url = f"ws://127.0.0.1:{port}/edge/ws"
         sessions = [await connect(url, additional_headers=agent(n)) for n in range(3)]
         process.send_signal(signal.SIGTERM)
@@ -246,13 +205,13 @@ async def test_a_second_sigterm_finishes_the_drain_at_once(process_backend: Back
         assert await asyncio.wait_for(process.wait(), 20) == 0
 
 
-async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: Backend, tmp_path: Path) -> None:
+async def test_a_second_sigterm_cuts_short_a_request_in_flight(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text((ROOT / "routes.yaml").read_text())
-    async with serving(config, process_backend) as (process, port, _):
+    async with serving(config, backend) as (process, port, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")  # the backend never answers
-        await until(lambda: process_backend.seen)
+        await until(lambda: backend.seen)
         process.send_signal(signal.SIGTERM)
         await until_logged(process, "sidecar.stopping")
         process.send_signal(signal.SIGTERM)
@@ -261,38 +220,29 @@ async def test_a_second_sigterm_cuts_short_a_request_in_flight(process_backend: 
         assert await asyncio.wait_for(process.wait(), 4) == 0
         assert await asyncio.wait_for(reader.read(), 4) == b""  # cut short: no response, the connection closed
         writer.close()
-    await until(lambda: process_backend.hangs_abandoned == 1)  # and the backend's request cancelled
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Wait (at most 10 s) for something another task or process does."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives elsewhere
-            await asyncio.sleep(0.01)
+    await until(lambda: backend.hangs_abandoned == 1)  # and the backend's request cancelled
 
 
 # --- live reload -------------------------------------------------------------------
 
 
-async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_backend: Backend, tmp_path: Path) -> None:
+async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    async with serving(config, process_backend) as (process, port, metrics_port):
-        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=AUTH) as old:
+    async with serving(config, backend) as (process, port, metrics_port):
+        async with connect(f"ws://127.0.0.1:{port}/edge/ws", additional_headers=GOOD) as old:
             # The edit: the alias /ws/edge is dropped and a new one added.
             config.write_text(shipped.replace("paths: [/edge/ws, /ws/edge]", "paths: [/edge/ws, /agent/ws]"))
             process.send_signal(signal.SIGHUP)
             reloaded = await until_logged(process, "config.reloaded")
             assert reloaded["routes"] == ["edge", "edge-message", "default"]
             async with connect(f"ws://127.0.0.1:{port}/agent/ws", additional_headers=agent(2)) as new:
-                await new.send("new alias")
-                assert await new.recv() == "new alias"
+                await echoes(new, "new alias")
             with pytest.raises(Exception) as refused:
-                await connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=AUTH)
+                await connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD)
             assert refused.value.response.status_code == 404  # type: ignore[attr-defined]
-            await old.send("the session admitted before the reload")
-            assert await old.recv() == "the session admitted before the reload"
+            await echoes(old, "the session admitted before the reload")
         status, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
         text = body.decode()
@@ -301,11 +251,11 @@ async def test_sighup_applies_a_valid_config_and_keeps_open_sessions(process_bac
         assert f'sha256="{reloaded["previous_sha256"]}"' not in text  # one series: the config in use
 
 
-async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backend: Backend, tmp_path: Path) -> None:
+async def test_sighup_with_an_invalid_config_keeps_the_running_one(backend: Backend, tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     shipped = (ROOT / "routes.yaml").read_text()
     config.write_text(shipped)
-    async with serving(config, process_backend) as (process, port, metrics_port):
+    async with serving(config, backend) as (process, port, metrics_port):
         config.write_text(
             shipped.replace("upstream: backend\n    upstream_path", "upstream: nowhere\n    upstream_path")
         )
@@ -315,9 +265,8 @@ async def test_sighup_with_an_invalid_config_keeps_the_running_one(process_backe
         assert "no upstream named 'nowhere'" in str(problem["problem"])
         failed = await until_logged(process, "config.reload_failed")
         assert failed["errors"] == 1
-        async with connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=AUTH) as ws:
-            await ws.send("still the old config")
-            assert await ws.recv() == "still the old config"
+        async with connect(f"ws://127.0.0.1:{port}/ws/edge", additional_headers=GOOD) as ws:
+            await echoes(ws, "still the old config")
         _, _, body = await get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert 'sidecar_config_reloads_total{result="failure"} 1.0' in body.decode()
 
@@ -342,9 +291,8 @@ async def test_listeners_answer_on_ipv4_and_ipv6(backend: Backend, start_sidecar
         assert status == 200
         status, _, body = await get(f"http://{host}:{sidecar.running.metrics_port}/metrics")
         assert status == 200 and b"sidecar_config_info" in body
-    async with connect(f"ws://[::1]:{sidecar.port}/edge/ws", additional_headers=AUTH) as ws:
-        await ws.send("over IPv6")
-        assert await ws.recv() == "over IPv6"
+    async with connect(f"ws://[::1]:{sidecar.port}/edge/ws", additional_headers=GOOD) as ws:
+        await echoes(ws, "over IPv6")
     assert backend.seen[-1].headers["x-forwarded-for"] == ["::1"]
 
 

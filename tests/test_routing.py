@@ -1,11 +1,12 @@
-"""sidecar.routing: canonical paths and path -> route resolution. No sockets."""
+"""sidecar.paths and sidecar.routing: canonical paths and path -> route resolution. No sockets."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar.config import Config, load_config
-from sidecar.routing import BadPath, CanonicalPath, Router, canonicalize
+from sidecar.paths import BadPath, CanonicalPath, canonicalize
+from sidecar.routing import Router
 
 from .conftest import ROOT
 

@@ -11,28 +11,41 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import hmac
 import logging
-import os
 import pickle
 import posixpath
 import re
-import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
-from websockets.asyncio.client import connect
 
 from sidecar.config import load_config
-from sidecar.logs import JsonFormatter, TextFormatter
 
-from .conftest import OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
+from .conftest import AGENT, GOOD, OLD_SECRET, ROOT, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
+from .wire import (
+    close_code,
+    close_code_after,
+    echoes,
+    exchange,
+    formatted,
+    handshake,
+    head_lines,
+    masked_frame,
+    open_raw_websocket,
+    parse_response,
+    plain,
+    raw_upstream,
+    reason_of,
+    statuses,
+    until,
+    ws_connect,
+)
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
 
@@ -46,141 +59,16 @@ def shipped_with(*edits: tuple[str, str]) -> str:
     return text
 
 
-AGENT = "edge_1"
 WRONG = "wrong-secret-4f1c2a9e7b"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
 
 
 # --- raw-socket helpers ------------------------------------------------------------------
 
 
-async def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data`` in one write; everything the sidecar sends until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 10)  # an upper bound, not a speed claim
-    finally:
-        writer.close()
-
-
-def head_lines(headers: dict[str, str]) -> bytes:
-    return b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
-
-
-def handshake(path: str, headers: dict[str, str] | None = None, extra: bytes = b"") -> bytes:
-    """A valid RFC 6455 opening handshake for ``path``, plus ``headers`` and raw ``extra`` lines."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    base = {"Host": "x", "Upgrade": "websocket", "Connection": "Upgrade"}
-    base |= {"Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
-    return f"GET {path} HTTP/1.1\r\n".encode() + head_lines(base | (headers or {})) + extra + b"\r\n"
-
-
-def plain(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
-    base = {"Host": "x", "Content-Length": str(len(body)), "Connection": "close"}
-    return f"{method} {path} HTTP/1.1\r\n".encode() + head_lines(base | (headers or {})) + b"\r\n" + body
-
-
-def statuses(response: bytes) -> list[int]:
-    """The status of every response in ``response``, in order: a pipelined request that
-    was answered shows up here, after the first response's body."""
-    found: list[int] = []
-    while response:
-        head, blank, rest = response.partition(b"\r\n\r\n")
-        status = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
-        if not blank or status is None:
-            break
-        found.append(int(status[1]))
-        if found[-1] == 101:
-            break  # what follows is frames
-        response = rest[_body_length(found[-1], head, rest) :]
-    return found
-
-
-def _body_length(status: int, head: bytes, rest: bytes) -> int:
-    """How many bytes of ``rest`` the body of the response with ``head`` takes."""
-    fields = head.lower()
-    if status // 100 == 1:
-        return 0
-    length = re.search(rb"\r\ncontent-length: *(\d+)", fields)
-    if length is not None:
-        return int(length[1])
-    if re.search(rb"\r\ntransfer-encoding: *chunked", fields):
-        at = 0
-        while True:
-            line, _, _ = rest[at:].partition(b"\r\n")
-            size = int(line.split(b";")[0] or b"0", 16)
-            at += len(line) + 2 + size + 2
-            if size == 0 or at >= len(rest):
-                return at
-    return len(rest)  # until the connection closed
-
-
-def header(response: bytes, name: str) -> str | None:
-    head = response.partition(b"\r\n\r\n")[0].decode("latin-1")
-    for line in head.split("\r\n")[1:]:
-        key, _, value = line.partition(":")
-        if key.lower() == name.lower():
-            return value.strip()
-    return None
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, declared: int | None = None) -> bytes:
-    """A masked client frame (RFC 6455 section 5.2); ``declared`` overrides the length field."""
-    length = len(payload) if declared is None else declared
-    first = bytes([(0x80 if fin else 0) | opcode])
-    if length < 126:
-        size = bytes([0x80 | length])
-    elif length < 1 << 16:
-        size = bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        size = bytes([0x80 | 127]) + struct.pack("!Q", length)
-    mask = os.urandom(4)
-    return first + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One unmasked server frame: (opcode, payload)."""
-    first, second = await reader.readexactly(2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", await reader.readexactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    return first & 0x0F, await reader.readexactly(length)
-
-
-async def close_code(reader: asyncio.StreamReader) -> int:
-    """Skip data frames until the close frame; its code."""
-    while True:
-        opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
-        if opcode == 0x8:
-            return int(struct.unpack("!H", payload[:2])[0])
-
-
-async def open_raw_websocket(
-    port: int, headers: dict[str, str] | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(handshake("/edge/ws", GOOD if headers is None else headers))
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return reader, writer
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Wait (at most 10 s) for something another component does: a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
-
-
 async def echo_works(sidecar: Sidecar) -> None:
     """A bystander: a fresh, legitimate session still gets its echo."""
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
-        await ws.send("still here")
-        assert await asyncio.wait_for(ws.recv(), 10) == "still here"
+    async with ws_connect(sidecar) as ws:
+        await echoes(ws, "still here")
 
 
 # --- a backend that trusts the path too much ------------------------------------------
@@ -299,7 +187,7 @@ async def test_path_tricks_never_reach_the_backend_without_the_token(
     response = await exchange(sidecar.port, trick_request(kind, target))
     status, reason = EXACT[kind] if outcome == "exact" else OUTCOME[outcome]
     assert statuses(response) == [status], response[:200]
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert lenient.seen == []
 
 
@@ -316,11 +204,11 @@ async def test_a_slash_merging_backend_never_gets_edge_message_through_the_catch
     for headers in ({"X-Edge-Agent-Id": AGENT}, GOOD):
         for path in ("//edge/message", "/edge//message", "///edge/message", "//edge//message/"):
             response = await exchange(sidecar.port, plain("POST", path, headers, b"{}"))
-            assert (statuses(response), header(response, "X-Sidecar-Reason")) == ([400], "bad_path")
+            assert (statuses(response), reason_of(response)) == ([400], "bad_path")
     assert lenient.seen == []
     # The canonical path still needs, and with the token gets, the real route.
     missing = await exchange(sidecar.port, plain("POST", "/edge/message", {"X-Edge-Agent-Id": AGENT}, b"{}"))
-    assert header(missing, "X-Sidecar-Reason") == "missing_token"
+    assert reason_of(missing) == "missing_token"
     assert lenient.seen == []
     served = await exchange(sidecar.port, plain("POST", "/edge/message", GOOD, b"{}"))
     assert statuses(served) == [200] and served.endswith(b"edge endpoint served")
@@ -358,17 +246,14 @@ async def test_a_refused_handshake_with_pipelined_requests_is_not_a_tunnel(
     sidecar = await start_sidecar(config_for(backend.url, FORBIDDEN_UPSTREAM))
     response = await exchange(sidecar.port, handshake("/edge/ws", headers) + SMUGGLED)
     assert statuses(response) == [status]  # one answer, then the connection is closed
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert [seen.path for seen in backend.seen] == upstream_saw
 
 
 async def test_bytes_pipelined_after_a_101_are_frames_not_requests(sidecar: Sidecar, backend: Backend) -> None:
     """After the 101 the connection speaks RFC 6455 framing only: an HTTP request written
     behind the handshake is a malformed frame (1002), never a request to the backend."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(handshake("/edge/ws", GOOD) + SMUGGLED)
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101 ")
+    reader, writer, _ = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD) + SMUGGLED)
     assert await close_code(reader) == 1002
     writer.close()
     await until(lambda: backend.closes)
@@ -399,14 +284,13 @@ async def test_an_upstream_101_without_a_valid_accept_is_not_a_tunnel(
         received.append(await reader.read())  # whatever else arrives, until the sidecar hangs up
         writer.close()
 
-    server = await asyncio.start_server(fake_upstream, "127.0.0.1", 0)
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
-        response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + frame(0x1, b"hi") + SMUGGLED)
+    async with raw_upstream(fake_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
+        response = await exchange(sidecar.port, handshake("/edge/ws", GOOD) + masked_frame(0x1, b"hi") + SMUGGLED)
         await until(lambda: len(received) == 2)
     assert statuses(response) == [502]
-    assert header(response, "X-Sidecar-Reason") == "upstream_rejected"
-    assert header(response, "X-Sidecar-Upstream-Status") == "101"
+    assert reason_of(response) == "upstream_rejected"
+    assert parse_response(response).headers.get("X-Sidecar-Upstream-Status") == "101"
     assert b"tunnelled bytes" not in response
     assert received[0].startswith(b"GET /edge/ws HTTP/1.1\r\n")
     assert received[1] == b""  # not one byte of the client's
@@ -423,7 +307,7 @@ async def test_an_upgrade_on_a_plain_http_route_never_upgrades(
 ) -> None:
     response = await exchange(sidecar.port, handshake(path, GOOD | upgrade))
     assert statuses(response) == [404]
-    assert header(response, "X-Sidecar-Reason") == "no_route"
+    assert reason_of(response) == "no_route"
     assert backend.seen == []
 
 
@@ -460,14 +344,13 @@ async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(star
         received.append(await reader.read())  # anything written into the switched connection
         writer.close()
 
-    server = await asyncio.start_server(switching_upstream, "127.0.0.1", 0)
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+    async with raw_upstream(switching_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
         for path in ("/first", "/second"):
             response = await exchange(sidecar.port, plain("GET", path))
             assert statuses(response) == [502]
-            assert header(response, "X-Sidecar-Reason") == "upstream_rejected"
-            assert header(response, "X-Sidecar-Upstream-Status") == "101"
+            assert reason_of(response) == "upstream_rejected"
+            assert parse_response(response).headers.get("X-Sidecar-Upstream-Status") == "101"
         await until(lambda: len(connections) == 2 and all(len(c) == 2 for c in connections))
     assert [c[0].split(b" ")[1] for c in connections] == [b"/first", b"/second"]  # one connection each
     assert [c[1] for c in connections] == [b"", b""]  # nothing written after the 101
@@ -476,7 +359,7 @@ async def test_a_backend_101_to_a_plain_request_is_not_passed_on_nor_pooled(star
 async def test_an_http2_preface_is_refused(sidecar: Sidecar, backend: Backend) -> None:
     response = await exchange(sidecar.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -484,7 +367,7 @@ async def test_http_0_9_is_refused_not_proxied(sidecar: Sidecar, backend: Backen
     # No headers (no Host, no token) and no status line: nothing to check, nothing to say.
     response = await exchange(sidecar.port, b"GET /anything\r\n\r\n")
     assert response.startswith(b"HTTP/0.9 400 ")  # aiohttp echoes the request's version
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -522,7 +405,7 @@ async def test_ambiguous_request_framing_is_refused(
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + head_lines(GOOD)
     response = await exchange(sidecar.port, head + attack)
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "bad_request"
+    assert reason_of(response) == "bad_request"
     assert backend.seen == []
 
 
@@ -567,7 +450,9 @@ async def test_connection_cannot_strip_or_replace_the_sidecars_headers(
 async def test_connection_cannot_strip_the_identity_from_a_websocket_handshake(
     sidecar: Sidecar, backend: Backend
 ) -> None:
-    _, writer = await open_raw_websocket(sidecar.port, GOOD | {"Connection": "Upgrade, X-Edge-Agent-Id"})
+    _, writer, _ = await open_raw_websocket(
+        sidecar.port, handshake("/edge/ws", GOOD | {"Connection": "Upgrade, X-Edge-Agent-Id"})
+    )
     writer.close()
     (seen,) = backend.seen
     assert seen.headers["x-edge-agent-id"] == [AGENT]
@@ -593,7 +478,7 @@ FORGED = {
 async def test_client_forwarding_headers_are_never_trusted(sidecar: Sidecar, backend: Backend, route: str) -> None:
     """Only a peer in listen.trusted_proxies may speak for the client (none here)."""
     if route == "edge-websocket":
-        _, writer = await open_raw_websocket(sidecar.port, GOOD | FORGED)
+        _, writer, _ = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD | FORGED))
         writer.close()
     else:
         path = "/anything" if route == "catch-all" else "/edge/message"
@@ -662,7 +547,7 @@ async def test_agent_id_injection_in_the_query_is_refused(
 ) -> None:
     response = await exchange(sidecar.port, agent_request(route, query=agent_id))
     assert statuses(response) == [400]
-    assert header(response, "X-Sidecar-Reason") == "invalid_agent_id"
+    assert reason_of(response) == "invalid_agent_id"
     assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -677,7 +562,7 @@ async def test_agent_id_injection_in_the_header_is_refused(
     # without the token, it must not get the request in (401, nothing upstream).
     response = await exchange(sidecar.port, agent_request(route, raw_id=raw_id, token=reason != "missing_token"))
     assert statuses(response) == [401 if reason == "missing_token" else 400]
-    assert header(response, "X-Sidecar-Reason") == reason
+    assert reason_of(response) == reason
     assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -693,7 +578,7 @@ async def test_control_characters_fail_even_a_permissive_pattern(
     sidecar = await start_sidecar(config_for(backend.url, PERMISSIVE))
     for route in ("http", "websocket"):
         response = await exchange(sidecar.port, agent_request(route, query=agent_id))
-        assert (statuses(response), header(response, "X-Sidecar-Reason")) == ([400], "invalid_agent_id")
+        assert (statuses(response), reason_of(response)) == ([400], "invalid_agent_id")
         assert_no_injected_line(response)
     assert backend.seen == []
 
@@ -710,7 +595,7 @@ async def test_a_slowloris_is_cut_off_and_other_sessions_are_unaffected(
     """The head must be complete within header_timeout of the connection opening,
     however steadily the bytes trickle in (nginx's client_header_timeout)."""
     sidecar = await start_sidecar(config_for(backend.url, QUICK))
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as established:
+    async with ws_connect(sidecar) as established:
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
         writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n")
 
@@ -728,8 +613,7 @@ async def test_a_slowloris_is_cut_off_and_other_sessions_are_unaffected(
             writer.close()
         assert closed_with == b"" or statuses(closed_with) == [408]
         # The established session and a new one are unaffected.
-        await established.send("older session")
-        assert await asyncio.wait_for(established.recv(), 10) == "older session"
+        await echoes(established, "older session")
         await echo_works(sidecar)
     assert [seen.path for seen in backend.seen] == ["/edge/ws", "/edge/ws"]
 
@@ -738,8 +622,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, QUICK))
-    _, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x1, b"flood 64 1048576"))  # 64 MiB asked for; none of it read
+    _, writer, _ = await open_raw_websocket(sidecar.port)
+    writer.write(masked_frame(0x1, b"flood 64 1048576"))  # 64 MiB asked for; none of it read
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
     await echo_works(sidecar)
@@ -753,10 +637,7 @@ async def test_a_frame_declaring_a_huge_length_is_refused_before_its_payload(
     """The declared length is checked against max_message_size before any payload is
     buffered: a header claiming 2**62 bytes gets 1009 at once (RFC 6455 section 7.4.1)."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x2, b"a few bytes", declared=1 << 62))
-    assert await close_code(reader) == 1009
-    writer.close()
+    assert await close_code_after(sidecar.port, masked_frame(0x2, b"a few bytes", declared=1 << 62)) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     await echo_works(sidecar)
@@ -769,11 +650,9 @@ async def test_endless_continuation_frames_end_with_1009_at_the_limit(
     grows: 1009 to the sender once past 1 KiB, a close to the backend, which never got
     a byte of it, and other sessions keep working."""
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
     chunk = b"c" * 100
-    writer.write(frame(0x1, chunk, fin=False) + b"".join(frame(0x0, chunk, fin=False) for _ in range(1000)))
-    assert await close_code(reader) == 1009
-    writer.close()
+    fragments = masked_frame(0x1, chunk, fin=False) + b"".join(masked_frame(0x0, chunk, fin=False) for _ in range(1000))
+    assert await close_code_after(sidecar.port, fragments) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
@@ -784,10 +663,7 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, SMALL))
-    reader, writer = await open_raw_websocket(sidecar.port)
-    writer.write(frame(0x2, b"z" * 1025))
-    assert await close_code(reader) == 1009
-    writer.close()
+    assert await close_code_after(sidecar.port, masked_frame(0x2, b"z" * 1025)) == 1009
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1009
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0  # never relayed
@@ -795,13 +671,13 @@ async def test_a_whole_message_over_the_limit_gets_1009_and_the_backend_a_close(
 
 
 BAD_FRAMES = {
-    "ping-over-125-bytes": frame(0x9, b"p" * 126),  # RFC 6455 section 5.5
-    "fragmented-ping": frame(0x9, b"p", fin=False),  # section 5.5
-    "continuation-first": frame(0x0, b"orphan"),  # section 5.4
-    "new-message-mid-fragments": frame(0x1, b"a", fin=False) + frame(0x1, b"b"),  # section 5.4
-    "reserved-opcode": frame(0x3, b"x"),  # section 5.2
-    "reserved-bits": bytes([0xC1]) + frame(0x1, b"x")[1:],  # RSV1 without an extension, section 5.2
-    "close-with-1-byte": frame(0x8, b"\x03"),  # section 5.5.1
+    "ping-over-125-bytes": masked_frame(0x9, b"p" * 126),  # RFC 6455 section 5.5
+    "fragmented-ping": masked_frame(0x9, b"p", fin=False),  # section 5.5
+    "continuation-first": masked_frame(0x0, b"orphan"),  # section 5.4
+    "new-message-mid-fragments": masked_frame(0x1, b"a", fin=False) + masked_frame(0x1, b"b"),  # section 5.4
+    "reserved-opcode": masked_frame(0x3, b"x"),  # section 5.2
+    "reserved-bits": masked_frame(0x1, b"x", rsv1=True),  # RSV1 without an extension, section 5.2
+    "close-with-1-byte": masked_frame(0x8, b"\x03"),  # section 5.5.1
 }
 
 
@@ -809,10 +685,7 @@ BAD_FRAMES = {
 async def test_protocol_violations_close_both_legs_with_1002(sidecar: Sidecar, backend: Backend, bad: bytes) -> None:
     """A frame RFC 6455 forbids fails that session (1002 to the sender, 1002 to the
     backend) and is never relayed; other sessions keep working."""
-    reader, writer = await open_raw_websocket(sidecar.port)
-    writer.write(bad)
-    assert await close_code(reader) == 1002
-    writer.close()
+    assert await close_code_after(sidecar.port, bad) == 1002
     await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1002
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 0
@@ -846,7 +719,7 @@ async def test_tokens_are_compared_in_constant_time_against_every_secret(
     # The decision is compare_digest's own: make it say no, and the right token is refused.
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: False)
     response = await exchange(sidecar.port, plain("POST", "/edge/message", GOOD))
-    assert header(response, "X-Sidecar-Reason") == "invalid_token"
+    assert reason_of(response) == "invalid_token"
 
 
 async def test_the_secret_is_never_in_logs_metrics_or_bodies(
@@ -869,7 +742,7 @@ async def test_the_secret_is_never_in_logs_metrics_or_bodies(
             plain("GET", "/x", {"Authorization": f"Bearer {token}", "X-Big": "a" * 9000}),  # 431
         ):
             responses.append(await exchange(port, request))
-    async with connect(sidecar.url("/edge/ws"), additional_headers=GOOD) as ws:
+    async with ws_connect(sidecar) as ws:
         await ws.send("hello")
         await ws.recv()
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
@@ -883,7 +756,7 @@ async def test_the_secret_is_never_in_logs_metrics_or_bodies(
     # headers it sends at DEBUG): the sidecar's, aiohttp's, asyncio's ...
     records = [record for record in caplog.records if not record.name.startswith("websockets")]
     logged = [record.getMessage() for record in records]
-    logged += [fmt.format(record) for record in records for fmt in (JsonFormatter(), TextFormatter())]
+    logged += formatted(records)
     assert len(logged) > 40  # the session above did log
     for secret in (SECRET, WRONG):
         assert not [line for line in logged if secret in line]
@@ -923,7 +796,7 @@ async def test_the_public_port_never_serves_the_sidecars_metrics(
     sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
     response = await exchange(sidecar.port, plain("GET", path))
     assert b"sidecar_" not in response
-    if header(response, "X-Sidecar-Reason") is None:
+    if reason_of(response) is None:
         assert statuses(response) == [200]  # the backend's answer, through the catch-all
         assert [seen.raw_path for seen in backend.seen] == [path.replace("%6d", "m")]  # m is unreserved
     else:
@@ -939,10 +812,12 @@ async def test_the_public_health_checks_carry_no_metrics_addresses_or_secret(
     answers = [await exchange(sidecar.port, plain("GET", path)) for path in ("/healthz", "/readyz")]
     assert [statuses(answer) for answer in answers] == [[200], [200]]
     await backend.stop()  # not ready now (once the cached probe expires): the 503 says why
-    async with asyncio.timeout(10):
-        while statuses(answers[-1]) != [503]:
-            await asyncio.sleep(0.1)
-            answers.append(await exchange(sidecar.port, plain("GET", "/readyz")))
+
+    async def not_ready() -> bool:
+        answers.append(await exchange(sidecar.port, plain("GET", "/readyz")))
+        return statuses(answers[-1]) == [503]
+
+    await until(not_ready)
     assert b"upstream_unavailable" in answers[-1]
     for answer in answers:
         for leak in (b"sidecar_", str(backend.port).encode(), SECRET.encode()):

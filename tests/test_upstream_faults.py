@@ -13,14 +13,9 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import ROOT, Sidecar, StartSidecar, config_for, free_port
-from .test_websocket import GOOD, _until, closed_by_peer, edge_yaml, rejected, ws_connect
+from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port, spawned
 from .upstream import Backend
-
-
-def records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.getMessage() == name]  # type: ignore[attr-defined]
-
+from .wire import closed_by_peer, echoes, log_fields, raw_upstream, rejected, scrape, until, until_scraped, ws_connect
 
 # --- refused, hanging ------------------------------------------------------------------
 
@@ -41,9 +36,8 @@ async def silent_upstream() -> AsyncIterator[str]:
     async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)
 
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    async with server:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with raw_upstream(accept) as url:
+        yield url
         for writer in held:
             writer.transport.abort()
 
@@ -63,37 +57,27 @@ async def test_a_hanging_upstream_is_504_after_connect_timeout(
 # --- killed mid-session ------------------------------------------------------------------
 
 
-async def scrape(sidecar: Sidecar, name: str) -> float:
-    """A sample as Prometheus reads it, from the metrics listener."""
-    url = f"http://127.0.0.1:{sidecar.running.metrics_port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
-    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(value)
-
-
 async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns_to_zero(
     start_sidecar: StartSidecar,
 ) -> None:
     port = free_port()
-    backend = await asyncio.create_subprocess_exec(
+    async with spawned(
         sys.executable, "-u", "-m", "tests.upstream", str(port), cwd=ROOT, stdout=asyncio.subprocess.PIPE
-    )
-    try:
+    ) as backend:
         assert backend.stdout is not None
         assert b"test backend:" in await asyncio.wait_for(backend.stdout.readline(), 30)
         sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", edge_yaml()), metrics_port=0)
+        assert sidecar.running.metrics_port is not None
         gauge = 'sidecar_ws_connections_active{route="edge"}'
         agents: list[ClientConnection] = [await ws_connect(sidecar) for _ in range(3)]
         async with aiohttp.ClientSession() as session:
             others = [await session.ws_connect(sidecar.url("/edge/ws"), headers=GOOD) for _ in range(2)]
             for ws in agents:
-                await ws.send("hi")
-                assert await ws.recv() == "hi"
+                await echoes(ws, "hi")
             for other in others:
                 await other.send_str("hi")
                 assert (await other.receive()).data == "hi"
-            assert await scrape(sidecar, gauge) == 5
+            assert (await scrape(sidecar.running.metrics_port))[gauge] == 5
 
             backend.send_signal(signal.SIGKILL)
             codes = [await closed_by_peer(ws) for ws in agents]
@@ -101,15 +85,7 @@ async def test_killing_the_backend_gives_every_client_1011_and_the_gauge_returns
                 msg = await asyncio.wait_for(other.receive(), 10)
                 codes.append((msg.data, msg.extra))
         assert codes == [(1011, "upstream went away")] * 5
-        for _ in range(1000):  # scraped as Prometheus would, until it reads 0 (at most 10 s)
-            if await scrape(sidecar, gauge) == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert await scrape(sidecar, gauge) == 0
-    finally:
-        if backend.returncode is None:
-            backend.kill()
-        await backend.wait()
+        await until_scraped(sidecar.running.metrics_port, gauge, 0)  # scraped as Prometheus would
 
 
 # --- retrying the handshake ----------------------------------------------------------------
@@ -124,17 +100,16 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
     port = free_port()  # nothing listens on it yet
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}", RETRY))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
-    await _until(lambda: records(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
+    await until(lambda: log_fields(caplog, "ws.upstream_retry") or connecting.done())  # refused at least once
     if connecting.done():  # refused for good, with no retry
         pytest.fail(f"no retry: {connecting.exception()!r}")
     backend = await Backend(port=port).start()
     try:
         async with await connecting as ws:
-            await ws.send("awake?")
-            assert await ws.recv() == "awake?"
+            await echoes(ws, "awake?")
     finally:
         await backend.stop()
-    first = records(caplog, "ws.upstream_retry")[0]
+    first = log_fields(caplog, "ws.upstream_retry")[0]
     assert (first["route"], first["attempt"], first["attempts"], first["error"]) == (
         "edge",
         1,
@@ -150,7 +125,7 @@ async def test_without_retry_a_backend_not_yet_listening_is_502(
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", edge_yaml()))
     status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
-    assert records(caplog, "ws.upstream_retry") == []
+    assert log_fields(caplog, "ws.upstream_retry") == []
 
 
 def waking(attempts: int) -> str:
@@ -163,10 +138,9 @@ async def test_a_backend_answering_503_twice_then_101_is_reached_on_the_third_tr
     caplog.set_level(logging.INFO, logger="sidecar")
     sidecar = await start_sidecar(config_for(backend.url, waking(3)))
     async with ws_connect(sidecar) as ws:
-        await ws.send("third time")
-        assert await ws.recv() == "third time"
+        await echoes(ws, "third time")
     assert [s.path for s in backend.seen] == ["/waking/ws"] * 3
-    assert [r["error"] for r in records(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
+    assert [r["error"] for r in log_fields(caplog, "ws.upstream_retry")] == ["status 503", "status 503"]
 
 
 async def test_when_the_tries_run_out_the_last_failure_is_reported(
@@ -200,4 +174,4 @@ async def test_retries_stay_within_connect_timeout(
     sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}", config))
     status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")  # not a 504: no try was cut short
-    assert 1 <= len(records(caplog, "ws.upstream_retry")) < 10
+    assert 1 <= len(log_fields(caplog, "ws.upstream_retry")) < 10

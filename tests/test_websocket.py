@@ -5,59 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .conftest import OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for
+from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
-
-AGENT = "edge_13238407486"
-GOOD = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": AGENT}
-
-
-def ws_connect(sidecar: Sidecar, path: str = "/edge/ws", headers: dict[str, str] | None = None, **kw: Any) -> Any:
-    return connect(sidecar.url(path), additional_headers=GOOD if headers is None else headers, **kw)
-
-
-async def closed_by_peer(ws: ClientConnection) -> tuple[int, str]:
-    """Wait for the peer's close frame; the code and reason it carried."""
-    with pytest.raises(ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), 10)
-    assert ws.close_code is not None
-    return ws.close_code, ws.close_reason or ""
-
-
-async def rejected(sidecar: Sidecar, path: str, headers: dict[str, str]) -> tuple[int, Any, dict[str, Any]]:
-    with pytest.raises(InvalidStatus) as info:
-        async with connect(sidecar.url(path), additional_headers=headers):
-            pass
-    response = info.value.response
-    return response.status_code, response.headers, json.loads(response.body or b"{}")
-
-
-def edge_yaml(*, listen: str = "", upstream: str = "", route: str = "") -> str:
-    """A one-route config (/edge/ws to the backend, the edge secret), plus the extras given."""
-    return (
-        f"listen: {{{listen}}}\n"
-        f'upstreams: {{backend: {{url: "${{UPSTREAM_URL}}"{upstream}}}}}\n'
-        'auth: {edge: {bearer: ["${EDGE_SECRET}"]}}\n'
-        "routes:\n"
-        f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
-    )
-
-
-async def flooded_non_reader(sidecar: Sidecar, backend: Backend) -> ClientConnection:
-    """A client that asked the backend for 64 MiB and reads none of it."""
-    ws = await ws_connect(sidecar, max_queue=1, max_size=2 * 1024 * 1024, ping_interval=None)
-    await ws.send("flood 64 1048576")
-    await _until(lambda: backend.flood_sent > 0)
-    return ws
-
+from .wire import (
+    closed_by_peer,
+    echoes,
+    exchange,
+    flooded_non_reader,
+    handshake,
+    log_fields,
+    masked_frame,
+    open_raw_websocket,
+    parse_response,
+    raw_upstream,
+    rejected,
+    until,
+    ws_connect,
+)
 
 # --- aliases, headers, the handshake --------------------------------------------------
 
@@ -68,8 +37,7 @@ async def test_both_aliases_reach_the_one_backend_endpoint_with_query_kept(
 ) -> None:
     headers = {**GOOD, "X-Forwarded-For": "6.6.6.6"}
     async with ws_connect(sidecar, f"{alias}?edge_agent_id={AGENT}&v=a%20b", headers) as ws:
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
+        await echoes(ws, "hello")
     seen = backend.seen[0]
     assert seen.path == "/edge/ws"
     assert seen.query_string == f"edge_agent_id={AGENT}&v=a%20b"  # byte for byte
@@ -89,14 +57,13 @@ async def test_agent_id_from_query_alone_is_sent_upstream_as_header(sidecar: Sid
 async def test_previous_secret_is_accepted_during_rotation(backend: Backend, start_sidecar: StartSidecar) -> None:
     sidecar = await start_sidecar(config_for(backend.url, EDGE_SECRET_PREVIOUS=OLD_SECRET))
     async with ws_connect(sidecar, headers={**GOOD, "Authorization": f"Bearer {OLD_SECRET}"}) as ws:
-        await ws.send("rotated")
-        assert await ws.recv() == "rotated"
+        await echoes(ws, "rotated")
 
 
 async def test_subprotocol_is_the_one_the_upstream_chose(sidecar: Sidecar, backend: Backend) -> None:
-    async with ws_connect(sidecar, subprotocols=["chat.v1"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, subprotocols=["chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v1"
-    async with ws_connect(sidecar, subprotocols=["chat.v9"]) as ws:  # type: ignore[list-item]
+    async with ws_connect(sidecar, subprotocols=["chat.v9"]) as ws:
         assert ws.subprotocol is None
     assert backend.seen[0].headers["sec-websocket-protocol"] == ["chat.v1"]
 
@@ -143,25 +110,23 @@ async def test_client_close_code_and_reason_reach_upstream(sidecar: Sidecar, bac
         await ws.recv()
         await ws.close(code=4001, reason="agent shutting down")
         assert ws.close_code == 4001  # the echo, RFC 6455 section 5.5.1
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(4001, "agent shutting down")]
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="4001") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="4001") == 1)
 
 
 async def test_upstream_close_code_and_reason_reach_client(sidecar: Sidecar) -> None:
     async with ws_connect(sidecar) as ws:
         await ws.send("close 4002 backend restarting")
         assert await closed_by_peer(ws) == (4002, "backend restarting")
-    await _until(
-        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="4002") == 1
-    )
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="4002") == 1)
 
 
 async def test_close_without_status_is_passed_on_as_1000_never_1005(sidecar: Sidecar, backend: Backend) -> None:
     async with ws_connect(sidecar) as ws:
-        ws.transport.write(b"\x88\x80\x00\x00\x00\x00")  # a masked close frame with no payload
+        ws.transport.write(masked_frame(0x8, b""))  # a close frame with no payload
         await closed_by_peer(ws)
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1000, "")]
 
 
@@ -171,10 +136,8 @@ async def test_upstream_vanishing_gives_client_1011_and_gauge_returns_to_zero(si
         await ws.send("vanish")
         code, _ = await closed_by_peer(ws)
         assert code == 1011
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
-    await _until(
-        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1
-    )
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1)
 
 
 async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: Backend) -> None:
@@ -182,9 +145,9 @@ async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: B
     await ws.send("x")
     await ws.recv()
     ws.transport.abort()  # no close frame
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
 
 
 SMALL = edge_yaml(route=", max_message_size: 1KiB")
@@ -200,9 +163,8 @@ async def test_oversized_message_closes_that_session_with_1009_only(
         await ws.send(b"z" * 1025)
         code, _ = await closed_by_peer(ws)
         assert code == 1009
-        await bystander.send("still here")
-        assert await bystander.recv() == "still here"
-    await _until(lambda: len(backend.closes) == 2)
+        await echoes(bystander, "still here")
+    await until(lambda: len(backend.closes) == 2)
     assert backend.closes[0][0] == 1009
 
 
@@ -356,10 +318,8 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         )
         await writer.drain()
 
-    server = await asyncio.start_server(bad_upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}"))
+    async with raw_upstream(bad_upstream) as url:
+        sidecar = await start_sidecar(config_for(url))
         status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
         502,
@@ -382,11 +342,8 @@ async def test_handshake_headers_not_arriving_in_time_are_cut_off(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, DEADLINE))
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
-    writer.close()
+    # the head is never finished (no blank line): the sidecar closes the connection
+    assert await exchange(sidecar.port, b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n") == b""
 
 
 @pytest.mark.parametrize(
@@ -399,12 +356,8 @@ async def test_handshake_headers_not_arriving_in_time_are_cut_off(
     ids=["long-line", "many-fields", "large-total"],
 )
 async def test_oversized_headers_are_refused_with_431(sidecar: Sidecar, backend: Backend, head: bytes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    assert response.split(b"\r\n")[0].split()[1] == b"431"
+    response = await exchange(sidecar.port, b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+    assert parse_response(response).status == 431
     assert b"X-Sidecar-Reason: headers_too_large" in response
     assert backend.seen == []
 
@@ -413,13 +366,10 @@ async def test_unparseable_request_gets_a_reason_and_never_echoes_the_token(
     sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     # a bare LF ends the Authorization line: aiohttp's own answer would quote it
-    writer.write(f"GET /edge/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\nX: y\r\n\r\n".encode())
-    await writer.drain()
-    response = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    assert response.split(b"\r\n")[0].split()[1] == b"400"
+    request = f"GET /edge/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\nX: y\r\n\r\n"
+    response = await exchange(sidecar.port, request.encode())
+    assert parse_response(response).status == 400
     assert b"X-Sidecar-Reason: bad_request" in response
     assert SECRET.encode() not in response
     assert all(SECRET not in r.getMessage() and not r.exc_info for r in caplog.records)
@@ -448,25 +398,13 @@ async def test_metrics_count_messages_bytes_and_connections(sidecar: Sidecar) ->
         assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="downstream") == 1
         await ws.send("abc")
         await ws.recv()
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_connections_total", route="edge") == 1
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="upstream") == 2
     assert sidecar.sample("sidecar_ws_messages_total", route="edge", direction="downstream") == 2
     assert sidecar.sample("sidecar_ws_bytes_total", route="edge", direction="upstream") == 8
     assert sidecar.sample("sidecar_ws_handshake_duration_seconds_count", route="edge") == 1
     assert sidecar.sample("sidecar_ws_session_duration_seconds_count", route="edge") == 1
-
-
-async def _until(condition: Any) -> None:
-    """Wait (at most 10 s) for something another task does; a bound, not a speed claim."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame with an all-zero mask (so the payload goes as written); len < 126."""
-    return bytes([0x80 | opcode, 0x80 | len(payload), 0, 0, 0, 0]) + payload
 
 
 async def test_invalid_close_code_from_client_is_a_protocol_error_on_both_legs(
@@ -476,9 +414,9 @@ async def test_invalid_close_code_from_client_is_a_protocol_error_on_both_legs(
         ws.transport.write(masked_frame(0x8, (1004).to_bytes(2, "big")))  # 1004 is reserved
         code, _ = await closed_by_peer(ws)
     assert code == 1002
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1002
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1002") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1002") == 1)
 
 
 async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
@@ -488,9 +426,7 @@ async def test_invalid_utf8_text_is_relayed_and_the_endpoint_verdict_comes_back(
         ws.transport.write(masked_frame(0x1, b"\xff\xfe"))
         code, _ = await closed_by_peer(ws)
     assert code == 1007  # decided by the backend, passed through unchanged
-    await _until(
-        lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1
-    )
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1007") == 1)
 
 
 async def test_messages_in_flight_when_the_client_closes_still_arrive(sidecar: Sidecar, backend: Backend) -> None:
@@ -503,7 +439,7 @@ async def test_messages_in_flight_when_the_client_closes_still_arrive(sidecar: S
                 got.append(await asyncio.wait_for(ws.recv(), 10))
     assert got == [f"m{i}" for i in range(5)]  # the echoes the backend sent before its close reply
     assert ws.close_code == 4000
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(4000, "bye")]
 
 
@@ -541,7 +477,7 @@ async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
     await asyncio.sleep(0.5)  # let the buffers fill
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
-    await _until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
     ws.transport.abort()
 
 
@@ -549,27 +485,18 @@ async def test_close_codes_outside_rfc6455_do_not_mint_labels(sidecar: Sidecar, 
     async with ws_connect(sidecar) as ws:
         ws.transport.write(masked_frame(0x8, (5000).to_bytes(2, "big")))  # beyond 4999: not a valid code
         await closed_by_peer(ws)
-    await _until(
+    await until(
         lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="invalid") == 1
     )
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes[0][0] == 1002  # never passed on as is
 
 
 async def test_subprotocol_offered_on_two_header_lines(sidecar: Sidecar) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    head = (
-        "GET /edge/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Authorization: Bearer {SECRET}\r\nX-Edge-Agent-Id: {AGENT}\r\n"
-        "Sec-WebSocket-Protocol: foo\r\nSec-WebSocket-Protocol: chat.v1\r\n\r\n"
-    )
-    writer.write(head.encode())
-    await writer.drain()
-    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    two_lines = b"Sec-WebSocket-Protocol: foo\r\nSec-WebSocket-Protocol: chat.v1\r\n"
+    _, writer, head = await open_raw_websocket(sidecar.port, handshake("/edge/ws", GOOD, extra=two_lines))
     writer.transport.abort()
-    assert response.startswith(b"HTTP/1.1 101")
-    assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in response  # what the backend chose
+    assert b"Sec-WebSocket-Protocol: chat.v1\r\n" in head  # what the backend chose
 
 
 LATE = edge_yaml(listen="close_timeout: 1s", route=", upstream_path: /late/ws")
@@ -580,7 +507,7 @@ async def test_a_handshake_in_flight_at_shutdown_is_answered_503_draining(
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, LATE))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
-    await _until(lambda: backend.seen)  # the backend is still deciding
+    await until(lambda: backend.seen)  # the backend is still deciding
     await asyncio.wait_for(sidecar.running.close(), 20)
     with pytest.raises(InvalidStatus) as refused:  # an answer, not a dropped connection (1006)
         await connecting
@@ -597,13 +524,13 @@ async def test_the_drain_answers_a_handshake_the_backend_sits_on(backend: Backen
     # waits for handlers: the client must still get an answer, at once.
     sidecar = await start_sidecar(config_for(backend.url, HANGING))
     connecting = asyncio.ensure_future(ws_connect(sidecar))
-    await _until(lambda: backend.seen)
+    await until(lambda: backend.seen)
     await sidecar.running.drain()
     with pytest.raises(InvalidStatus) as refused:
         await asyncio.wait_for(connecting, 10)
     assert refused.value.response.status_code == 503
     assert refused.value.response.headers["X-Sidecar-Reason"] == "draining"
-    await _until(lambda: backend.hangs_abandoned == 1)  # the upstream handshake was given up, too
+    await until(lambda: backend.hangs_abandoned == 1)  # the upstream handshake was given up, too
     assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="draining") == 1
 
 
@@ -616,10 +543,10 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     caplog.set_level(logging.INFO, logger="sidecar")
     sidecar = await start_sidecar(config_for(backend.url, STALLED))
     ws = await flooded_non_reader(sidecar, backend)  # the sidecar's writes to it stall
-    await _until(lambda: backend.closes)
+    await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    (stalled,) = [r for r in caplog.records if r.getMessage() == "ws.stalled"]
+    (stalled,) = log_fields(caplog, "ws.stalled")
     # (this config's auth has no agent id rule, so the line has no agent_id)
-    assert stalled.fields == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}  # type: ignore[attr-defined]
-    await _until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+    assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()

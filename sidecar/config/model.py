@@ -1,0 +1,146 @@
+"""The config model: what ``routes.yaml`` becomes. Frozen dataclasses and their defaults.
+
+Pure: no YAML and no I/O here (YAML is ``reader``'s; the sections are built in
+``schema``, ``targets`` and ``routes``, each default taken from the classes below).
+A secret is held only as its SHA-256 digest (``digest_secret``), so no ``repr``, log
+line or exception can carry one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
+DuplicateAgent = Literal["replace", "reject", "allow"]
+LogFormat = Literal["json", "text"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file)."""
+
+    file: str
+    line: int
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str  # scheme://host[:port][/base], no userinfo/query (validated)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentIdRule:
+    header: str | None = "X-Edge-Agent-Id"
+    query: str | None = "edge_agent_id"
+    pattern: re.Pattern[str] = re.compile(DEFAULT_AGENT_ID_PATTERN)
+    required: bool = True
+    forward_header: str = "X-Edge-Agent-Id"
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    name: str
+    secret_digests: tuple[bytes, ...] = field(repr=False, default=())
+    agent_id: AgentIdRule | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retrying the upstream WebSocket handshake, for a backend that is waking up or
+    restarting: up to ``attempts`` tries in all (the first included), waiting
+    ``backoff``, doubled after each failure, jittered; all within the upstream's
+    ``connect_timeout``."""
+
+    attempts: int
+    backoff: float = 0.2
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    websocket: bool
+    upstream: Upstream
+    paths: tuple[str, ...] = ()
+    prefix: str | None = None  # always ends with '/'
+    upstream_path: str | None = None
+    auth: AuthPolicy | None = None
+    forward_authorization: bool = False
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    origins: frozenset[str] | None = None  # RFC 6454 serialised; None: any Origin
+    max_sessions: int | None = None  # WebSocket sessions on this route at once
+    duplicate_agent: DuplicateAgent = "replace"  # a second session with the same agent id
+    compression: bool = False  # permessage-deflate (RFC 7692) on both legs
+    query_token: bool = False  # accept ?access_token= (RFC 6750 section 2.3)
+    retry: Retry | None = None
+
+    def describe_paths(self) -> str:
+        if self.prefix is not None:
+            return self.prefix + "*"
+        return ", ".join(self.paths)
+
+
+@dataclass(frozen=True)
+class Config:
+    routes: tuple[Route, ...]
+    upstreams: Mapping[str, Upstream]
+    auth: Mapping[str, AuthPolicy]
+    listen_host: str = ALL_INTERFACES
+    # Proxies in front of the sidecar (Railway's edge) whose X-Forwarded-* are kept.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # A header in which a trusted proxy names the client (Railway's edge: X-Real-IP).
+    client_ip_header: str | None = None
+    port: int = 8080
+    header_timeout: float = 10.0
+    close_timeout: float = 5.0
+    stall_timeout: float = 60.0
+    # The sidecar's own pings on both legs of a session (0.0: off): idle sessions
+    # survive proxies that cut idle connections, and a peer that stops answering is cut off.
+    keepalive_interval: float = 25.0
+    drain_timeout: float = 10.0  # SIGTERM: sessions are closed spread over this window
+    live_path: str = "/healthz"  # answered by the sidecar itself, before routing
+    ready_path: str = "/readyz"
+    metrics_host: str = ALL_INTERFACES
+    metrics_port: int = 9100
+    log_level: str = "info"
+    log_format: LogFormat = "json"
+    # Admission limits (the ``limits`` section).
+    auth_failures: int = 10  # failed authentications per client address ...
+    auth_window: float = 60.0  # ... within this many seconds, then 429 for as long
+    tracked_clients: int = 100_000  # addresses the failure table holds at most
+    max_sessions: int = 10_000  # WebSocket sessions in all
+    source: str = "<memory>"
+    digest: str = ""
+
+
+def identity_headers(config: Config) -> frozenset[str]:
+    """Lower-cased names of the headers the sidecar vouches for: every auth policy's
+    agent id header and forward header. A client's copy is never passed upstream."""
+    names: set[str] = set()
+    for policy in config.auth.values():
+        rule = policy.agent_id
+        if rule is not None:
+            names |= {h.lower() for h in (rule.header, rule.forward_header) if h}
+    return frozenset(names)
+
+
+def digest_secret(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8")).digest()

@@ -1,0 +1,262 @@
+"""The WebSocket sessions of one process: admission, agent ids, the drain.
+
+A session's life is an explicit state machine (:class:`State`), and the reason the
+sidecar ends one from outside is recorded when it happens (:class:`EndCause`), not
+decoded later from a close frame. Admission is one async context manager,
+:meth:`Registry.admit`: it checks the caps and the route's duplicate-agent policy,
+and its exit is the only code that ever frees a session's place.
+
+Who holds which agent id is behind :class:`Agents`: this process's table here; a
+table shared by every replica can implement the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .config import Route
+from .limits import OVER_CAPACITY_RETRY_AFTER, SessionCounts
+from .logs import event
+from .reasons import Reason, Refused, Rejection
+
+# Retry-After while draining: by then the new replica is taking connections.
+DRAIN_RETRY_AFTER = 1
+
+
+def closing_bound(close_timeout: float) -> float:
+    """How long a session takes to end at most once asked to: the close frame, then
+    the reply, each within ``close_timeout``, and a second to spare."""
+    return 2 * close_timeout + 1
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"  # being admitted, or admitted and in the upstream handshake
+    OPEN = "open"  # relaying
+    CLOSING = "closing"  # ending: asked to from outside, or a side closed
+    CLOSED = "closed"  # its place is free
+
+
+# The transitions a session may take (h11-style: the state machine as data).
+_NEXT: dict[State, frozenset[State]] = {
+    State.CONNECTING: frozenset({State.OPEN, State.CLOSING, State.CLOSED}),
+    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class EndCause(enum.Enum):
+    """Why the sidecar ends a session itself: the close frame the client is sent, or,
+    before the session opened, the refusal it gets instead."""
+
+    # 1012 "Service Restart" (IANA close code registry, RFC 6455 section 11.7): a
+    # redeploy; the agent reconnects (the upstream leg is sent 1001 "going away").
+    DRAINING = (1012, "service restart: reconnect")
+    # 4000-4999 is the application range (RFC 6455 section 7.4.2); 4409 echoes HTTP 409.
+    REPLACED = (4409, "replaced by a newer session for this agent id")
+    # The client's connection dropped during the upstream handshake: nobody to answer.
+    CLIENT_GONE = (1001, "client went away")
+
+    @property
+    def code(self) -> int:
+        return self.value[0]
+
+    @property
+    def reason(self) -> str:
+        return self.value[1]
+
+    def refusal(self, agent_id: str | None) -> Rejection | None:
+        """What a session ended before it opened is answered (``None``: nobody to answer)."""
+        if self is EndCause.DRAINING:
+            return Rejection(Reason.DRAINING, agent_id=agent_id, retry_after=DRAIN_RETRY_AFTER)
+        if self is EndCause.REPLACED:
+            return Rejection(Reason.DUPLICATE_AGENT, detail=self.reason, agent_id=agent_id)
+        return None
+
+
+@dataclass(eq=False)
+class Session:
+    """One WebSocket session, from admission to the release of its place."""
+
+    route: Route
+    agent_id: str | None
+    client: str | None = None
+    state: State = State.CONNECTING
+    cause: EndCause | None = None  # set when the sidecar ends it from outside
+    opened_at: float = field(default_factory=time.time)  # wall clock, for listings
+    started: float = field(default_factory=time.monotonic)  # when admitted, for the drain's order
+    # Resolved with the cause when the sidecar ends the session; the relay waits on it.
+    stopped: asyncio.Future[EndCause] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set once CLOSED
+
+    def end(self, cause: EndCause) -> None:
+        """End the session from outside; the first cause is the one recorded."""
+        if self.cause is not None or self.state is State.CLOSED:
+            return
+        self.cause = cause
+        self.stopped.set_result(cause)
+        if self.state is State.OPEN:
+            self.move(State.CLOSING)
+
+    def refuse_if_ended(self) -> None:
+        """Before the session opens: raise the refusal for the cause it was ended with."""
+        if self.cause is None:
+            return
+        rejection = self.cause.refusal(self.agent_id)
+        if rejection is None:
+            raise ConnectionResetError(self.cause.reason)
+        raise Refused(rejection)
+
+    def move(self, to: State) -> None:
+        if to not in _NEXT[self.state]:
+            raise RuntimeError(f"a session cannot go from {self.state.value} to {to.value}")
+        self.state = to
+        if to is State.CLOSED:
+            self.done.set()
+
+
+class Agents(Protocol):
+    """Who holds which agent id, per route. Each method is what the registry needs of a
+    table, whether it is this process's (:class:`LocalAgents`) or the fleet's."""
+
+    def __len__(self) -> int:
+        """How many agent ids this process's sessions hold."""
+
+    async def claim(self, session: Session) -> bool:
+        """Record ``session`` as its agent id's holder, unless another holds it (False)."""
+
+    async def replace(self, session: Session, *, within: float) -> None:
+        """End the holder's session (:attr:`EndCause.REPLACED`) and make ``session`` the
+        holder; return once the old one has ended, or after ``within`` seconds."""
+
+    async def release(self, session: Session) -> None:
+        """``session`` no longer holds its agent id (if it still did)."""
+
+
+class LocalAgents:
+    """This process's table of agent ids, keyed by (route name, agent id)."""
+
+    def __init__(self) -> None:
+        self._holders: dict[tuple[str, str], Session] = {}
+
+    @staticmethod
+    def _key(session: Session) -> tuple[str, str]:
+        assert session.agent_id is not None
+        return session.route.name, session.agent_id
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    async def claim(self, session: Session) -> bool:
+        return self._holders.setdefault(self._key(session), session) is session
+
+    async def replace(self, session: Session, *, within: float) -> None:
+        key = self._key(session)
+        old = self._holders.get(key)
+        self._holders[key] = session
+        if old is None or old is session:
+            return
+        event(logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id)
+        # The backend sees the old session end before the new one begins.
+        old.end(EndCause.REPLACED)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.done.wait(), within)
+
+    async def release(self, session: Session) -> None:
+        key = self._key(session)
+        if self._holders.get(key) is session:
+            del self._holders[key]
+
+
+class Registry:
+    """Every session of this process that holds a place: being admitted, open or closing."""
+
+    def __init__(self, agents: Agents | None = None) -> None:
+        self.agents: Agents = agents or LocalAgents()
+        self.draining = False  # set when the drain begins: no session opens any more
+        self._counts = SessionCounts()
+        self._live: set[Session] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def sessions(self, state: State | None = None) -> list[Session]:
+        """The sessions holding a place (in ``state`` only, if given), oldest first."""
+        chosen = [s for s in self._live if state is None or s.state is state]
+        return sorted(chosen, key=lambda s: s.started)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, session: Session, *, max_sessions: int, close_timeout: float) -> AsyncIterator[Session]:
+        """Hold a place for ``session`` (refused: 503 over_capacity), then apply its route's
+        duplicate-agent policy (refused: 409 duplicate_agent). Counted from here, the
+        upstream handshake included, so a burst cannot overshoot a cap. Leaving the block
+        frees the place and moves the session to CLOSED, whatever happened in it."""
+        route = session.route
+        if not self._counts.acquire(route.name, route.max_sessions, max_sessions):
+            session.move(State.CLOSED)
+            full = Rejection(Reason.OVER_CAPACITY, agent_id=session.agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
+            raise Refused(full)
+        self._live.add(session)
+        claimed = False
+        try:
+            if session.agent_id is not None and route.duplicate_agent != "allow":
+                claimed = True
+                if not await self.agents.claim(session):
+                    if route.duplicate_agent == "reject":
+                        raise Refused(Rejection(Reason.DUPLICATE_AGENT, agent_id=session.agent_id))
+                    within = route.upstream.connect_timeout + 2 * closing_bound(close_timeout)
+                    await self.agents.replace(session, within=within)
+            session.refuse_if_ended()  # ended while it waited: the drain, or a newer session
+            yield session
+        finally:
+            self._live.discard(session)
+            self._counts.release(route.name)
+            if claimed:
+                await self.agents.release(session)
+            session.move(State.CLOSED)
+
+    def opened(self, session: Session) -> None:
+        """The session's relay has begun. One opened during a drain is ended at once."""
+        session.move(State.OPEN)
+        if self.draining:
+            session.end(EndCause.DRAINING)
+
+    def end_agent(self, agent_id: str, cause: EndCause) -> int:
+        """End every session of this process with ``agent_id``; how many there were."""
+        ending = [s for s in self._live if s.agent_id == agent_id and s.cause is None]
+        for session in ending:
+            session.end(cause)
+        return len(ending)
+
+    async def drain(self, window: float, hurry: asyncio.Event, *, close_timeout: float) -> None:
+        """Stopping: sessions still in their handshake are refused at once (503 draining);
+        open ones are closed, the oldest first, evenly spread over ``window`` (0: all at
+        once); ``hurry`` closes the rest at once. Returns when all have ended, or after
+        the closing bound."""
+        self.draining = True
+        for connecting in self.sessions(State.CONNECTING):
+            connecting.end(EndCause.DRAINING)
+        sessions = self.sessions(State.OPEN)
+        if sessions:
+            event(logging.INFO, "ws.closing_all", sessions=len(sessions), over_s=window)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for index, session in enumerate(sessions):
+            delay = started + window * index / len(sessions) - loop.time()
+            if delay > 0 and not hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hurry.wait(), delay)
+            session.end(EndCause.DRAINING)
+        ending = [s for s in self._live if s.state is not State.CONNECTING]
+        if ending:
+            waits = [asyncio.ensure_future(s.done.wait()) for s in ending]
+            _, pending = await asyncio.wait(waits, timeout=closing_bound(close_timeout))
+            for wait in pending:
+                wait.cancel()

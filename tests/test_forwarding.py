@@ -1,0 +1,154 @@
+"""sidecar.forwarding: what the backend is sent and what the client gets back, as a
+table (no sockets)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from multidict import CIMultiDict
+
+from sidecar.config import AgentIdRule, AuthPolicy, Route, Upstream
+from sidecar.forwarding import forward_headers, response_headers, upstream_query
+
+UPSTREAM = Upstream("backend", "http://127.0.0.1:8000")
+POLICY = AuthPolicy("edge", agent_id=AgentIdRule())
+WS = Route("edge", True, UPSTREAM, paths=("/edge/ws",), auth=POLICY, forward_authorization=True)
+HTTP = Route("default", False, UPSTREAM, prefix="/")
+IDENTITY = frozenset({"x-edge-agent-id"})
+
+
+def forwarded(
+    route: Route,
+    sent: list[tuple[str, str]],
+    agent: str | None = None,
+    *,
+    remote: str = "203.0.113.9",
+    scheme: str = "http",
+    trusted: bool = False,
+    query_token: list[str] | None = None,
+) -> CIMultiDict[str]:
+    return forward_headers(
+        CIMultiDict(sent),
+        route,
+        agent,
+        identity=IDENTITY,
+        remote=remote,
+        scheme=scheme,
+        host="example.com",
+        trusted=trusted,
+        query_token=query_token or (),
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "sent", "kept"),
+    [
+        (
+            HTTP,
+            [("Accept", "a"), ("Cookie", "c=1"), ("Set-Cookie", "x")],
+            [("Accept", "a"), ("Cookie", "c=1"), ("Set-Cookie", "x")],
+        ),
+        # Hop-by-hop fields (RFC 9110 section 7.6.1), and those named in Connection.
+        (HTTP, [("Connection", "close, X-Secret"), ("X-Secret", "s"), ("TE", "trailers"), ("Keep-Alive", "5")], []),
+        (HTTP, [("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("Proxy-Authorization", "p")], []),
+        # What the sidecar owns, in every spelling a CGI backend reads as the same.
+        (
+            HTTP,
+            [("Host", "evil"), ("Forwarded", "for=1.1.1.1"), ("X-Real-IP", "1.1.1.1"), ("Expect", "100-continue")],
+            [],
+        ),
+        (HTTP, [("X-Forwarded-Port", "1"), ("x_forwarded_for", "1.1.1.1"), ("X_Real_IP", "1.1.1.1")], []),
+        (HTTP, [("X-Edge-Agent-Id", "forged"), ("X_Edge_Agent_Id", "forged")], []),
+        # A WebSocket route: each leg negotiates its own handshake fields.
+        (
+            WS,
+            [
+                ("Sec-WebSocket-Key", "k"),
+                ("Sec-WebSocket-Extensions", "permessage-deflate"),
+                ("Sec-WebSocket-Protocol", "p"),
+            ],
+            [],
+        ),
+        (HTTP, [("Sec-WebSocket-Key", "k")], [("Sec-WebSocket-Key", "k")]),
+        # Authorization: passed on where the route forwards it (or has no auth), else dropped.
+        (WS, [("Authorization", "Bearer t")], [("Authorization", "Bearer t")]),
+        (replace(WS, forward_authorization=False), [("Authorization", "Bearer t")], []),
+        (HTTP, [("Authorization", "Basic x")], [("Authorization", "Basic x")]),
+    ],
+)
+def test_what_passes(route: Route, sent: list[tuple[str, str]], kept: list[tuple[str, str]]) -> None:
+    out = forwarded(route, sent)
+    own = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    assert [(k, v) for k, v in out.items() if k.lower() not in own] == kept
+
+
+def test_the_sidecar_adds_its_own_view_of_the_connection() -> None:
+    out = forwarded(HTTP, [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")], scheme="http")
+    assert (out["X-Forwarded-For"], out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == (
+        "203.0.113.9",
+        "http",
+        "example.com",
+    )
+
+
+def test_a_trusted_proxys_view_is_kept_and_extended() -> None:
+    sent = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-For", "7.7.7.7"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "app.example"),
+    ]
+    out = forwarded(HTTP, sent, remote="100.64.0.1", trusted=True)
+    assert out.getall("X-Forwarded-For") == ["6.6.6.6, 7.7.7.7, 100.64.0.1"]
+    assert (out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == ("https", "app.example")
+
+
+def test_the_checked_agent_id_replaces_any_the_client_sent() -> None:
+    out = forwarded(WS, [("X-Edge-Agent-Id", "forged"), ("Connection", "X-Edge-Agent-Id")], agent="edge_1")
+    assert out.getall("X-Edge-Agent-Id") == ["edge_1"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "query_token", "authorization"),
+    [
+        ([], ["qtoken"], ["Bearer qtoken"]),  # from the query, as a header (never in the URL)
+        ([("Authorization", "Bearer h")], ["qtoken"], ["Bearer h"]),  # a header wins
+        ([], [], []),
+    ],
+)
+def test_a_query_token_goes_on_as_authorization(
+    sent: list[tuple[str, str]], query_token: list[str], authorization: list[str]
+) -> None:
+    route = replace(WS, query_token=True)
+    assert forwarded(route, sent, query_token=query_token).getall("Authorization", []) == authorization
+    assert (
+        forwarded(replace(route, forward_authorization=False), [], query_token=query_token).getall("Authorization", [])
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "query", "sent"),
+    [
+        (WS, "edge_agent_id=a&access_token=t", "edge_agent_id=a&access_token=t"),  # not a token route: as is
+        (replace(WS, query_token=True), "edge_agent_id=a&access_token=t&x=%20", "edge_agent_id=a&x=%20"),
+        (replace(WS, query_token=True), "access%5Ftoken=t&b=1", "b=1"),  # any spelling of the name
+        (HTTP, "a=1&a=2", "a=1&a=2"),
+    ],
+)
+def test_upstream_query(route: Route, query: str, sent: str) -> None:
+    assert upstream_query(query, route) == sent
+
+
+def test_response_headers_drop_hop_by_hop_and_keep_repeats() -> None:
+    sent = CIMultiDict(
+        [
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+            ("Connection", "X-Hop"),
+            ("X-Hop", "1"),
+            ("Transfer-Encoding", "chunked"),
+        ]
+    )
+    assert list(response_headers(sent).items()) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]

@@ -1,0 +1,189 @@
+"""sidecar.sessions: the session registry's rules, without sockets: the state machine,
+admission (caps, the duplicate-agent policy), the one release, the drain."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+
+import pytest
+
+from sidecar.config import Route, Upstream
+from sidecar.reasons import Reason, Refused
+from sidecar.sessions import EndCause, Registry, Session, State, closing_bound
+
+ROUTE = Route("edge", True, Upstream("backend", "http://127.0.0.1:1", connect_timeout=1.0), paths=("/edge/ws",))
+
+
+def admit(registry: Registry, session: Session, max_sessions: int = 100) -> AbstractAsyncContextManager[Session]:
+    return registry.admit(session, max_sessions=max_sessions, close_timeout=0.1)
+
+
+@pytest.mark.parametrize(
+    ("start", "to", "allowed"),
+    [
+        (State.CONNECTING, State.OPEN, True),
+        (State.CONNECTING, State.CLOSING, True),
+        (State.CONNECTING, State.CLOSED, True),
+        (State.OPEN, State.CLOSING, True),
+        (State.OPEN, State.CLOSED, True),
+        (State.OPEN, State.CONNECTING, False),
+        (State.CLOSING, State.CLOSED, True),
+        (State.CLOSING, State.OPEN, False),
+        (State.CLOSED, State.OPEN, False),
+        (State.CLOSED, State.CLOSING, False),
+    ],
+)
+async def test_transitions(start: State, to: State, allowed: bool) -> None:
+    session = Session(ROUTE, None, state=start)
+    if allowed:
+        session.move(to)
+        assert session.state is to
+    else:
+        with pytest.raises(RuntimeError, match=f"from {start.value} to {to.value}"):
+            session.move(to)
+
+
+@pytest.mark.parametrize(
+    ("cause", "status", "reason", "retry_after"),
+    [(EndCause.DRAINING, 503, Reason.DRAINING, 1), (EndCause.REPLACED, 409, Reason.DUPLICATE_AGENT, None)],
+)
+async def test_a_session_ended_before_it_opens_is_refused(
+    cause: EndCause, status: int, reason: Reason, retry_after: int | None
+) -> None:
+    session = Session(ROUTE, "a1")
+    session.end(cause)
+    with pytest.raises(Refused) as refused:
+        session.refuse_if_ended()
+    assert (refused.value.rejection.reason, reason.status, refused.value.rejection.retry_after) == (
+        reason,
+        status,
+        retry_after,
+    )
+    assert refused.value.rejection.agent_id == "a1"
+
+
+async def test_the_first_cause_is_the_one_recorded() -> None:
+    session = Session(ROUTE, None)
+    session.move(State.OPEN)
+    session.end(EndCause.REPLACED)
+    session.end(EndCause.DRAINING)
+    assert (session.cause, session.stopped.result(), session.state) == (
+        EndCause.REPLACED,
+        EndCause.REPLACED,
+        State.CLOSING,
+    )
+
+
+async def test_caps_and_exactly_one_release_whatever_the_exit() -> None:
+    registry = Registry()
+    capped = replace(ROUTE, max_sessions=2)
+    first, second, third = (Session(capped, None) for _ in range(3))
+    async with admit(registry, first):
+        async with admit(registry, second):
+            assert len(registry) == 2
+            with pytest.raises(Refused) as refused:
+                async with admit(registry, third):
+                    pass
+            assert (refused.value.rejection.reason, refused.value.rejection.retry_after) == (Reason.OVER_CAPACITY, 5)
+            assert third.state is State.CLOSED
+        with pytest.raises(ValueError, match="boom"):
+            async with admit(registry, Session(capped, None)):
+                raise ValueError("boom")
+        assert len(registry) == 1
+    assert len(registry) == 0
+    assert first.state is second.state is State.CLOSED
+    assert first.done.is_set()
+    with pytest.raises(Refused):  # the global cap as well
+        async with admit(registry, Session(ROUTE, None), max_sessions=0):
+            pass
+
+
+async def test_reject_refuses_a_second_session_for_the_agent() -> None:
+    registry = Registry()
+    route = replace(ROUTE, duplicate_agent="reject")
+    async with admit(registry, Session(route, "a1")):
+        with pytest.raises(Refused) as refused:
+            async with admit(registry, Session(route, "a1")):
+                pass
+        assert refused.value.rejection.reason is Reason.DUPLICATE_AGENT
+        async with admit(registry, Session(route, "a2")):
+            assert len(registry.agents) == 2
+    assert len(registry.agents) == 0
+
+
+async def test_allow_lets_both_in() -> None:
+    registry = Registry()
+    route = replace(ROUTE, duplicate_agent="allow")
+    async with admit(registry, Session(route, "a1")), admit(registry, Session(route, "a1")):
+        assert len(registry) == 2
+        assert len(registry.agents) == 0
+
+
+async def test_replace_ends_the_old_session_and_waits_for_it() -> None:
+    registry = Registry()
+    old = Session(ROUTE, "a1")
+    order: list[str] = []
+
+    async def old_session() -> None:
+        async with admit(registry, old):
+            registry.opened(old)
+            await old.stopped
+            order.append("old closed")
+
+    running = asyncio.ensure_future(old_session())
+    await asyncio.sleep(0)
+    new = Session(ROUTE, "a1")
+    async with admit(registry, new):
+        order.append("new admitted")
+        assert old.cause is EndCause.REPLACED
+        assert old.state is State.CLOSED
+        assert len(registry.agents) == 1
+    await running
+    assert order == ["old closed", "new admitted"]
+
+
+async def test_drain_refuses_the_connecting_and_ends_the_open() -> None:
+    registry = Registry()
+    connecting, open_ = Session(ROUTE, None), Session(ROUTE, None)
+    ended: list[EndCause] = []
+    refusals: list[Reason] = []
+
+    async def run(session: Session, opens: bool) -> None:
+        try:
+            async with admit(registry, session):
+                if opens:
+                    registry.opened(session)
+                ended.append(await session.stopped)
+                if not opens:
+                    session.refuse_if_ended()
+        except Refused as refused:
+            refusals.append(refused.rejection.reason)
+
+    tasks = [asyncio.ensure_future(run(connecting, False)), asyncio.ensure_future(run(open_, True))]
+    await asyncio.sleep(0)
+    assert [s.state for s in registry.sessions()] == [State.CONNECTING, State.OPEN]
+    await registry.drain(0, asyncio.Event(), close_timeout=0.1)
+    await asyncio.gather(*tasks)
+    assert ended == [EndCause.DRAINING, EndCause.DRAINING]
+    assert refusals == [Reason.DRAINING]  # the one still connecting: 503 draining
+    assert len(registry) == 0
+    late = Session(ROUTE, None)  # a session opening after the drain began is ended at once
+    async with admit(registry, late):
+        registry.opened(late)
+        assert late.cause is EndCause.DRAINING
+
+
+async def test_end_agent_ends_its_sessions_only() -> None:
+    registry = Registry()
+    route = replace(ROUTE, duplicate_agent="allow")
+    sessions = [Session(route, "a1"), Session(route, "a1"), Session(route, "a2")]
+    async with admit(registry, sessions[0]), admit(registry, sessions[1]), admit(registry, sessions[2]):
+        assert registry.end_agent("a1", EndCause.REPLACED) == 2
+        assert registry.end_agent("a1", EndCause.REPLACED) == 0  # already ending
+        assert [s.cause for s in sessions] == [EndCause.REPLACED, EndCause.REPLACED, None]
+
+
+def test_closing_bound() -> None:
+    assert closing_bound(5.0) == 11.0
