@@ -121,7 +121,21 @@ class Fault:
     offset: int
 
 
-Event = Ping | Pong | Close | Boundary | Fault
+@dataclass(frozen=True, slots=True)
+class Deflated:
+    """Payload bytes of a compressed message (RSV1 on its first frame, RFC 7692 section 6),
+    reported on a permessage-deflate session: ``data[start:end]``, masked with ``key``
+    (``b""``: unmasked) from byte ``phase`` of its frame's payload on; ``last`` when
+    they end the message."""
+
+    start: int
+    end: int
+    key: bytes
+    phase: int
+    last: bool
+
+
+Event = Ping | Pong | Close | Boundary | Fault | Deflated
 
 
 class Scanner:
@@ -134,12 +148,16 @@ class Scanner:
     """
 
     __slots__ = (
+        "_compressed",
         "_fault",
         "_fin",
+        "_inflate",
+        "_key",
         "_kinds",
         "_mask",
         "_max",
         "_open",
+        "_phase",
         "_size",
         "_skip",
         "boundaries",
@@ -156,6 +174,10 @@ class Scanner:
         self._open = False  # a message has begun and not ended
         self._size = 0  # its payload bytes so far
         self._fault: Fault | None = None
+        self._inflate = deflate  # report compressed payloads (Deflated) ...
+        self._compressed = False  # ... the current message is one ...
+        self._key = b""  # ... its current frame's masking key ...
+        self._phase = 0  # ... and how much of that frame's payload has been reported
         self.boundaries = False
         self.messages = 0
         self.payload_bytes = 0
@@ -173,6 +195,8 @@ class Scanner:
             return 0, events
         size, pos = len(data), self._skip
         if pos:  # the rest of a data frame's payload
+            if self._compressed:
+                self._report(0, min(pos, size), pos <= size, events)
             if pos > size:
                 self._skip -= size
                 self.payload_bytes += size
@@ -180,7 +204,7 @@ class Scanner:
             self._skip = 0
             self.payload_bytes += pos
             self._frame_ended(pos, events)
-        kinds, mask, limit, boundaries = self._kinds, self._mask, self._max, self.boundaries
+        kinds, mask, limit, boundaries, inflate = self._kinds, self._mask, self._max, self.boundaries, self._inflate
         messages = counted = 0  # kept in locals while scanning: a frame costs no attribute writes
         try:
             while size - pos > 1:
@@ -206,6 +230,8 @@ class Scanner:
                 if kind == _START_FIN and end <= size and length <= limit and not self._open:
                     messages += 1  # the common case: a whole message in one frame, all here
                     counted += length
+                    if inflate and b0 & 0x40:
+                        events.append(Deflated(head, end, data[head - 4 : head] if mask else b"", 0, True))
                     pos = end
                     if boundaries:
                         events.append(Boundary(pos))
@@ -218,6 +244,8 @@ class Scanner:
                     break
                 else:
                     self._start_frame(kind, length)
+                    if inflate:
+                        self._deflated(b0, data, head, end, size, events)
                     if end > size:
                         self._skip = end - size
                         counted += size - head
@@ -247,6 +275,20 @@ class Scanner:
             raise FrameError(MESSAGE_TOO_BIG, f"message larger than {self._max} bytes")
         self._fin = bool(kind & 1)
         self._open = not self._fin
+
+    def _deflated(self, b0: int, data: bytes, head: int, end: int, size: int, events: list[Event]) -> None:
+        """A data frame's header, on a permessage-deflate session: whether its message is
+        compressed (only a first frame carries RSV1), and its payload in this chunk if so."""
+        if b0 & 0x0F:  # text or binary: a message's first frame
+            self._compressed = bool(b0 & 0x40)
+        if self._compressed:
+            self._key = data[head - 4 : head] if self._mask else b""
+            self._phase = 0
+            self._report(head, min(end, size), end <= size, events)
+
+    def _report(self, start: int, end: int, frame_done: bool, events: list[Event]) -> None:
+        events.append(Deflated(start, end, self._key, self._phase, frame_done and self._fin))
+        self._phase += end - start
 
     def _frame_ended(self, offset: int, events: list[Event]) -> None:
         if self._fin:
@@ -317,6 +359,15 @@ def _control_length(opcode: int, payload: bytes) -> int:
     if opcode not in (CLOSE, PING, PONG) or len(payload) > 125:
         raise ValueError(f"not a control frame: opcode {opcode:#x}, {len(payload)} bytes")
     return len(payload)
+
+
+def unmask(payload: bytes, key: bytes, phase: int = 0) -> bytes:
+    """``payload`` masked with ``key`` from byte ``phase`` of its frame on (RFC 6455 section
+    5.3), unmasked; as it is when ``key`` is empty (a server's frame)."""
+    if not key:
+        return payload
+    phase %= 4
+    return _masked(payload, key[phase:] + key[:phase])
 
 
 def _masked(payload: bytes, key: bytes) -> bytes:

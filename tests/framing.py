@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from websockets.frames import Frame, Opcode
 
-from sidecar.frames import Boundary, Close, Event, Fault, Ping, Pong, Scanner
+from sidecar.frames import Boundary, Close, Deflated, Event, Fault, Ping, Pong, Scanner
 
 KEY = b"\x37\xfa\x21\x3d"  # a masking key that changes every byte it touches
 
@@ -34,7 +34,7 @@ def feed(scanner: Scanner, chunks: Iterable[bytes]) -> tuple[int, list[Event], b
 
 
 def shifted(event: Event, by: int) -> Event:
-    if isinstance(event, Ping | Pong | Close):
+    if isinstance(event, Ping | Pong | Close | Deflated):
         return dataclasses.replace(event, start=event.start + by, end=event.end + by)
     assert isinstance(event, Boundary | Fault)
     return dataclasses.replace(event, offset=event.offset + by)

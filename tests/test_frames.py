@@ -14,6 +14,7 @@ from websockets.streams import StreamReader
 from sidecar.frames import (
     Boundary,
     Close,
+    Deflated,
     Fault,
     FrameError,
     Ping,
@@ -23,6 +24,7 @@ from sidecar.frames import (
     close_payload,
     decode_close,
     server_frame,
+    unmask,
 )
 
 from .framing import KEY, feed, frame, raw, split
@@ -244,6 +246,60 @@ DEFLATE = [
 def test_rsv1_only_where_permessage_deflate_defines_it(stream: bytes, code: int | None) -> None:
     fault = fault_of(stream, deflate=True)
     assert (fault.code if fault else None) == code  # RFC 7692 section 6.1
+
+
+# --- permessage-deflate: where compressed payloads lie (for sidecar.inflate) ------------
+
+
+def compressed_messages(stream: bytes, cuts: list[int], client: bool) -> tuple[list[bytes], list[bool]]:
+    """Scan ``stream`` cut at ``cuts`` as the relay does; the compressed messages rebuilt
+    from the Deflated reports (unmasked), and each report's ``last``."""
+    s, held, messages, lasts, current = scanner(client, deflate=True), b"", [], [], b""
+    for chunk in split(stream, cuts):
+        data = held + chunk
+        end, events = s.scan(data)
+        assert not any(isinstance(e, Fault) for e in events)
+        for e in events:
+            if isinstance(e, Deflated):
+                current += unmask(data[e.start : e.end], e.key, e.phase)
+                lasts.append(e.last)
+                if e.last:
+                    messages.append(current)
+                    current = b""
+        held = data[end:]
+    return messages, lasts
+
+
+def compressed(payload: bytes, *, fin: bool = True, first: bool = True, client: bool = True) -> bytes:
+    """A data frame with RSV1 (compressed) on a message's first frame; the payload as given."""
+    b0 = (0x80 if fin else 0) | (0x42 if first else 0x00)
+    return raw(b0, payload, key=KEY if client else None)
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_compressed_payloads_are_reported_unmaskable_at_every_split_point(client: bool) -> None:
+    one = bytes(range(256)) * 3  # 768 bytes: a 16-bit length, and a key phase that matters
+    parts = [b"first part ", b"second" * 30, b"third"]
+    stream = (
+        compressed(one, client=client)
+        + frame(Opcode.TEXT, b"not compressed: not reported", client=client)
+        + compressed(parts[0], fin=False, client=client)
+        + frame(Opcode.PING, b"between fragments", client=client)
+        + compressed(parts[1], fin=False, first=False, client=client)
+        + compressed(parts[2], first=False, client=client)
+    )
+    expected = [one, b"".join(parts)]
+    whole, lasts = compressed_messages(stream, [], client)
+    assert whole == expected and lasts == [True, False, False, True]
+    for cut in range(1, len(stream)):
+        assert compressed_messages(stream, [cut], client)[0] == expected, cut
+    assert compressed_messages(stream, list(range(0, len(stream), 7)), client)[0] == expected
+
+
+def test_nothing_is_reported_without_deflate_or_for_messages_not_compressed() -> None:
+    stream = frame(Opcode.BINARY, b"x" * 300) + frame(Opcode.TEXT, b"y")
+    assert [e for e in feed(scanner(deflate=True), [stream])[1] if isinstance(e, Deflated)] == []
+    assert feed(scanner(), [frame(Opcode.TEXT, b"hello")]) == (len(frame(Opcode.TEXT, b"hello")), [], b"")
 
 
 # --- boundaries --------------------------------------------------------------------------
