@@ -132,15 +132,15 @@ def _forwarded(head: bytes, deflate: bool) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def front(upstream_port: int, options: Options | None = None) -> AsyncIterator[Front]:
-    """A front door relaying every connection to the upstream on ``upstream_port``; when
-    the block ends, sessions still open are aborted."""
+async def front(upstream_port: int, options: Options | None = None, *, port: int = 0) -> AsyncIterator[Front]:
+    """A front door on 127.0.0.1:``port`` (0: a free one) relaying every connection to the
+    upstream on ``upstream_port``; when the block ends, sessions still open are aborted."""
     door = Front(upstream_port, options or Options(), Wheel(TICK))
 
     def accepted() -> asyncio.Protocol:
         return _Accept(door)
 
-    server = await asyncio.get_running_loop().create_server(accepted, "127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(accepted, "127.0.0.1", port)
     door.port = server.sockets[0].getsockname()[1]
     try:
         yield door
@@ -168,6 +168,7 @@ class _Accept(_Head):
         assert self.transport is not None
         task = asyncio.ensure_future(self.door._open(self.transport, *head.result()))
         self.door.tasks.add(task)
+        task.add_done_callback(self.door.tasks.discard)
 
 
 async def answer_101(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
