@@ -326,3 +326,22 @@ async def test_random_bytes_from_a_client_end_its_session_with_a_close_frame(bac
         assert await close_code(reader) in (1002, 1009)
         assert (await (await door.session()).ended()).initiator == "sidecar"
         writer.close()
+
+
+async def test_an_upstream_gone_in_the_middle_of_a_frame_leaves_the_client_aborted() -> None:
+    """Half a frame has reached the client when the upstream vanishes: a close frame now
+    would be read as the rest of that frame's payload, so the client's connection is
+    aborted instead (it sees 1006), and no invented bytes are sent."""
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"\x82\x7e\x10\x00" + b"h" * 1000)  # 4096 bytes announced, 1000 sent
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+
+    async with played_upstream(half) as port, front(port) as door:
+        reader, writer, _ = await open_raw_websocket(door.port)
+        received = await asyncio.wait_for(reader.read(), 10)  # until the connection ends
+        assert received == b"\x82\x7e\x10\x00" + b"h" * 1000  # exactly what the upstream sent
+        assert await (await door.session()).ended() == End("upstream", 1006)
+        writer.close()

@@ -84,9 +84,7 @@ async def test_the_clients_own_ping_still_comes_back_with_its_payload(backend: B
             while (msg := await asyncio.wait_for(ws.receive(), 10)).type is PING:
                 await ws.pong(msg.data)  # the sidecar's keep-alive, answered
             assert (msg.type, msg.data) == (PONG, mine)
-        session = await door.session()
     assert [p for p in backend.pings if p.startswith(b"mine")] == [b"mine 0", b"mine 1", b"mine 2"]
-    assert session.relay.ended.done() is False or (await session.ended()).cut is None
 
 
 async def test_a_message_counts_as_an_answer(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
@@ -189,7 +187,7 @@ async def test_a_client_that_stops_reading_pushes_back_on_the_upstream(backend: 
         for _ in range(count):
             frame = await asyncio.wait_for(read_frame(reader), 10)
             assert (frame.first, len(frame.payload)) == (0x82, size)
-        assert (session.down.messages, session.down.bytes) == (count + 0, count * size)
+        assert (session.down.messages, session.down.bytes) == (count, count * size)
         writer.close()
     assert backend.flood_sent == count
 
