@@ -8,7 +8,6 @@ each with its file:line) or on bad usage; ``probe`` exits 1 when a step failed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
@@ -119,6 +118,6 @@ def _serve(path: str, *, allow_pure_python: bool) -> int:
         return 2
     if pure:
         event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
-    from .server import serve  # imports aiohttp: keep 'check' light
+    from .server import run, serve  # imports aiohttp: keep 'check' light
 
-    return asyncio.run(serve(config, lambda: read_config(path, strict=True)))
+    return run(serve(config, lambda: read_config(path, strict=True)))

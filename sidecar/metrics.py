@@ -101,6 +101,7 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.http = RequestSeries(self.http_requests, self.http_duration)
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
 
@@ -108,6 +109,30 @@ class Metrics:
         """``sidecar_config_info`` names the config now in use (one series)."""
         self.config_info.clear()
         self.config_info.labels(config.source, config.digest[:12]).set(1)
+
+
+class RequestSeries:
+    """The plain HTTP request counter and duration histogram, their children looked up once
+    per route and status class: ``labels()`` takes a lock and builds a key on every call,
+    which a request should not pay for."""
+
+    def __init__(self, requests: Counter, durations: Histogram) -> None:
+        self._requests = requests
+        self._durations = durations
+        self._counted: dict[tuple[str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One request on ``route`` answered with ``status`` after ``seconds``."""
+        key = (route, status // 100)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self._requests.labels(route, f"{status // 100}xx")
+        counter.inc()
+        timer = self._timed.get(route)
+        if timer is None:
+            timer = self._timed[route] = self._durations.labels(route)
+        timer.observe(seconds)
 
 
 class TaskCollector(Collector):

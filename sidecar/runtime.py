@@ -1,19 +1,54 @@
-"""The state one running app carries: passed in, never module-level."""
+"""The state one running sidecar carries: passed in, never module-level."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import aiohttp
-from aiohttp import web
+from typing import Protocol
 
 from .clients import ClientRules
 from .config import Config, identity_headers
+from .interim import Wheel
 from .limits import FailureTable
 from .metrics import Metrics
+from .pool import Pool
 from .routing import Router
 from .sessions import Registry
+
+
+class InFlight(Protocol):
+    """A plain HTTP request being proxied: a hurried stop cuts it short."""
+
+    def cancel(self) -> None: ...
+
+
+class InFlightSet:
+    """The plain HTTP requests being proxied; a stop waits for it to empty."""
+
+    def __init__(self) -> None:
+        self._items: set[InFlight] = set()
+        self._empty: asyncio.Event | None = None
+
+    def add(self, item: InFlight) -> None:
+        self._items.add(item)
+
+    def discard(self, item: InFlight) -> None:
+        self._items.discard(item)
+        if not self._items and self._empty is not None:
+            self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[InFlight]:
+        return iter(list(self._items))
+
+    async def answered(self) -> None:
+        """Return once no request is in flight."""
+        if self._items:
+            self._empty = asyncio.Event()
+            await self._empty.wait()
 
 
 @dataclass(eq=False)
@@ -21,9 +56,10 @@ class Runtime:
     config: Config
     router: Router
     metrics: Metrics
-    client: aiohttp.ClientSession | None = None
+    wheel: Wheel = field(default_factory=Wheel)  # the process's timers: deadlines, keep-alive, stalls
+    pool: Pool = field(default_factory=Pool)  # keep-alive connections to the upstreams, plain HTTP
     sessions: Registry = field(default_factory=Registry)
-    requests: set[asyncio.Task[object]] = field(default_factory=set)  # plain HTTP requests being proxied
+    requests: InFlightSet = field(default_factory=InFlightSet)  # plain HTTP requests being proxied
     # Admission state: survives a config reload, keyed by client key.
     failures: FailureTable = field(default_factory=FailureTable)
     warned_proxy: bool = False  # auth failures were seen keyed on a proxy's address (logged once)
@@ -48,10 +84,3 @@ class Runtime:
 
     def stop_admitting(self) -> None:
         self.sessions.draining = True
-
-    def http(self) -> aiohttp.ClientSession:
-        assert self.client is not None, "the app has not started"
-        return self.client
-
-
-RUNTIME = web.AppKey("runtime", Runtime)

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from sidecar.runtime import RUNTIME, Runtime
+from sidecar.runtime import Runtime
 
 from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
@@ -40,7 +40,7 @@ async def start(start_sidecar: StartSidecar, backend: Backend, **kw: str) -> Sid
 
 
 def runtime(sidecar: Sidecar) -> Runtime:
-    return sidecar.running.runner.app[RUNTIME]
+    return sidecar.running.runtime
 
 
 def rejections(sidecar: Sidecar, reason: str, kind: str = "ws", route: str = "edge") -> float:

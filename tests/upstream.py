@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -38,7 +39,7 @@ class Backend:
     pong_wait: asyncio.Future[bytes] | None = None
     pings: list[bytes] = field(default_factory=list)  # payloads of the pings received (each answered)
     pongs: list[bytes] = field(default_factory=list)
-    muted: list[asyncio.Transport] = field(default_factory=list)
+    muted: list[Any] = field(default_factory=list)  # transports, asyncio's or uvloop's
     waking: int = 2  # /waking/ws answers this many handshakes with 503 before it opens
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None
@@ -121,9 +122,10 @@ class Backend:
             request.transport.abort()
             return True
         if cmd[0] == "mute":  # alive but deaf: reads nothing more, so answers nothing
-            assert isinstance(request.transport, asyncio.Transport)
-            request.transport.pause_reading()
-            self.muted.append(request.transport)
+            transport = request.transport  # uvloop's transports are no asyncio.Transport: not checked
+            assert transport is not None
+            transport.pause_reading()
+            self.muted.append(transport)
             return False
         if cmd[0] == "ping":  # ping the client; report (as a message) whether its pong came back
             self.pong_wait = asyncio.get_running_loop().create_future()
