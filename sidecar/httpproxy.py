@@ -81,6 +81,13 @@ class _Stop(Exception):
 class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
+    __slots__ = (
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_fields", "_first", "_hint", "_interim",
+        "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
+        "_sent_all", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
+        "rt", "target", "upstream",
+    )  # fmt: skip
+
     def __init__(
         self, conn: Listener, request: Request, ctx: Context, rt: Runtime, route: Route, agent_id: str | None
     ) -> None:

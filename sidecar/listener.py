@@ -51,6 +51,8 @@ class Handler:
     """What answers a request over time: the request's body, the client's write buffer and
     its going away are reported to it. The defaults ignore all three."""
 
+    __slots__ = ()
+
     def request_body(self, chunk: bytes) -> None:
         """More of the request body."""
 
@@ -170,6 +172,7 @@ class Listener(asyncio.Protocol):
         self._broken: h1.HeadError | None = None  # the parser stopped: refused once the rest is answered
         self._paused = 0
         self._deadline: Timer | None = None
+        self._waiting_since = 0.0  # since when a head is awaited (-1: none is)
         self._taken = False  # the connection belongs to someone else now (a WebSocket relay)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -211,7 +214,7 @@ class Listener(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
-        self._disarm()
+        self._cancel_deadline()
         self.transport = None
         handler, self.handler = self.handler, None
         if handler is not None and not self._taken:
@@ -396,7 +399,7 @@ class Listener(asyncio.Protocol):
         transport, request = self.transport, self.current
         assert transport is not None and request is not None
         self._taken = True
-        self._disarm()
+        self._cancel_deadline()
         self.front.connections.discard(self)
         self.current = self.handler = None
         self._queue.clear()
@@ -458,18 +461,32 @@ class Listener(asyncio.Protocol):
         self.front.refuse(self, request, error)
 
     def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.front.schedule(self.front.rt.config.header_timeout, self._expire)
+        """The connection waits for a head from now. One timer per connection, moved
+        lazily: a request costs two stores, not a timer."""
+        self._waiting_since = asyncio.get_running_loop().time()
+        if self._deadline is None:
+            self._deadline = self.front.schedule(self.front.rt.config.header_timeout, self._expire)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._waiting_since = -1.0  # a head is complete: no deadline until the next answer
 
     def _expire(self) -> None:
         self._deadline = None
-        if self.current is None and not self._taken:
+        if self._taken or self.transport is None:
+            return
+        timeout = self.front.rt.config.header_timeout
+        left = self._waiting_since + timeout - asyncio.get_running_loop().time()
+        if self._waiting_since < 0 or self.current is not None:
+            left = timeout  # busy answering: look again later
+        if left > 0:
+            self._deadline = self.front.schedule(left, self._expire)
+        else:
             self.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
 def _declared_length(request: Request) -> int:
