@@ -19,11 +19,12 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import h1
+from .accounting import record
 from .config import Route
 from .context import Context
 from .handshake import wants_websocket
 from .health import Readiness, check, is_health_path
-from .httpproxy import CLIENT_CLOSED, proxy, record
+from .httpproxy import CLIENT_CLOSED, proxy
 from .listener import Listener, Request
 from .paths import BadPath, canonicalize
 from .reasons import Reason, Refused, Rejection
@@ -40,7 +41,7 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 def context_of(conn: Listener, request: Request | None, rt: Runtime) -> Context:
     """The request's :class:`Context`. A head that did not parse (``request`` None) has no
     headers to read: not even an Upgrade."""
-    loop = asyncio.get_running_loop()
+    loop = conn.front.loop
     if request is None:
         return Context("", "", (1, 1), _NO_HEADERS, conn.peer, conn.peer, False, False, loop.time())
     headers = CIMultiDictProxy(h1.decode_fields(request.fields))
@@ -119,7 +120,7 @@ def _plain(conn: Listener, request: Request, ctx: Context, rt: Runtime) -> None:
             raise Refused(Rejection(Reason.NOT_WEBSOCKET))
         proxy(conn, request, ctx, rt, chosen)
     except Refused as refused:
-        record(ctx, rt, refused.rejection.reason.status)
+        record(ctx, rt, refused.rejection.reason.status, conn.front.loop.time())
         raise
 
 

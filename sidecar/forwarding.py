@@ -94,3 +94,72 @@ def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
     """A backend's response headers as the client gets them: end-to-end ones only."""
     drop = HOP_BY_HOP | tokens(headers, "Connection")
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def forward_fields(
+    fields: Sequence[tuple[bytes, bytes]],
+    route: Route,
+    agent_id: str | None,
+    *,
+    identity: frozenset[str],
+    remote: str | None,
+    scheme: str,
+    host: str,
+    trusted: bool = False,
+    query_token: Sequence[str] = (),
+    reframed: bool = False,
+) -> bytes:
+    """:func:`forward_headers` on the fields as the parser reported them (raw bytes, in
+    order), written out as header lines: the same fields, for the hot path (no decoding,
+    no multidict). ``reframed``: the sidecar frames the body itself, so the client's
+    Content-Length is dropped too. ``tests/test_forwarding.py`` holds the two to each other."""
+    drop = _dropped_raw(route.websocket, route.auth is not None and not route.forward_authorization, identity)
+    if reframed:
+        drop = drop | _LENGTH
+    connection = [value for name, value in fields if name.lower() == b"connection"]
+    if connection:
+        named = {t.strip().lower().replace(b"_", b"-") for value in connection for t in value.split(b",")}
+        drop = drop | named
+    out: list[bytes] = []
+    chain: list[bytes] = []
+    given_proto: bytes | None = None
+    given_host: bytes | None = None
+    has_authorization = False
+    for name, value in fields:
+        lower = name.lower()
+        dashed = lower.replace(b"_", b"-") if b"_" in lower else lower
+        if lower == b"authorization":
+            has_authorization = True
+        if dashed in drop or dashed.startswith(b"x-forwarded-"):
+            if lower == b"x-forwarded-for":
+                chain.append(value)
+            elif lower == b"x-forwarded-proto" and given_proto is None:
+                given_proto = value
+            elif lower == b"x-forwarded-host" and given_host is None:
+                given_host = value
+            continue
+        out.append(name + b": " + value + b"\r\n")
+    rule = route.auth.agent_id if route.auth is not None else None
+    if rule is not None and agent_id is not None:
+        out.append(b"%s: %s\r\n" % (rule.forward_header.encode("latin-1"), agent_id.encode("utf-8", "surrogateescape")))
+    forwarded_for = remote.encode() if remote else b""
+    proto, shown = scheme.encode(), host.encode("utf-8", "surrogateescape")
+    if trusted:
+        joined = b", ".join(chain)
+        forwarded_for = joined + b", " + forwarded_for if joined and forwarded_for else joined or forwarded_for
+        proto = given_proto if given_proto is not None else proto
+        shown = given_host if given_host is not None else shown
+    if forwarded_for:
+        out.append(b"X-Forwarded-For: %s\r\n" % forwarded_for)
+    out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (proto, shown))
+    if route.forward_authorization and query_token and not has_authorization:
+        out.append(b"Authorization: Bearer %s\r\n" % query_token[0].encode("utf-8", "surrogateescape"))
+    return b"".join(out)
+
+
+_LENGTH = frozenset({b"content-length"})
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped_raw(websocket: bool, strip_authorization: bool, identity: frozenset[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in _dropped(websocket, strip_authorization, identity))

@@ -63,10 +63,10 @@ def check_field(name: bytes, value: bytes, count: int) -> None:
 
 def check_head(method: str, target: bytes, version: tuple[int, int], fields: Sequence[Field]) -> None:
     """The head as a whole, once complete; :exc:`HeadError` if refused."""
-    if sum(len(name) + len(value) + 4 for name, value in fields) > MAX_HEAD_BYTES:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, "the fields are over 32 KiB in all")
     seen: set[bytes] = set()
-    for name, _ in fields:
+    total = 0
+    for name, value in fields:
+        total += len(name) + len(value) + 4
         lower = name.lower()
         if lower in SINGLETONS:
             if lower in seen:
@@ -74,6 +74,8 @@ def check_head(method: str, target: bytes, version: tuple[int, int], fields: Seq
             seen.add(lower)
         elif lower == b"sec-websocket-key1":  # the hixie-76 handshake, never supported
             raise HeadError(Reason.BAD_REQUEST, "an obsolete WebSocket handshake")
+    if total > MAX_HEAD_BYTES:
+        raise HeadError(Reason.HEADERS_TOO_LARGE, "the fields are over 32 KiB in all")
     if version >= (1, 1) and b"host" not in seen:
         raise HeadError(Reason.BAD_REQUEST, "no Host (RFC 9112 section 3.2)")
     if not target_form_ok(method, target):
@@ -96,7 +98,7 @@ def target_form_ok(method: str, target: bytes) -> bool:
 def decode_fields(fields: Iterable[Field]) -> CIMultiDict[str]:
     """Fields as the pure checks read them: names as ASCII, values as UTF-8 with any other
     byte kept as a lone surrogate (so it can be refused, and written back unchanged)."""
-    return CIMultiDict((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in fields)
+    return CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in fields])
 
 
 def encode_value(value: str) -> bytes:
@@ -167,3 +169,66 @@ def answer_head(
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+# --- what the sidecar passes back --------------------------------------------------------
+
+# Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+        b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"http2-settings",
+    }
+)  # fmt: skip
+_SERVER = b"Server: sidecar\r\n"
+
+
+def relayed_head(
+    fields: Sequence[Field],
+    status: int,
+    reason: bytes,
+    version: tuple[int, int],
+    *,
+    no_body: bool,
+    keep: bool,
+    date: bytes,
+) -> tuple[bytes, bool, bool, bool, bytes | None]:
+    """A backend's response head as the client gets it: its end-to-end fields (hop-by-hop
+    ones and those its Connection names dropped), ``Server: sidecar`` and Date where it gave
+    none, and the framing to the client: chunked to HTTP/1.1 for a chunked or close-delimited
+    body, close-delimited to HTTP/1.0 (RFC 9112 section 6). Returns (head, re-chunked,
+    delimited by the backend's close, client kept alive, the backend's Keep-Alive value)."""
+    lowered = [name.lower() for name, _ in fields]
+    hop = HOP_BY_HOP
+    if b"connection" in lowered:
+        named = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"connection")
+        hop = hop | {t.strip().lower() for t in named.split(b",")}
+    hint = fields[lowered.index(b"keep-alive")][1] if b"keep-alive" in lowered else None
+    chunked = b"transfer-encoding" in lowered
+    out = [b"HTTP/%d.%d %d %s\r\n" % (*version, status, reason)]
+    for lower, field in zip(lowered, fields, strict=True):
+        if lower not in hop and not (chunked and lower == b"content-length"):
+            out.append(b"%s: %s\r\n" % field)
+    if b"server" not in lowered:
+        out.append(_SERVER)
+    if b"date" not in lowered:
+        out.append(date)
+    rechunked = until_eof = False
+    if not no_body and (chunked or b"content-length" not in lowered):
+        until_eof = not chunked
+        if version >= (1, 1):
+            rechunked = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            keep = False  # HTTP/1.0: the end of the connection is the end of the body
+    if not keep:
+        out.append(b"Connection: close\r\n")
+    elif version < (1, 1):
+        out.append(b"Connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out), rechunked, until_eof, keep, hint
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk (RFC 9112 section 7.1)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)

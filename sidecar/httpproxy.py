@@ -23,17 +23,18 @@ import logging
 import httptools
 
 from . import h1
+from .accounting import record
 from .admission import authenticate
 from .auth import QUERY_TOKEN
 from .config import Route
 from .context import Context
-from .forwarding import forward_headers, upstream_query
+from .forwarding import forward_fields, upstream_query
 from .listener import PAUSE_BODY, Handler, Listener, Request, Timer
-from .logs import event, logger
-from .metrics import NO_ROUTE
+from .logs import event
 from .pool import Connection, Exchange, Target, keep_alive_hint
 from .reasons import Reason, Refused, Rejection
 from .refusal import refuse
+from .requests import declared_length
 from .runtime import Runtime
 from .upstream import UpstreamError, rejection_for
 
@@ -41,37 +42,12 @@ CLIENT_CLOSED = 499  # nginx's convention for "the client closed the request bef
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 section 9.2.2
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
-_HOP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"http2-settings",
-    }
-)  # fmt: skip
-_SERVER = b"Server: sidecar\r\n"
 
 
 def proxy(conn: Listener, request: Request, ctx: Context, rt: Runtime, route: Route) -> None:
     """Admit and forward a plain request; :exc:`Refused` when it is not admitted."""
     agent_id = authenticate(ctx, rt, route)  # the rate limit, then the token and agent id
     Forward(conn, request, ctx, rt, route, agent_id).start()
-
-
-def record(ctx: Context, rt: Runtime, status: int) -> None:
-    """A plain request answered: timed and counted by route and status class."""
-    elapsed = asyncio.get_running_loop().time() - ctx.started
-    label = ctx.route_name or NO_ROUTE
-    rt.metrics.http.observe(label, status, elapsed)
-    if logger.isEnabledFor(logging.DEBUG):
-        event(
-            logging.DEBUG,
-            "http.request",
-            route=label,
-            method=ctx.method,
-            status=status,
-            duration_s=round(elapsed, 4),
-            client=ctx.client,
-        )
 
 
 class _Stop(Exception):
@@ -124,8 +100,8 @@ class Forward(Handler, Exchange):
         assert ctx.path is not None
         path = route.upstream_path if (route.upstream_path and route.paths) else ctx.path.wire
         query = upstream_query(ctx.query_string, route)
-        headers = forward_headers(
-            ctx.headers,
+        fields = forward_fields(
+            request.fields,
             route,
             self.agent_id,
             identity=self.rt.identity_headers,
@@ -134,23 +110,22 @@ class Forward(Handler, Exchange):
             host=ctx.headers.get("Host") or self.conn.local,
             trusted=ctx.trusted,
             query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
+            reframed=True,  # the sidecar frames the body itself
         )
-        headers.popall("Content-Length", None)  # the sidecar frames the body itself
         body = request.take_body(self)
         target = (self.target.base + path + ("?" + query if query else "")).encode("utf-8", "surrogateescape")
-        head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (request.method.encode(), target, self.target.host_field)]
-        head.append(h1.fields_bytes(headers.items()))
+        head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (request.method.encode(), target, self.target.host_field, fields)]
         if request.complete:
             data = b"".join(body)
             if data or request.method in _BODY_METHODS or h1.has_body(request.fields):
                 head.append(b"Content-Length: %d\r\n" % len(data))
             self._sent_all = True
         else:
-            length = _content_length(request)
-            if length is None:
+            length = declared_length(request)
+            if length < 0:
                 self._chunked_up = True
                 head.append(b"Transfer-Encoding: chunked\r\n")
-                body = [_chunk(part) for part in body if part]
+                body = [h1.chunk(part) for part in body if part]
             else:
                 head.append(b"Content-Length: %d\r\n" % length)
             data = b"".join(body)
@@ -194,13 +169,13 @@ class Forward(Handler, Exchange):
         if self._sent_all is False and self.request.complete:
             self._end_body()
         self.conn.resume(PAUSE_BODY)
-        self._last = asyncio.get_running_loop().time()
+        self._last = self.conn.front.loop.time()
         self._timer = self.conn.front.schedule(self.route.upstream.read_timeout, self._check_read)
 
     def request_body(self, chunk: bytes) -> None:
         if self.done or not chunk:
             return
-        data = _chunk(chunk) if self._chunked_up else chunk
+        data = h1.chunk(chunk) if self._chunked_up else chunk
         if self.upstream is None or self.upstream.transport is None:
             self._pending.append(data)
             if sum(map(len, self._pending)) > 64 * 1024:
@@ -220,7 +195,7 @@ class Forward(Handler, Exchange):
     # --- the response ------------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
-        self._last = asyncio.get_running_loop().time()
+        self._last = self.conn.front.loop.time()
         self._first = b""  # something came back: never sent again
         try:
             self._parser.feed_data(data)
@@ -265,7 +240,7 @@ class Forward(Handler, Exchange):
             raise _Stop  # llhttp would wait for the body a HEAD's Content-Length describes
 
     def on_body(self, chunk: bytes) -> None:
-        self._out.append(_chunk(chunk) if self._chunked_down else chunk)
+        self._out.append(h1.chunk(chunk) if self._chunked_down else chunk)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -275,42 +250,19 @@ class Forward(Handler, Exchange):
             self._complete()
 
     def _response_head(self, status: int, no_body: bool) -> bytes:
-        named = {b"server": False, b"date": False, b"content-length": False, b"transfer-encoding": False}
-        hop = set(_HOP)
-        hint: float | None = None
-        for name, value in self._fields:
-            lower = name.lower()
-            if lower in named:
-                named[lower] = True
-            if lower == b"connection":
-                hop.update(t.strip().lower() for t in value.split(b","))
-            elif lower == b"keep-alive":
-                hint = keep_alive_hint(value)
-        self._hint = hint
         request = self.request
-        out = [b"HTTP/%d.%d %d %s\r\n" % (*request.version, status, self._reason)]
-        out.extend(b"%s: %s\r\n" % field for field in self._fields if field[0].lower() not in hop)
-        if named[b"transfer-encoding"] and named[b"content-length"]:
-            out = [line for line in out if not line.lower().startswith(b"content-length:")]
-        if not named[b"server"]:
-            out.append(_SERVER)
-        if not named[b"date"]:
-            out.append(self.conn.front.clock.date_field())
-        keep = request.keep_alive and not self.conn.front.closing
-        if not no_body and (named[b"transfer-encoding"] or not named[b"content-length"]):
-            self._until_eof = not named[b"transfer-encoding"]
-            if request.version >= (1, 1):
-                self._chunked_down = True
-                out.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep = False  # HTTP/1.0: the end of the connection is the end of the body
-        self._keep_client = keep
-        if not keep:
-            out.append(b"Connection: close\r\n")
-        elif request.version < (1, 1):
-            out.append(b"Connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        return b"".join(out)
+        head, self._chunked_down, self._until_eof, self._keep_client, hint = h1.relayed_head(
+            self._fields,
+            status,
+            self._reason,
+            request.version,
+            no_body=no_body,
+            keep=request.keep_alive and not self.conn.front.closing,
+            date=self.conn.front.clock.date_field(),
+        )
+        if hint is not None:
+            self._hint = keep_alive_hint(hint)
+        return head
 
     def _complete(self) -> None:
         if self._chunked_down:
@@ -374,7 +326,7 @@ class Forward(Handler, Exchange):
         if self.done:
             return
         timeout = self.route.upstream.read_timeout
-        idle = asyncio.get_running_loop().time() - self._last
+        idle = self.conn.front.loop.time() - self._last
         if idle < timeout:
             self._timer = self.conn.front.schedule(timeout - idle, self._check_read)
             return
@@ -440,21 +392,9 @@ class Forward(Handler, Exchange):
             self._timer.cancel()
             self._timer = None
         self.rt.requests.discard(self)
-        record(self.ctx, self.rt, status)
+        record(self.ctx, self.rt, status, self.conn.front.loop.time())
         if keep_client is not None and self.conn.current is self.request:
             self.conn.finish(keep_alive=keep_client)
-
-
-def _chunk(data: bytes) -> bytes:
-    """``data`` as one chunk (RFC 9112 section 7.1)."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _content_length(request: Request) -> int | None:
-    for name, value in request.fields:
-        if name.lower() == b"content-length":
-            return int(value)
-    return None
 
 
 __all__ = ["CLIENT_CLOSED", "Forward", "Refused", "proxy", "record"]

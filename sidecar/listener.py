@@ -20,134 +20,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
 from . import h1
 from .reasons import Reason
 from .render import Answer
+from .requests import (
+    DISCARD,
+    METHODS,
+    VERSIONS,
+    Front,
+    Handler,
+    Request,
+    Schedule,
+    Timer,
+    declared_length,
+    version_of,
+)
 from .transport import Transport, socket_transport
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-Schedule = Callable[[float, Callable[[], None]], Timer]
+__all__ = ["PAUSE_BODY", "Front", "Handler", "Listener", "Request", "Schedule", "Timer"]
 
 # Why reading is paused (a bit each): it resumes when none is left.
 _PIPELINE, PAUSE_BODY, _UPGRADE = 1, 2, 4
 BODY_BUFFER = 64 * 1024  # request body held before its handler takes it, at most (then reading pauses)
 _LINGER = 2.0  # seconds a refused client's bytes are read and dropped before the connection closes
 _DISCARD_LIMIT = 1024 * 1024  # a refused request's body still to come: read and dropped up to this, else close
-
-
-class Handler:
-    """What answers a request over time: the request's body, the client's write buffer and
-    its going away are reported to it. The defaults ignore all three."""
-
-    __slots__ = ()
-
-    def request_body(self, chunk: bytes) -> None:
-        """More of the request body."""
-
-    def request_end(self) -> None:
-        """The request body is complete."""
-
-    def client_paused(self, paused: bool) -> None:
-        """The client's write buffer is over (True) or back under (False) its high-water mark."""
-
-    def client_lost(self) -> None:
-        """The client's connection is gone."""
-
-
-_DISCARD = Handler()
-
-
-class Request:
-    """One request as parsed, until it is answered."""
-
-    __slots__ = (
-        "complete",
-        "fields",
-        "keep_alive",
-        "method",
-        "parts",
-        "received",
-        "sink",
-        "tail",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(
-        self, method: str, target: bytes, version: tuple[int, int], fields: list[h1.Field], keep_alive: bool
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.fields = fields
-        self.keep_alive = keep_alive
-        self.upgrade = False  # the parser switched protocols after this head (Connection: upgrade)
-        self.complete = False  # the body (if any) has all arrived
-        self.parts: list[bytes] = []  # body received before a handler took it
-        self.received = 0
-        self.sink: Handler | None = None  # where the body goes once a handler took it
-        self.tail = b""  # what followed an upgrade request (the client's first frames)
-
-    def websocket_like(self) -> bool:
-        """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
-        be refused as a handshake: then the connection closes after the answer."""
-        return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in self.fields)
-
-    def take_body(self, sink: Handler) -> list[bytes]:
-        """The body so far; what follows goes to ``sink``."""
-        self.sink = sink
-        parts, self.parts = self.parts, []
-        return parts
-
-
-class Front:
-    """What every connection of a listener shares: the runtime, the dispatcher, the timers,
-    and the set of open connections (for the drain)."""
-
-    def __init__(
-        self,
-        rt: Runtime,
-        dispatch: Callable[[Listener, Request], None],
-        refuse: Callable[[Listener, Request | None, h1.HeadError], None],
-        schedule: Schedule,
-    ) -> None:
-        self.rt = rt
-        self.dispatch = dispatch
-        self.refuse = refuse
-        self.schedule = schedule
-        self.clock = h1.Clock()
-        self.connections: set[Listener] = set()
-        self.stopping = False  # close each connection once its answer is written
-
-    def __call__(self) -> Listener:
-        return Listener(self)
-
-    @property
-    def closing(self) -> bool:
-        """Stopping or draining: no connection is kept alive after its answer (a kept-alive
-        connection would pin its client to this replica)."""
-        return self.stopping or self.rt.stopping
-
-    def close_idle(self) -> None:
-        """Stopping: close every connection with nothing in flight; the rest close after
-        their current answer."""
-        self.stopping = True
-        for connection in list(self.connections):
-            if connection.idle:
-                connection.close()
 
 
 class Listener(asyncio.Protocol):
@@ -247,19 +146,17 @@ class Listener(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._synthetic or not self._in_head:
             return  # a trailer (RFC 9112 section 7.1.2): not forwarded, nothing reads it
-        self._fields.append((name, value))
-        try:
-            h1.check_field(name, value, len(self._fields))
-        except h1.HeadError as error:
-            self._fail(error)
+        fields = self._fields
+        fields.append((name, value))
+        if len(name) > h1.MAX_LINE or len(value) > h1.MAX_LINE or len(fields) > h1.MAX_FIELDS:
+            self._fail(h1.HeadError(Reason.HEADERS_TOO_LARGE, "a field over 8190 bytes, or over 100 fields"))
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             return
         parser = self._parser
-        major, _, minor = parser.get_http_version().partition(".")
-        version = (int(major), int(minor))
-        method = parser.get_method().decode("ascii")
+        version = VERSIONS.get(parser.get_http_version()) or version_of(parser.get_http_version())
+        method = METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
         try:
             h1.check_head(method, self._target, version, self._fields)
         except h1.HeadError as error:
@@ -357,11 +254,11 @@ class Listener(asyncio.Protocol):
             return
         if not request.complete:
             # Its body is still coming: drop it as it arrives, unless there is a lot of it.
-            left = _declared_length(request) - request.received
+            left = declared_length(request) - request.received
             if left > _DISCARD_LIMIT or left < 0:
                 transport.close()
                 return
-            request.sink = _DISCARD
+            request.sink = DISCARD
             request.parts = []
         self.resume(_PIPELINE | PAUSE_BODY)
         self._next()
@@ -463,7 +360,7 @@ class Listener(asyncio.Protocol):
     def _arm(self) -> None:
         """The connection waits for a head from now. One timer per connection, moved
         lazily: a request costs two stores, not a timer."""
-        self._waiting_since = asyncio.get_running_loop().time()
+        self._waiting_since = self.front.loop.time()
         if self._deadline is None:
             self._deadline = self.front.schedule(self.front.rt.config.header_timeout, self._expire)
 
@@ -475,7 +372,7 @@ class Listener(asyncio.Protocol):
         if self._taken or self.transport is None:
             return
         timeout = self.front.rt.config.header_timeout
-        left = self._waiting_since + timeout - asyncio.get_running_loop().time()
+        left = self._waiting_since + timeout - self.front.loop.time()
         if self._waiting_since < 0 or self.current is not None:
             left = timeout  # busy answering: look again later
         if left > 0:
@@ -487,11 +384,3 @@ class Listener(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-
-
-def _declared_length(request: Request) -> int:
-    """The request's Content-Length, or -1 (chunked: unknown)."""
-    for name, value in request.fields:
-        if name.lower() == b"content-length":
-            return int(value)
-    return -1

@@ -16,6 +16,7 @@ WebSocket sessions never use the pool: each holds a connection of its own (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,13 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._tls: ssl.SSLContext | None = None
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def target(self, upstream: Upstream) -> Target:
         found = self._targets.get(upstream.url)
@@ -135,7 +143,7 @@ class Pool:
     def take(self, target: Target) -> Connection | None:
         """An idle connection to ``target``, lent to the caller, or ``None``."""
         idle = self._idle.get(target.key)
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         while idle:
             connection = idle.pop()
             if connection.idle_until > now and connection.transport is not None:
@@ -157,10 +165,10 @@ class Pool:
         if timeout <= 0:
             connection.close()
             return
-        connection.idle_until = asyncio.get_running_loop().time() + timeout
+        connection.idle_until = self.loop.time() + timeout
         idle.append(connection)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP, self._sweep)
+            self._sweeper = self.loop.call_later(_SWEEP, self._sweep)
 
     def forget(self, connection: Connection) -> None:
         idle = self._idle.get(connection.target.key)
@@ -175,7 +183,7 @@ class Pool:
                 self._tls = ssl.create_default_context()
             tls = self._tls
         factory: Callable[[], Connection] = lambda: Connection(self, target)  # noqa: E731
-        _, connection = await asyncio.get_running_loop().create_connection(
+        _, connection = await self.loop.create_connection(
             factory, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
         )
         return connection
@@ -185,14 +193,14 @@ class Pool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         for idle in self._idle.values():
             expired = [c for c in idle if c.idle_until <= now]
             for connection in expired:
                 idle.remove(connection)
                 connection.close()
         if any(self._idle.values()):
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP, self._sweep)
+            self._sweeper = self.loop.call_later(_SWEEP, self._sweep)
 
     def close(self) -> None:
         """Close every idle connection; connections lent out close when their exchange ends."""
@@ -206,6 +214,7 @@ class Pool:
             idle.clear()
 
 
+@functools.lru_cache(maxsize=64)  # an upstream sends the same value every time
 def keep_alive_hint(value: bytes) -> float | None:
     """The seconds a ``Keep-Alive: timeout=N`` response field says the upstream keeps an idle
     connection (RFC 2068 section 19.7.1.1), less one for the time a request takes to reach

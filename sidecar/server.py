@@ -29,9 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import Dispatcher
 from .config import ALL_INTERFACES, Config, Problem
-from .listener import Front
+from .listener import Listener
 from .logs import configure, event
 from .metrics import Metrics
+from .requests import Front
 from .routing import Router
 from .runtime import Runtime
 
@@ -144,7 +145,7 @@ async def start(
     rt = Runtime(config=config, router=Router(config.routes), metrics=metrics)
     loop = asyncio.get_running_loop()
     dispatcher = Dispatcher(rt)
-    front = Front(rt, dispatcher, dispatcher.refuse_head, rt.wheel.call_later)
+    front = Front(rt, dispatcher, dispatcher.refuse_head, rt.wheel.call_later, Listener)
     servers: list[asyncio.Server] = []
     try:
         for sock in bind(config.listen_host, config.port if port is None else port):
