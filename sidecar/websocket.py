@@ -231,19 +231,23 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         down=down,
         context={"route": route.name, "agent_id": session.agent_id},
     )
+
+    def stopped(future: asyncio.Future[EndCause]) -> None:
+        if not future.cancelled():
+            relay.stop(future.result().code, future.result().reason)
+
     try:
         relay.start(client, tail, upgraded.transport, upgraded.pending)
         del upgraded, client, tail
-        either: set[asyncio.Future[Any]] = {relay.ended, session.stopped}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not relay.ended.done():
-            cause = session.stopped.result()
-            relay.stop(cause.code, cause.reason)
+        # The sidecar ending the session (a drain, a newer session) tells the relay directly:
+        # a callback, not a wait on two futures for the session's whole life.
+        session.stopped.add_done_callback(stopped)
         end = await asyncio.shield(relay.ended)
     except asyncio.CancelledError:
         relay.stop(*SIDECAR_ERROR)
         raise
     finally:
+        session.stopped.remove_done_callback(stopped)
         if session.state is State.OPEN:
             session.move(State.CLOSING)
         metrics.relayed.close(up)
