@@ -9,12 +9,16 @@ from typing import Protocol
 
 from .clients import ClientRules
 from .config import Config, identity_headers
-from .interim import Wheel
 from .limits import FailureTable
 from .metrics import Metrics
 from .pool import Pool
 from .routing import Router
 from .sessions import Registry
+from .wheel import Wheel
+
+# The wheel's tick: timers run at most this late. Fine enough for the shortest timeouts the
+# config allows (100 ms), coarse enough that one loop timer serves every connection.
+TICK = 0.05
 
 
 class InFlight(Protocol):
@@ -56,7 +60,7 @@ class Runtime:
     config: Config
     router: Router
     metrics: Metrics
-    wheel: Wheel = field(default_factory=Wheel)  # the process's timers: deadlines, keep-alive, stalls
+    wheel: Wheel = field(default_factory=lambda: Wheel(TICK))  # the process's timers: deadlines, keep-alive, stalls
     pool: Pool = field(default_factory=Pool)  # keep-alive connections to the upstreams, plain HTTP
     sessions: Registry = field(default_factory=Registry)
     requests: InFlightSet = field(default_factory=InFlightSet)  # plain HTTP requests being proxied

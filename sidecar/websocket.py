@@ -26,13 +26,13 @@ from .closing import SIDECAR_ERROR, End
 from .context import Context
 from .forwarding import forward_headers, upstream_query
 from .handshake import handshake_problem, offered_protocols
-from .interim import Relay
 from .listener import Handler, Listener, Request
 from .logs import event
 from .metrics import close_code_label
 from .origins import origin_allowed
 from .reasons import Reason, Refused, Rejection
 from .refusal import refuse
+from .relay import Relay
 from .runtime import Runtime
 from .sessions import EndCause, Session, State
 from .transport import Transport

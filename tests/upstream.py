@@ -122,10 +122,10 @@ class Backend:
             request.transport.abort()
             return True
         if cmd[0] == "mute":  # alive but deaf: reads nothing more, so answers nothing
-            transport = request.transport  # uvloop's transports are no asyncio.Transport: not checked
-            assert transport is not None
-            transport.pause_reading()
-            self.muted.append(transport)
+            # (not asyncio.Transport under uvloop: its transports are classes of their own)
+            assert request.transport is not None
+            request.transport.pause_reading()
+            self.muted.append(request.transport)
             return False
         if cmd[0] == "ping":  # ping the client; report (as a message) whether its pong came back
             self.pong_wait = asyncio.get_running_loop().create_future()
