@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -102,6 +103,7 @@ class Metrics:
             registry=r,
         )
         self.http = RequestSeries(self.http_requests, self.http_duration)
+        self.children = Children()
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
 
@@ -133,6 +135,21 @@ class RequestSeries:
         if timer is None:
             timer = self._timed[route] = self._durations.labels(route)
         timer.observe(seconds)
+
+
+class Children:
+    """Label children looked up once per label values, for what every session or request
+    counts: ``metric.labels(...)`` takes a lock and builds a key on each call."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (metric, values)
+        child = self._made.get(key)
+        if child is None:
+            child = self._made[key] = metric.labels(*values)
+        return child
 
 
 class TaskCollector(Collector):

@@ -175,13 +175,17 @@ class Pool:
         if idle and connection in idle:
             idle.remove(connection)
 
+    def tls(self, target: Target) -> ssl.SSLContext | None:
+        """The TLS context for ``target`` (the system's trust store; made once), or ``None``."""
+        if not target.tls:
+            return None
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
     async def open(self, target: Target) -> Connection:
         """A new connection to ``target`` (TLS with the system's trust store for https)."""
-        tls: ssl.SSLContext | None = None
-        if target.tls:
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
+        tls = self.tls(target)
         factory: Callable[[], Connection] = lambda: Connection(self, target)  # noqa: E731
         _, connection = await self.loop.create_connection(
             factory, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None

@@ -162,9 +162,10 @@ class _Handshake(asyncio.Protocol):
             self.done.set_exception(UpstreamError("ServerDisconnectedError", retry=True))
 
 
-async def _upgrade_once(target: Target, request: bytes, key: bytes, offered: Sequence[str]) -> Upgraded:
+async def _upgrade_once(
+    target: Target, tls: ssl.SSLContext | None, request: bytes, key: bytes, offered: Sequence[str]
+) -> Upgraded:
     loop = asyncio.get_running_loop()
-    tls = ssl.create_default_context() if target.tls else None
     transport, handshake = await loop.create_connection(
         _Handshake, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
     )
@@ -220,6 +221,7 @@ def upgrade_request(
 async def open_websocket(
     route: Route,
     target: Target,
+    tls: ssl.SSLContext | None,
     path: str,
     fields: bytes,
     protocols: Sequence[str],
@@ -237,7 +239,7 @@ async def open_websocket(
         for attempt in range(1, attempts + 1):
             request, key = upgrade_request(target, path, fields, protocols, deflate)
             try:
-                return await _upgrade_once(target, request, key, protocols)
+                return await _upgrade_once(target, tls, request, key, protocols)
             except Exception as exc:
                 why = _worth_retrying(exc)
                 if why is None or attempt == attempts or route.retry is None:

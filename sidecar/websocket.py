@@ -24,10 +24,10 @@ from .admission import authenticate
 from .auth import QUERY_TOKEN
 from .closing import SIDECAR_ERROR, End
 from .context import Context
-from .forwarding import forward_headers, upstream_query
+from .forwarding import forward_fields, upstream_query
 from .handshake import handshake_problem, offered_protocols
 from .listener import Handler, Listener, Request
-from .logs import event
+from .logs import event, logger
 from .metrics import close_code_label
 from .origins import origin_allowed
 from .reasons import Reason, Refused, Rejection
@@ -102,7 +102,7 @@ async def _open(
     conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
 ) -> tuple[Transport, bytes, Upgraded] | None:
     """The upstream handshake, then the client's 101; ``None`` if the client went away."""
-    upgraded = await _connect(conn, ctx, rt, session)
+    upgraded = await _connect(conn, request, ctx, rt, session)
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
         return None
@@ -110,7 +110,7 @@ async def _open(
     client, tail = conn.take_over()
     rt.sessions.opened(session)
     route = session.route
-    rt.metrics.ws_handshake_duration.labels(route.name).observe(asyncio.get_running_loop().time() - ctx.started)
+    rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(conn.front.loop.time() - ctx.started)
     assert ctx.path is not None
     event(
         logging.INFO,
@@ -125,14 +125,14 @@ async def _open(
     return client, tail, upgraded
 
 
-async def _connect(conn: Listener, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
+async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
     """The upstream handshake, or :exc:`Refused` with why. A session ended meanwhile
     (a drain, a newer session for its agent id, the client gone) stops waiting at once,
     not after the backend, or a retry waiting for it, has made up its mind."""
     route = session.route
     assert ctx.path is not None
-    fields = forward_headers(
-        ctx.headers,
+    fields = forward_fields(
+        request.fields,
         route,
         session.agent_id,
         identity=rt.identity_headers,
@@ -145,12 +145,14 @@ async def _connect(conn: Listener, ctx: Context, rt: Runtime, session: Session) 
     query = upstream_query(ctx.query_string, route)
     path = (route.upstream_path or ctx.path.wire) + ("?" + query if query else "")
     deflate = _deflate_offer(ctx) if route.compression else None
+    target = rt.pool.target(route.upstream)
     connecting = asyncio.ensure_future(
         open_websocket(
             route,
-            rt.pool.target(route.upstream),
+            target,
+            rt.pool.tls(target),
             path,
-            h1.fields_bytes(fields.items()),
+            fields,
             offered_protocols(ctx.headers),
             deflate,
             agent_id=session.agent_id,
@@ -212,8 +214,9 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
     """Relay one session and account for it: gauge, counters, histogram, log line."""
     loop = asyncio.get_running_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
-    metrics.ws_connections.labels(route.name).inc()
-    active = metrics.ws_active.labels(route.name)
+    children = metrics.children
+    children.of(metrics.ws_connections, route.name).inc()
+    active = children.of(metrics.ws_active, route.name)
     active.inc()
     up = metrics.relayed.open(route.name, "upstream")
     down = metrics.relayed.open(route.name, "downstream")
@@ -254,24 +257,25 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         metrics.relayed.close(down)
         active.dec()
         duration = loop.time() - opened
-        metrics.ws_session_duration.labels(route.name).observe(duration)
-        metrics.ws_closes.labels(route.name, end.initiator, close_code_label(end.code)).inc()
+        children.of(metrics.ws_session_duration, route.name).observe(duration)
+        children.of(metrics.ws_closes, route.name, end.initiator, close_code_label(end.code)).inc()
         if end.cut is not None:
             metrics.ws_cut_off.labels(route.name, *end.cut).inc()
-        event(
-            logging.INFO,
-            "ws.closed",
-            route=route.name,
-            agent_id=session.agent_id,
-            code=end.code,
-            reason=end.reason,
-            initiator=end.initiator,
-            duration_s=round(duration, 3),
-            messages_up=up.messages,
-            bytes_up=up.bytes,
-            messages_down=down.messages,
-            bytes_down=down.bytes,
-        )
+        if logger.isEnabledFor(logging.INFO):
+            event(
+                logging.INFO,
+                "ws.closed",
+                route=route.name,
+                agent_id=session.agent_id,
+                code=end.code,
+                reason=end.reason,
+                initiator=end.initiator,
+                duration_s=round(duration, 3),
+                messages_up=up.messages,
+                bytes_up=up.bytes,
+                messages_down=down.messages,
+                bytes_down=down.bytes,
+            )
 
 
 def tokens_of(value: str) -> set[str]:
