@@ -60,9 +60,7 @@ async def test_an_untrusted_upstream_certificate_is_refused(
     trustme.CA().cert_pem.write_to_path(str(stranger))
     monkeypatch.setenv("SSL_CERT_FILE", str(stranger))  # the backend's CA is not trusted now
     sidecar = await start_sidecar(config_for(url, edge_yaml()))
-    status, headers, body = await rejected(
-        sidecar, "/edge/ws", {"Authorization": "Bearer test-secret-0123456789abcdef"}
-    )
+    status, headers, body = await rejected(sidecar, "/edge/ws", {"Authorization": f"Bearer {SECRET}"})
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")
     assert body["detail"] == "ClientConnectorCertificateError"
     assert backend.seen == []
