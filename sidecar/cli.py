@@ -8,7 +8,6 @@ each with its file:line) or on bad usage; ``probe`` exits 1 when a step failed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
@@ -145,10 +144,10 @@ def _serve(path: str, *, allow_pure_python: bool) -> int:
         return 2
     if pure:
         event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
-    from .server import serve  # imports aiohttp: keep 'check' light
+    from .server import run, serve  # imports aiohttp: keep 'check' light
 
     secrets = secret_states(config, os.environ)  # before the loop runs: scrypt is slow on purpose
-    return asyncio.run(serve(config, lambda: read_config(path, strict=True), secrets=secrets))
+    return run(serve(config, lambda: read_config(path, strict=True), secrets=secrets))
 
 
 class _HelpWithEnvironment(argparse.Action):

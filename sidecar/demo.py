@@ -10,7 +10,6 @@ never printed.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from .config import Config, Problem, read_config
-from .server import SPARE_FILES, Running, raise_open_files_limit, serve
+from .server import SPARE_FILES, Running, raise_open_files_limit, run, serve
 from .startup import config_to_serve
 
 DEFAULT_CONFIG = "routes.yaml"
@@ -225,7 +224,7 @@ def demo_environment(env: Mapping[str, str]) -> tuple[dict[str, str], str | None
     return out, token
 
 
-async def run(path: Path, environ: Mapping[str, str]) -> int:
+async def _run(path: Path, environ: Mapping[str, str]) -> int:
     env, token = demo_environment(environ)
     echo: web.AppRunner | None = None
     if not env.get("UPSTREAM_URL"):
@@ -265,4 +264,4 @@ async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, ec
 
 
 def main(given: str | None) -> int:
-    return asyncio.run(run(config_path(given), os.environ))
+    return run(_run(config_path(given), os.environ))

@@ -1,17 +1,21 @@
-"""Is aiohttp running on its C extensions?
+"""Is every HTTP parser the process runs compiled?
 
-aiohttp ships C (llhttp, Cython) and pure-Python versions of its HTTP parsers and
-WebSocket reader, and silently uses the Python ones when ``AIOHTTP_NO_EXTENSIONS``
-is set or the C ones did not build (a source install, an unusual platform). The
-pure-Python HTTP parser has had request-smuggling advisories of its own and both
-are far slower, so ``serve`` refuses to start on them unless told otherwise. Each
-class is looked up where the server, the client and the WebSocket code take it
-from, so what is checked is what runs.
+The public listener parses with llhttp through httptools, which has no pure-Python
+fallback: checked all the same (its parser must be the extension module). aiohttp ships C
+(llhttp, Cython) and pure-Python versions of its HTTP parsers and WebSocket reader, and
+silently uses the Python ones when ``AIOHTTP_NO_EXTENSIONS`` is set or the C ones did not
+build (a source install, an unusual platform); aiohttp still serves the metrics listener
+and is the client of ``sidecar probe``. The pure-Python HTTP parser has had
+request-smuggling advisories of its own and both are far slower, so ``serve`` refuses to
+start on them unless told otherwise. Each class is looked up where the code that runs it
+takes it from, so what is checked is what runs.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from importlib.machinery import EXTENSION_SUFFIXES
 
 ALLOW_ENV = "SIDECAR_ALLOW_PURE_PYTHON"
 _COMPILED = frozenset({"aiohttp._http_parser", "aiohttp._websocket.reader_c", "aiohttp._websocket.mask"})
@@ -29,7 +33,13 @@ def pure_python_parts() -> list[str]:
         "WebSocket client reader": getattr(client, "WebSocketReader", None),
         "WebSocket mask": getattr(helpers, "websocket_mask", None),
     }
-    return [name for name, thing in used.items() if getattr(thing, "__module__", None) not in _COMPILED]
+    parts = [name for name, thing in used.items() if getattr(thing, "__module__", None) not in _COMPILED]
+    import httptools
+
+    module = sys.modules.get(getattr(httptools.HttpRequestParser, "__module__", ""), None)
+    if not str(getattr(module, "__file__", "")).endswith(tuple(EXTENSION_SUFFIXES)):
+        parts.append("the listener's HTTP parser (httptools)")
+    return parts
 
 
 def allowed_by_env(environ: Mapping[str, str]) -> bool:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from multidict import CIMultiDict, MultiMapping
 
-from .auth import without_query_token
+from .auth import QUERY_TOKEN, without_query_token
 from .config import Route
+from .context import Context
 from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
 
 
@@ -101,3 +102,111 @@ def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
     """A backend's response headers as the client gets them: end-to-end ones only."""
     drop = HOP_BY_HOP | tokens(headers, "Connection")
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def forward_fields(
+    fields: Sequence[tuple[bytes, bytes]],
+    route: Route,
+    agent_id: str | None,
+    *,
+    identity: frozenset[str],
+    remote: str | None,
+    scheme: str,
+    host: str,
+    trusted: bool = False,
+    query_token: Sequence[str] = (),
+    reframed: bool = False,
+    request_id: str | None = None,
+) -> bytes:
+    """:func:`forward_headers` on the fields as the parser reported them (raw bytes, in
+    order), written out as header lines: the same fields, for the hot path (no decoding,
+    no multidict). ``reframed``: the sidecar frames the body itself, so the client's
+    Content-Length is dropped too. ``tests/test_forwarding.py`` holds the two to each other."""
+    drop = _dropped_raw(route.websocket, route.auth is not None and not route.forward_authorization, identity)
+    if reframed:
+        drop = drop | _LENGTH
+    if request_id is not None:
+        drop = drop | _REQUEST_ID
+    connection = [value for name, value in fields if name.lower() == b"connection"]
+    if connection:
+        named = {t.strip().lower().replace(b"_", b"-") for value in connection for t in value.split(b",")}
+        drop = drop | named
+    out: list[bytes] = []
+    chain: list[bytes] = []
+    given_proto: bytes | None = None
+    given_host: bytes | None = None
+    has_authorization = False
+    for name, value in fields:
+        lower = name.lower()
+        dashed = lower.replace(b"_", b"-") if b"_" in lower else lower
+        if lower == b"authorization":
+            has_authorization = True
+        if dashed in drop or dashed.startswith(b"x-forwarded-"):
+            if lower == b"x-forwarded-for":
+                chain.append(value)
+            elif lower == b"x-forwarded-proto" and given_proto is None:
+                given_proto = value
+            elif lower == b"x-forwarded-host" and given_host is None:
+                given_host = value
+            continue
+        out.append(name + b": " + value + b"\r\n")
+    rule = route.auth.agent_id if route.auth is not None else None
+    if rule is not None and agent_id is not None:
+        out.append(b"%s: %s\r\n" % (rule.forward_header.encode("latin-1"), agent_id.encode("utf-8", "surrogateescape")))
+    forwarded_for = remote.encode() if remote else b""
+    proto, shown = scheme.encode(), host.encode("utf-8", "surrogateescape")
+    if trusted:
+        joined = b", ".join(chain)
+        forwarded_for = joined + b", " + forwarded_for if joined and forwarded_for else joined or forwarded_for
+        proto = given_proto if given_proto is not None else proto
+        shown = given_host if given_host is not None else shown
+    if forwarded_for:
+        out.append(b"X-Forwarded-For: %s\r\n" % forwarded_for)
+    out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (proto, shown))
+    if request_id is not None:
+        out.append(b"X-Request-Id: %s\r\n" % request_id.encode())
+    if route.forward_authorization and query_token and not has_authorization:
+        out.append(b"Authorization: Bearer %s\r\n" % query_token[0].encode("utf-8", "surrogateescape"))
+    return b"".join(out)
+
+
+_LENGTH = frozenset({b"content-length"})
+_REQUEST_ID = frozenset({b"x-request-id"})
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped_raw(websocket: bool, strip_authorization: bool, identity: frozenset[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in _dropped(websocket, strip_authorization, identity))
+
+
+def upstream_request(
+    ctx: Context,
+    fields: Sequence[tuple[bytes, bytes]],
+    agent_id: str | None,
+    *,
+    identity: frozenset[str],
+    local: str,
+    reframed: bool = False,
+) -> tuple[str, bytes]:
+    """What a routed request is sent upstream as, for both kinds of route: the target
+    (the route's ``upstream_path``, else the canonical path, and the query as
+    :func:`upstream_query` leaves it) and the header lines (:func:`forward_fields`).
+    ``local``: the sidecar's own address, the host a request without ``Host`` reached."""
+    route, path = ctx.route, ctx.path
+    assert route is not None and path is not None
+    query = upstream_query(ctx.query_string, route)
+    target = (route.upstream_path or path.wire) + ("?" + query if query else "")
+    lines = forward_fields(
+        fields,
+        route,
+        agent_id,
+        identity=identity,
+        remote=ctx.peer,
+        scheme="http",
+        host=ctx.headers.get("Host") or local,
+        trusted=ctx.trusted,
+        query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
+        reframed=reframed,
+        request_id=ctx.request_id,
+    )
+    return target, lines

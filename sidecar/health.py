@@ -19,14 +19,12 @@ import logging
 import os
 import socket
 
-from aiohttp import web
 from yarl import URL
 
 from .config import Upstream
 from .context import Context
 from .logs import event
 from .reasons import Reason, Rejection
-from .refusal import response
 from .render import Answer, json_answer
 from .runtime import Runtime
 
@@ -93,10 +91,6 @@ def _words(exc: OSError) -> str:
 
 def is_health_path(rt: Runtime, path: str) -> bool:
     return path in (rt.config.live_path, rt.config.ready_path)
-
-
-async def answer(ctx: Context, rt: Runtime, readiness: Readiness) -> web.Response:
-    return response(await check(ctx, rt, readiness))
 
 
 async def check(ctx: Context, rt: Runtime, readiness: Readiness) -> Answer:

@@ -6,6 +6,7 @@ in force are always the current config's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 OVER_CAPACITY_RETRY_AFTER = 5
 
 
+@functools.lru_cache(maxsize=4096)  # parsed once per address, not per request
 def client_key(address: str | None) -> str:
     """The key failures are counted under: the address, or its /64 for IPv6 (one
     host usually holds a whole /64, RFC 4291 section 2.5.1, so counting single

@@ -199,8 +199,14 @@ class Summary:
         loop.call_later(delay, self._due, context=contextvars.Context())
 
     def _due(self) -> None:
-        if self._counts and self._clock() - self._started >= WINDOW:
+        if not self._counts:
+            return
+        now = self._clock()
+        if now - self._started >= WINDOW:
             self.flush()
+        else:  # early by the loop's clock (its resolution), or a clock of a test's: wait the rest
+            self._timed = None
+            self._flush_later(now)
 
 
 # The one summary of this process's lines: logging state, like the logger itself.

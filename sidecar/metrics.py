@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -115,6 +116,8 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.http = RequestSeries(self.http_requests, self.http_duration)
+        self.children = Children()
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
 
@@ -125,6 +128,45 @@ class Metrics:
         for route in config.routes:  # at 0 from the start: rate() sees the first expiry
             if route.websocket:
                 self.ws_token_expiries.labels(route.name)
+
+
+class RequestSeries:
+    """The plain HTTP request counter and duration histogram, their children looked up once
+    per route and status class: ``labels()`` takes a lock and builds a key on every call,
+    which a request should not pay for."""
+
+    def __init__(self, requests: Counter, durations: Histogram) -> None:
+        self._requests = requests
+        self._durations = durations
+        self._counted: dict[tuple[str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One request on ``route`` answered with ``status`` after ``seconds``."""
+        key = (route, status // 100)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self._requests.labels(route, f"{status // 100}xx")
+        counter.inc()
+        timer = self._timed.get(route)
+        if timer is None:
+            timer = self._timed[route] = self._durations.labels(route)
+        timer.observe(seconds)
+
+
+class Children:
+    """Label children looked up once per label values, for what every session or request
+    counts: ``metric.labels(...)`` takes a lock and builds a key on each call."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (metric, values)
+        child = self._made.get(key)
+        if child is None:
+            child = self._made[key] = metric.labels(*values)
+        return child
 
 
 class TaskCollector(Collector):

@@ -10,6 +10,7 @@ spelling either. Routing (``routing``) matches the decoded form; the config
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class CanonicalPath:
     wire: str
 
 
+@functools.lru_cache(maxsize=4096)  # agents use a few paths: each is checked once, not per request
 def canonicalize(raw: str) -> CanonicalPath:
     """Validate a raw request path (no query string) and return its canonical forms.
 

@@ -1,17 +1,16 @@
-"""The refusal boundary: where a :exc:`~sidecar.reasons.Refused` becomes the response,
-the log line and the counter.
+"""The refusal boundary: where a :exc:`~sidecar.reasons.Refused` becomes the answer, the
+log line and the counter.
 
 The one place a refusal is turned into output, so the five spellings of a reason
-(status, header, body, log, metric) cannot drift apart. What the response says is
-decided by the pure :func:`sidecar.render.refusal_answer`; this module only writes it.
+(status, header, body, log, metric) cannot drift apart. What the answer says is decided
+by the pure :func:`sidecar.render.refusal_answer`; the listener writes it
+(:meth:`sidecar.listener.Listener.answer`, the one function that writes the sidecar's
+own answers).
 """
 
 from __future__ import annotations
 
 import logging
-
-from aiohttp import web
-from multidict import CIMultiDict
 
 from .context import Context
 from .logs import event
@@ -21,16 +20,8 @@ from .render import Answer, refusal_answer
 from .runtime import Runtime
 
 
-def response(answer: Answer) -> web.Response:
-    """An :class:`Answer` as aiohttp's response."""
-    out = web.Response(status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers))
-    if answer.close:
-        out.force_close()
-    return out
-
-
-def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> web.Response:
-    """Answer, count and log one refusal."""
+def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> Answer:
+    """Count and log one refusal; the answer to write."""
     reason = rejection.reason
     route = ctx.route_name
     label = route or NO_ROUTE
@@ -51,4 +42,4 @@ def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> web.Response:
         upstream_status=rejection.upstream_status,
         request_id=ctx.request_id,
     )
-    return response(refusal_answer(rejection, route, rt.router.websocket_paths, websocket=ctx.websocket))
+    return refusal_answer(rejection, route, rt.router.websocket_paths, websocket=ctx.websocket)

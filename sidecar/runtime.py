@@ -1,20 +1,59 @@
-"""The state one running app carries: passed in, never module-level."""
+"""The state one running sidecar carries: passed in, never module-level."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import aiohttp
-from aiohttp import web
+from typing import Protocol
 
 from .clients import ClientRules
 from .config import Config, identity_headers
 from .jwks import KeyCache, jwks_urls
 from .limits import FailureTable
 from .metrics import Metrics
+from .pool import Pool
 from .routing import Router
 from .sessions import Registry, Session
+from .wheel import Wheel
+
+# The wheel's tick: timers run at most this late. Fine enough for the shortest timeouts the
+# config allows (100 ms), coarse enough that one loop timer serves every connection.
+TICK = 0.05
+
+
+class InFlight(Protocol):
+    """A plain HTTP request being proxied: a hurried stop cuts it short."""
+
+    def cancel(self) -> None: ...
+
+
+class InFlightSet:
+    """The plain HTTP requests being proxied; a stop waits for it to empty."""
+
+    def __init__(self) -> None:
+        self._items: set[InFlight] = set()
+        self._empty: asyncio.Event | None = None
+
+    def add(self, item: InFlight) -> None:
+        self._items.add(item)
+
+    def discard(self, item: InFlight) -> None:
+        self._items.discard(item)
+        if not self._items and self._empty is not None:
+            self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[InFlight]:
+        return iter(list(self._items))
+
+    async def answered(self) -> None:
+        """Return once no request is in flight."""
+        if self._items:
+            self._empty = asyncio.Event()
+            await self._empty.wait()
 
 
 @dataclass(eq=False)
@@ -22,9 +61,10 @@ class Runtime:
     config: Config
     router: Router
     metrics: Metrics
-    client: aiohttp.ClientSession | None = None
+    wheel: Wheel = field(default_factory=lambda: Wheel(TICK))  # the process's timers: deadlines, keep-alive, stalls
+    pool: Pool = field(default_factory=Pool)  # keep-alive connections to the upstreams, plain HTTP
     sessions: Registry = field(default_factory=Registry)
-    requests: set[asyncio.Task[object]] = field(default_factory=set)  # plain HTTP requests being proxied
+    requests: InFlightSet = field(default_factory=InFlightSet)  # plain HTTP requests being proxied
     # Admission state: survives a config reload, keyed by client key.
     failures: FailureTable = field(default_factory=FailureTable)
     warned_proxy: bool = False  # auth failures were seen keyed on a proxy's address (logged once)
@@ -56,10 +96,3 @@ class Runtime:
 
     def stop_admitting(self) -> None:
         self.sessions.draining = True
-
-    def http(self) -> aiohttp.ClientSession:
-        assert self.client is not None, "the app has not started"
-        return self.client
-
-
-RUNTIME = web.AppKey("runtime", Runtime)

@@ -15,43 +15,42 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .app import context_of, make_app
+from .app import Dispatcher
 from .clients import log_fields as client_settings
 from .config import ALL_INTERFACES, Config, Problem
-from .connection import HEAD_LIMITS, Connection, HeaderDeadline
+from .listener import Listener
 from .logs import configure, event
 from .metrics import Metrics
 from .ports import listening
-from .reasons import Reason, Rejection
-from .refusal import refuse
-from .runtime import RUNTIME, Runtime
+from .requests import Front
+from .routing import Router
+from .runtime import Runtime
 
 Loader = Callable[[], tuple[Config | None, list[Problem]]]
 
 
 @dataclass
 class Running:
-    runner: web.AppRunner
+    runtime: Runtime
+    front: Front
+    dispatcher: Dispatcher
     servers: list[asyncio.Server]
     metrics_runner: web.AppRunner | None
     port: int
     metrics_port: int | None
-    deadline: HeaderDeadline
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.runner.app[RUNTIME]
+    keys: contextlib.AbstractAsyncContextManager[None]  # the JWKS kept fresh while serving
 
     async def drain(self, hurry: asyncio.Event | None = None) -> None:
         """Refuse new work and close every session properly, spread over the drain
@@ -63,13 +62,30 @@ class Running:
         )
 
     async def close(self) -> None:
-        """Stop accepting, close what is left (at once), answer requests in flight, release."""
-        self.runtime.stop_admitting()
+        """Stop accepting, close what is left (sessions at once: 1012 to the client, 1001
+        upstream), answer requests in flight (within twice ``close_timeout``, then cut
+        short), release."""
+        rt = self.runtime
+        rt.stop_admitting()  # a handshake still waiting on the backend is answered 503 draining
         for server in self.servers:
             server.close()
-        await self.runner.cleanup()
+        self.front.close_idle()
+        await rt.sessions.drain(0, asyncio.Event(), close_timeout=rt.config.close_timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.requests.answered(), 2 * rt.config.close_timeout)
+        for request in rt.requests:
+            request.cancel()
+        # Sessions ended by the drain and health checks finish on their own (a handshake in
+        # flight is answered 503 draining); what is still running after close_timeout is cut.
+        if self.dispatcher.tasks:
+            await asyncio.wait(list(self.dispatcher.tasks), timeout=rt.config.close_timeout)
+        for task in list(self.dispatcher.tasks):
+            task.cancel()
+        self.front.close_idle()
+        rt.pool.close()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
+        await self.keys.__aexit__(None, None, None)
 
     def reload(self, load: Loader) -> bool:
         """Apply a new config if it is valid; otherwise log every problem and keep
@@ -93,8 +109,7 @@ class Running:
                 config_sha256=old.digest[:12],
             )
             return False
-        rt.apply(config)
-        self.deadline.timeout = config.header_timeout
+        rt.apply(config)  # the header deadline reads the config at each arming
         configure(config.log_level, config.log_format)
         rt.metrics.loaded(config)
         rt.metrics.config_reloads.labels("success").inc()
@@ -116,8 +131,8 @@ async def _cancel_requests(rt: Runtime, hurry: asyncio.Event) -> None:
     await hurry.wait()
     if rt.requests:
         event(logging.INFO, "sidecar.cancelling_requests", requests=len(rt.requests))
-    for task in list(rt.requests):
-        task.cancel()
+    for request in rt.requests:
+        request.cancel()
 
 
 async def start(
@@ -131,40 +146,20 @@ async def start(
     pass 0 for a free port; there, unlike in the config, 0 does not mean "off")."""
     metrics = metrics or Metrics()
     metrics.loaded(config)
-    deadline = HeaderDeadline(config.header_timeout)
-    app = make_app(config, metrics, deadline)
-    # handler_cancellation: a client that hangs up cancels its request, so an
-    # abandoned plain-HTTP request frees its upstream connection at once.
-    # shutdown_timeout: what a request still running after the drain gets; aiohttp
-    # waits it out twice (before and after cancelling), so the worst case after the
-    # drain window is two close_timeouts for requests plus their own.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=config.close_timeout)
-    await runner.setup()
-    manager = runner.server
-    assert manager is not None
-    rt = app[RUNTIME]
+    rt = Runtime(config=config, router=Router(config.routes), metrics=metrics)
     loop = asyncio.get_running_loop()
-
-    def unparsable(request: BaseRequest, reason: Reason) -> web.StreamResponse:
-        return refuse(context_of(request, rt, parsed=False), rt, Rejection(reason))
-
-    def connection() -> Connection:
-        return Connection(
-            manager,
-            refuse=unparsable,
-            loop=loop,
-            access_log=None,
-            keepalive_timeout=75.0,
-            **HEAD_LIMITS,
-        )
-
+    dispatcher = Dispatcher(rt)
+    front = Front(rt, dispatcher, dispatcher.refuse_head, rt.wheel.call_later, Listener)
     servers: list[asyncio.Server] = []
+    # The JWKS the config names are fetched before the listeners open, and kept fresh until close.
+    keys = contextlib.asynccontextmanager(rt.keys.running)()
+    await keys.__aenter__()
     try:
         public = config.port if port is None else port
         with listening("listen.port", config.listen_host, public):
             sockets = bind(config.listen_host, public)
         for sock in sockets:
-            servers.append(await loop.create_server(deadline.wrap(connection), sock=sock, backlog=1024))
+            servers.append(await loop.create_server(front, sock=sock, backlog=1024))
         metrics_runner, mport = None, None
         wanted = config.metrics_port if metrics_port is None else metrics_port
         if metrics_port is not None or config.metrics_port:
@@ -173,9 +168,26 @@ async def start(
     except BaseException:  # a port is taken: release what was started
         for server in servers:
             server.close()
-        await runner.cleanup()
+        await keys.__aexit__(None, None, None)
         raise
-    return Running(runner, servers, metrics_runner, _bound_port(servers[0].sockets[0]), mport, deadline)
+    return Running(rt, front, dispatcher, servers, metrics_runner, _bound_port(servers[0].sockets[0]), mport, keys)
+
+
+LOOP_ENV = "SIDECAR_LOOP"  # "asyncio": the standard loop even where uvloop is installed
+
+
+def run(main: Coroutine[Any, Any, int], environ: Mapping[str, str] = os.environ) -> int:
+    """Run ``main`` on uvloop where it is installed (Linux, the Docker image), else on
+    asyncio's own loop, as ``asyncio.run`` would."""
+    if environ.get(LOOP_ENV, "").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
 
 
 def bind(host: str, port: int) -> list[socket.socket]:

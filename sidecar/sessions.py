@@ -99,10 +99,20 @@ class Session:
     started: float = field(default_factory=time.monotonic)  # when admitted, for the drain's order
     # Resolved with the cause when the sidecar ends the session; the relay waits on it.
     stopped: asyncio.Future[EndCause] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    done: asyncio.Event = field(default_factory=asyncio.Event)  # set once CLOSED
     # When its signed token expires (exp plus leeway, epoch seconds), if the policy closes
     # sessions then: the registry ends it at that moment (EXPIRED).
     expires_at: float | None = None
+    _done: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once CLOSED. Made when first asked for: an Event holds a deque of waiters
+        (600 bytes), and most sessions are never waited for."""
+        if self._done is None:
+            self._done = asyncio.Event()
+            if self.state is State.CLOSED:
+                self._done.set()
+        return self._done
 
     def end(self, cause: EndCause) -> None:
         """End the session from outside; the first cause is the one recorded."""
@@ -126,8 +136,8 @@ class Session:
         if to not in _NEXT[self.state]:
             raise RuntimeError(f"a session cannot go from {self.state.value} to {to.value}")
         self.state = to
-        if to is State.CLOSED:
-            self.done.set()
+        if to is State.CLOSED and self._done is not None:
+            self._done.set()
 
 
 class Agents(Protocol):

@@ -1,83 +1,245 @@
-"""Talking to the backend: URLs and the WebSocket handshake (the headers it is sent
-are :mod:`sidecar.forwarding`'s).
+"""Talking to the backend: the failures, mapped to reasons in one place
+(:func:`rejection_for`), and the WebSocket upgrade, written by hand on a connection of its
+own (:func:`open_websocket`).
 
-aiohttp's client errors are translated to :class:`~sidecar.reasons.Rejection` here
-and nowhere else (:func:`rejection_for`).
+The upgrade request carries a fresh ``Sec-WebSocket-Key`` (each leg has its own handshake,
+RFC 6455 section 4.1; the client's key never leaves the sidecar), the subprotocols the
+client offered, and permessage-deflate only where the route enables it, as the client
+offered it (RFC 7692): frames are relayed as they are, so both legs must agree on it. The
+101 is accepted only with ``Upgrade: websocket``, ``Connection: upgrade`` and the
+``Sec-WebSocket-Accept`` of that key; anything else is the backend refusing.
+
+Failures are named as aiohttp's client named them (``ClientConnectorError`` for a refused
+connection ...): the names are in refusal details, log lines and operators' alerts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import os
 import random
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
+import httptools
 
-from .config import Route, Upstream
+from .config import Route
 from .logs import event
+from .pool import Target
 from .reasons import Reason, Rejection
+from .transport import Transport, socket_transport
 
-# What aiohttp's client would otherwise add on its own: the backend sees only what
-# the client sent (plus the forwarding headers).
-SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+# A backend behind a platform proxy that is starting or restarting: the proxy says so.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
-def upstream_url(upstream: Upstream, path: str, query_string: str) -> URL:
-    """``path`` is already canonical and percent-encoded."""
-    return URL(upstream.url + path + ("?" + query_string if query_string else ""), encoded=True)
+class UpstreamError(Exception):
+    """Talking to the backend failed; ``name`` is what a refusal's detail calls it."""
+
+    def __init__(self, name: str, *, retry: bool = False) -> None:
+        super().__init__(name)
+        self.name = name
+        self.retry = retry  # it may work if tried again soon
+
+
+class HandshakeRefused(UpstreamError):
+    """The backend answered the upgrade with ``status``, or with a 101 that is not a valid
+    WebSocket handshake (``valid`` False)."""
+
+    def __init__(self, status: int, *, valid: bool = True) -> None:
+        super().__init__("WSServerHandshakeError", retry=status in _RETRY_STATUSES)
+        self.status = status
+        self.valid = valid
+
+
+def accept_for(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for ``key`` (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def failure(exc: BaseException) -> UpstreamError | None:
+    """``exc`` from connecting or talking to the backend as an :class:`UpstreamError`
+    (``None``: not a backend failure)."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return UpstreamError("ClientConnectorDNSError")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UpstreamError("ClientConnectorCertificateError")
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamError("ClientSSLError")
+    if isinstance(exc, OSError):  # refused, reset, unreachable: nothing listening yet
+        return UpstreamError("ClientConnectorError", retry=True)
+    return None
 
 
 def rejection_for(exc: BaseException, agent_id: str | None) -> Rejection | None:
     """Map an exception from talking to the backend to the reason a client is given
     (``None``: not a backend failure, let it propagate)."""
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        if exc.status == 101:
+    if isinstance(exc, HandshakeRefused):
+        if not exc.valid:
             detail = "the backend answered 101 without a valid WebSocket handshake (Sec-WebSocket-Accept)"
             return Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=agent_id)
         return Rejection(Reason.UPSTREAM_REJECTED, upstream_status=exc.status, agent_id=agent_id)
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return Rejection(Reason.UPSTREAM_TIMEOUT, agent_id=agent_id)
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return Rejection(Reason.UPSTREAM_UNAVAILABLE, type(exc).__name__, agent_id=agent_id)
+    known = failure(exc)
+    if known is not None:
+        return Rejection(Reason.UPSTREAM_UNAVAILABLE, known.name, agent_id=agent_id)
     return None
 
 
-async def connect_websocket(
-    client: aiohttp.ClientSession,
-    route: Route,
-    url: URL,
-    headers: CIMultiDict[str],
-    protocols: list[str],
-    *,
-    close_timeout: float,
-    agent_id: str | None = None,
-) -> aiohttp.ClientWebSocketResponse[bool]:
-    """Open the upstream leg within the upstream's ``connect_timeout``, retries
-    included (the route's ``retry``). Raises whatever :func:`rejection_for` maps:
-    after the last try, the last failure.
+@dataclass(frozen=True)
+class Upgraded:
+    """An upstream leg past its 101: the transport (its protocol to be replaced by the
+    relay's), what the backend sent after the 101, and what it chose."""
 
-    aiohttp checks the 101 and ``Sec-WebSocket-Accept`` (RFC 6455 section 4.1) and
-    raises :class:`aiohttp.WSServerHandshakeError` otherwise.
-    """
+    transport: Transport
+    pending: bytes
+    protocol: str | None  # the subprotocol
+    extensions: str | None  # the Sec-WebSocket-Extensions it answered, as it wrote it
+
+
+class _Handshake(asyncio.Protocol):
+    """Reads the backend's answer to the upgrade request, nothing more."""
+
+    def __init__(self) -> None:
+        self.transport: Transport | None = None
+        self.done: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._parser = httptools.HttpResponseParser(self)
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._read = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = socket_transport(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self._read += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as switched:
+            self._finish(data[switched.args[0] :])
+            return
+        except httptools.HttpParserError:
+            if self._parser.get_status_code() == 101:  # a 101 without Upgrade: judged, and refused, below
+                self._finish(b"")
+            elif not self.done.done():
+                self.done.set_exception(UpstreamError("ClientResponseError"))
+            return
+        if self._read > MAX_RESPONSE_HEAD and not self.done.done():
+            self.done.set_exception(UpstreamError("ClientResponseError"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._parser.get_status_code() != 101:
+            self._finish(b"")  # a refusal: its body is of no interest
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_status_code() != 101:  # a 101's own end: where its tail starts comes next
+            self._finish(b"")
+
+    def _finish(self, pending: bytes) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # what follows is the relay's: it resumes reading
+        if not self.done.done():
+            self.done.set_result((self._parser.get_status_code(), self._fields, pending))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(UpstreamError("ServerDisconnectedError", retry=True))
+
+
+async def _upgrade_once(
+    target: Target, tls: ssl.SSLContext | None, request: bytes, key: bytes, offered: Sequence[str]
+) -> Upgraded:
+    loop = asyncio.get_running_loop()
+    transport, handshake = await loop.create_connection(
+        _Handshake, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
+    )
+    try:
+        handshake.transport = socket_transport(transport)
+        handshake.transport.write(request)
+        status, fields, pending = await handshake.done
+        if status != 101:
+            raise HandshakeRefused(status)
+        values: dict[bytes, list[bytes]] = {}
+        for name, value in fields:
+            values.setdefault(name.lower(), []).append(value.strip())
+        upgrade = b",".join(values.get(b"upgrade", [])).lower()
+        connection = {t.strip() for t in b",".join(values.get(b"connection", [])).lower().split(b",")}
+        if (
+            upgrade != b"websocket"
+            or b"upgrade" not in connection
+            or values.get(b"sec-websocket-accept") != [accept_for(key)]
+        ):
+            raise HandshakeRefused(101, valid=False)
+        chosen = b",".join(values.get(b"sec-websocket-protocol", [])).decode("latin-1").strip()
+        extensions = b", ".join(values.get(b"sec-websocket-extensions", [])).decode("latin-1") or None
+        return Upgraded(handshake.transport, pending, chosen if chosen in offered else None, extensions)
+    except BaseException:
+        transport.abort()
+        raise
+
+
+def upgrade_request(
+    target: Target, path: str, fields: bytes, protocols: Sequence[str], deflate: str | None
+) -> tuple[bytes, bytes]:
+    """The upgrade request (RFC 6455 section 4.1) and its key. ``fields``: the forwarded
+    fields, already written out; ``deflate``: the client's permessage-deflate offer, passed
+    on as it was written, or ``None``."""
+    key = base64.b64encode(os.urandom(16))
+    out = [
+        b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        % (
+            (target.base + path).encode("utf-8", "surrogateescape"),
+            target.host_field,
+        ),
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key,
+    ]
+    if protocols:
+        out.append(b"Sec-WebSocket-Protocol: %s\r\n" % ", ".join(protocols).encode("latin-1"))
+    if deflate:
+        out.append(b"Sec-WebSocket-Extensions: %s\r\n" % deflate.encode("latin-1"))
+    out.append(fields)
+    out.append(b"\r\n")
+    return b"".join(out), key
+
+
+async def open_websocket(
+    route: Route,
+    target: Target,
+    tls: ssl.SSLContext | None,
+    path: str,
+    fields: bytes,
+    protocols: Sequence[str],
+    deflate: str | None,
+    *,
+    agent_id: str | None = None,
+) -> Upgraded:
+    """Open the upstream leg within the upstream's ``connect_timeout``, retries included
+    (the route's ``retry``). Raises what :func:`rejection_for` maps: after the last try,
+    the last failure."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + route.upstream.connect_timeout
     attempts = route.retry.attempts if route.retry is not None else 1
     async with asyncio.timeout_at(deadline):
         for attempt in range(1, attempts + 1):
+            request, key = upgrade_request(target, path, fields, protocols, deflate)
             try:
-                return await client.ws_connect(
-                    url,
-                    headers=headers,
-                    protocols=protocols,
-                    autoclose=False,
-                    autoping=False,  # pings and pongs are relayed end to end
-                    compress=15 if route.compression else 0,  # permessage-deflate offered only where enabled
-                    max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout),
-                    decode_text=False,
-                )
+                return await _upgrade_once(target, tls, request, key, protocols)
             except Exception as exc:
                 why = _worth_retrying(exc)
                 if why is None or attempt == attempts or route.retry is None:
@@ -101,18 +263,11 @@ async def connect_websocket(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-# A backend behind a platform proxy that is starting or restarting: the proxy says so.
-_RETRY_STATUSES = frozenset({502, 503, 504})
-
-
 def _worth_retrying(exc: BaseException) -> str | None:
     """Why a failed handshake may succeed if tried again soon (for the log line), or
-    ``None``: a refusal, a timeout (the deadline covers retries too) or a mistake
-    that will not fix itself (a name that does not resolve, a bad certificate)."""
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return f"status {exc.status}" if exc.status in _RETRY_STATUSES else None
-    if isinstance(exc, (aiohttp.ClientConnectorDNSError, aiohttp.ClientSSLError)):
+    ``None``: a refusal, a timeout (the deadline covers retries too) or a mistake that
+    will not fix itself (a name that does not resolve, a bad certificate)."""
+    known = failure(exc)
+    if known is None or not known.retry:
         return None
-    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
-        return type(exc).__name__  # refused, reset, unreachable: nothing listening yet
-    return None
+    return f"status {known.status}" if isinstance(known, HandshakeRefused) else known.name

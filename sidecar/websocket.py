@@ -1,143 +1,149 @@
-"""A WebSocket route: handshake, auth, upstream handshake, then the relay.
+"""A WebSocket route: handshake, auth, the upstream handshake, the client's 101, then the relay.
 
-Nothing goes upstream until the client's handshake is valid and admitted, and the
-client gets its 101 only after the upstream has answered 101 with a valid
-``Sec-WebSocket-Accept``; it then gets the subprotocol the upstream chose.
+Nothing goes upstream until the client's handshake is valid and admitted, and the client
+gets its 101 (written by the sidecar, ``Server: sidecar``) only after the upstream has
+answered 101 with a valid ``Sec-WebSocket-Accept``; it then gets the subprotocol, and the
+permessage-deflate parameters, the upstream chose. From there the two connections belong
+to the relay (:class:`sidecar.relay.Relay`), which forwards frames as they are.
 
-Each session runs in one task of its own, inside :meth:`Registry.admit
-<sidecar.sessions.Registry.admit>`: if aiohttp cancels the request's handler because
-the client's connection dropped, a session still in its upstream handshake is ended
-(:attr:`~sidecar.sessions.EndCause.CLIENT_GONE`), and an open one finds out by
-itself, tells the upstream (1001) and accounts for itself.
+Each session is one task, inside :meth:`Registry.admit <sidecar.sessions.Registry.admit>`:
+if the client's connection drops during the upstream handshake the session is ended
+(:attr:`~sidecar.sessions.EndCause.CLIENT_GONE`); once open, the relay reports how it
+ended, or is told to end it (``session.stopped``: a drain, a newer session).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
+from . import h1
 from .admission import authenticate
-from .auth import QUERY_TOKEN
 from .closing import SIDECAR_ERROR, End
 from .context import Context
-from .forwarding import forward_headers, upstream_query
+from .forwarding import upstream_request
 from .handshake import handshake_problem, offered_protocols
-from .logs import event
-from .message_relay import relay
+from .listener import Handler, Listener, Request
+from .logs import correlate, event, logger
 from .metrics import close_code_label
 from .origins import origin_allowed
 from .reasons import Reason, Refused, Rejection
+from .refusal import refuse
+from .relay import Relay
 from .runtime import Runtime
 from .sessions import EndCause, Session, State
-from .upstream import connect_websocket, rejection_for, upstream_url
+from .transport import Transport
+from .upstream import Upgraded, accept_for, open_websocket, rejection_for
 
-Upstream = aiohttp.ClientWebSocketResponse[bool]
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 
-def check_handshake(ctx: Context) -> None:
+def check_handshake(ctx: Context, request: Request) -> None:
     """The client's handshake and its Origin, cheapest first (before any token is
     compared); :exc:`Refused` otherwise."""
     assert ctx.route is not None
     problem = handshake_problem(ctx.method, ctx.version, ctx.headers)
+    if problem is None and h1.has_body(request.fields):
+        # RFC 6455 section 4.1: the handshake is a GET, and a GET's content has no meaning
+        # (RFC 9110 section 9.3.1); here it would be read as the first frames.
+        problem = "a WebSocket handshake has no body"
     if problem is not None:
         raise Refused(Rejection(Reason.BAD_HANDSHAKE, detail=problem))
     if not origin_allowed(ctx.headers.getall("Origin", []), ctx.route.origins):
         raise Refused(Rejection(Reason.ORIGIN_DENIED))
 
 
-async def handle_websocket(request: web.Request, ctx: Context, rt: Runtime) -> web.StreamResponse:
-    """The checks, then the session in a task of its own; :exc:`Refused` otherwise."""
+class _Watch(Handler):
+    """The client's connection, while its session waits for the upstream."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def client_lost(self) -> None:
+        if self.session.state is State.CONNECTING:
+            self.session.end(EndCause.CLIENT_GONE)
+
+
+def start_session(conn: Listener, request: Request, ctx: Context, rt: Runtime) -> Coroutine[Any, Any, None]:
+    """The checks (:exc:`Refused` now), then the session, to run in a task of its own."""
     assert ctx.route is not None
-    check_handshake(ctx)
+    check_handshake(ctx, request)
     agent_id = authenticate(ctx, rt, ctx.route)
     session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at)
-    task = asyncio.ensure_future(_session(request, ctx, rt, session))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if session.state is State.CONNECTING:
-            session.end(EndCause.CLIENT_GONE)
-        task.add_done_callback(_retrieve)  # nobody is left to be told how it went
-        raise
+    conn.handler = _Watch(session)
+    return _session(conn, request, ctx, rt, session)
 
 
-def _retrieve(task: asyncio.Future[web.WebSocketResponse]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-async def _session(request: web.Request, ctx: Context, rt: Runtime, session: Session) -> web.WebSocketResponse:
-    """Admission, the upstream handshake, the client's 101, then the relay."""
+async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> None:
     config = rt.config
-    route, close_timeout = session.route, config.close_timeout
+    correlate(ctx.request_id)  # on every line of this session (this task's context only)
+    # What the session keeps for its life is only what the relay needs: the request, its
+    # headers and the listener are let go once the client has its 101.
+    handshake: list[tuple[Listener, Request, Context]] = [(conn, request, ctx)]
+    del conn, request, ctx
+    try:
+        async with rt.sessions.admit(session, max_sessions=config.max_sessions, close_timeout=config.close_timeout):
+            opened = await _open(*handshake[0], rt, session)
+            handshake.clear()
+            if opened is not None:
+                await _run(session, rt, *opened)
+    except Refused as refused:
+        if handshake:
+            conn, request, ctx = handshake.pop()
+            if conn.current is request:
+                conn.answer(refuse(ctx, rt, refused.rejection), request)
+    except ConnectionResetError:
+        pass  # the client went away during the upstream handshake: nobody to answer
+
+
+async def _open(
+    conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
+) -> tuple[Transport, bytes, Upgraded] | None:
+    """The upstream handshake, then the client's 101; ``None`` if the client went away."""
+    upgraded = await _connect(conn, request, ctx, rt, session)
+    if conn.current is not request or conn.transport is None:
+        upgraded.transport.abort()  # the client went away as the upstream said yes
+        return None
+    conn.transport.write(_switching(ctx, upgraded, conn))
+    client, tail = conn.take_over()
+    rt.sessions.opened(session)
+    route = session.route
+    rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(conn.front.loop.time() - ctx.started)
     assert ctx.path is not None
-    url = upstream_url(route.upstream, route.upstream_path or ctx.path.wire, upstream_query(ctx.query_string, route))
-    async with rt.sessions.admit(session, max_sessions=config.max_sessions, close_timeout=close_timeout):
-        upstream = await _connect(request, ctx, rt, session, url)
-        client = web.WebSocketResponse(
-            protocols=(),  # the upstream chose; aiohttp would look at the first header line only
-            compress=route.compression,  # permessage-deflate only where the route enables it
-            autoclose=False,
-            autoping=False,  # pings and pongs are relayed end to end
-            max_msg_size=route.max_message_size + 1,  # aiohttp refuses sizes >= its limit
-            timeout=close_timeout,
-            decode_text=False,
-        )
-        if upstream.protocol:
-            client.headers["Sec-WebSocket-Protocol"] = upstream.protocol
-        try:
-            session.refuse_if_ended()  # as the upstream handshake finished
-            await client.prepare(request)
-        except BaseException:
-            await _abandon(upstream, close_timeout)
-            raise
-        rt.sessions.opened(session)
-        rt.metrics.ws_handshake_duration.labels(route.name).observe(asyncio.get_running_loop().time() - ctx.started)
-        event(
-            logging.INFO,
-            "ws.established",
-            route=route.name,
-            alias=ctx.path.decoded,
-            agent_id=session.agent_id,
-            upstream=str(url.with_query(None)),
-            subprotocol=upstream.protocol,
-            client=ctx.client,
-        )
-        await _run(session, rt, client, upstream)
-    return client
+    event(
+        logging.INFO,
+        "ws.established",
+        route=route.name,
+        alias=ctx.path.decoded,
+        agent_id=session.agent_id,
+        upstream=route.upstream.url + (route.upstream_path or ctx.path.wire),
+        subprotocol=upgraded.protocol,
+        client=ctx.client,
+    )
+    return client, tail, upgraded
 
 
-async def _connect(request: web.Request, ctx: Context, rt: Runtime, session: Session, url: URL) -> Upstream:
+async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
     """The upstream handshake, or :exc:`Refused` with why. A session ended meanwhile
     (a drain, a newer session for its agent id, the client gone) stops waiting at once,
     not after the backend, or a retry waiting for it, has made up its mind."""
     route = session.route
-    headers = forward_headers(
-        ctx.headers,
-        route,
-        session.agent_id,
-        identity=rt.identity_headers,
-        remote=ctx.peer,
-        scheme=request.scheme,
-        host=request.host,
-        trusted=ctx.trusted,
-        query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
-        request_id=ctx.request_id,
+    path, fields = upstream_request(
+        ctx, request.fields, session.agent_id, identity=rt.identity_headers, local=conn.local
     )
+    deflate = _deflate_offer(ctx) if route.compression else None
+    target = rt.pool.target(route.upstream)
     connecting = asyncio.ensure_future(
-        connect_websocket(
-            rt.http(),
+        open_websocket(
             route,
-            url,
-            headers,
+            target,
+            rt.pool.tls(target),
+            path,
+            fields,
             offered_protocols(ctx.headers),
-            close_timeout=rt.config.close_timeout,
+            deflate,
             agent_id=session.agent_id,
         )
     )
@@ -149,7 +155,7 @@ async def _connect(request: web.Request, ctx: Context, rt: Runtime, session: Ses
             connecting.cancel()
             await asyncio.wait({connecting})
     try:
-        return connecting.result()
+        upgraded = connecting.result()
     except asyncio.CancelledError:
         session.refuse_if_ended()  # cancelled only because the session ended: raises
         raise
@@ -158,59 +164,112 @@ async def _connect(request: web.Request, ctx: Context, rt: Runtime, session: Ses
         if failure is None:
             raise
         raise Refused(failure) from None
+    try:
+        session.refuse_if_ended()  # as the upstream handshake finished
+    except BaseException:
+        upgraded.transport.abort()
+        raise
+    return upgraded
 
 
-async def _abandon(upstream: Upstream, within: float) -> None:
-    """The session ended during its own handshake: close the upstream leg, bounded."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(upstream.close(code=1001, message=b"client went away"), within)
+def _deflate_offer(ctx: Context) -> str | None:
+    """The client's permessage-deflate offers (RFC 7692 section 5), as it wrote them, and
+    nothing else it offered: frames are relayed as they are, so the upstream must agree to
+    what the client will send."""
+    offers = [
+        offer.strip()
+        for value in ctx.headers.getall("Sec-WebSocket-Extensions", ())
+        for offer in value.split(",")
+        if offer.split(";")[0].strip().lower() == "permessage-deflate"
+    ]
+    return ", ".join(offers) or None
 
 
-async def _run(session: Session, rt: Runtime, client: web.WebSocketResponse, upstream: Upstream) -> None:
+def _switching(ctx: Context, upgraded: Upgraded, conn: Listener) -> bytes:
+    """The client's 101 (RFC 6455 section 4.2.2), in one write."""
+    key = ctx.headers["Sec-WebSocket-Key"].strip().encode()
+    out = [_SWITCHING, b"Sec-WebSocket-Accept: %s\r\n" % accept_for(key)]
+    if upgraded.protocol:
+        out.append(b"Sec-WebSocket-Protocol: %s\r\n" % upgraded.protocol.encode("latin-1"))
+    if upgraded.extensions:
+        out.append(b"Sec-WebSocket-Extensions: %s\r\n" % upgraded.extensions.encode("latin-1"))
+    out.append(b"Server: sidecar\r\n")
+    out.append(conn.front.clock.date_field())
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded) -> None:
     """Relay one session and account for it: gauge, counters, histogram, log line."""
     loop = asyncio.get_running_loop()
-    metrics, route = rt.metrics, session.route.name
-    metrics.ws_connections.labels(route).inc()
-    active = metrics.ws_active.labels(route)
+    metrics, route, config = rt.metrics, session.route, rt.config
+    children = metrics.children
+    children.of(metrics.ws_connections, route.name).inc()
+    active = children.of(metrics.ws_active, route.name)
     active.inc()
-    up = metrics.relayed.open(route, "upstream")
-    down = metrics.relayed.open(route, "downstream")
+    up = metrics.relayed.open(route.name, "upstream")
+    down = metrics.relayed.open(route.name, "downstream")
     opened = loop.time()
     end = End("sidecar", *SIDECAR_ERROR)
+    deflate = upgraded.extensions is not None and "permessage-deflate" in tokens_of(upgraded.extensions)
+    relay = Relay(
+        max_message_size=route.max_message_size,
+        deflate=deflate,
+        close_timeout=config.close_timeout,
+        stall_timeout=config.stall_timeout,
+        keepalive_interval=config.keepalive_interval,
+        wheel=rt.wheel,
+        up=up,
+        down=down,
+        context={"route": route.name, "agent_id": session.agent_id},
+    )
+
+    def stopped(future: asyncio.Future[EndCause]) -> None:
+        if not future.cancelled():
+            relay.stop(future.result().code, future.result().reason)
+
     try:
-        end = await relay(
-            client,
-            upstream,
-            up,
-            down,
-            session.stopped,
-            close_timeout=rt.config.close_timeout,
-            stall_timeout=rt.config.stall_timeout,
-            keepalive_interval=rt.config.keepalive_interval,
-            context={"route": route, "agent_id": session.agent_id},
-        )
+        relay.start(client, tail, upgraded.transport, upgraded.pending)
+        del upgraded, client, tail
+        # The sidecar ending the session (a drain, a newer session) tells the relay directly:
+        # a callback, not a wait on two futures for the session's whole life.
+        session.stopped.add_done_callback(stopped)
+        end = await asyncio.shield(relay.ended)
+    except asyncio.CancelledError:
+        relay.stop(*SIDECAR_ERROR)
+        raise
     finally:
+        session.stopped.remove_done_callback(stopped)
         if session.state is State.OPEN:
             session.move(State.CLOSING)
         metrics.relayed.close(up)
         metrics.relayed.close(down)
         active.dec()
         duration = loop.time() - opened
-        metrics.ws_session_duration.labels(route).observe(duration)
-        metrics.ws_closes.labels(route, end.initiator, close_code_label(end.code)).inc()
+        children.of(metrics.ws_session_duration, route.name).observe(duration)
+        children.of(metrics.ws_closes, route.name, end.initiator, close_code_label(end.code)).inc()
         if end.cut is not None:
-            metrics.ws_cut_off.labels(route, *end.cut).inc()
-        event(
-            logging.INFO,
-            "ws.closed",
-            route=route,
-            agent_id=session.agent_id,
-            code=end.code,
-            reason=end.reason,
-            initiator=end.initiator,
-            duration_s=round(duration, 3),
-            messages_up=up.messages,
-            bytes_up=up.bytes,
-            messages_down=down.messages,
-            bytes_down=down.bytes,
-        )
+            metrics.ws_cut_off.labels(route.name, *end.cut).inc()
+        if logger.isEnabledFor(logging.INFO):
+            event(
+                logging.INFO,
+                "ws.closed",
+                route=route.name,
+                agent_id=session.agent_id,
+                code=end.code,
+                reason=end.reason,
+                initiator=end.initiator,
+                duration_s=round(duration, 3),
+                messages_up=up.messages,
+                bytes_up=up.bytes,
+                messages_down=down.messages,
+                bytes_down=down.bytes,
+            )
+
+
+def tokens_of(value: str) -> set[str]:
+    """The extension names in a Sec-WebSocket-Extensions value."""
+    return {offer.split(";")[0].strip().lower() for offer in value.split(",")}
+
+
+__all__ = ["check_handshake", "start_session"]

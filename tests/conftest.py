@@ -44,19 +44,27 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
-# The event loops a test runs on: asyncio's, and uvloop's too for tests marked `both_loops`
-# (uvloop's transports are not asyncio's classes, and what works on one may not on the other).
+# Event loops. The sidecar runs on uvloop where it is installed (Linux, the image) and on
+# asyncio's loop elsewhere, so async tests run on uvloop by default, and the modules in
+# BOTH_LOOPS (the data plane end to end) and tests marked `both_loops` on asyncio's loop as
+# well (uvloop's transports are not asyncio's classes, and what works on one may not on the
+# other): twice, but not the whole suite twice. SIDECAR_TEST_LOOPS=asyncio,uvloop runs every
+# async test on each loop named.
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
 if sys.platform != "win32":
     import uvloop
 
     LOOPS["uvloop"] = uvloop.new_event_loop
+BOTH_LOOPS = {"test_http", "test_websocket", "test_keepalive", "test_compression", "test_fuzz_http"}
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    if item.get_closest_marker("both_loops") is not None:
-        return dict(LOOPS)
-    return {"asyncio": asyncio.new_event_loop}
+    chosen = [name.strip() for name in os.environ.get("SIDECAR_TEST_LOOPS", "").split(",") if name.strip()]
+    if not chosen:
+        module = item.nodeid.partition("::")[0].rpartition("/")[2].removesuffix(".py")
+        both = module in BOTH_LOOPS or item.get_closest_marker("both_loops") is not None
+        chosen = sorted(LOOPS) if both else ["uvloop" if "uvloop" in LOOPS else "asyncio"]
+    return {name: LOOPS[name] for name in chosen if name in LOOPS}
 
 
 def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config:

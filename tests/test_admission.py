@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from sidecar.runtime import RUNTIME, Runtime
+from sidecar.runtime import Runtime
 
 from .conftest import AGENT, GOOD, SECRET, Sidecar, StartSidecar, config_for
 from .upstream import Backend
@@ -21,12 +21,14 @@ from .wire import closed_by_peer, echoes, formatted, log_fields, rejected, until
 BAD = {"Authorization": "Bearer wrong-guess", "X-Edge-Agent-Id": AGENT}
 
 
-def admission_yaml(*, route: str = "", limits: str = "", listen: str = "", upstream_path: str = "/edge/ws") -> str:
+def admission_yaml(
+    *, route: str = "", limits: str = "", listen: str = "", upstream_path: str = "/edge/ws", upstream: str = ""
+) -> str:
     """A WebSocket route (/edge/ws) and a plain route (/edge/message), both behind the edge secret."""
     return (
         f"listen: {{{listen}}}\n"
         f"limits: {{{limits}}}\n"
-        'upstreams: {backend: {url: "${UPSTREAM_URL}"}}\n'
+        f'upstreams: {{backend: {{url: "${{UPSTREAM_URL}}"{upstream}}}}}\n'
         'auth: {edge: {bearer: ["${EDGE_SECRET}"], agent_id: {}}}\n'
         "routes:\n"
         f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge,"
@@ -40,7 +42,7 @@ async def start(start_sidecar: StartSidecar, backend: Backend, **kw: str) -> Sid
 
 
 def runtime(sidecar: Sidecar) -> Runtime:
-    return sidecar.running.runner.app[RUNTIME]
+    return sidecar.running.runtime
 
 
 def rejections(sidecar: Sidecar, reason: str, kind: str = "ws", route: str = "edge") -> float:
@@ -231,6 +233,22 @@ async def test_sessions_still_in_their_upstream_handshake_count(backend: Backend
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
     await until(lambda: len(runtime(sidecar).sessions) == 0)  # the abandoned handshake gave its place back
+
+
+async def test_a_client_gone_during_the_upstream_handshake_frees_its_place_at_once(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    """Not when the backend answers, nor when connect_timeout (60 s here) runs out: the
+    hangup itself ends the session (the listener keeps reading while the session waits)."""
+    sidecar = await start(
+        start_sidecar, backend, route=", max_sessions: 1", upstream_path="/slow/ws", upstream=", connect_timeout: 60s"
+    )
+    waiting = asyncio.ensure_future(ws_connect(sidecar, open_timeout=30))
+    await until(lambda: len(backend.seen) == 1)
+    assert len(runtime(sidecar).sessions) == 1
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await until(lambda: len(runtime(sidecar).sessions) == 0)  # within the 10 s bound, long before 60 s
 
 
 # --- 4. a second session with the same agent id ---------------------------------------------

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from sidecar.config import AgentIdRule, AuthPolicy, Route, Upstream
-from sidecar.forwarding import forward_headers, response_headers, upstream_query
+from sidecar.forwarding import forward_fields, forward_headers, response_headers, upstream_query
 
 UPSTREAM = Upstream("backend", "http://127.0.0.1:8000")
 POLICY = AuthPolicy("edge", agent_id=AgentIdRule())
@@ -27,6 +29,7 @@ def forwarded(
     scheme: str = "http",
     trusted: bool = False,
     query_token: list[str] | None = None,
+    request_id: str | None = None,
 ) -> CIMultiDict[str]:
     return forward_headers(
         CIMultiDict(sent),
@@ -38,6 +41,7 @@ def forwarded(
         host="example.com",
         trusted=trusted,
         query_token=query_token or (),
+        request_id=request_id,
     )
 
 
@@ -152,3 +156,59 @@ def test_response_headers_drop_hop_by_hop_and_keep_repeats() -> None:
         ]
     )
     assert list(response_headers(sent).items()) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+
+
+# --- forward_fields: the same decisions on raw fields, for the data plane's hot path ----------
+
+NAMES = st.sampled_from(
+    [
+        "Accept", "Connection", "connection", "X-Secret", "Keep-Alive", "Authorization", "authorization",
+        "X-Forwarded-For", "x-forwarded-for", "X_Forwarded_For", "X-Forwarded-Proto", "X-Forwarded-Host",
+        "X-Edge-Agent-Id", "X_Edge_Agent_Id", "Host", "Content-Length", "Sec-WebSocket-Key", "Cookie", "TE",
+        "X-Request-Id", "x_request_id",
+    ]
+)  # fmt: skip
+VALUES = st.sampled_from(["a", "close, X-Secret", "X_Secret, keep-alive", "203.0.113.7", "Bearer t", "é\udcff"])
+
+
+@given(
+    st.lists(st.tuples(NAMES, VALUES), max_size=8),
+    st.sampled_from([WS, HTTP, replace(WS, forward_authorization=False)]),
+    st.sampled_from([None, "edge_1"]),
+    st.booleans(),
+    st.sampled_from([[], ["tok"]]),
+    st.sampled_from([None, "req-1"]),
+)
+def test_forward_fields_decides_as_forward_headers(
+    sent: list[tuple[str, str]],
+    route: Route,
+    agent: str | None,
+    trusted: bool,
+    query_token: list[str],
+    request_id: str | None,
+) -> None:
+    raw = [(name.encode("latin-1"), value.encode("utf-8", "surrogateescape")) for name, value in sent]
+    expected = forwarded(route, sent, agent, trusted=trusted, query_token=query_token, request_id=request_id)
+    lines = b"".join(
+        b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+        for name, value in expected.items()
+    )
+    got = forward_fields(
+        raw,
+        route,
+        agent,
+        identity=IDENTITY,
+        remote="203.0.113.9",
+        scheme="http",
+        host="example.com",
+        trusted=trusted,
+        query_token=query_token,
+        request_id=request_id,
+    )
+    assert got == lines
+
+
+def test_forward_fields_reframed_drops_content_length_in_every_spelling() -> None:
+    raw = [(b"Content-Length", b"3"), (b"content_length", b"3"), (b"Accept", b"a")]
+    got = forward_fields(raw, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h", reframed=True)
+    assert got == b"Accept: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"

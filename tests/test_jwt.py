@@ -19,7 +19,7 @@ import jwt
 import pytest
 from prometheus_client import generate_latest
 
-from sidecar.runtime import RUNTIME, Runtime
+from sidecar.runtime import Runtime
 
 from .conftest import AGENT, SECRET, Sidecar, StartSidecar, config_for
 from .issuer import (
@@ -82,7 +82,7 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar, jwks: Jwks) -> 
 
 
 def runtime(sidecar: Sidecar) -> Runtime:
-    return sidecar.running.runner.app[RUNTIME]
+    return sidecar.running.runtime
 
 
 def agent_ids_seen(backend: Backend) -> list[str]:

@@ -24,7 +24,7 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
 
 
 def leftover_relay_tasks() -> list[asyncio.Task[object]]:
-    names = {"_pump", "WebSocketWriter.send_frame", "_run"}
+    names = {"_pump", "WebSocketWriter.send_frame", "_run", "_session"}  # old relay and the session task
     return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ in names]  # type: ignore[union-attr]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -38,7 +39,7 @@ class Backend:
     pong_wait: asyncio.Future[bytes] | None = None
     pings: list[bytes] = field(default_factory=list)  # payloads of the pings received (each answered)
     pongs: list[bytes] = field(default_factory=list)
-    muted: list[asyncio.Transport] = field(default_factory=list)
+    muted: list[Any] = field(default_factory=list)  # transports, asyncio's or uvloop's
     waking: int = 2  # /waking/ws answers this many handshakes with 503 before it opens
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
     runner: web.AppRunner | None = None

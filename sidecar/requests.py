@@ -1,0 +1,160 @@
+"""A request as the listener parsed it, what answers it over time (a :class:`Handler`), and
+what a listener's connections share (:class:`Front`).
+
+The listener (:mod:`sidecar.listener`) fills a :class:`Request` from llhttp's
+callbacks and hands it to the dispatcher; whoever takes it on (the plain HTTP proxy, a
+WebSocket session) is its :class:`Handler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import h1
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+Schedule = Callable[[float, Callable[[], None]], Timer]
+
+# Why reading is paused (a bit each): it resumes when none is left.
+BODY_BUFFER = 64 * 1024  # request body held before its handler takes it, at most (then reading pauses)
+
+
+class Handler:
+    """What answers a request over time: the request's body, the client's write buffer and
+    its going away are reported to it. The defaults ignore all three."""
+
+    __slots__ = ()
+
+    def request_body(self, chunk: bytes) -> None:
+        """More of the request body."""
+
+    def request_end(self) -> None:
+        """The request body is complete."""
+
+    def client_paused(self, paused: bool) -> None:
+        """The client's write buffer is over (True) or back under (False) its high-water mark."""
+
+    def client_lost(self) -> None:
+        """The client's connection is gone."""
+
+
+DISCARD = Handler()  # takes a body nobody reads
+
+
+class Request:
+    """One request as parsed, until it is answered."""
+
+    __slots__ = (
+        "complete",
+        "fields",
+        "keep_alive",
+        "method",
+        "parts",
+        "received",
+        "sink",
+        "tail",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self, method: str, target: bytes, version: tuple[int, int], fields: list[h1.Field], keep_alive: bool
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.keep_alive = keep_alive
+        self.upgrade = False  # the parser switched protocols after this head (Connection: upgrade)
+        self.complete = False  # the body (if any) has all arrived
+        self.parts: list[bytes] = []  # body received before a handler took it
+        self.received = 0
+        self.sink: Handler | None = None  # where the body goes once a handler took it
+        self.tail = b""  # what followed an upgrade request (the client's first frames)
+
+    def websocket_like(self) -> bool:
+        """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
+        be refused as a handshake: then the connection closes after the answer."""
+        return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in self.fields)
+
+    def take_body(self, sink: Handler) -> list[bytes]:
+        """The body so far; what follows goes to ``sink``."""
+        self.sink = sink
+        parts, self.parts = self.parts, []
+        return parts
+
+
+class Connection(Protocol):
+    """What :class:`Front` needs of a connection: whether it is idle, and closing it."""
+
+    @property
+    def idle(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Front:
+    """What every connection of a listener shares: the runtime, the dispatcher, the timers,
+    and the set of open connections (for the drain)."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        dispatch: Callable[[Any, Request], None],
+        refuse: Callable[[Any, Request | None, h1.HeadError], None],
+        schedule: Schedule,
+        connection: Callable[[Front], asyncio.Protocol],
+    ) -> None:
+        self.rt = rt
+        self.connection = connection  # makes the protocol of one client connection
+        self.dispatch = dispatch
+        self.refuse = refuse
+        self.schedule = schedule
+        self.clock = h1.Clock()
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self.stopping = False  # close each connection once its answer is written
+
+    def __call__(self) -> asyncio.Protocol:
+        return self.connection(self)
+
+    @property
+    def closing(self) -> bool:
+        """Stopping or draining: no connection is kept alive after its answer (a kept-alive
+        connection would pin its client to this replica)."""
+        return self.stopping or self.rt.stopping
+
+    def close_idle(self) -> None:
+        """Stopping: close every connection with nothing in flight; the rest close after
+        their current answer."""
+        self.stopping = True
+        for connection in list(self.connections):
+            if connection.idle:
+                connection.close()
+
+
+VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+METHODS = {b"GET": "GET", b"POST": "POST", b"PUT": "PUT", b"HEAD": "HEAD", b"DELETE": "DELETE"}
+
+
+def version_of(text: str) -> tuple[int, int]:
+    """llhttp's version string ("1.1") as a tuple."""
+    major, _, minor = text.partition(".")
+    return int(major), int(minor)
+
+
+def declared_length(request: Request) -> int:
+    """The request's Content-Length, or -1 (none, or chunked: unknown)."""
+    for name, value in request.fields:
+        if name.lower() == b"content-length":
+            return int(value)
+    return -1
