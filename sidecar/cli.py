@@ -106,6 +106,9 @@ def _check(path: str) -> int:
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
         shadows = f" (route '{longest.name}' never sees it)" if longest else ""
         print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
+    if config.state.redis:  # the password never: display() replaces it
+        state = config.state
+        print(f"  state shared by the fleet in {state.display} (keys {state.key_prefix}*, leases {state.lease_ttl:g}s)")
     return 0
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .clients import ClientRules
 from .config import Config, identity_headers
+from .fleet import Fleet
 from .limits import FailureTable
 from .metrics import Metrics
 from .routing import Router
@@ -27,6 +28,7 @@ class Runtime:
     # Admission state: survives a config reload, keyed by client key.
     failures: FailureTable = field(default_factory=FailureTable)
     warned_proxy: bool = False  # auth failures were seen keyed on a proxy's address (logged once)
+    fleet: Fleet | None = None  # the state shared with the other replicas (state.redis), if any
     identity_headers: frozenset[str] = field(init=False)
     clients: ClientRules = field(init=False)
 

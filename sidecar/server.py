@@ -7,6 +7,10 @@ open WebSocket sessions are closed one by one, spread evenly over
 to the upstream, so agents do not all reconnect in the same millisecond; then the
 listeners close, requests still in flight are answered, and the process exits 0.
 A second SIGTERM (or SIGINT) closes whatever is left at once.
+
+With ``state.redis`` the replica joins the fleet (:mod:`sidecar.fleet`) before it
+listens, and leaves it after the drain; with ``ADMIN_TOKEN`` set, the metrics listener
+also serves session control (:mod:`sidecar.admin`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 import signal
 import socket
@@ -26,13 +31,16 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin import Admin
 from .app import context_of, make_app
 from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
+from .fleet import Fleet
 from .logs import configure, event
 from .metrics import Metrics
 from .reasons import Reason, Rejection
 from .refusal import refuse
+from .replica import this_replica
 from .runtime import RUNTIME, Runtime
 
 Loader = Callable[[], tuple[Config | None, list[Problem]]]
@@ -68,6 +76,8 @@ class Running:
         await self.runner.cleanup()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
+        if self.runtime.fleet is not None:  # after the sessions: their leases are released by now
+            await self.runtime.fleet.close()
 
     def reload(self, load: Loader) -> bool:
         """Apply a new config if it is valid; otherwise log every problem and keep
@@ -97,7 +107,9 @@ class Running:
         rt.metrics.loaded(config)
         rt.metrics.config_reloads.labels("success").inc()
         fixed = [
-            k for k in ("listen_host", "port", "metrics_host", "metrics_port") if getattr(old, k) != getattr(config, k)
+            k
+            for k in ("listen_host", "port", "metrics_host", "metrics_port", "state")
+            if getattr(old, k) != getattr(config, k)
         ]
         event(
             logging.INFO,
@@ -124,11 +136,17 @@ async def start(
     metrics: Metrics | None = None,
     port: int | None = None,
     metrics_port: int | None = None,
+    replica: str | None = None,
+    admin_token: str | None = None,
 ) -> Running:
     """Start serving ``config``. ``port``/``metrics_port`` override the config's (tests
-    pass 0 for a free port; there, unlike in the config, 0 does not mean "off")."""
+    pass 0 for a free port; there, unlike in the config, 0 does not mean "off").
+    ``replica`` is this process's id in the fleet (default: :func:`this_replica`);
+    ``admin_token`` (ADMIN_TOKEN) turns the session control endpoints on."""
     metrics = metrics or Metrics()
     metrics.loaded(config)
+    replica = replica or this_replica()
+    metrics.replica(replica, "redis" if config.state.redis else "in-process")
     deadline = HeaderDeadline(config.header_timeout)
     app = make_app(config, metrics, deadline)
     # handler_cancellation: a client that hangs up cancels its request, so an
@@ -142,6 +160,9 @@ async def start(
     assert manager is not None
     rt = app[RUNTIME]
     loop = asyncio.get_running_loop()
+    if config.state.redis:
+        rt.fleet = Fleet(config.state, metrics, replica)
+        await rt.fleet.start(rt.sessions, rt.failures, lambda: rt.config.tracked_clients)
 
     def unparsable(request: BaseRequest, reason: Reason) -> web.StreamResponse:
         return refuse(context_of(request, rt, parsed=False), rt, Rejection(reason))
@@ -163,11 +184,14 @@ async def start(
         metrics_runner, mport = None, None
         wanted = config.metrics_port if metrics_port is None else metrics_port
         if metrics_port is not None or config.metrics_port:
-            metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
+            admin = Admin.of(admin_token, rt, replica)
+            metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted, admin)
     except BaseException:  # a port is taken: release what was started
         for server in servers:
             server.close()
         await runner.cleanup()
+        if rt.fleet is not None:
+            await rt.fleet.close()
         raise
     return Running(runner, servers, metrics_runner, _bound_port(servers[0].sockets[0]), mport, deadline)
 
@@ -227,13 +251,17 @@ def _bound_port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
-async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _start_metrics(
+    metrics: Metrics, host: str, port: int, admin: Admin | None = None
+) -> tuple[web.AppRunner, int]:
     async def scrape(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
+    if admin is not None:
+        admin.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -274,7 +302,7 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
     taken, or privileged), said in one line on stderr."""
     open_files = raise_open_files_limit()
     try:
-        running = await start(config)
+        running = await start(config, admin_token=os.environ.get("ADMIN_TOKEN") or None)
     except OSError as exc:
         print(
             f"not starting: cannot listen on {config.listen_host}:{config.port} "
@@ -302,6 +330,8 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         config=config.source,
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
+        state=config.state.display or "in-process",
+        admin="on" if running.metrics_port and os.environ.get("ADMIN_TOKEN") else "off",
     )
     needed = 2 * config.max_sessions + _SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:

@@ -3,7 +3,7 @@
 What lives where:
 
 - ``model``: the frozen dataclasses (``Config``, ``Route``, ``Upstream``, ``AuthPolicy``,
-  ``AgentIdRule``, ``Retry``, ``Problem``), their defaults, ``identity_headers`` and
+  ``AgentIdRule``, ``Retry``, ``StateConfig``, ``Problem``), their defaults, ``identity_headers`` and
   ``digest_secret``. Pure, no YAML.
 - ``interpolation``: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in values.
 - ``reader``: text to YAML nodes (syntax problems with their line, the nesting-depth
@@ -13,6 +13,7 @@ What lives where:
   them out of every problem message.
 - ``schema``: ``load_config``, and the top-level sections (listen, metrics, log, health,
   limits).
+- ``state``: the ``state`` section (the fleet's shared state: a Redis URL, never quoted).
 - ``targets``: the ``upstreams`` and ``auth`` sections; ``routes``: the ``routes`` section.
 - ``files``: ``read_config``, the file on disk to ``load_config`` (the package's only I/O).
 
@@ -35,6 +36,7 @@ from .model import (
     Retry,
     Route,
     Severity,
+    StateConfig,
     Upstream,
     digest_secret,
     identity_headers,
@@ -54,6 +56,7 @@ __all__ = [
     "Retry",
     "Route",
     "Severity",
+    "StateConfig",
     "Upstream",
     "digest_secret",
     "identity_headers",

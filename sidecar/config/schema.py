@@ -4,7 +4,7 @@ Validation collects every problem, each with its ``file:line``, instead of stopp
 at the first: a builder records a problem on the ``Reader`` and goes on with the
 model's default. ``listen``, ``metrics``, ``log``, ``health`` and ``limits`` are read
 here, each into a small typed section; ``upstreams`` and ``auth`` in ``targets``,
-``routes`` in ``routes``. Secrets are found before anything is read, and redacted from every
+``routes`` in ``routes``, ``state`` in ``state``. Secrets are found before anything is read, and redacted from every
 problem at the end (``redaction``).
 """
 
@@ -21,8 +21,9 @@ from . import routes, targets
 from .model import Config, IPNetwork, LogFormat, Problem, Route
 from .reader import HEADER_NAME, Fields, Reader, Unreadable, compose, named_nodes, path_ok
 from .redaction import bearer_texts, redact, secret_names, secret_values
+from .state import state, state_secrets
 
-_TOP = {"listen", "metrics", "log", "health", "limits", "upstreams", "auth", "routes"}
+_TOP = {"listen", "metrics", "log", "health", "limits", "state", "upstreams", "auth", "routes"}
 _LISTEN_KEYS = {
     "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
     "trusted_proxies", "client_ip_header", "keepalive_interval",
@@ -45,7 +46,7 @@ def load_config(
     bearer = bearer_texts(root)
     reader = Reader(file, env, strict, secret_names(bearer))
     config = _build(reader, root, text)
-    problems = redact(reader.problems, secret_values(bearer, env))
+    problems = redact(reader.problems, secret_values(bearer, env) | state_secrets(root, env))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems
@@ -60,6 +61,7 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
     log = _log(rd, top.get("log"))
     health = _health(rd, top.get("health"))
     limits = _limits(rd, top.get("limits"))
+    shared = state(rd, top.get("state"))
     upstreams = targets.upstreams(rd, top.get("upstreams"), root)
     policies = targets.policies(rd, top.get("auth"))
     table = routes.routes(rd, top.get("routes"), root, targets.Targets(upstreams, policies))
@@ -94,6 +96,7 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
         auth_window=limits.auth_window,
         tracked_clients=limits.tracked_clients,
         max_sessions=limits.max_sessions,
+        state=shared,
         source=rd.file,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
