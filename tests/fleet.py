@@ -36,20 +36,23 @@ class RedisServer:
     """A ``redis-server`` on 127.0.0.1 and a port of its own: nothing saved, so a restart
     comes back empty (as a Railway Redis without a volume would)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.directory = directory
+        self.password = password
         self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        userinfo = f"default:{self.password}@" if self.password else ""
+        return f"redis://{userinfo}127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             binary("redis-server"),
             *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
             *("--dir", str(self.directory), "--enable-debug-command", "yes", "--protected-mode", "no"),
+            *(("--requirepass", self.password) if self.password else ()),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -75,8 +78,8 @@ async def _answers(client: Redis) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def redis_server(directory: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(directory)
+async def redis_server(directory: Path, password: str | None = None) -> AsyncIterator[RedisServer]:
+    server = RedisServer(directory, password)
     await server.start()
     try:
         yield server
@@ -150,7 +153,7 @@ async def process_replica(
 ) -> AsyncIterator[ProcessReplica]:
     """``text`` served by a ``sidecar serve`` process with replica id ``name``, ready (its
     /readyz answers 200) when the block starts; killed on the way out if still running."""
-    config_for(backend.url, text)  # valid, or the assertion says why
+    config_for(backend.url, text, **env)  # valid, or the assertion says why
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     port, metrics_port = free_port(), free_port()
@@ -204,7 +207,7 @@ async def admin(
         aiohttp.ClientSession() as http,
         http.request(method, f"http://127.0.0.1:{port}{path}", headers=headers) as response,
     ):
-        body = await response.json(content_type=None) if response.content_length != 0 else {}
+        body = await response.json() if response.content_type == "application/json" else {}
         return response.status, dict(response.headers), body if isinstance(body, dict) else {}
 
 

@@ -8,6 +8,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -36,8 +37,8 @@ async def test_reject_holds_across_replicas(backend: Backend, redis_srv: RedisSe
             await echoes(second)
 
 
-async def _no_leases(r: object) -> bool:
-    return not await r.keys("sidecar:lease:*")  # type: ignore[attr-defined]
+async def _no_leases(r: Redis) -> bool:
+    return not await r.keys("sidecar:lease:*")
 
 
 async def test_replace_across_replicas_closes_the_old_session_with_4409(

@@ -68,6 +68,9 @@ class Fleet:
         self.link.when_up(self._renew_now.set)  # back after an outage: re-assert the leases at once
         await self.link.start()
         self.control.start()
+        if self.link.up:  # listening before serving: no message for this replica is missed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.control.listening.wait(), self.settings.timeout)
         self._renewing = asyncio.ensure_future(self._renew_forever())
 
     async def sessions(self, agent_id: str | None) -> Answers:
