@@ -189,7 +189,7 @@ class Registry:
     """Every session of this process that holds a place: being admitted, open or closing."""
 
     def __init__(self, agents: Agents | None = None) -> None:
-        self.agents: Agents = agents or LocalAgents()
+        self.agents: Agents = agents if agents is not None else LocalAgents()  # an empty table is falsy
         self.draining = False  # set when the drain begins: no session opens any more
         self._counts = SessionCounts()
         self._live: set[Session] = set()
