@@ -174,6 +174,7 @@ class FleetAgents:
     async def renew(self) -> None:
         """Renew every lease this replica holds; write again the ones Redis lost; end the
         sessions whose lease another holds; delete what failed to be released."""
+        self._forget_expired_orphans()
         leases = [(s, lease) for s, lease in self._leases.items() if lease.state is not Held.REFUSED]
         for start in range(0, len(leases), RENEW_CHUNK):
             chunk = leases[start : start + RENEW_CHUNK]
@@ -192,8 +193,7 @@ class FleetAgents:
     async def release_orphans(self) -> None:
         """Delete (compare-and-delete) the leases whose release did not reach Redis; those
         older than a lease have expired by themselves."""
-        now = asyncio.get_running_loop().time()
-        self._orphans = {pair: since for pair, since in self._orphans.items() if now - since < self._ttl_ms / 1000}
+        self._forget_expired_orphans()
         pairs = list(self._orphans)
         if not pairs:
             return
@@ -203,6 +203,12 @@ class FleetAgents:
                 self._orphans.pop(pair, None)
 
     # --- inside ----------------------------------------------------------------------------
+
+    def _forget_expired_orphans(self) -> None:
+        """Leases whose release failed longer ago than a lease lasts have expired in Redis:
+        forgotten, so a long outage cannot make the list grow without bound."""
+        oldest = asyncio.get_running_loop().time() - self._ttl_ms / 1000
+        self._orphans = {pair: since for pair, since in self._orphans.items() if since > oldest}
 
     def _hold(self, session: Session) -> Lease:
         assert session.agent_id is not None

@@ -80,10 +80,11 @@ class Link:
     async def start(self) -> None:
         """Probe Redis once (within ``state.timeout``); if it does not answer, keep
         probing in the background: the replica starts either way."""
-        if await self._ping():
+        failure = await self._ping()
+        if failure is None:
             self._went_up()
         else:
-            self._went_down("connect", None)
+            self._went_down("connect", failure)
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -121,7 +122,7 @@ class Link:
         if self.up:
             self._went_down(op, exc)
 
-    def _went_down(self, op: str, exc: BaseException | None) -> None:
+    def _went_down(self, op: str, exc: BaseException) -> None:
         self.up = False
         self._is_up.clear()
         self._metrics.state_up.set(0)
@@ -130,7 +131,7 @@ class Link:
             logging.WARNING,
             "state.down",
             op=op,
-            error=self._describe(exc) if exc is not None else "no answer",
+            error=self._describe(exc),
             fallback="each replica decides with its own agent table and failed-auth budget",
         )
         if self._probe is None or self._probe.done():
@@ -150,23 +151,24 @@ class Link:
         while True:
             # Jittered, so that a fleet does not probe a restarting Redis in step.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            if await self._ping():
+            if await self._ping() is None:
                 self._went_up()
                 return
             delay = min(delay * 2, MAX_BACKOFF)
 
-    async def _ping(self) -> bool:
+    async def _ping(self) -> BaseException | None:
+        """Does Redis answer? ``None`` if it does, else what went wrong."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             async with asyncio.timeout(self.timeout):
                 await self.redis.ping()
-        except FAILURES:
+        except FAILURES as exc:
             self._errors["connect"].inc()
-            return False
+            return exc
         finally:
             self._durations["connect"].observe(loop.time() - started)
-        return True
+        return None
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
