@@ -52,11 +52,14 @@ wait_port 19001
 PORT=19210 UPSTREAM=127.0.0.1:19001 "$SIDECAR" serve --config bench/routes.yaml 2>>"$LOG" & pids+=($!)
 PORT=19211 UPSTREAM=127.0.0.1:19001 REDIS_URL=$REDIS_URL "$SIDECAR" serve --config bench/routes.yaml 2>>"$LOG" & pids+=($!)
 wait_port 19210 && wait_port 19211
-for round in $(seq "$ROUNDS"); do
-  for spec in sidecar=19210 sidecar-redis=19211; do
-    name=${spec%%=*}; port=${spec#*=}
-    result=$(node "$SHARED/load.js" handshake "ws://127.0.0.1:$port/ws/edge" 20 "$secs")
-    echo "{\"latency\": \"$name\", \"round\": $round, \"result\": $result}" | tee -a "$work/latency.jsonl"
+for conc in 1 20; do  # one at a time: the round trip itself; 20: under load, as compare.sh
+  for round in $(seq "$ROUNDS"); do
+    for spec in sidecar=19210 sidecar-redis=19211; do
+      name=${spec%%=*}; port=${spec#*=}
+      result=$(node "$SHARED/load.js" handshake "ws://127.0.0.1:$port/ws/edge" "$conc" "$secs")
+      echo "{\"latency\": \"$name\", \"concurrency\": $conc, \"round\": $round, \"result\": $result}" \
+        | tee -a "$work/latency.jsonl"
+    done
   done
 done
 
@@ -64,15 +67,17 @@ python3 - "$work/harness.jsonl" "$work/latency.jsonl" <<'PY'
 import json, statistics, sys
 harness = {r["name"]: r for r in map(json.loads, open(sys.argv[1])) if r}
 latency = [json.loads(line) for line in open(sys.argv[2])]
-def median(name, key):
-    return round(statistics.median(r["result"][key] for r in latency if r["latency"] == name), 2)
+def median(name, conc, key):
+    values = [r["result"][key] for r in latency if r["latency"] == name and r["concurrency"] == conc]
+    return round(statistics.median(values), 2)
 without, with_ = harness["sidecar"], harness["sidecar-redis"]
-print(json.dumps({"summary": {
+summary = {
     "sessions_per_s": [without["sessions_per_s"], with_["sessions_per_s"]],
     "sessions_ratio": round(with_["sessions_per_s"] / without["sessions_per_s"], 2),
     "cpu_us_per_session": [without["cpu_us_per_session"], with_["cpu_us_per_session"]],
-    "latency_rounds_sessions_per_s": [median("sidecar", "sessions_per_s"), median("sidecar-redis", "sessions_per_s")],
-    "handshake_p50_ms": [median("sidecar", "p50_ms"), median("sidecar-redis", "p50_ms")],
-    "handshake_p99_ms": [median("sidecar", "p99_ms"), median("sidecar-redis", "p99_ms")],
-}}))
+}
+for conc in (1, 20):  # [without, with] Redis: the median over the rounds
+    for key in ("sessions_per_s", "p50_ms", "p99_ms"):
+        summary[f"c{conc}_{key}"] = [median("sidecar", conc, key), median("sidecar-redis", conc, key)]
+print(json.dumps({"summary": summary}))
 PY
