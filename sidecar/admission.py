@@ -43,8 +43,9 @@ def authenticate(ctx: Context, rt: Runtime, route: Route) -> str | None:
 
 def _warn_if_keyed_on_a_proxy(ctx: Context, rt: Runtime) -> None:
     """Once per process: failures counted against what looks like a proxy's address
-    (no trusted_proxies set) lock out every client behind it together."""
-    if rt.warned_proxy or rt.config.trusted_proxies or not probably_a_proxy(ctx.peer):
+    (one not in trusted_proxies: none set, or Railway's edge not where it was expected)
+    lock out every client behind it together."""
+    if rt.warned_proxy or ctx.trusted or not probably_a_proxy(ctx.peer):
         return
     rt.warned_proxy = True
     event(

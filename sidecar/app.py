@@ -25,7 +25,7 @@ from .context import Context
 from .handshake import wants_websocket
 from .health import Readiness, answer, is_health_path
 from .httpproxy import proxy_http
-from .logs import event
+from .logs import correlate, event
 from .metrics import NO_ROUTE, Metrics
 from .paths import BadPath, canonicalize
 from .reasons import Reason, Refused, Rejection
@@ -85,6 +85,7 @@ async def _dispatch(request: web.Request, handler: Handler) -> web.StreamRespons
 async def dispatch(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     ctx = context_of(request, rt)
+    correlate(ctx.request_id)  # on every line of this request and its session
     try:
         _check_head(request, ctx)
         if is_health_path(rt, ctx.raw_path):

@@ -14,20 +14,28 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, probe
+from .clients import settings
 from .config import read_config
+from .config.environment import RAILWAY_MARKER, variables_of
+from .config.files import SHIPPED_CONFIG
+from .config.reader import Unreadable
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
 from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
 from .logs import event
-from .startup import config_to_serve, report
+from .startup import config_to_serve, report, secret_states
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sidecar", description="WebSocket-aware reverse proxy for edge agents.")
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve", help="run the proxy", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    serve.add_argument("-h", "--help", action=_HelpWithEnvironment, help="show this help message and exit")
     serve.add_argument("--config", default="routes.yaml", help="routes file (default: routes.yaml)")
     serve.add_argument(
         "--allow-pure-python",
@@ -35,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"start even if aiohttp runs without its C extensions (also {ALLOW_ENV}=1)",
     )
     check = commands.add_parser("check", help="validate a routes file without serving")
-    check.add_argument("file", help="routes file to validate")
+    check.add_argument("file", nargs="?", help="routes file to validate (default: routes.yaml)")
+    check.add_argument("--config", help="the same, as 'serve --config' takes it")
     demo = commands.add_parser("demo", help="run the proxy before a built-in echo backend; print commands to try")
     demo.add_argument("--config", help="routes file (default: ./routes.yaml, else the one installed with sidecar)")
     probe_command = commands.add_parser(
@@ -59,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fingerprint":
         return _fingerprint(args.env)
     if args.command == "check":
-        return _check(args.file)
+        if args.file and args.config and args.file != args.config:
+            check.error(f"two routes files given ({args.file} and --config {args.config}): give one")
+        return _check(args.config or args.file or "routes.yaml")
     if args.command == "demo":
         from .demo import main as demo_main  # imports aiohttp: keep 'check' light
 
@@ -101,14 +112,23 @@ def _check(path: str) -> int:
         target = route.upstream.name + " " + (route.upstream_path or "(same path)")
         auth = route.auth.name if route.auth else "none"
         print(f"  {route.name:<14} {kind:<9} {route.describe_paths():<24} -> {target:<24} auth={auth}")
+    for policy, states in secret_states(config, os.environ).items():
+        for name, state in states.items():
+            print(f"  auth {policy:<9} {name:<24} {state}")
+        if not states:
+            print(f"  auth {policy:<9} (no variables: its secrets are written in the file)")
+    for key, (value, why) in settings(config).items():
+        print(f"  listen.{key}: {value} ({why})")
     for path in (config.live_path, config.ready_path):
         covering = [r for r in config.routes if r.prefix is not None and path.startswith(r.prefix)]
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
         shadows = f" (route '{longest.name}' never sees it)" if longest else ""
         print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
     if config.state.redis:  # the password never: display() replaces it
-        state = config.state
-        print(f"  state shared by the fleet in {state.display} (keys {state.key_prefix}*, leases {state.lease_ttl:g}s)")
+        shared = config.state
+        print(
+            f"  state shared by the fleet in {shared.display} (keys {shared.key_prefix}*, leases {shared.lease_ttl:g}s)"
+        )
     return 0
 
 
@@ -124,4 +144,46 @@ def _serve(path: str, *, allow_pure_python: bool) -> int:
         event(logging.WARNING, "sidecar.pure_python", parts=pure, allowed_by="--allow-pure-python or " + ALLOW_ENV)
     from .server import serve  # imports aiohttp: keep 'check' light
 
-    return asyncio.run(serve(config, lambda: read_config(path, strict=True)))
+    secrets = secret_states(config, os.environ)  # before the loop runs: scrypt is slow on purpose
+    return asyncio.run(serve(config, lambda: read_config(path, strict=True), secrets=secrets))
+
+
+class _HelpWithEnvironment(argparse.Action):
+    """``serve --help``: the help, then the environment it reads (the shipped file is read
+    only when help is asked for, not at every command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.epilog = serve_environment()
+        parser.print_help()
+        parser.exit()
+
+
+def serve_environment() -> str:
+    """``serve --help``'s list of the environment variables it reads: those the shipped
+    routes.yaml names (read from it, so the list cannot drift), then the process's own."""
+    lines = ["environment (the shipped routes.yaml's variables; a file of your own reads those it names):"]
+    try:
+        found = variables_of(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, Unreadable):
+        found = []
+        lines.append(f"  ({SHIPPED_CONFIG} cannot be read)")
+    for name in dict.fromkeys(r.name for r in found):
+        refs = [r for r in found if r.name == name]
+        where = ", ".join(dict.fromkeys(r.where for r in refs))
+        default = refs[0].default
+        if refs[0].secret:
+            what = "a secret, " + ("required" if default is None else "optional")
+        else:
+            what = "required" if default is None else f"default {default}" if default else "default: none"
+        lines.append(f"  {name:<27} {where} ({what})")
+    lines += [
+        "process:",
+        f"  {ALLOW_ENV + '=1':<27} start even if aiohttp runs without its C extensions (--allow-pure-python)",
+        f"  {'AIOHTTP_NO_EXTENSIONS':<27} read by aiohttp: if set, it runs without them, and serve refuses to start",
+        f"  {RAILWAY_MARKER:<27} set by Railway (so are other RAILWAY_* variables): an upstream url",
+        f"  {'':<27} that falls back to a loopback default written in the file is then an error",
+    ]
+    return "\n".join(lines)

@@ -67,3 +67,23 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def settings(config: Config) -> dict[str, tuple[str, str]]:
+    """``listen.trusted_proxies`` and ``listen.client_ip_header`` as in force, each with
+    why (set in the file, Railway's default, or the default): for ``sidecar check`` and
+    the start-up log."""
+    return {
+        "trusted_proxies": (", ".join(map(str, config.trusted_proxies)) or "none", config.trusted_proxies_from),
+        "client_ip_header": (config.client_ip_header or "none", config.client_ip_header_from),
+    }
+
+
+def log_fields(config: Config) -> dict[str, str]:
+    """:func:`settings` as ``sidecar.started`` logs them: ``trusted_proxies``,
+    ``trusted_proxies_from``, ``client_ip_header``, ``client_ip_header_from``."""
+    fields: dict[str, str] = {}
+    for key, (value, why) in settings(config).items():
+        fields[key] = value
+        fields[f"{key}_from"] = why
+    return fields

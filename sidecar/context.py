@@ -2,11 +2,13 @@
 
 Pure: no I/O, no aiohttp. The listener fills a :class:`Context` from the parsed head;
 every check below the dispatcher reads it instead of re-deriving the client address,
-the canonical path or the route.
+the canonical path, the route or the request's correlation id.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
 
 from multidict import MultiDict, MultiDictProxy, MultiMapping
@@ -31,6 +33,7 @@ class Context:
     path: CanonicalPath | None = None  # set once routing has validated the path
     route: Route | None = None  # set once a route matched
     _query: MultiDictProxy[str] | None = field(default=None, repr=False)
+    _request_id: str | None = field(default=None, repr=False)
 
     @property
     def raw_path(self) -> str:
@@ -60,3 +63,31 @@ class Context:
     @property
     def route_name(self) -> str | None:
         return self.route.name if self.route is not None else None
+
+    @property
+    def request_id(self) -> str:
+        """This request's correlation id (:func:`request_id`), chosen on first use."""
+        if self._request_id is None:
+            self._request_id = request_id(self.headers)
+        return self._request_id
+
+
+# Where a request's id may come from, first found first: Railway's edge sets the first on
+# every request; a client (or a proxy in front) may set the second.
+REQUEST_ID_HEADERS = ("X-Railway-Request-Id", "X-Request-Id")
+# What an id may be: it goes into log lines and a header, so short and plain (RFC 9110
+# section 5.6.2 token characters, and '/', '=' and '+' for base64).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._~:/=+@-]{1,128}")
+
+
+def request_id(headers: MultiMapping[str]) -> str:
+    """The id that follows a request across the edge, the sidecar and the backend:
+    ``X-Railway-Request-Id``, else ``X-Request-Id``, else one made up here (128 random
+    bits, hex). Only a correlation id: any client can send either header, so a value
+    is taken only if it is sent once and is 1 to 128 plain characters, and it decides
+    nothing (no limit, no log line's trust, no routing)."""
+    for name in REQUEST_ID_HEADERS:
+        values = headers.getall(name, ())
+        if len(values) == 1 and _REQUEST_ID.fullmatch(values[0]):
+            return values[0]
+    return secrets.token_hex(16)

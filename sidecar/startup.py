@@ -3,14 +3,21 @@
 Every problem is printed (each with its ``file:line``); with errors the server does not
 start, and says so; otherwise logging is configured as the config says. No aiohttp here:
 ``cli`` imports this without paying for the server.
+
+Also what ``sidecar check`` and the start-up log say of each auth policy's secrets: each
+variable its bearer list names, unset, empty or set with its fingerprint
+(``sidecar.fingerprint``), the same string ``sidecar probe`` and ``sidecar fingerprint``
+print for the same secret. Never in a response to a client: a slow KDF per request
+would be a lever for anyone sending requests.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .config import Config, Problem
+from .fingerprint import describe
 from .logs import configure
 
 
@@ -30,3 +37,18 @@ def config_to_serve(path: str, load: Callable[[], tuple[Config | None, list[Prob
         return None
     configure(config.log_level, config.log_format)
     return config
+
+
+def secret_states(config: Config, env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Each auth policy -> each variable its bearer list names -> ``unset``, ``empty``, or
+    ``set, fp1:... (N bytes)``. Slow on purpose: one scrypt (about 60 ms) per variable set."""
+    return {
+        policy.name: {name: _state(env.get(name)) for name in policy.secret_variables}
+        for policy in config.auth.values()
+    }
+
+
+def _state(value: str | None) -> str:
+    if value is None:
+        return "unset"
+    return f"set, {describe(value)}" if value else "empty"

@@ -128,6 +128,7 @@ async def _connect(request: web.Request, ctx: Context, rt: Runtime, session: Ses
         host=request.host,
         trusted=ctx.trusted,
         query_token=ctx.query.getall(QUERY_TOKEN, ()) if route.query_token else (),
+        request_id=ctx.request_id,
     )
     connecting = asyncio.ensure_future(
         connect_websocket(

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from sidecar.config import Config, load_config
+from sidecar.logs import SUMMARY
 from sidecar.metrics import Metrics
 from sidecar.server import Running, start
 
@@ -63,6 +64,12 @@ def edge_yaml(*, listen: str = "", upstream: str = "", auth: str = "", route: st
         "routes:\n"
         f"  - {{name: edge, type: websocket, paths: [/edge/ws], upstream: backend, auth: edge{route}}}\n"
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_summary() -> None:
+    """Each test's bursts of per-session lines are its own (``sidecar.logs.SUMMARY``)."""
+    SUMMARY.reset()
 
 
 @pytest.fixture
@@ -117,8 +124,8 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
 
 # What the sidecar reads from its environment (and the test run's own shell might have set).
 _SETTINGS = (
-    *("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON"),
-    *("REDIS_URL", "ADMIN_TOKEN", "RAILWAY_REPLICA_ID"),
+    *("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON", "RAILWAY_"),
+    *("REDIS_URL", "ADMIN_TOKEN"),
 )
 
 

@@ -64,19 +64,19 @@ def test_check_lists_every_problem_with_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     for expected in (
         f"{bad}:2: error: upstreams.backend.url: must start with http:// or https://",
-        f"{bad}:4: error: routes[0]: unknown key 'colour'",
+        f"{bad}:4: error: routes[0] (a): unknown key 'colour'",
         f"{bad}:4: error: routes[0] (a).upstream: no upstream named 'nowhere' (defined: backend)",
         f"{bad}:5: error: routes[1] (b).auth: no auth policy named 'missing'",
     ):
         assert expected in result.stderr, result.stderr
 
 
-def test_check_reports_yaml_syntax_errors_with_a_line(tmp_path: Path) -> None:
+def test_check_reports_yaml_syntax_errors_with_a_line_and_column(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("routes:\n  - name: a\n   type: http\n")
     result = run("check", str(bad))
     assert result.returncode == 2
-    assert f"{bad}:3: error: YAML syntax" in result.stderr
+    assert f"{bad}:3:4: error: YAML syntax: indented unlike the block it is in, from line 2, column 3" in result.stderr
 
 
 def test_serve_refuses_to_start_without_the_secret() -> None:

@@ -18,7 +18,7 @@ from sidecar.config import (
 from .conftest import ROOT
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
-ENV = {"EDGE_SECRET": "abc"}
+ENV = {"EDGE_SECRET": "abc-0123456789abcdef"}  # 16 characters or more: no warning
 
 
 def line_of(text: str, needle: str) -> int:
@@ -100,7 +100,7 @@ def test_shipped_defaults() -> None:
 
 def test_shipped_auth_policy() -> None:
     policy = load_ok(SHIPPED).auth["edge"]
-    assert policy.secret_digests == (digest_secret("abc"),)
+    assert policy.secret_digests == (digest_secret(ENV["EDGE_SECRET"]),)
     rule = policy.agent_id
     assert rule is not None
     assert (rule.header, rule.query, rule.required, rule.forward_header) == (
@@ -328,10 +328,10 @@ def test_secret_written_literally_is_a_warning() -> None:
 
 
 def test_secret_written_as_a_default_is_a_warning() -> None:
-    text = SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET:-hunter2}")
+    text = SHIPPED.replace("${EDGE_SECRET}", "${EDGE_SECRET:-hunter2-0123456789}")
     config, problems = load_config(text, env={})
     assert config is not None
-    assert config.auth["edge"].secret_digests == (digest_secret("hunter2"),)
+    assert config.auth["edge"].secret_digests == (digest_secret("hunter2-0123456789"),)
     assert [p.severity for p in problems] == ["warning"]
     assert "a secret is written in the file" in problems[0].message
 
@@ -528,8 +528,8 @@ ONE_MISTAKE = [
     (
         "agent-id-unknown-key",
         BASE.replace("    bearer:", "    agent_id: {headr: X-Id}\n    bearer:"),
-        "6: error: auth.e.agent_id: unknown key 'headr' (expected one of: forward_header, header, pattern, "
-        "query, required)",
+        "6: error: auth.e.agent_id: unknown key 'headr': did you mean 'header'? "
+        "(expected one of: forward_header, header, pattern, query, required)",
     ),
     (
         "bearer-missing",
@@ -539,7 +539,7 @@ ONE_MISTAKE = [
     (
         "route-unknown-key",
         BASE.replace("    auth: e", "    auth: e\n    timeout: 1s"),
-        "13: error: routes[0]: unknown key 'timeout' (expected one of: auth, compression, duplicate_agent, "
+        "13: error: routes[0] (r): unknown key 'timeout' (expected one of: auth, compression, duplicate_agent, "
         "forward_authorization, max_message_size, max_sessions, name, origins, paths, prefix, query_token, "
         "retry, type, upstream, upstream_path)",
     ),
@@ -755,7 +755,7 @@ ONE_MISTAKE = [
     (
         "limits-unknown-key",
         BASE + "limits: {sessions: 5}\n",
-        "13: error: limits: unknown key 'sessions' "
+        "13: error: limits: unknown key 'sessions': did you mean 'max_sessions'? "
         "(expected one of: auth_failures, auth_window, max_sessions, tracked_clients)",
     ),
     (
@@ -832,13 +832,27 @@ def test_upstream_without_url() -> None:
         ("", "routes.yaml: error: the file is empty"),
         ("\n\n", "routes.yaml: error: the file is empty"),
         ("# only a comment\n", "routes.yaml: error: the file is empty"),
-        ("listen:\n  port: [1\n", "routes.yaml:3: error: YAML syntax: expected ',' or ']', but got '<stream end>'"),
+        # The mistake itself, with its column: the '[' never closed, not the end of the file.
+        (
+            "listen:\n  port: [1\n",
+            "routes.yaml:2:9: error: YAML syntax: this '[' is never closed: "
+            "expected ',' or ']', but got the end of the file (line 3, column 1)",
+        ),
         (
             "listen:\n  port: 1\n bad: indent\n",
-            "routes.yaml:3: error: YAML syntax: expected <block end>, but found '<block mapping start>'",
+            "routes.yaml:3:2: error: YAML syntax: indented unlike the block it is in, from line 1, column 1: "
+            "expected the end of the block, but found a key",
         ),
-        ("a: b: c\n", "routes.yaml:1: error: YAML syntax: mapping values are not allowed here"),
-        ("routes: ['${S}]\n", "routes.yaml:2: error: YAML syntax: found unexpected end of stream"),
+        (
+            "a: b: c\n",
+            "routes.yaml:1:5: error: YAML syntax: mapping values are not allowed here "
+            "(a ': ' inside a value, which needs quotes; or a key indented deeper than the one above it)",
+        ),
+        (
+            "routes: ['${S}]\n",
+            "routes.yaml:1:10: error: YAML syntax: this quoted value is never closed: "
+            "found the end of the file (line 2, column 1)",
+        ),
         ("upstreams: {}\n", "routes.yaml:1: error: routes: missing (at least one route is needed)"),
         # A character YAML refuses: the line, not '"<unicode string>", position N' (found by
         # tests/test_fuzz_config.py: these were whole-file problems, line 0).
@@ -1016,7 +1030,7 @@ def test_unused_auth_policy_is_a_warning() -> None:
 
 
 def test_warnings_alone_do_not_stop_the_config() -> None:
-    text = BASE.replace("'${S}'", "literal-token")
+    text = BASE.replace("'${S}'", "literal-token-0123456789")
     config, problems = load_config(text, env={})
     assert config is not None
     assert [p.severity for p in problems] == ["warning"]
@@ -1093,7 +1107,7 @@ def test_a_route_cannot_name_a_health_path() -> None:
         ("{live: /x, ready: /x}", "health: 'live' and 'ready' must be different paths"),
         ("{live: /a/../b}", "health.live: '/a/../b' is not a canonical path (dot segment)"),
         ("{ready: 5}", "health.ready: '5' is not a canonical path"),
-        ("{alive: /x}", "health: unknown key 'alive' (expected one of: live, ready)"),
+        ("{alive: /x}", "health: unknown key 'alive': did you mean 'live'? (expected one of: live, ready)"),
     ],
 )
 def test_bad_health_section(health: str, message: str) -> None:

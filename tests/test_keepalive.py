@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
@@ -112,7 +113,9 @@ async def test_a_client_that_stops_answering_is_cut_off_and_the_backend_gets_100
     _, writer, _ = await open_raw_websocket(sidecar.port)  # and never reads another byte
     await until(lambda: backend.closes)
     assert backend.closes == [(1001, "client went away")]
-    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "client", "keepalive_s": 0.2}]
+    assert log_fields(caplog, "ws.peer_dead") == [
+        {"route": "edge", "peer": "client", "keepalive_s": 0.2, "request_id": ANY}
+    ]
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="client", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1
@@ -129,7 +132,9 @@ async def test_an_upstream_that_stops_answering_is_cut_off_and_the_client_gets_1
     async with ws_connect(sidecar) as ws:
         await ws.send("mute")
         assert await closed_by_peer(ws) == (1011, "upstream went away")
-    assert log_fields(caplog, "ws.peer_dead") == [{"route": "edge", "peer": "upstream", "keepalive_s": 0.2}]
+    assert log_fields(caplog, "ws.peer_dead") == [
+        {"route": "edge", "peer": "upstream", "keepalive_s": 0.2, "request_id": ANY}
+    ]
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     assert sidecar.sample("sidecar_ws_cut_off_total", route="edge", peer="upstream", cause="dead") == 1
     assert sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="upstream", code="1006") == 1

@@ -66,13 +66,14 @@ async def test_healthz_and_readyz_are_answered_by_the_sidecar(backend: Backend, 
 
 
 async def test_readyz_is_503_when_the_upstream_is_unreachable(start_sidecar: StartSidecar) -> None:
-    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{free_port()}"))
+    port = free_port()
+    sidecar = await start_sidecar(config_for(f"http://127.0.0.1:{port}"))
     status, headers, body = await get(sidecar.url("/readyz", "http"))
     assert status == 503
     assert headers["X-Sidecar-Reason"] == "upstream_unavailable"
     answer = json.loads(body)
     assert (answer["status"], answer["error"]) == ("not_ready", "upstream_unavailable")
-    assert answer["upstreams"] == {"backend": "Connection refused"}
+    assert answer["upstreams"] == {"backend": f"127.0.0.1:{port}: Connection refused"}
     status, _, _ = await get(sidecar.url("/healthz", "http"))
     assert status == 200  # alive, just not ready
 

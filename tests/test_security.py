@@ -807,7 +807,8 @@ async def test_the_public_health_checks_carry_no_metrics_addresses_or_secret(
     backend: Backend, start_sidecar: StartSidecar
 ) -> None:
     """/healthz and /readyz are on the public port by design (the platform's health
-    check): they say ok or why not, and nothing an attacker could use."""
+    check): they say ok or why not (a failing upstream's host:port and the error, for
+    the operator: issue 11), and nothing else an attacker could use."""
     sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
     answers = [await exchange(sidecar.port, plain("GET", path)) for path in ("/healthz", "/readyz")]
     assert [statuses(answer) for answer in answers] == [[200], [200]]
@@ -819,9 +820,13 @@ async def test_the_public_health_checks_carry_no_metrics_addresses_or_secret(
 
     await until(not_ready)
     assert b"upstream_unavailable" in answers[-1]
+    metrics_port = str(sidecar.running.metrics_port).encode()
     for answer in answers:
-        for leak in (b"sidecar_", str(backend.port).encode(), SECRET.encode()):
+        for leak in (b"sidecar_", metrics_port, SECRET.encode(), b"fp1:"):
             assert leak not in answer
+        # The backend's address only where it failed, named with why.
+        failed = f'"backend": "127.0.0.1:{backend.port}: '.encode()
+        assert answer.count(str(backend.port).encode()) == answer.count(failed) == (answer is answers[-1])
     assert backend.seen == []
 
 

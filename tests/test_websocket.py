@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
@@ -547,6 +548,6 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     assert backend.closes == [(1001, "client went away")]
     (stalled,) = log_fields(caplog, "ws.stalled")
     # (this config's auth has no agent id rule, so the line has no agent_id)
-    assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5}
+    assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5, "request_id": ANY}
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from .model import Config, Problem
 from .schema import load_config
+
+# The routes.yaml installed with the package (sidecar/routes.yaml links to the repository's).
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "routes.yaml"
 
 
 def read_config(

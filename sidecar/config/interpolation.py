@@ -52,3 +52,8 @@ def expand(text: str, env: Mapping[str, str]) -> Expanded:
 def variables(text: str) -> list[str]:
     """The variables ``text`` names, in order (unexpanded; malformed ones left out)."""
     return [m.group(1) for m in _VAR.finditer(text) if m.group(1)]
+
+
+def references(text: str) -> list[tuple[str, str | None]]:
+    """Each variable ``text`` names, with the default written for it (``None``: none)."""
+    return [(m.group(1), m.group(3) if m.group(2) is not None else None) for m in _VAR.finditer(text) if m.group(1)]

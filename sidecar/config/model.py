@@ -21,21 +21,29 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_AGENT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,128}"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 ALL_INTERFACES = "*"  # every IPv4 and IPv6 address (Railway's private network may be IPv6)
+# Railway's edge, trusted by default where the process runs on Railway (``railway``): it
+# connects from the shared address space of RFC 6598 and names the client in X-Real-IP.
+RAILWAY_EDGE: IPNetwork = ipaddress.IPv4Network("100.64.0.0/10")
+RAILWAY_CLIENT_IP_HEADER = "X-Real-IP"
 DuplicateAgent = Literal["replace", "reject", "allow"]
 LogFormat = Literal["json", "text"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file)."""
+    """One thing wrong with a config file, at ``line`` (1-based; 0 = whole file) and, where
+    known (a YAML syntax error), ``column`` (1-based; 0 = the line)."""
 
     file: str
     line: int
     message: str
     severity: Severity = "error"
+    column: int = 0
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         return f"{where}: {self.severity}: {self.message}"
 
 
@@ -61,6 +69,9 @@ class AuthPolicy:
     name: str
     secret_digests: tuple[bytes, ...] = field(repr=False, default=())
     agent_id: AgentIdRule | None = None
+    # The variables its bearer list names (names, not values): what 'sidecar check' and
+    # the start-up log list as set or unset, with the fingerprints of those set.
+    secret_variables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,10 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # A header in which a trusted proxy names the client (Railway's edge: X-Real-IP).
     client_ip_header: str | None = None
+    # Why those two are what they are ("listen.trusted_proxies", Railway's default, or
+    # "default"): for 'sidecar check' and the start-up log.
+    trusted_proxies_from: str = "default"
+    client_ip_header_from: str = "default"
     port: int = 8080
     header_timeout: float = 10.0
     close_timeout: float = 5.0

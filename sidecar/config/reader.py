@@ -5,14 +5,17 @@
 an empty file). A ``Reader`` then converts nodes to strings, numbers, durations, sizes,
 mappings and lists, expanding ``${VAR}`` in every scalar (``interpolation``), and
 records a ``Problem`` with ``file:line`` for each value it cannot convert, instead of
-stopping at the first; ``Fields`` reads a mapping's keys with a default for each. The
-sections are built from these values in ``schema``, ``targets`` and ``routes``.
+stopping at the first; ``Fields`` reads a mapping's keys with a default for each. A
+problem quotes a value with ``Reader.quote`` (or shows it with ``Reader.show``), which
+masks a secret another variable carried into it (``redaction``). The sections are
+built from these values in ``schema``, ``targets`` and ``routes``.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TypeVar
 
 import yaml
@@ -20,7 +23,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..paths import BadPath, canonicalize
 from .interpolation import Expanded, expand
-from .model import Problem
+from .model import Problem, Severity
+from .redaction import carried, net, shown
+from .syntax import syntax_problem
 
 T = TypeVar("T")
 D = TypeVar("D")  # a default: the model's, for a key that is absent or has a problem
@@ -29,7 +34,8 @@ HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6
 
 _BOOL = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
+# Units are case-insensitive; KB, MB and GB count in 1000s (and are a warning: see Reader.size).
+_SIZES = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 
 
 def _line(node: Node) -> int:
@@ -39,19 +45,44 @@ def _line(node: Node) -> int:
 class Reader:
     """Walks the YAML node tree, converting and collecting problems."""
 
-    def __init__(self, file: str, env: Mapping[str, str], strict: bool, secret_names: set[str]) -> None:
+    def __init__(
+        self,
+        file: str,
+        env: Mapping[str, str],
+        strict: bool,
+        secret_names: set[str],
+        secrets: frozenset[str] = frozenset(),
+    ) -> None:
         self.file = file
         self.env = env
         self.strict = strict
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
         self.secret_names = secret_names  # variables some bearer list names
+        self.secrets = secrets  # what those secrets look like (redaction.secret_values)
+        # A value's node -> the secrets another variable carried into it (redaction.carried).
+        self._carried: dict[int, frozenset[str]] = {}
 
     def error(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message))
+        self._record(node, message, "error")
 
     def warn(self, node: Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, _line(node) if node else 0, message, "warning"))
+        self._record(node, message, "warning")
+
+    def _record(self, node: Node | None, message: str, severity: Severity) -> None:
+        carries = self._carried.get(id(node)) if node is not None else None
+        if carries:
+            message = net(message, carries)
+        self.problems.append(Problem(self.file, _line(node) if node else 0, message, severity))
+
+    def show(self, node: Node, value: str) -> str:
+        """``value``, read at ``node``, as a problem may show it (``<secret>`` if a
+        variable carried a secret into it)."""
+        return shown(value, self._carried.get(id(node), frozenset()))
+
+    def quote(self, node: Node, value: str) -> str:
+        """``value``, read at ``node``, quoted for a problem: ``repr`` of :meth:`show`."""
+        return repr(self.show(node, value))
 
     # scalars
 
@@ -70,6 +101,9 @@ class Reader:
             # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
             self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")
             return None
+        carries = carried(expanded.used, self.env, self.secrets)
+        if carries:
+            self._carried[id(node)] = carries
         for name in expanded.unset:
             if (name, _line(node)) in self._reported_unset:
                 continue
@@ -89,13 +123,13 @@ class Reader:
         try:
             return parse(raw.strip())
         except ValueError:
-            self.error(node, f"{where}: expected {what}, got {raw!r}")
+            self.error(node, f"{where}: expected {what}, got {self.quote(node, raw)}")
             return None
 
     def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
         value = self.convert(node, where, "a whole number", int)
         if value is not None and not lo <= value <= hi:
-            self.error(node, f"{where}: {value} is out of range ({lo} to {hi})")
+            self.error(node, f"{where}: {self.show(node, str(value))} is out of range ({lo} to {hi})")
             return None
         return value
 
@@ -114,10 +148,27 @@ class Reader:
         return self.convert(node, where, "a duration such as 25s or 500ms, or off", _parse_duration_or_off)
 
     def size(self, node: Node, where: str) -> int | None:
-        value = self.convert(node, where, "a size such as 4MiB, 65536 or 512KiB", _parse_size)
-        if value is not None and value <= 0:
+        raw = self.string(node, where)
+        if raw is None:
+            return None
+        try:
+            value = _parse_size(raw.strip())
+        except ValueError:
+            self.error(node, f"{where}: expected a size such as 4MiB, 65536 or 512KiB, got {self.quote(node, raw)}")
+            return None
+        if value <= 0:
             self.error(node, f"{where}: must be greater than zero")
             return None
+        decimal = _decimal_unit(raw)
+        if decimal is not None:
+            # 4MB is 4,000,000 bytes here, as in SI; whoever writes it almost always means 4MiB.
+            number, unit = decimal
+            binary = f"{number}{unit[0].upper()}iB"
+            self.warn(
+                node,
+                f"{where}: {self.show(node, raw.strip())} is {value:,} bytes ({unit} counts in 1000s); if {binary} "
+                f"({_parse_size(binary):,} bytes) is meant, write that",
+            )
         return value
 
     # collections
@@ -136,7 +187,11 @@ class Reader:
                 self.error(key_node, f"{where}: duplicate key '{key}'")
                 continue
             if known and key not in known:
-                self.error(key_node, f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(known))})")
+                hint = nearest(key, known)
+                hint = f": did you mean '{hint}'?" if hint else ""
+                self.error(
+                    key_node, f"{where}: unknown key '{key}'{hint} (expected one of: {', '.join(sorted(known))})"
+                )
                 continue
             out[key] = value_node
         return out
@@ -187,15 +242,28 @@ def named_nodes(node: Node | None) -> dict[str, Node]:
     return {str(k.value): v for k, v in node.value if isinstance(k, ScalarNode)}
 
 
+def nearest(key: str, known: Collection[str]) -> str | None:
+    """The known key ``key`` is most likely a misspelling of: the same but for case, the
+    closest by difflib's ratio, or the one key it begins (``drain`` for ``drain_timeout``)."""
+    lowered = {k.lower(): k for k in known}
+    if key.lower() in lowered:
+        return lowered[key.lower()]
+    close = difflib.get_close_matches(key.lower(), lowered, n=1)
+    if close:
+        return lowered[close[0]]
+    begun = [k for k in known if len(key) >= 3 and k.lower().startswith(key.lower())]
+    return begun[0] if len(begun) == 1 else None
+
+
 def path_ok(rd: Reader, node: Node, where: str, path: str) -> bool:
     """Whether ``path`` is written in canonical form; if not, the problem is recorded."""
     try:
         canonical = canonicalize(path)
     except BadPath as exc:
-        rd.error(node, f"{where}: {path!r} is not a canonical path ({exc.why})")
+        rd.error(node, f"{where}: {rd.quote(node, path)} is not a canonical path ({exc.why})")
         return False
     if canonical.wire != path or "%" in path:
-        rd.error(node, f"{where}: write {path!r} without percent-escapes")
+        rd.error(node, f"{where}: write {rd.quote(node, path)} without percent-escapes")
         return False
     return True
 
@@ -219,6 +287,12 @@ def _parse_duration(text: str) -> float:
 
 def _parse_duration_or_off(text: str) -> float:
     return 0.0 if text.lower() in ("off", "false", "no") else _parse_duration(text)
+
+
+def _decimal_unit(text: str) -> tuple[int, str] | None:
+    """The number and unit of a size written in KB, MB or GB (any case), else ``None``."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG][bB])\s*", text)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def _parse_size(text: str) -> int:
@@ -248,7 +322,7 @@ def compose(text: str, file: str) -> Node:
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise Unreadable(_syntax_problem(file, text, exc)) from None
+        raise Unreadable(syntax_problem(file, text, exc)) from None
     if root is None:
         raise Unreadable(Problem(file, 0, "the file is empty"))
     return root
@@ -274,20 +348,3 @@ def _too_deep(text: str) -> int | None:
     except yaml.YAMLError:
         return None  # yaml.compose reports it, with its line
     return None
-
-
-# Where PyYAML's marks count a new line (YAML 1.1 section 5.4, which includes NEL, LS and PS).
-_YAML_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
-
-
-def _syntax_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
-    if isinstance(exc, yaml.reader.ReaderError):
-        # A character YAML refuses (a control, a lone surrogate) is found before any mark
-        # exists: the error has only an offset into the text, and its str() says
-        # '"<unicode string>", position N'. Give the line instead, as for every other problem.
-        at = len(_YAML_BREAK.split(text[: exc.position]))
-        return Problem(file, at, f"YAML syntax: unacceptable character U+{exc.character:04X}: {exc.reason}")
-    mark = getattr(exc, "problem_mark", None)
-    at = int(mark.line) + 1 if mark is not None else 0
-    problem = getattr(exc, "problem", None) or str(exc)
-    return Problem(file, at, f"YAML syntax: {problem}")

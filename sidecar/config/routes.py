@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from yaml.nodes import Node
+from yaml.nodes import Node, ScalarNode
 
 from ..origins import serialize_origin
 from .model import DEFAULT_MAX_MESSAGE_SIZE, AuthPolicy, DuplicateAgent, Retry, Route, Upstream
-from .reader import Fields, Reader, path_ok
+from .reader import Fields, Reader, named_nodes, path_ok
 from .targets import Targets, defined_names
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -102,17 +102,19 @@ def routes(rd: Reader, node: Node | None, root: Node, targets: Targets) -> Route
 
 
 def _route(rd: Reader, spec: Node, where: str, targets: Targets) -> _Read:
-    m = rd.mapping(spec, where, _ROUTE_KEYS)
+    m = rd.mapping(spec, _with_name(spec, where), _ROUTE_KEYS)
     if m is None:
         return _Read(None, None, (), None)
     name = rd.string(m["name"], f"{where}.name") if "name" in m else None
     valid_name = name if name is not None and _NAME.fullmatch(name) else None
     if valid_name is None:
-        rd.error(m.get("name", spec), f"{where}.name: required, lower-case letters, digits, '_' or '-' (got {name!r})")
-    where = f"{where} ({name})" if name else where
+        got = "None" if name is None else rd.quote(m["name"], name)
+        rd.error(m.get("name", spec), f"{where}.name: required, lower-case letters, digits, '_' or '-' (got {got})")
+    where = f"{where} ({rd.show(m['name'], name)})" if name else where
     kind = rd.string(m["type"], f"{where}.type") if "type" in m else None
     if kind not in ("websocket", "http"):
-        rd.error(m.get("type", spec), f"{where}.type: required, 'websocket' or 'http' (got {kind!r})")
+        got = "None" if kind is None else rd.quote(m["type"], kind)
+        rd.error(m.get("type", spec), f"{where}.type: required, 'websocket' or 'http' (got {got})")
     paths = _paths(rd, m, spec, where)
     upstream = _upstream(rd, m, spec, where, targets)
     upstream_path = _upstream_path(rd, m, where)
@@ -147,6 +149,14 @@ def _route(rd: Reader, spec: Node, where: str, targets: Targets) -> _Read:
     return _Read(route, name, paths.claims, auth_name)
 
 
+def _with_name(spec: Node, where: str) -> str:
+    """``routes[0] (edge)``: where, with the route's name as written, if it is a valid
+    one; a problem found before the name is read names the route too."""
+    name = named_nodes(spec).get("name")
+    written = name.value if isinstance(name, ScalarNode) else None
+    return f"{where} ({written})" if isinstance(written, str) and _NAME.fullmatch(written) else where
+
+
 def _paths(rd: Reader, m: Mapping[str, Node], spec: Node, where: str) -> _Paths:
     ok = ("paths" in m) != ("prefix" in m)
     if not ok:
@@ -171,7 +181,8 @@ def _upstream(rd: Reader, m: Mapping[str, Node], spec: Node, where: str, targets
         return None
     upstream = targets.upstreams.valid.get(name)
     if upstream is None and name not in targets.upstreams.defined:
-        rd.error(m["upstream"], f"{where}.upstream: no upstream named '{name}' ({defined_names(targets.upstreams)})")
+        named = rd.quote(m["upstream"], name)
+        rd.error(m["upstream"], f"{where}.upstream: no upstream named {named} ({defined_names(targets.upstreams)})")
     return upstream
 
 
@@ -193,7 +204,8 @@ def _policy(rd: Reader, m: Mapping[str, Node], where: str, targets: Targets) -> 
         return None, None
     policy = targets.policies.valid.get(name)
     if policy is None and name not in targets.policies.defined:
-        rd.error(m["auth"], f"{where}.auth: no auth policy named '{name}' ({defined_names(targets.policies)})")
+        named = rd.quote(m["auth"], name)
+        rd.error(m["auth"], f"{where}.auth: no auth policy named {named} ({defined_names(targets.policies)})")
     return name, policy
 
 
@@ -226,9 +238,8 @@ def _admission(rd: Reader, m: Mapping[str, Node], where: str, websocket: bool, h
     duplicate_agent = Route.duplicate_agent
     if "duplicate_agent" in m and (policy := rd.string(m["duplicate_agent"], f"{where}.duplicate_agent")):
         if policy not in _DUPLICATE_AGENT:
-            rd.error(
-                m["duplicate_agent"], f"{where}.duplicate_agent: expected replace, reject or allow, got {policy!r}"
-            )
+            got = rd.quote(m["duplicate_agent"], policy)
+            rd.error(m["duplicate_agent"], f"{where}.duplicate_agent: expected replace, reject or allow, got {got}")
         else:
             duplicate_agent = _DUPLICATE_AGENT[policy]
     compression = fields.boolean("compression", Route.compression)
@@ -247,7 +258,8 @@ def _origins(rd: Reader, node: Node, where: str) -> frozenset[str] | None:
         if text is None:
             continue
         if origin is None:
-            rd.error(item, f"{where}: {text!r} is not an origin; write scheme://host[:port], no path or '/' at the end")
+            got = rd.quote(item, text)
+            rd.error(item, f"{where}: {got} is not an origin; write scheme://host[:port], no path or '/' at the end")
         else:
             allowed.add(origin)
     if items == []:

@@ -4,8 +4,9 @@ Validation collects every problem, each with its ``file:line``, instead of stopp
 at the first: a builder records a problem on the ``Reader`` and goes on with the
 model's default. ``listen``, ``metrics``, ``log``, ``health`` and ``limits`` are read
 here, each into a small typed section; ``upstreams`` and ``auth`` in ``targets``,
-``routes`` in ``routes``, ``state`` in ``state``. Secrets are found before anything is read, and redacted from every
-problem at the end (``redaction``).
+``routes`` in ``routes``, ``state`` in ``state``. Secrets (the bearer values, the Redis
+URL and its password) are found before anything is read, so that no problem quotes one
+(``redaction``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from . import routes, targets
-from .model import Config, IPNetwork, LogFormat, Problem, Route
+from . import railway, routes, targets
+from .model import ALL_INTERFACES, Config, IPNetwork, LogFormat, Problem, Route
 from .reader import HEADER_NAME, Fields, Reader, Unreadable, compose, named_nodes, path_ok
-from .redaction import bearer_texts, redact, secret_names, secret_values
+from .redaction import bearer_texts, secret_names, secret_values
 from .state import state, state_secrets
 
 _TOP = {"listen", "metrics", "log", "health", "limits", "state", "upstreams", "auth", "routes"}
@@ -44,9 +45,9 @@ def load_config(
     except Unreadable as exc:
         return None, [exc.problem]
     bearer = bearer_texts(root)
-    reader = Reader(file, env, strict, secret_names(bearer))
+    reader = Reader(file, env, strict, secret_names(bearer), secret_values(bearer, env) | state_secrets(root, env))
     config = _build(reader, root, text)
-    problems = redact(reader.problems, secret_values(bearer, env) | state_secrets(root, env))
+    problems = reader.problems
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems
@@ -58,6 +59,7 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
         return None
     listen = _listen(rd, top.get("listen"))
     metrics = _metrics(rd, top.get("metrics"))
+    _ports_differ(rd, top, listen, metrics)
     log = _log(rd, top.get("log"))
     health = _health(rd, top.get("health"))
     limits = _limits(rd, top.get("limits"))
@@ -78,8 +80,10 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
         upstreams=upstreams.valid,
         auth=policies.valid,
         listen_host=listen.host,
-        trusted_proxies=listen.trusted_proxies,
-        client_ip_header=listen.client_ip_header,
+        trusted_proxies=listen.trusted_proxies[0],
+        client_ip_header=listen.client_ip_header[0],
+        trusted_proxies_from=listen.trusted_proxies[1],
+        client_ip_header_from=listen.client_ip_header[1],
         port=listen.port,
         header_timeout=listen.header_timeout,
         close_timeout=listen.close_timeout,
@@ -116,14 +120,15 @@ class Listen:
     stall_timeout: float
     drain_timeout: float
     keepalive_interval: float  # 0.0: off
-    trusted_proxies: tuple[IPNetwork, ...]
-    client_ip_header: str | None
+    trusted_proxies: tuple[tuple[IPNetwork, ...], str]  # the value, and why (``railway``)
+    client_ip_header: tuple[str | None, str]
 
 
 def _listen(rd: Reader, node: Node | None) -> Listen:
     m = _section(rd, node, "listen", _LISTEN_KEYS)
     fields = Fields(rd, m, "listen")
-    return Listen(
+    listed = _networks(rd, m["trusted_proxies"], "listen.trusted_proxies") if "trusted_proxies" in m else None
+    listen = Listen(
         host=fields.string("host", Config.listen_host),
         port=fields.integer("port", 0, 65535, Config.port),
         header_timeout=fields.duration("header_timeout", Config.header_timeout),
@@ -131,35 +136,43 @@ def _listen(rd: Reader, node: Node | None) -> Listen:
         stall_timeout=fields.duration("stall_timeout", Config.stall_timeout),
         drain_timeout=fields.duration("drain_timeout", Config.drain_timeout),
         keepalive_interval=fields.duration_or_off("keepalive_interval", Config.keepalive_interval),
-        trusted_proxies=(
-            _networks(rd, m["trusted_proxies"], "listen.trusted_proxies")
-            if "trusted_proxies" in m
-            else Config.trusted_proxies
-        ),
-        client_ip_header=_client_ip_header(rd, m),
+        trusted_proxies=railway.trusted_proxies(listed, rd.env),
+        client_ip_header=railway.client_ip_header(_client_ip_header(rd, m), rd.env),
     )
+    drain = railway.drain_problem(rd.env, listen.drain_timeout, listen.close_timeout)
+    if drain is not None:
+        rd.warn(m.get("drain_timeout", node), drain)
+    return listen
 
 
 def _client_ip_header(rd: Reader, m: Mapping[str, Node]) -> str | None:
+    """The header named (``none`` included), or ``None`` if none is (an unset variable)."""
     header = rd.string(m["client_ip_header"], "listen.client_ip_header") if "client_ip_header" in m else None
-    if not header:
-        return Config.client_ip_header
+    if not header or header.lower() == railway.NONE:
+        return header or None
     if not HEADER_NAME.fullmatch(header):
-        rd.error(m["client_ip_header"], f"listen.client_ip_header: {header!r} is not a valid header name")
-        return Config.client_ip_header
+        shown = rd.quote(m["client_ip_header"], header)
+        rd.error(m["client_ip_header"], f"listen.client_ip_header: {shown} is not a valid header name")
+        return None
     return header
 
 
-def _networks(rd: Reader, node: Node, where: str) -> tuple[IPNetwork, ...]:
+def _networks(rd: Reader, node: Node, where: str) -> tuple[IPNetwork, ...] | None:
+    """The networks listed; ``()`` for ``none``; ``None`` when nothing is (every entry
+    an unset variable, as ``${TRUSTED_PROXIES:-}`` is until it is set)."""
     networks: list[IPNetwork] = []
+    said = False
     for item in rd.sequence(node, where) or []:
         text = rd.string(item, where) or ""
         for entry in filter(None, (part.strip() for part in text.split(","))):  # "a, b" from one variable
+            said = True
+            if entry.lower() == railway.NONE:
+                continue
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                rd.error(item, f"{where}: {entry!r} is not an IP address or network (such as 10.0.0.0/8)")
-    return tuple(networks)
+                rd.error(item, f"{where}: {rd.quote(item, entry)} is not an IP address or network (such as 10.0.0.0/8)")
+    return tuple(networks) if said else None
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,19 @@ def _metrics(rd: Reader, node: Node | None) -> Metrics:
     )
 
 
+def _ports_differ(rd: Reader, top: Mapping[str, Node], listen: Listen, metrics: Metrics) -> None:
+    """The metrics listener cannot share the public one's port (0 is not a port here:
+    listen.port 0 picks a free one, metrics.port 0 turns metrics off)."""
+    wildcard = {ALL_INTERFACES, "0.0.0.0", "::"}
+    overlap = listen.host == metrics.host or bool({listen.host, metrics.host} & wildcard)
+    if listen.port and listen.port == metrics.port and overlap:
+        node = named_nodes(top.get("metrics")).get("port") or named_nodes(top.get("listen")).get("port")
+        rd.error(
+            node,
+            f"metrics.port: {listen.port} is listen.port too; give metrics a port of their own, or 0 to turn them off",
+        )
+
+
 @dataclass(frozen=True)
 class Log:
     level: str
@@ -189,13 +215,13 @@ def _log(rd: Reader, node: Node | None) -> Log:
         if text.lower() in _LOG_LEVELS:
             level = text.lower()
         else:
-            rd.error(m["level"], f"log.level: expected debug, info, warning or error, got {text!r}")
+            rd.error(m["level"], f"log.level: expected debug, info, warning or error, got {rd.quote(m['level'], text)}")
     fmt = Config.log_format
     if "format" in m and (text := rd.string(m["format"], "log.format")) is not None:
         if text.lower() in _LOG_FORMATS:
             fmt = _LOG_FORMATS[text.lower()]
         else:
-            rd.error(m["format"], f"log.format: expected json or text, got {text!r}")
+            rd.error(m["format"], f"log.format: expected json or text, got {rd.quote(m['format'], text)}")
     return Log(level, fmt)
 
 

@@ -104,16 +104,17 @@ def url_secrets(url: str) -> set[str]:
     return {form for secret in found for form in (secret, unquote(secret)) if form}
 
 
-def state_secrets(root: Node, env: Mapping[str, str]) -> set[str]:
-    """The password of the file's ``state.redis`` URL, valid or not, for ``redaction``."""
+def state_secrets(root: Node, env: Mapping[str, str]) -> frozenset[str]:
+    """The file's ``state.redis`` URL (valid or not) and its password, for ``redaction``:
+    a variable that carries either into another field is not quoted there."""
     node = named_nodes(named_nodes(root).get("state")).get("redis")
     if not isinstance(node, ScalarNode):
-        return set()
+        return frozenset()
     try:
-        url = expand(str(node.value), env).value
+        url = expand(str(node.value), env).value.strip()
     except ValueError:
-        return set()
-    return url_secrets(url.strip())
+        return frozenset()
+    return frozenset(url_secrets(url) | ({url} if url_secrets(url) else set()))
 
 
 def _prefix(rd: Reader, node: Node | None) -> str:

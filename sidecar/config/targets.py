@@ -8,6 +8,7 @@ its line, and the builder goes on.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import Node
 
 from ..headers import is_reserved
+from .environment import railway_marker
 from .model import AgentIdRule, AuthPolicy, Upstream, digest_secret
 from .reader import HEADER_NAME, Fields, Reader, path_ok
 
@@ -66,13 +68,18 @@ def upstreams(rd: Reader, node: Node | None, root: Node) -> Named[Upstream]:
         if "url" not in m:
             rd.error(spec, f"{where}: missing 'url'")
             continue
-        url = rd.string(m["url"], f"{where}.url")
-        if url is None:
+        expanded = rd.text(m["url"], f"{where}.url")
+        if expanded is None:
             continue
+        url = expanded.value
         problem = _url_problem(url)
         if problem:
             rd.error(m["url"], f"{where}.url: {problem}")
             continue
+        if expanded.defaulted and _loopback(url) and (marker := railway_marker(rd.env)):
+            _loopback_on_railway(rd, m["url"], f"{where}.url", url, expanded.used, marker)
+            if rd.strict:
+                continue
         base_path = urlsplit(url).path.rstrip("/")
         if base_path and not path_ok(rd, m["url"], f"{where}.url", base_path):
             continue
@@ -98,11 +105,40 @@ def _url_problem(url: str) -> str | None:
         return "must start with http:// or https://"
     if not parts.hostname:
         return "has no host"
+    if parts.netloc.endswith(":"):
+        # 'http://backend.railway.internal:' is what '...:${{backend.PORT}}' leaves when
+        # the reference does not resolve; urlsplit reads it as no port at all (80).
+        return (
+            "has an empty port (nothing after the ':', as an unresolved reference such as ${{backend.PORT}} "
+            "leaves it); write the port, or leave out the ':' for the scheme's default"
+        )
     if parts.username or parts.password:
         return "must not carry credentials (user:password@)"
     if parts.query or parts.fragment:
         return "must not have a query string or fragment"
     return None
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_on_railway(rd: Reader, node: Node, where: str, url: str, used: tuple[str, ...], marker: str) -> None:
+    """An upstream that is the default written in the file, on this machine, while on
+    Railway: there, that is the sidecar's own container, never the backend."""
+    names = ", ".join(dict.fromkeys(used)) or "its variable"
+    parts = urlsplit(url)
+    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    message = (
+        f"{where}: {names} is not set (or empty), so the url falls back to the default written in the file, "
+        f"{rd.show(node, address)}; on Railway ({marker} is set) that address is the sidecar's own container, "
+        f"never the backend: set {names} to the backend's private URL (such as http://backend.railway.internal:8000)"
+    )
+    (rd.error if rd.strict else rd.warn)(node, message)
 
 
 # --- auth --------------------------------------------------------------------------------
@@ -117,16 +153,23 @@ def policies(rd: Reader, node: Node | None) -> Named[AuthPolicy]:
         if m is None:
             continue
         digests: tuple[bytes, ...] = ()
+        names: tuple[str, ...] = ()
         if "bearer" in m:
-            digests = _secrets(rd, m["bearer"], f"{where}.bearer")
+            digests, names = _secrets(rd, m["bearer"], f"{where}.bearer")
         else:
             rd.error(spec, f"{where}: missing 'bearer' (the list of accepted secrets)")
         rule = _agent_id(rd, m["agent_id"], f"{where}.agent_id") if "agent_id" in m else None
-        out[name] = AuthPolicy(name=name, secret_digests=digests, agent_id=rule)
+        out[name] = AuthPolicy(name=name, secret_digests=digests, agent_id=rule, secret_variables=names)
     return Named(out, specs)
 
 
-def _secrets(rd: Reader, node: Node, where: str) -> tuple[bytes, ...]:
+# Shorter than this, a secret can be guessed (or found from its fingerprint) by trying
+# candidates; 'openssl rand -hex 32' gives 64 characters.
+SHORT_SECRET = 16
+
+
+def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    """The digests of the secrets a bearer list accepts, and the variables it names."""
     items = rd.sequence(node, where) or []
     digests: list[bytes] = []
     unset: list[str] = []
@@ -143,16 +186,23 @@ def _secrets(rd: Reader, node: Node, where: str) -> tuple[bytes, ...]:
             rd.warn(item, f"{where}: a secret is written in the file; use ${{VAR}} so it comes from the environment")
         if not expanded.value:
             continue  # an optional secret (${EDGE_SECRET_PREVIOUS:-}) that is not set
+        # Never quote the value, here or below: it is a secret.
         if not _B64TOKEN.fullmatch(expanded.value):
-            # Never quote the value: it is a secret.
             rd.error(item, f"{where}: a secret has characters a Bearer token cannot carry (RFC 6750 section 2.1)")
             invalid = True
             continue
+        if len(expanded.value) < SHORT_SECRET:
+            named = " + ".join(expanded.used) or "a secret written in the file"
+            rd.warn(
+                item,
+                f"{where}: {named} is shorter than {SHORT_SECRET} characters, easy to guess; "
+                "use a long random one (openssl rand -hex 32)",
+            )
         digests.append(digest_secret(expanded.value))
     if not digests and not unset and not invalid:
         names = ", ".join(dict.fromkeys(used)) or "the list"
         rd.error(node, f"{where}: no secret is set ({names} empty); requests could never be admitted")
-    return tuple(digests)
+    return tuple(digests), tuple(dict.fromkeys(used))
 
 
 def _agent_id(rd: Reader, node: Node, where: str) -> AgentIdRule | None:
@@ -188,9 +238,9 @@ def _identity_header(rd: Reader, m: Mapping[str, Node], key: str, where: str) ->
     if value is None:
         return None
     if not HEADER_NAME.fullmatch(value):
-        rd.error(m[key], f"{where}.{key}: {value!r} is not a valid header name")
+        rd.error(m[key], f"{where}.{key}: {rd.quote(m[key], value)} is not a valid header name")
         return None
     if is_reserved(value):
-        rd.error(m[key], f"{where}.{key}: {value!r} is a header the sidecar or HTTP itself owns")
+        rd.error(m[key], f"{where}.{key}: {rd.quote(m[key], value)} is a header the sidecar or HTTP itself owns")
         return None
     return value
