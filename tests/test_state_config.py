@@ -16,7 +16,7 @@ from sidecar.replica import replica_id
 from .conftest import ROOT, SIDECAR, process_env
 
 SHIPPED = (ROOT / "routes.yaml").read_text()
-ENV = {"EDGE_SECRET": "abc"}
+ENV = {"EDGE_SECRET": "abc-0123456789abcdef"}  # 16 characters at least: no warning
 PASSWORD = "s3cr%2Ft-pass"  # percent-encoded '/' in it: both spellings are secrets
 PREFIX_RULE = "state.key_prefix: 1 to 64 printable characters without spaces, such as 'sidecar:'"
 KEYS = "key_prefix, lease_ttl, redis, timeout"
@@ -104,7 +104,7 @@ def test_bad_redis_urls_are_errors_that_never_quote_the_url(url: str, message: s
         ("state: {timeout: fast}", "state.timeout: expected a duration such as 10s, 500ms or 2m, got 'fast'"),
         (
             "state: {redis_url: x}",
-            "state: unknown key 'redis_url' (expected one of: key_prefix, lease_ttl, redis, timeout)",
+            "state: unknown key 'redis_url': did you mean 'redis'? (expected one of: " + KEYS + ")",
         ),
         ("state: redis://h", "state: expected a mapping (key: value), got a value"),
     ],

@@ -18,7 +18,7 @@ name                           kind (expiry)           what
                                                        ``end``)
 =============================  ======================  =====================================
 
-A lease is only ever changed by a script that compares first (:data:`CLAIM`,
+A lease is only ever changed by a script that compares first (:data:`SYNC`,
 :data:`TAKE`, :data:`RENEW`, :data:`RELEASE`), so a session never removes or extends
 another's. The scripts touch several keys at once (batches): a single Redis, or a
 cluster's single shard, as Railway's template is.
@@ -87,18 +87,25 @@ def decode(data: str | bytes) -> dict[str, Any] | None:
     return message if isinstance(message, dict) and isinstance(message.get("op"), str) else None
 
 
-# Each KEYS[i] is claimed for ARGV[i] unless another value holds it; ARGV[#ARGV] is the TTL
-# (ms). For each key: '' (claimed, or already held by ARGV[i]) or the value holding it.
-CLAIM = """
+# Claims and releases, in the order they were made: KEYS[i] with ARGV[2i-1], 'c' (claim:
+# set to the value ARGV[2i] unless another value holds it) or 'r' (release: delete it if
+# ARGV[2i] still holds it); ARGV[#ARGV] is the TTL (ms). For each key: '' (claimed, or
+# already held by the value; or released) or, for a claim, the value holding it.
+SYNC = """
 local ttl = ARGV[#ARGV]
 local out = {}
 for i, key in ipairs(KEYS) do
+  local op, value = ARGV[2 * i - 1], ARGV[2 * i]
   local holder = redis.call('GET', key)
-  if not holder or holder == ARGV[i] then
-    redis.call('SET', key, ARGV[i], 'PX', ttl)
-    out[i] = ''
-  else
-    out[i] = holder
+  out[i] = ''
+  if op == 'c' then
+    if not holder or holder == value then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      out[i] = holder
+    end
+  elseif holder == value then
+    redis.call('DEL', key)
   end
 end
 return out

@@ -35,11 +35,19 @@ from ..logs import event
 from ..metrics import Metrics
 from ..sessions import EndCause, LocalAgents, Session
 from .batch import Batch
-from .layout import CLAIM, RELEASE, RENEW, TAKE, Names, encode, lease_replica, lease_value
+from .layout import RELEASE, RENEW, SYNC, TAKE, Names, encode, lease_replica, lease_value
 from .link import Link, Unavailable
 
 RENEW_CHUNK = 500  # leases per renewal call: one call stays short for Redis
 FIRST_POLL, MAX_POLL = 0.02, 0.25  # waiting for a replaced session's lease to be freed
+
+
+Request = tuple[str, str, str]  # ('c' claim or 'r' release, the lease's key, this session's value)
+
+
+def _op_of(requests: Sequence[Request]) -> str:
+    """The op a batch is counted under: claim if it claims anything, else release."""
+    return "claim" if any(op == "c" for op, _, _ in requests) else "release"
 
 
 class Held(enum.Enum):
@@ -71,11 +79,11 @@ class FleetAgents:
         self._sessions: dict[str, Session] = {}  # lease value -> its session
         self._orphans: dict[tuple[str, str], float] = {}  # (key, value) not yet deleted -> since when
         self._tasks: set[asyncio.Task[None]] = set()
-        self._claims: Batch[tuple[str, str], str] = Batch(link, "claim", self._claim_all)
-        self._releases: Batch[tuple[str, str], int] = Batch(link, "release", self._release_all)
+        # Claims and releases share one channel to Redis: one script call per batch.
+        self._sync: Batch[Request, str] = Batch(link, _op_of, self._send)
         self._script = {
             name: link.redis.register_script(text)
-            for name, text in (("claim", CLAIM), ("take", TAKE), ("renew", RENEW), ("release", RELEASE))
+            for name, text in (("sync", SYNC), ("take", TAKE), ("renew", RENEW), ("release", RELEASE))
         }
 
     def __len__(self) -> int:
@@ -88,7 +96,7 @@ class FleetAgents:
             return False  # a session of this process holds it: replace() deals with it
         lease = self._hold(session)
         try:
-            holder = await self._claims((lease.key, lease.value))
+            holder = await self._sync(("c", lease.key, lease.value))
         except Unavailable:
             return True  # this replica's table decided; the renewal asserts the lease later
         if not holder:
@@ -108,7 +116,7 @@ class FleetAgents:
         while session.cause is None:  # else ended while waiting (the drain): admit() refuses it
             if not lease.holder:
                 try:
-                    lease.holder = await self._claims((lease.key, lease.value))
+                    lease.holder = await self._sync(("c", lease.key, lease.value))
                 except Unavailable:
                     lease.state = Held.UNKNOWN
                     return
@@ -131,14 +139,18 @@ class FleetAgents:
             lease.holder = ""
 
     async def release(self, session: Session) -> None:
+        """Not waited for: the release leaves with the next batch (a newer claim of the
+        same lease that meets this value first takes it over as stale)."""
         await self.local.release(session)
         lease = self._drop(session)
         if lease is None or lease.state is Held.REFUSED:
             return
         try:
-            await self._releases((lease.key, lease.value))
+            released = self._sync.submit(("r", lease.key, lease.value))
         except Unavailable:
-            self._orphans[(lease.key, lease.value)] = asyncio.get_running_loop().time()
+            self._orphan(lease.key, lease.value)
+            return
+        released.add_done_callback(lambda done: self._released(done, lease))
 
     async def release_all(self, sessions: list[Session]) -> None:
         await self.local.release_all(sessions)
@@ -148,16 +160,15 @@ class FleetAgents:
             try:
                 await self._link.call("release", lambda redis: self._release_all(redis, pairs))
             except Unavailable:
-                now = asyncio.get_running_loop().time()
-                self._orphans.update(dict.fromkeys(pairs, now))
+                for key, value in pairs:
+                    self._orphan(key, value)
 
     async def close(self) -> None:
         for task in [*self._tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._claims.close()
-        await self._releases.close()
+        await self._sync.close()
 
     # --- what other replicas say, and the renewal -----------------------------------------
 
@@ -166,7 +177,7 @@ class FleetAgents:
         frees the lease for the newer session."""
         session = self._sessions.get(value)
         if session is None:  # ended meanwhile, or its release did not reach Redis: free it now
-            self._orphans[(key, value)] = asyncio.get_running_loop().time()
+            self._orphan(key, value)
             self._spawn(self.release_orphans())
             return
         self._replaced(session, why="told")
@@ -274,10 +285,19 @@ class FleetAgents:
         lost = await self._link.call("renew", lambda redis: self._script["renew"](keys, args, client=redis))
         return {int(i) - 1 for i in lost}
 
-    async def _claim_all(self, redis: Redis, pairs: Sequence[tuple[str, str]]) -> list[str]:
-        keys = [key for key, _ in pairs]
-        holders = await self._script["claim"](keys, [*(value for _, value in pairs), self._ttl_ms], client=redis)
-        return [str(holder) for holder in holders]
+    async def _send(self, redis: Redis, requests: Sequence[Request]) -> list[str]:
+        keys = [key for _, key, _ in requests]
+        args: list[str | int] = [part for op, _, value in requests for part in (op, value)]
+        answers = await self._script["sync"](keys, [*args, self._ttl_ms], client=redis)
+        return [str(answer) for answer in answers]
+
+    def _released(self, done: asyncio.Future[str], lease: Lease) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._orphan(lease.key, lease.value)
+
+    def _orphan(self, key: str, value: str) -> None:
+        """A release that did not reach Redis: retried by the renewal, while it matters."""
+        self._orphans[(key, value)] = asyncio.get_running_loop().time()
 
     async def _release_all(self, redis: Redis, pairs: Sequence[tuple[str, str]]) -> list[int]:
         keys = [key for key, _ in pairs]
