@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from ..logs import event
 from .layout import REPLY_TTL_MS, Names, decode, encode
-from .link import FAILURES, Link, Unavailable
+from .link import FAILURES, MAX_BACKOFF, Link, Unavailable
 
 ASK_WAIT = 2.0  # seconds to collect the fleet's answers: a replica slower than this is left out
 LISTEN_POLL = 1.0  # seconds a read of the subscription waits before it looks again
@@ -84,13 +84,16 @@ class Control:
         return Answers(answers, heard)
 
     async def _listen(self) -> None:
+        pause = 0.0  # after a subscription that broke at once: Redis answers PING but not this
         while True:
             await self._link.wait_up()
+            await asyncio.sleep(pause)
             pubsub = self._link.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._link.timeout):
                     await pubsub.subscribe(*self._channels)
                 self.listening.set()
+                pause = 0.0
                 while True:
                     message = await pubsub.get_message(timeout=LISTEN_POLL)
                     if message is not None and message.get("type") == "message":
@@ -98,7 +101,7 @@ class Control:
             except FAILURES as exc:
                 # The subscription broke: so did Redis, most likely. The probe finds out.
                 self._link.fail("control", exc)
-                await asyncio.sleep(0)  # let the probe start before waiting for it
+                pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
             finally:
                 self.listening.clear()
                 close: Callable[[], Awaitable[None]] = pubsub.aclose  # redis-py leaves it unannotated
