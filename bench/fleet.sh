@@ -50,20 +50,26 @@ node "$SHARED/echo_server.js" 19001 >/dev/null & pids+=($!)
 wait_port 19001
 # Ports of their own: compare.sh's contenders may still be draining on 19200 and up.
 PORT=19210 UPSTREAM=127.0.0.1:19001 "$SIDECAR" serve --config bench/routes.yaml 2>>"$LOG" & pids+=($!)
+declare -A pid_of=([sidecar]=$!)
 PORT=19211 UPSTREAM=127.0.0.1:19001 REDIS_URL=$REDIS_URL "$SIDECAR" serve --config bench/routes.yaml 2>>"$LOG" & pids+=($!)
+pid_of[sidecar-redis]=$!
 wait_port 19210 && wait_port 19211
+ticks() { awk '{sub(/^.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }  # user+system CPU, in clock ticks
+HZ=$(getconf CLK_TCK)
 for conc in 1 20; do  # one at a time: the round trip itself; 20: under load, as compare.sh
   for round in $(seq "$ROUNDS"); do
     for spec in sidecar=19210 sidecar-redis=19211; do
       name=${spec%%=*}; port=${spec#*=}
+      before=$(ticks "${pid_of[$name]}")
       result=$(node "$SHARED/load.js" handshake "ws://127.0.0.1:$port/ws/edge" "$conc" "$secs")
-      echo "{\"latency\": \"$name\", \"concurrency\": $conc, \"round\": $round, \"result\": $result}" \
+      cpu=$(( $(ticks "${pid_of[$name]}") - before ))
+      echo "{\"latency\": \"$name\", \"concurrency\": $conc, \"round\": $round, \"cpu_ticks\": $cpu, \"hz\": $HZ, \"result\": $result}" \
         | tee -a "$work/latency.jsonl"
     done
   done
 done
 
-python3 - "$work/harness.jsonl" "$work/latency.jsonl" <<'PY'
+python3 - "$work/harness.jsonl" "$work/latency.jsonl" "$secs" <<'PY'
 import json, statistics, sys
 harness = {r["name"]: r for r in map(json.loads, open(sys.argv[1])) if r}
 latency = [json.loads(line) for line in open(sys.argv[2])]
@@ -76,8 +82,12 @@ summary = {
     "sessions_ratio": round(with_["sessions_per_s"] / without["sessions_per_s"], 2),
     "cpu_us_per_session": [without["cpu_us_per_session"], with_["cpu_us_per_session"]],
 }
+secs = float(sys.argv[3])
+for r in latency:  # the sidecar's own CPU per session in that round
+    cpu_s = r["cpu_ticks"] / r["hz"]
+    r["result"]["cpu_us_per_session"] = cpu_s * 1e6 / max(1.0, r["result"]["sessions_per_s"] * secs)
 for conc in (1, 20):  # [without, with] Redis: the median over the rounds
-    for key in ("sessions_per_s", "p50_ms", "p99_ms"):
+    for key in ("sessions_per_s", "p50_ms", "p99_ms", "cpu_us_per_session"):
         summary[f"c{conc}_{key}"] = [median("sidecar", conc, key), median("sidecar-redis", conc, key)]
 print(json.dumps({"summary": summary}))
 PY
