@@ -22,7 +22,8 @@ def authenticate(ctx: Context, rt: Runtime, route: Route) -> str | None:
     """The agent id (``None`` when the route has none), or :exc:`Refused`.
 
     A client address over its failure budget is refused before its token is even
-    compared (so a blocked attacker learns nothing more); a failed token counts."""
+    compared (so a blocked attacker learns nothing more); a failed token counts. A
+    signed token's expiry, when it ends the session, is recorded in ``ctx.expires_at``."""
     if route.auth is None:
         return None
     config = rt.config  # read now: a reload swaps it
@@ -30,7 +31,9 @@ def authenticate(ctx: Context, rt: Runtime, route: Route) -> str | None:
     wait = rt.failures.retry_after(key, ctx.started)
     if wait is not None:
         raise Refused(Rejection(Reason.RATE_LIMITED, retry_after=wait))
-    admission = admit(route.auth, ctx.headers, ctx.query, query_token=route.query_token)
+    admission = admit(route.auth, ctx.headers, ctx.query, query_token=route.query_token, keys=rt.keys.sets)
+    if admission.refresh is not None:
+        rt.keys.wanted(admission.refresh)  # never waited for: see sidecar.jwks
     if admission.reason in TOKEN_FAILURES:
         _warn_if_keyed_on_a_proxy(ctx, rt)
         rt.failures.record_failure(
@@ -38,6 +41,7 @@ def authenticate(ctx: Context, rt: Runtime, route: Route) -> str | None:
         )
     if admission.reason is not None:
         raise Refused(admission.rejection(ctx.headers.getall("Authorization", ())))
+    ctx.expires_at = admission.expires_at
     return admission.agent_id
 
 

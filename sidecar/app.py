@@ -54,6 +54,7 @@ def make_app(config: Config, metrics: Metrics | None = None, deadline: HeaderDea
     app.on_startup.append(_open_client)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_close_client)
+    app.cleanup_ctx.append(rt.keys.running)  # JWKS fetched before serving, kept fresh until cleanup
     return app
 
 

@@ -1,5 +1,5 @@
 """Command line: ``sidecar serve --config FILE``, ``sidecar check FILE``, ``sidecar demo``,
-``sidecar probe URL`` and ``sidecar fingerprint``.
+``sidecar probe URL``, ``sidecar fingerprint`` and ``sidecar token AGENT_ID``.
 
 Exit status: 0 on success, 2 when the config has errors (every one is printed,
 each with its file:line) or on bad usage; ``probe`` exits 1 when a step failed.
@@ -25,7 +25,9 @@ from .config.reader import Unreadable
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
 from .fingerprint import describe, secret_bytes, whitespace_note, without_line_end
 from .logs import event
+from .minting import add_token_command, token
 from .startup import config_to_serve, report, secret_states
+from .tokens import summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The derivation is documented in sidecar/fingerprint.py.",
     )
     secret.add_argument("--env", metavar="VAR", help="read the secret from the environment variable VAR")
+    add_token_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return token(args.agent_id, args.config, args.auth, args.ttl)
     if args.command == "probe":
         return probe.run(args)
     if args.command == "fingerprint":
@@ -117,6 +122,9 @@ def _check(path: str) -> int:
             print(f"  auth {policy:<9} {name:<24} {state}")
         if not states:
             print(f"  auth {policy:<9} (no variables: its secrets are written in the file)")
+    for name, auth_policy in sorted(config.auth.items()):
+        for line in summary(auth_policy.jwt) if auth_policy.jwt else ():
+            print(f"  auth {name:<9} jwt: {line}")
     for key, (value, why) in settings(config).items():
         print(f"  listen.{key}: {value} ({why})")
     for path in (config.live_path, config.ready_path):

@@ -19,7 +19,12 @@ sidecar stops the session   its code (e.g. 1001)    sidecar
 A close frame is relayed as a closing handshake (RFC 6455 section 7.1.2): the
 other side gets it, the other direction keeps flowing until that side's close
 reply arrives, and the reply goes back to the initiator. 1005, 1006 and 1015 are
-never put on the wire (RFC 6455 section 7.4.1).
+never put on the wire (RFC 6455 section 7.4.1). A close frame received is passed
+on byte for byte unless its code must change (:func:`passes_as_is`).
+
+The side that broke the protocol is sent its fault's code and why
+(:func:`to_faulty`); when the sidecar stops a session itself, the client gets the
+sidecar's code and the upstream 1001 (:func:`sidecar_stop`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,25 @@ def closing_after(first: Stopped) -> Closing:
     # An empty close frame reads as 1005 (RFC 6455 section 7.1.5).
     end = End(first.side, first.code or NO_STATUS, first.reason)
     return Closing((code, first.reason.encode("utf-8")), handshake=True, end=end)
+
+
+def passes_as_is(code: int) -> bool:
+    """Whether a close frame received with ``code`` may be relayed unchanged: only a code
+    :func:`on_the_wire` keeps (an empty close becomes 1000, an invalid code 1002)."""
+    return on_the_wire(code) == code
+
+
+def to_faulty(first: Stopped) -> Frame:
+    """What the side that broke the protocol is sent: the fault's code and why
+    (RFC 6455 section 7.1.7: fail the connection, with a close frame first)."""
+    assert first.fault and first.code is not None
+    return first.code, first.reason.encode("utf-8")
+
+
+def sidecar_stop(code: int, reason: str) -> tuple[Frame, Frame, End]:
+    """The sidecar ends a session itself (a drain, a newer session, an operator): what
+    the client is sent, what the upstream is sent, and how the session is accounted."""
+    return (code, reason.encode("utf-8")), SIDECAR_CLOSING_UPSTREAM, End("sidecar", code, reason)
 
 
 def reply_to_initiator(first: Stopped, reply: Stopped | None) -> Frame:

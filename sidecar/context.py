@@ -32,6 +32,8 @@ class Context:
     query_string: str = ""  # the raw query, byte for byte
     path: CanonicalPath | None = None  # set once routing has validated the path
     route: Route | None = None  # set once a route matched
+    # Set by admission when a signed token's expiry ends its session (exp + leeway, epoch s).
+    expires_at: float | None = None
     _query: MultiDictProxy[str] | None = field(default=None, repr=False)
     _request_id: str | None = field(default=None, repr=False)
 

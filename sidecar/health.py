@@ -121,6 +121,8 @@ async def check(ctx: Context, rt: Runtime, readiness: Readiness) -> Answer:
         body["upstreams"] = {u.name: failures.get(u.name, "ok") for u in upstreams}
         if failures:
             reason = Reason.UPSTREAM_UNAVAILABLE
+        if jwks := rt.keys.state(rt.config):
+            body["jwks"] = jwks  # said, never failed on: the last good keys still verify
     ready = reason is None
     if readiness.ready is not ready:
         readiness.ready = ready

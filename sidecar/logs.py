@@ -72,6 +72,9 @@ MESSAGES: dict[str, str] = {
     "http.rejected": "refused {method} with {status} {reason}[ on route {route}][ for agent {agent_id}]",
     "http.request": "{method} on route {route}: {status} in {duration_s}s",
     "http.upstream_broke": "the backend broke off a response[ on route {route}] ({error})",
+    "jwks.refresh_failed": "fetching the JWKS {url} failed ({why}): still using the {keeping} key(s) "
+    "fetched before; trying again in {retry_in_s}s",
+    "jwks.refreshed": "JWKS {url}: {keys} key(s)[ ({kids})][; left out: {skipped}]",
     "log.summary": "{lines} more {of} lines in the last second, by {by}: {counts} (each at debug)",
     "sidecar.cancelling_requests": "cancelling {requests} request(s) still in flight",
     "sidecar.no_ipv6": "no IPv6 on this host: listening on IPv4 only[ ({detail})]",
@@ -99,6 +102,7 @@ MESSAGES: dict[str, str] = {
     "state.bad_message": "a message from another replica could not be read (op {op})",
     "state.renew_failed": "renewing the agent leases failed; the next renewal tries again",
     "ws.stalled": "the {peer} stopped reading for {stall_timeout_s}s: cut off[ (agent {agent_id})]",
+    "ws.token_expired": "the session's token expired: ending it[ on route {route}][ for agent {agent_id}]",
     "ws.upstream_retry": "backend handshake failed ({error}): try {attempt} of {attempts}, "
     "the next in {retry_in_s}s[ (agent {agent_id})]",
 }
@@ -140,6 +144,7 @@ SUMMARISED: dict[str, str] = {
     "ws.peer_dead": "peer",
     "ws.stalled": "peer",
     "ws.upstream_retry": "error",
+    "ws.token_expired": "route",  # tokens minted together expire together
 }
 BURST = 20  # lines of one such event a second logged one by one (at most 160 a second in all)
 WINDOW = 1.0  # seconds a summary covers

@@ -104,6 +104,20 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.jwks_refreshes = Counter(
+            "sidecar_jwks_refreshes",
+            "JWKS fetches (jwt.jwks_url), by result: success, or failure (the last good keys are kept).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.jwks_refreshes.labels(result)
+        self.ws_token_expiries = Counter(
+            "sidecar_ws_token_expiries",
+            "WebSocket sessions the sidecar closed (4401) because their signed token expired.",
+            ["route"],
+            registry=r,
+        )
         self.state_up = Gauge(
             "sidecar_state_up",
             "1 while the fleet's shared state (Redis, state.redis) answers; 0 while it does not "
@@ -147,6 +161,9 @@ class Metrics:
         """``sidecar_config_info`` names the config now in use (one series)."""
         self.config_info.clear()
         self.config_info.labels(config.source, config.digest[:12]).set(1)
+        for route in config.routes:  # at 0 from the start: rate() sees the first expiry
+            if route.websocket:
+                self.ws_token_expiries.labels(route.name)
 
     def replica(self, replica: str, state: str) -> None:
         """``sidecar_replica_info`` names this replica and where its state lives (one series)."""

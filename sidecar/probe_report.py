@@ -339,7 +339,8 @@ def _invalid_token(a: Answer, path: str, token: str | None) -> str:
     return (
         f"the token sent ({token}) matches none of the sidecar's secrets. Where the sidecar runs, "
         "'sidecar fingerprint --env EDGE_SECRET' prints its secret's fingerprint (on Railway: "
-        "'railway run sidecar fingerprint --env EDGE_SECRET'): the agent's must be the same."
+        "'railway run sidecar fingerprint --env EDGE_SECRET'): the agent's must be the same. A signed "
+        "token (JWT) failed verification: the sidecar's ws.rejected log line says why."
     )
 
 
@@ -393,4 +394,6 @@ _SIDECAR = {
     "headers_too_large": _message,
     "bad_handshake": _message,
     "bad_path": _message,
+    "token_expired": _message,
+    "agent_not_allowed": _message,
 }

@@ -51,6 +51,8 @@ class Reason(enum.Enum):
     RATE_LIMITED = "rate_limited"
     OVER_CAPACITY = "over_capacity"
     DUPLICATE_AGENT = "duplicate_agent"
+    TOKEN_EXPIRED = "token_expired"
+    AGENT_NOT_ALLOWED = "agent_not_allowed"
 
     @property
     def status(self) -> int:
@@ -69,6 +71,7 @@ class Reason(enum.Enum):
         return _SPECS[self].closes
 
 
+_EXPIRED_CHALLENGE = 'Bearer realm="sidecar", error="invalid_token", error_description="token expired"'
 _SPECS: dict[Reason, _Spec] = {
     Reason.BAD_REQUEST: _Spec(
         400,
@@ -118,8 +121,9 @@ _SPECS: dict[Reason, _Spec] = {
     ),
     Reason.INVALID_TOKEN: _Spec(
         401,
-        "The Bearer token matches no configured secret. Check that the agent "
-        "and the sidecar have the same EDGE_SECRET.",
+        "The Bearer token matches no configured secret, or is a signed token (JWT) that failed "
+        "verification. Check that the agent and the sidecar have the same EDGE_SECRET, or give "
+        "the agent a token the sidecar's keys verify.",
     ),
     Reason.MISSING_AGENT_ID: _Spec(
         400,
@@ -174,6 +178,20 @@ _SPECS: dict[Reason, _Spec] = {
         "A session with this agent id is already open, and this route refuses a second "
         "one. Close the other session, or give each agent its own id.",
     ),
+    Reason.TOKEN_EXPIRED: _Spec(
+        401,
+        "The signed token (JWT) has expired: its exp, plus the policy's leeway, has passed. "
+        "Give the agent a fresh token ('sidecar token AGENT_ID') and reconnect with it.",
+        # RFC 6750 section 3: the error, and what it is, for a client that renews its token.
+        headers=(
+            ("WWW-Authenticate", 'Bearer realm="sidecar", error="invalid_token", error_description="token expired"'),
+        ),
+    ),
+    Reason.AGENT_NOT_ALLOWED: _Spec(
+        403,
+        "The token names another agent than the id this request states (X-Edge-Agent-Id or "
+        "edge_agent_id). With a token, send no agent id or the token's own: each agent needs its own token.",
+    ),
 }
 
 
@@ -181,7 +199,10 @@ _SPECS: dict[Reason, _Spec] = {
 class Rejection:
     """A refusal: the reason, plus facts that make it actionable.
 
-    ``detail`` is extra, non-secret text (never a token or header value).
+    ``detail`` is extra, non-secret text (never a token or header value), sent in the
+    body and logged. ``log_detail`` is logged only, never sent: which check failed where
+    telling the client would help an attacker (a token's bad signature, unknown key, wrong
+    issuer ...).
     """
 
     reason: Reason
@@ -191,6 +212,7 @@ class Rejection:
     retry_after: int | None = None  # seconds, sent as Retry-After (RFC 9110 section 10.2.3)
     challenge: str | None = None  # WWW-Authenticate, for a 401 (RFC 6750 section 3)
     suggestion: str | None = None  # the path that was meant, for a near miss of a route
+    log_detail: str | None = None  # logged, never rendered
 
     def headers(self) -> tuple[Header, ...]:
         """Every header the refusal is answered with, beyond the body's own."""

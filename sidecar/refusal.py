@@ -47,6 +47,7 @@ def refuse(ctx: Context, rt: Runtime, rejection: Rejection) -> web.Response:
         agent_id=rejection.agent_id,
         client=ctx.client,
         detail=rejection.detail,
+        why=rejection.log_detail,  # for the operator only: never in the response
         upstream_status=rejection.upstream_status,
         request_id=ctx.request_id,
     )

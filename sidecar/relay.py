@@ -1,24 +1,39 @@
-"""The frame pump: client <-> upstream, both directions, until one side ends.
+"""The relay after both 101s: a WebSocket session at the transport level.
 
-Each direction is one task that reads a whole message (aiohttp reassembles
-fragments, up to the route's size limit) and writes it to the other leg with the
-same opcode. Awaiting the write is the backpressure: when a peer stops reading,
-the writer waits for the socket to drain, the pump stops reading, and aiohttp
-pauses the other socket, so memory stays bounded by the buffers plus one message.
-Pings and pongs are relayed end to end like messages, so each peer's liveness
-checks reach the other peer rather than being answered by the sidecar.
+A :class:`Relay` takes over the client's and the upstream's connections (each gets
+a :class:`~sidecar.legs.Leg` as its protocol) and forwards bytes as they arrive,
+frames left as they are: the legs scan them, count messages and bytes into the
+session's :class:`~sidecar.metrics.Tally` pair, enforce the size limit, and find
+the frames that matter here (close frames, faults, the pongs to the sidecar's own
+pings). There is no task per session in here: everything runs in the transports'
+callbacks and on the process's timer :class:`~sidecar.wheel.Wheel` (keep-alive and
+stall checks, :mod:`sidecar.watchdog`; the bound on every close). The session's
+one task awaits :attr:`Relay.ended`.
 
-Keep-alive: every ``keepalive_interval`` the sidecar also pings each peer itself,
-with a payload of its own, unique to the session and the leg, so that an idle
-session survives proxies that cut idle connections (Railway's edge, after about
-60 s). The pong carrying that payload is the sidecar's: it is consumed, never
-relayed; every other pong is relayed as before. A peer that has not answered by
-the next tick is dead, and is cut off (see :class:`_Watchdog` for what counts as
-an answer); the session then ends as if that peer had vanished.
+How a session ends is decided by the pure functions of :mod:`sidecar.closing`,
+whose docstring has the table; this module carries those decisions out:
 
-How a session ends (who is sent which close frame, and how it is counted) is
-decided by the pure functions of :mod:`sidecar.closing`, whose docstring has the
-table; this module carries those decisions out, each close bounded in time.
+* a close frame is relayed as a closing handshake (RFC 6455 section 7.1.2): the
+  other side gets it, byte for byte unless its code must change; the other
+  direction keeps flowing until that side's close reply arrives, and the reply
+  goes back to the initiator;
+* a fault (a frame RFC 6455 forbids, a message over the limit): the faulty side
+  is sent the fault's code and why, the other side the code and which side broke
+  it; the sidecar is the initiator;
+* a connection gone without a close frame: the other side is told (1001 to the
+  upstream, 1011 to the client);
+* :meth:`Relay.stop`: the client gets the sidecar's code, the upstream 1001.
+
+The sidecar's own close frames go out between two frames of their stream. When a
+peer vanished in the middle of a frame, the stream it was sending can never reach
+a boundary: the other peer cannot be sent a close frame without inventing the rest
+of that frame, so its connection is aborted instead (it sees 1006).
+
+Every ending is bounded: ``close_timeout`` after it begins, the relay gives up on
+replies (an initiator still waiting gets its own close frame back) and closes both
+connections; ``close_timeout`` later, whatever has not finished closing (a peer
+that stopped reading) is aborted. :attr:`Relay.ended` resolves once both
+connections are gone, so a session never leaves a socket half open.
 """
 
 from __future__ import annotations
@@ -27,333 +42,276 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
-
-from aiohttp import WSMsgType
-from aiohttp.http_websocket import WebSocketError
 
 from .closing import (
-    SIDECAR_CLOSING_UPSTREAM,
     SIDECAR_ERROR,
     Cause,
     End,
+    Frame,
     Side,
     Stopped,
     close_payload,
     closing_after,
-    cut_reason,
+    passes_as_is,
     reply_to_initiator,
+    sidecar_stop,
+    to_faulty,
 )
-from .logs import event
+from .frames import CLOSE, Close, Fault, Scanner, client_frame, server_frame
+from .inflate import Meter
+from .legs import Leg, Transport
+from .logs import event, logger
 from .metrics import Tally
-from .sessions import EndCause
+from .watchdog import Watchdog
+from .wheel import Handle, Wheel
+
+__all__ = ["Relay", "Transport"]
 
 
-class Leg(Protocol):
-    """What the pump needs of a WebSocket: aiohttp's server and client responses."""
+class Relay:
+    """One session's relay; see the module docstring. ``up`` counts what the client
+    sends, ``down`` what the upstream sends; ``context`` (route, agent id) is added
+    to its log lines."""
 
-    async def receive(self, timeout: float | None = None) -> object: ...  # noqa: ASYNC109
-    async def send_frame(self, message: bytes, opcode: WSMsgType, compress: int | None = None) -> None: ...
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
-
-
-async def _pump(src: _Peer, dst: _Peer) -> Stopped | None:
-    """Relay ``src``'s messages, pings and pongs to ``dst``, except the pong answering
-    the sidecar's own ping. ``None`` means stopped because ``dst`` is closing, or by
-    the other side."""
-    text, binary, ping, pong = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG
-    clock = asyncio.get_running_loop().time
-    receive, send, tally, own = src.leg.receive, dst.leg.send_frame, src.sent, src.token
-    while True:
-        msg = await receive()
-        kind = msg.type  # type: ignore[attr-defined]
-        # Pings and pongs too, end to end: each peer's liveness checks reach the other.
-        if kind is binary or kind is text or kind is ping or (kind is pong and msg.data != own):  # type: ignore[attr-defined]
-            data: bytes = msg.data  # type: ignore[attr-defined]
-            dst.writing_since = clock()  # the watchdog's view of a write that hangs
-            try:
-                await send(data, kind)
-            except ConnectionError:
-                return None  # dst is closing; its own pump reports why
-            dst.writing_since = 0.0
-            if kind is binary or kind is text:
-                tally.messages += 1
-                tally.bytes += len(data)
-        elif kind is pong:
-            src.answered = True  # the sidecar's own keep-alive ping, answered
-        elif kind is WSMsgType.CLOSE:
-            return Stopped(src.side, msg.data, msg.extra or "")  # type: ignore[attr-defined]
-        elif kind is WSMsgType.CLOSING:
-            return None  # we closed this leg from the other task
-        elif kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):  # type: ignore[attr-defined]
-            return Stopped(src.side, msg.data.code, str(msg.data), fault=True)  # type: ignore[attr-defined]
-        else:  # CLOSED, or ERROR from the transport: gone without a close frame
-            return Stopped(src.side, None)
-
-
-async def relay(
-    client: Leg,
-    upstream: Leg,
-    upstream_tally: Tally,
-    downstream_tally: Tally,
-    stop: asyncio.Future[EndCause],
-    *,
-    close_timeout: float,
-    stall_timeout: float,
-    keepalive_interval: float = 0.0,
-    context: Mapping[str, object],
-) -> End:
-    """Run both pumps until one side ends, then close the other side properly.
-
-    ``stop`` lets the sidecar end the session itself: its result is the cause, whose
-    code and reason the client is sent; the upstream is sent 1001. Every close is
-    bounded by ``close_timeout``; a peer that does not take its close frame in
-    time has its connection aborted. So does a peer that takes no data for
-    ``stall_timeout`` while the sidecar has some for it (it stopped reading), and,
-    when ``keepalive_interval`` is not 0, a peer that does not answer the
-    sidecar's ping within one interval: the relay then ends as if that peer had
-    vanished. When this returns, both sockets are closed or closing, and neither
-    pump task is left running.
-    """
-    peers = _Peer("client", client, upstream_tally), _Peer("upstream", upstream, downstream_tally)
-    up = asyncio.ensure_future(_pump(peers[0], peers[1]))
-    down = asyncio.ensure_future(_pump(peers[1], peers[0]))
-    watchdog = _Watchdog(peers, stall_timeout, keepalive_interval, context)
-    closing = _Closer(close_timeout)
-    pending: set[asyncio.Future[object]] = {up, down, stop}  # type: ignore[arg-type]
-    first: Stopped | None = None
-    try:
-        while first is None and (up in pending or down in pending):
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if stop in done:
-                watchdog.stop()
-                cause = stop.result()
-                await closing.both(client, upstream, cause.code, cause.reason)
-                return End("sidecar", cause.code, cause.reason, watchdog.cut)
-            for task in (up, down):
-                if task in done and first is None:
-                    first = task.result()
-        watchdog.stop()  # no more pings once the session is ending
-        if first is None:  # both pumps found their destination closing
-            first = Stopped("client", None)
-        other_pump = down if first.side == "client" else up
-        end = await _finish(first, client, upstream, other_pump, closing)
-        return dataclasses.replace(end, cut=watchdog.cut)
-    except BaseException:
-        # Cancelled or failed: still leave neither peer without a close frame.
-        with contextlib.suppress(Exception):
-            await closing.both(client, upstream, *SIDECAR_ERROR)
-        raise
-    finally:
-        watchdog.stop()
-        for task in (up, down):
-            task.cancel()
-        await asyncio.wait({up, down})  # our own cancellation still propagates
-        for task in (up, down):
-            if not task.cancelled():
-                task.exception()  # retrieved: a pump's failure is not "never retrieved"
-        closing.release(client)
-        closing.release(upstream)
-
-
-async def _finish(
-    first: Stopped, client: Leg, upstream: Leg, other_pump: asyncio.Future[Stopped | None], closing: _Closer
-) -> End:
-    """Carry out :func:`~sidecar.closing.closing_after` for the first leg to stop."""
-    origin, other = (client, upstream) if first.side == "client" else (upstream, client)
-    decision = closing_after(first)
-    if not decision.handshake:
-        await closing.close(other, *decision.to_other)
-        return decision.end
-    # The closing handshake, relayed (RFC 6455 section 7.1.2): pass the close frame
-    # on, keep relaying what the other side still sends until its close arrives,
-    # then answer the initiator with that reply.
-    reply: Stopped | None = None
-    with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-        await asyncio.wait_for(other.send_frame(close_payload(*decision.to_other), WSMsgType.CLOSE), closing.timeout)
-        reply = await asyncio.wait_for(asyncio.shield(other_pump), closing.timeout)
-    await closing.close(origin, *reply_to_initiator(first, reply))
-    await closing.drop(other)
-    return decision.end
-
-
-@dataclass(eq=False)
-class _Peer:
-    """One side of a session as the pumps and the watchdog see it."""
-
-    side: Side
-    leg: Leg
-    sent: Tally  # what this peer sent, counted by the pump reading it
-    # The payload of the sidecar's own pings to this peer: unique to the session and
-    # the leg, recognisable in a capture, and no more than a control frame carries.
-    token: bytes = dataclasses.field(default_factory=lambda: b"sidecar-keepalive " + secrets.token_hex(8).encode())
-    writing_since: float = 0.0  # since when a write *to* this peer waits (0.0: none)
-    pinged: bool = False  # a keep-alive ping awaits its answer ...
-    answered: bool = False  # ... which came back
-    heard: int = 0  # ``sent.messages`` when the ping went out
-
-
-class _Watchdog:
-    """The session's one timer; nothing per message. It cuts a peer off (aborts its
-    connection, so its pump reports it gone) when:
-
-    * stalled: a write to it has waited for ``stall_timeout`` (checked every half
-      ``stall_timeout``);
-    * dead: every ``keepalive`` seconds each peer is pinged, and a peer pinged at
-      the previous tick that has neither answered nor sent a message since is dead.
-      A message counts as an answer: the peer is plainly alive, and its pong may be
-      queued behind what it is sending.
-
-    Keep-alive leaves alone a peer the relay is held up on (:func:`_held_up`): one
-    with data queued for it (a ping would wait behind that data, and whether the
-    peer still reads is the stall check's question), and one the sidecar is not
-    reading because the write of its last message to the other side waits (its
-    pong would sit unread). Such a peer is neither judged nor pinged at that tick.
-    """
+    __slots__ = (
+        "_client",
+        "_close_timeout",
+        "_context",
+        "_cut",
+        "_deadline",
+        "_end",
+        "_first",
+        "_keepalive",
+        "_stall_timeout",
+        "_started",
+        "_stop_at_start",
+        "_upstream",
+        "_watchdog",
+        "_wheel",
+        "ended",
+    )
 
     def __init__(
-        self, peers: tuple[_Peer, _Peer], stall_timeout: float, keepalive: float, context: Mapping[str, object]
+        self,
+        *,
+        max_message_size: int,
+        deflate: bool,
+        close_timeout: float,
+        stall_timeout: float,
+        keepalive_interval: float,
+        wheel: Wheel,
+        up: Tally,
+        down: Tally,
+        context: Mapping[str, object],
     ) -> None:
-        self._peers = peers
+        self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
+        self._client = _leg("client", self, up, max_message_size, deflate)
+        self._upstream = _leg("upstream", self, down, max_message_size, deflate)
+        self._client.other, self._upstream.other = self._upstream, self._client
+        self._close_timeout = close_timeout
+        self._keepalive = keepalive_interval
         self._stall_timeout = stall_timeout
-        self._keepalive = keepalive
-        self._context = context  # route and agent id, for the log lines
-        self._loop = asyncio.get_running_loop()
-        now = self._loop.time()
-        self._next_stall_check = now + stall_timeout / 2
-        self._next_ping = now + keepalive if keepalive else math.inf
-        self._pings: set[asyncio.Future[None]] = set()
-        self.cut: tuple[Side, Cause] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._schedule()
+        self._wheel = wheel
+        self._context = context
+        self._watchdog = Watchdog(
+            (self._client, self._upstream),
+            wheel,
+            keepalive=keepalive_interval,
+            stall_timeout=stall_timeout,
+            cut=self._cut_off,
+        )
+        self._end: End | None = None  # decided, once the session is ending
+        self._first: Stopped | None = None  # what decided it (None: the sidecar's stop)
+        self._cut: tuple[Side, Cause] | None = None
+        self._deadline: Handle | None = None
+        self._started = False
+        self._stop_at_start: tuple[int, str] | None = None
 
-    def _schedule(self) -> None:
-        self._timer = self._loop.call_at(min(self._next_stall_check, self._next_ping), self._tick)
+    def start(self, client: Transport, client_pending: bytes, upstream: Transport, upstream_pending: bytes) -> None:
+        """Take both connections over and relay what each side sent after its handshake
+        (``*_pending``) first. A connection already closing counts as gone."""
+        if self._started:
+            raise RuntimeError("a relay is started once")
+        self._started = True
+        legs = ((self._client, client, client_pending), (self._upstream, upstream, upstream_pending))
+        for leg, transport, _ in legs:
+            leg.attach(transport)
+        self._watchdog.start()
+        for leg, transport, pending in legs:
+            if transport.is_closing():
+                self.lost(leg)
+            elif pending:
+                leg.data_received(pending)
+        for leg, transport, _ in legs:
+            if not leg.lost and not leg.paused:
+                transport.resume_reading()
+        if self._stop_at_start is not None:
+            self.stop(*self._stop_at_start)
 
-    def _tick(self) -> None:
-        assert self._timer is not None
-        when = self._timer.when()  # what was due then is due now (call_at may run early by the clock's resolution)
-        if self._next_stall_check <= when:
-            self._next_stall_check = when + self._stall_timeout / 2
-            self._check_stalls()
-        if self._next_ping <= when and self.cut is None:
-            self._next_ping = when + self._keepalive
-            self._keep_alive()
-        if self.cut is None:  # once a peer is cut off, the session is ending
-            self._schedule()
-
-    def _check_stalls(self) -> None:
-        now = self._loop.time()
-        for peer in self._peers:
-            if peer.writing_since and now - peer.writing_since > self._stall_timeout:
-                event(
-                    logging.WARNING, "ws.stalled", **self._context, peer=peer.side, stall_timeout_s=self._stall_timeout
-                )
-                self._cut_off(peer, "stalled")
-                return
-
-    def _keep_alive(self) -> None:
-        client, upstream = self._peers
-        due = [peer for peer, other in ((client, upstream), (upstream, client)) if not _held_up(peer, other)]
-        for peer in self._peers:
-            if peer not in due:
-                peer.pinged = False  # neither judged nor pinged: see the class docstring
-        for peer in due:
-            if peer.pinged and not (peer.answered or peer.sent.messages != peer.heard):
-                event(logging.WARNING, "ws.peer_dead", **self._context, peer=peer.side, keepalive_s=self._keepalive)
-                self._cut_off(peer, "dead")
-                return
-        for peer in due:
-            self._ping(peer)
-
-    def _ping(self, peer: _Peer) -> None:
-        transport = _transport(peer.leg)
-        if transport is None or transport.is_closing():
-            peer.pinged = False
+    def stop(self, code: int, reason: str) -> None:
+        """End the session: at the next frame boundary the client gets close(code, reason)
+        and the upstream close(1001, 'sidecar closing the session'). Once the session is
+        ending anyway, this changes nothing."""
+        if not self._started:
+            self._stop_at_start = (code, reason)
             return
-        peer.pinged, peer.answered, peer.heard = True, False, peer.sent.messages
-        # Nothing is queued for the peer, so the frame goes straight to the socket and
-        # this completes at its first step; a task only because a timer cannot await.
-        ping = asyncio.ensure_future(peer.leg.send_frame(peer.token, WSMsgType.PING))
-        self._pings.add(ping)
-        ping.add_done_callback(self._sent)
+        if self._end is not None:
+            return
+        to_client, to_upstream, end = sidecar_stop(code, reason)
+        self._begin(None, end)
+        self._send_close(self._client, _encode(self._client, to_client))
+        self._send_close(self._upstream, _encode(self._upstream, to_upstream))
 
-    def _sent(self, ping: asyncio.Future[None]) -> None:
-        self._pings.discard(ping)
-        if not ping.cancelled():
-            ping.exception()  # a leg closing meanwhile: its pump reports that
+    # --- what the legs report -------------------------------------------------------------
 
-    def _cut_off(self, peer: _Peer, cause: Cause) -> None:
-        self.cut = (peer.side, cause)
-        peer.writing_since = 0.0
-        transport = _transport(peer.leg)
-        if transport is not None:
-            transport.abort()  # its pump then reports the peer as gone
+    def closed_by(self, leg: Leg, close: Close, frame: bytes) -> None:
+        """``leg``'s peer sent a close frame (``frame``, as received)."""
+        other = leg.other
+        if self._end is None:  # it begins the closing handshake, relayed
+            first = Stopped(leg.side, close.code, close.reason)
+            decision = closing_after(first)
+            self._begin(first, decision.end)
+            self._send_close(other, frame if passes_as_is(close.code) else _encode(other, decision.to_other))
+        elif self._awaits_reply_from(leg):  # its reply, which goes back to the initiator
+            assert self._first is not None
+            reply = reply_to_initiator(self._first, Stopped(leg.side, close.code, close.reason))
+            self._send_close(other, frame if passes_as_is(close.code) else _encode(other, reply))
+        self._settle(leg)
 
-    def stop(self) -> None:
-        """No more ticks. A ping still being written is left to finish: it ends with
-        its socket, which the relay always closes."""
-        if self._timer is not None:
-            self._timer.cancel()
+    def close_sent(self, leg: Leg) -> None:
+        self._settle(leg)
 
+    def faulted(self, leg: Leg, fault: Fault) -> None:
+        """``leg``'s peer broke the protocol: nothing more is read from it."""
+        other = leg.other
+        stopped = Stopped(leg.side, fault.code, fault.reason, fault=True)
+        if self._end is None:
+            decision = closing_after(stopped)
+            self._begin(stopped, decision.end)
+            self._send_close(other, _encode(other, decision.to_other))
+        elif self._awaits_reply_from(leg):
+            assert self._first is not None
+            self._send_close(other, _encode(other, reply_to_initiator(self._first, stopped)))
+        self._send_close(leg, _encode(leg, to_faulty(stopped)))
+        self._settle(leg)
 
-class _Closer:
-    """Closes legs within a time limit, aborting a connection that does not keep it.
+    def lost(self, leg: Leg) -> None:
+        """``leg``'s connection is gone (closed, aborted, or dropped by its peer)."""
+        if leg.lost:
+            return
+        leg.lost = leg.got_close = True
+        leg.forwarding, leg.holding = False, None
+        other = leg.other
+        other.forwarding, other.holding = False, None  # nothing more can go to it
+        other.unpause()  # it may have been held back for this leg's full buffer
+        if self._end is None:  # gone without a close frame
+            first = Stopped(leg.side, None)
+            decision = closing_after(first)
+            self._begin(first, decision.end)
+            self._send_close(other, _encode(other, decision.to_other))
+        elif self._awaits_reply_from(leg):
+            assert self._first is not None
+            self._send_close(other, _encode(other, reply_to_initiator(self._first, Stopped(leg.side, None))))
+        if self._client.lost and self._upstream.lost and not self.ended.done():
+            self._watchdog.stop()
+            if self._deadline is not None:
+                self._deadline.cancel()
+            assert self._end is not None
+            self.ended.set_result(dataclasses.replace(self._end, cut=self._cut))
 
-    aiohttp's ``close()`` waits for the write buffer to drain with no limit of its own,
-    so a peer that has stopped reading would hold it, and the session, for ever.
-    """
+    def failed(self, leg: Leg, error: Exception) -> None:
+        """A bug in the relay: still end the session with close frames if it can."""
+        logger.error("ws.relay_failed", exc_info=error, extra={"fields": {**self._context, "peer": leg.side}})
+        if self._end is None:
+            with contextlib.suppress(Exception):  # if even that fails, aborting is what is left
+                self.stop(*SIDECAR_ERROR)
+                return
+        self._abort_all()
 
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
+    # --- carrying the decisions out -----------------------------------------------------------
 
-    async def close(self, leg: Leg, code: int, reason: bytes) -> None:
-        try:
-            await asyncio.wait_for(leg.close(code=code, message=cut_reason(reason)), self.timeout)
-        except (TimeoutError, ConnectionError):
-            transport = _transport(leg)
-            if transport is not None:
-                transport.abort()
+    def _begin(self, first: Stopped | None, end: End) -> None:
+        self._first, self._end = first, end
+        self._watchdog.stop()  # no more pings, and the deadline bounds what follows
+        self._deadline = self._wheel.call_later(self._close_timeout, self._give_up)
 
-    async def both(self, client: Leg, upstream: Leg, code: int, reason: str) -> None:
-        await asyncio.gather(
-            self.close(client, code, reason.encode()),
-            self.close(upstream, *SIDECAR_CLOSING_UPSTREAM),
+    def _awaits_reply_from(self, leg: Leg) -> bool:
+        """Is ``leg`` the other side of a closing handshake that is still waiting for it?"""
+        first = self._first
+        return (
+            first is not None
+            and first.code is not None
+            and not first.fault
+            and first.side == leg.other.side
+            and not leg.other.sent_close
         )
 
-    async def drop(self, leg: Leg) -> None:
-        """End a leg whose closing handshake is done, without a second close frame:
-        aiohttp's ``close()`` always writes one, unless the transport is already closing."""
-        transport = _transport(leg)
-        if transport is not None:
-            transport.close()
-        await self.close(leg, 1000, b"")  # releases aiohttp's state; writes nothing now
+    def _send_close(self, leg: Leg, frame: bytes) -> None:
+        if leg.lost or leg.sent_close or leg.pending_close is not None:
+            return  # one close frame per leg: the first decided
+        if not leg.send(frame, close=True):
+            self._abort(leg)  # its stream cannot reach a boundary: see the module docstring
 
-    def release(self, leg: Leg) -> None:
-        """The session is over: its socket is closed now, and aborted if it has not
-        finished flushing within the time limit (a peer that stopped reading)."""
-        transport = _transport(leg)
-        if transport is not None:
-            transport.close()
-            if transport.get_write_buffer_size():  # still flushing to the peer
-                asyncio.get_running_loop().call_later(self.timeout, transport.abort)
+    def _settle(self, leg: Leg) -> None:
+        """A leg whose closing handshake is done (both close frames) is closed."""
+        if leg.sent_close and leg.got_close and not leg.released and not leg.lost:
+            leg.released = True
+            leg.transport.close()
+
+    def _give_up(self) -> None:
+        """``close_timeout`` into the ending: no more waiting for replies."""
+        assert self._first is not None or self._end is not None
+        for leg in (self._client, self._upstream):
+            if self._first is not None and self._awaits_reply_from(leg):
+                self._send_close(leg.other, _encode(leg.other, reply_to_initiator(self._first, None)))
+        for leg in (self._client, self._upstream):
+            if leg.lost:
+                continue
+            if leg.pending_close is not None:  # it could not even be sent its close frame
+                self._abort(leg)
+            elif not leg.released:
+                leg.released = True
+                leg.other.forwarding = False
+                leg.transport.close()
+        self._deadline = self._wheel.call_later(self._close_timeout, self._abort_all)
+
+    def _abort_all(self) -> None:
+        for leg in (self._client, self._upstream):
+            self._abort(leg)
+
+    def _abort(self, leg: Leg) -> None:
+        if not leg.lost:
+            leg.transport.abort()
+            self.lost(leg)  # now: uvloop refuses writes to an aborted transport
+
+    def _cut_off(self, leg: Leg, cause: Cause) -> None:
+        """The watchdog's verdict: the peer is dead or stalled; the session ends as if it
+        had vanished."""
+        if self._end is not None:
+            return
+        self._cut = (leg.side, cause)
+        if cause == "stalled":
+            event(logging.WARNING, "ws.stalled", **self._context, peer=leg.side, stall_timeout_s=self._stall_timeout)
+        else:
+            event(logging.WARNING, "ws.peer_dead", **self._context, peer=leg.side, keepalive_s=self._keepalive)
+        self._abort(leg)
 
 
-def _held_up(peer: _Peer, other: _Peer) -> bool:
-    """Is the relay held up on ``peer``: data waiting to go to it, or its own data
-    not being read because the write of the previous message to ``other`` waits?"""
-    transport = _transport(peer.leg)
-    queued = transport is not None and transport.get_write_buffer_size() > 0
-    return bool(peer.writing_since or other.writing_since) or queued
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool) -> Leg:
+    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=deflate)
+    # The payload of the sidecar's pings to this peer: unique to the session and the leg,
+    # recognisable in a capture, and no more than a control frame carries.
+    leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + secrets.token_hex(8).encode())
+    if deflate:
+        leg.meter = Meter(max_message_size)
+        scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs
+    return leg
 
 
-def _transport(leg: Leg) -> asyncio.Transport | None:
-    """The leg's socket transport. aiohttp exposes it only through its frame writer
-    (the same attribute on server and client WebSockets); tests cover this."""
-    writer = getattr(leg, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    return transport if isinstance(transport, asyncio.Transport) else None
+def _encode(leg: Leg, frame: Frame) -> bytes:
+    """A close frame of the sidecar's for ``leg``'s peer: unmasked to the client, masked
+    to the upstream (RFC 6455 section 5.1)."""
+    payload = close_payload(*frame)
+    return server_frame(CLOSE, payload) if leg.side == "client" else client_frame(CLOSE, payload)

@@ -11,10 +11,11 @@ from aiohttp import web
 from .clients import ClientRules
 from .config import Config, identity_headers
 from .fleet import Fleet
+from .jwks import KeyCache, jwks_urls
 from .limits import FailureTable
 from .metrics import Metrics
 from .routing import Router
-from .sessions import Registry
+from .sessions import Registry, Session
 
 
 @dataclass(eq=False)
@@ -31,8 +32,11 @@ class Runtime:
     fleet: Fleet | None = None  # the state shared with the other replicas (state.redis), if any
     identity_headers: frozenset[str] = field(init=False)
     clients: ClientRules = field(init=False)
+    keys: KeyCache = field(init=False)  # every JWKS the config names; survives a reload
 
     def __post_init__(self) -> None:
+        self.keys = KeyCache(self.metrics)
+        self.sessions.expired = self._count_expiry
         self.apply(self.config)
 
     def apply(self, config: Config) -> None:
@@ -42,6 +46,10 @@ class Runtime:
         self.router = Router(config.routes)
         self.identity_headers = identity_headers(config)
         self.clients = ClientRules.of(config)
+        self.keys.configure(jwks_urls(config))
+
+    def _count_expiry(self, session: Session) -> None:
+        self.metrics.ws_token_expiries.labels(session.route.name).inc()
 
     @property
     def stopping(self) -> bool:

@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,9 @@ class EndCause(enum.Enum):
     REPLACED = (4409, "replaced by a newer session for this agent id")
     # The client's connection dropped during the upstream handshake: nobody to answer.
     CLIENT_GONE = (1001, "client went away")
+    # The session's signed token expired (its exp plus the policy's leeway): 4401 echoes
+    # HTTP 401; the client reconnects with a fresh token. Still connecting: 401 token_expired.
+    EXPIRED = (4401, "token expired")
     # An operator ended it (DELETE /sessions/{agent_id} on the metrics port); 4403 echoes HTTP 403.
     OPERATOR = (4403, "closed by operator")
 
@@ -80,6 +83,8 @@ class EndCause(enum.Enum):
             return Rejection(Reason.DRAINING, agent_id=agent_id, retry_after=DRAIN_RETRY_AFTER)
         if self is EndCause.REPLACED:
             return Rejection(Reason.DUPLICATE_AGENT, detail=self.reason, agent_id=agent_id)
+        if self is EndCause.EXPIRED:
+            return Rejection(Reason.TOKEN_EXPIRED, agent_id=agent_id)
         return None
 
 
@@ -97,6 +102,9 @@ class Session:
     # Resolved with the cause when the sidecar ends the session; the relay waits on it.
     stopped: asyncio.Future[EndCause] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     done: asyncio.Event = field(default_factory=asyncio.Event)  # set once CLOSED
+    # When its signed token expires (exp plus leeway, epoch seconds), if the policy closes
+    # sessions then: the registry ends it at that moment (EXPIRED).
+    expires_at: float | None = None
 
     def end(self, cause: EndCause) -> None:
         """End the session from outside; the first cause is the one recorded."""
@@ -193,6 +201,8 @@ class Registry:
         self.draining = False  # set when the drain begins: no session opens any more
         self._counts = SessionCounts()
         self._live: set[Session] = set()
+        # Told of each open session ended at its token's expiry (the runtime counts them).
+        self.expired: Callable[[Session], None] = _nothing
 
     def __len__(self) -> int:
         return len(self._live)
@@ -214,6 +224,7 @@ class Registry:
             full = Rejection(Reason.OVER_CAPACITY, agent_id=session.agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
             raise Refused(full)
         self._live.add(session)
+        expiry = self._expiry(session)
         claimed = False
         try:
             if session.agent_id is not None and route.duplicate_agent != "allow":
@@ -226,11 +237,31 @@ class Registry:
             session.refuse_if_ended()  # ended while it waited: the drain, or a newer session
             yield session
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._live.discard(session)
             self._counts.release(route.name)
             if claimed:
                 await self.agents.release(session)
             session.move(State.CLOSED)
+
+    def _expiry(self, session: Session) -> asyncio.TimerHandle | None:
+        """One timer per session with an expiry, from admission to release: nothing per
+        message. It ends the session (:attr:`EndCause.EXPIRED`): 4401 if it is open, 401
+        token_expired if it is still in its upstream handshake."""
+        if session.expires_at is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.call_at(loop.time() + (session.expires_at - time.time()), self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        if session.cause is not None or session.state is State.CLOSED:
+            return
+        was_open = session.state is State.OPEN
+        session.end(EndCause.EXPIRED)
+        event(logging.INFO, "ws.token_expired", route=session.route.name, agent_id=session.agent_id, open=was_open)
+        if was_open:
+            self.expired(session)
 
     def opened(self, session: Session) -> None:
         """The session's relay has begun. One opened during a drain is ended at once."""
@@ -280,3 +311,7 @@ class Registry:
             _, pending = await asyncio.wait(waits, timeout=closing_bound(close_timeout))
             for wait in pending:
                 wait.cancel()
+
+
+def _nothing(session: Session) -> None:
+    """The default :attr:`Registry.expired`: nobody to tell."""

@@ -5,7 +5,7 @@ start, and says so; otherwise logging is configured as the config says. No aioht
 ``cli`` imports this without paying for the server.
 
 Also what ``sidecar check`` and the start-up log say of each auth policy's secrets: each
-variable its bearer list names, unset, empty or set with its fingerprint
+variable its bearer or jwt.secrets list names, unset, empty or set with its fingerprint
 (``sidecar.fingerprint``), the same string ``sidecar probe`` and ``sidecar fingerprint``
 print for the same secret. Never in a response to a client: a slow KDF per request
 would be a lever for anyone sending requests.
@@ -40,7 +40,7 @@ def config_to_serve(path: str, load: Callable[[], tuple[Config | None, list[Prob
 
 
 def secret_states(config: Config, env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Each auth policy -> each variable its bearer list names -> ``unset``, ``empty``, or
+    """Each auth policy -> each variable its secret lists name -> ``unset``, ``empty``, or
     ``set, fp1:... (N bytes)``. Slow on purpose: one scrypt (about 60 ms) per variable set."""
     return {
         policy.name: {name: _state(env.get(name)) for name in policy.secret_variables}

@@ -29,10 +29,10 @@ from .context import Context
 from .forwarding import forward_headers, upstream_query
 from .handshake import handshake_problem, offered_protocols
 from .logs import event
+from .message_relay import relay
 from .metrics import close_code_label
 from .origins import origin_allowed
 from .reasons import Reason, Refused, Rejection
-from .relay import relay
 from .runtime import Runtime
 from .sessions import EndCause, Session, State
 from .upstream import connect_websocket, rejection_for, upstream_url
@@ -56,7 +56,7 @@ async def handle_websocket(request: web.Request, ctx: Context, rt: Runtime) -> w
     assert ctx.route is not None
     check_handshake(ctx)
     agent_id = authenticate(ctx, rt, ctx.route)
-    session = Session(ctx.route, agent_id, ctx.client)
+    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at)
     task = asyncio.ensure_future(_session(request, ctx, rt, session))
     try:
         return await asyncio.shield(task)

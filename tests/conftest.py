@@ -44,6 +44,20 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
+# The event loops a test runs on: asyncio's, and uvloop's too for tests marked `both_loops`
+# (uvloop's transports are not asyncio's classes, and what works on one may not on the other).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+if sys.platform != "win32":
+    import uvloop
+
+    LOOPS["uvloop"] = uvloop.new_event_loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if item.get_closest_marker("both_loops") is not None:
+        return dict(LOOPS)
+    return {"asyncio": asyncio.new_event_loop}
+
 
 def config_for(upstream_url: str, text: str | None = None, **env: str) -> Config:
     """The shipped routes.yaml (or ``text``), with the test environment."""

@@ -43,6 +43,8 @@ CONTRACT: dict[str, frozenset[str]] = {
         "sidecar_http_request_duration_seconds_bucket": ("route", "le"),
         "sidecar_config_reloads_total": ("result",),
         "sidecar_config_info": ("source", "sha256"),
+        "sidecar_jwks_refreshes_total": ("result",),
+        "sidecar_ws_token_expiries_total": ("route",),
         "sidecar_asyncio_tasks": (),
         "sidecar_state_up": (),
         "sidecar_state_errors_total": ("op",),

@@ -13,7 +13,10 @@ from sidecar.closing import (
     closing_after,
     cut_reason,
     on_the_wire,
+    passes_as_is,
     reply_to_initiator,
+    sidecar_stop,
+    to_faulty,
 )
 
 
@@ -96,3 +99,50 @@ def test_a_long_reason_is_cut_at_a_character_boundary() -> None:
     assert len(cut) == 122
     assert cut.decode("utf-8") == "\u00e9" * 61
     assert cut_reason(b"short") == b"short"
+
+
+@pytest.mark.parametrize(
+    ("code", "as_is"),
+    [
+        (1000, True),
+        (1001, True),
+        (1012, True),
+        (3000, True),
+        (4999, True),
+        (1005, False),  # an empty close frame: relayed as 1000
+        (5000, False),  # undefined above 4999: relayed as 1002
+        (65535, False),
+    ],
+)
+def test_a_close_frame_passes_as_is_unless_its_code_must_change(code: int, as_is: bool) -> None:
+    assert passes_as_is(code) is as_is
+
+
+@pytest.mark.parametrize(
+    ("first", "sent"),
+    [
+        (Stopped("client", 1002, "reserved opcode 0x3", fault=True), (1002, b"reserved opcode 0x3")),
+        (
+            Stopped("upstream", 1009, "message larger than 1024 bytes", fault=True),
+            (1009, b"message larger than 1024 bytes"),
+        ),
+        (Stopped("client", 1007, "close reason is not UTF-8", fault=True), (1007, b"close reason is not UTF-8")),
+    ],
+)
+def test_the_faulty_side_is_sent_its_faults_code_and_why(first: Stopped, sent: tuple[int, bytes]) -> None:
+    assert to_faulty(first) == sent
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (1012, "service restart: reconnect"),
+        (4409, "replaced by a newer session for this agent id"),
+        (1011, "sidecar error"),
+    ],
+)
+def test_a_stop_by_the_sidecar_tells_the_client_its_code_and_the_upstream_1001(code: int, reason: str) -> None:
+    to_client, to_upstream, end = sidecar_stop(code, reason)
+    assert to_client == (code, reason.encode())
+    assert to_upstream == (1001, b"sidecar closing the session")
+    assert end == End("sidecar", code, reason)

@@ -534,7 +534,7 @@ ONE_MISTAKE = [
     (
         "bearer-missing",
         BASE.replace("    bearer: ['${S}']", "    agent_id: {}"),
-        "6: error: auth.e: missing 'bearer' (the list of accepted secrets)",
+        "6: error: auth.e: missing 'bearer' (the list of accepted secrets) or 'jwt' (signed tokens)",
     ),
     (
         "route-unknown-key",

@@ -79,6 +79,7 @@ def test_nothing_that_answers_a_client_can_compute_a_fingerprint() -> None:
         assert "sidecar.fingerprint" not in reached, start
     assert {m for m, imported in graph.items() if "sidecar.fingerprint" in imported} == {
         "sidecar.cli",
+        "sidecar.minting",  # sidecar token: the signing key's fingerprint, on stderr
         "sidecar.probe",
         "sidecar.startup",
     }

@@ -31,6 +31,8 @@ EXPECTED = {
     "rate_limited": 429,
     "over_capacity": 503,
     "duplicate_agent": 409,
+    "token_expired": 401,
+    "agent_not_allowed": 403,
 }
 
 
@@ -62,7 +64,7 @@ def test_value_is_snake_case_of_the_member_name(reason: Reason) -> None:
 def test_values_and_messages_are_unique() -> None:
     values = [r.value for r in Reason]
     messages = [r.message for r in Reason]
-    assert len(set(values)) == len(values) == 20
+    assert len(set(values)) == len(values) == 22
     assert len(set(messages)) == len(messages)
 
 
@@ -81,6 +83,8 @@ def test_values_and_messages_are_unique() -> None:
         (Reason.RATE_LIMITED, ["Retry-After"]),
         (Reason.OVER_CAPACITY, ["Retry-After"]),
         (Reason.ORIGIN_DENIED, ["Origin"]),
+        (Reason.TOKEN_EXPIRED, ["sidecar token AGENT_ID"]),
+        (Reason.AGENT_NOT_ALLOWED, ["X-Edge-Agent-Id", "edge_agent_id"]),
     ],
     ids=lambda x: x.value if isinstance(x, Reason) else None,
 )

@@ -4,6 +4,9 @@ admission (caps, the duplicate-agent policy), the one release, the drain."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
+import weakref
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
@@ -47,7 +50,11 @@ async def test_transitions(start: State, to: State, allowed: bool) -> None:
 
 @pytest.mark.parametrize(
     ("cause", "status", "reason", "retry_after"),
-    [(EndCause.DRAINING, 503, Reason.DRAINING, 1), (EndCause.REPLACED, 409, Reason.DUPLICATE_AGENT, None)],
+    [
+        (EndCause.DRAINING, 503, Reason.DRAINING, 1),
+        (EndCause.REPLACED, 409, Reason.DUPLICATE_AGENT, None),
+        (EndCause.EXPIRED, 401, Reason.TOKEN_EXPIRED, None),
+    ],
 )
 async def test_a_session_ended_before_it_opens_is_refused(
     cause: EndCause, status: int, reason: Reason, retry_after: int | None
@@ -183,6 +190,52 @@ async def test_end_agent_ends_its_sessions_only() -> None:
         assert registry.end_agent("a1", EndCause.REPLACED) == 2
         assert registry.end_agent("a1", EndCause.REPLACED) == 0  # already ending
         assert [s.cause for s in sessions] == [EndCause.REPLACED, EndCause.REPLACED, None]
+
+
+async def test_an_open_session_is_ended_at_its_tokens_expiry_and_counted() -> None:
+    registry = Registry()
+    expired: list[Session] = []
+    registry.expired = expired.append
+    session = Session(ROUTE, "a1", expires_at=time.time())  # due now
+    async with admit(registry, session):
+        registry.opened(session)
+        assert await asyncio.wait_for(session.stopped, 10) is EndCause.EXPIRED
+        assert (session.state, EndCause.EXPIRED.code, EndCause.EXPIRED.reason) == (
+            State.CLOSING,
+            4401,
+            "token expired",
+        )
+    assert expired == [session]
+
+
+async def test_a_session_whose_token_expires_before_it_opens_is_refused_401() -> None:
+    registry = Registry()
+    expired: list[Session] = []
+    registry.expired = expired.append
+    session = Session(ROUTE, "a1", expires_at=time.time())
+    with pytest.raises(Refused) as refused:
+        async with admit(registry, session):
+            await asyncio.wait_for(session.stopped, 10)  # as the upstream handshake does
+            session.refuse_if_ended()
+    rejection = refused.value.rejection
+    assert (rejection.reason, rejection.agent_id) == (Reason.TOKEN_EXPIRED, "a1")
+    assert ("WWW-Authenticate", 'Bearer realm="sidecar", error="invalid_token", error_description="token expired"') in (
+        rejection.headers()
+    )
+    assert expired == []  # a refusal, counted as one; not an expiry of an open session
+
+
+async def test_a_released_session_leaves_no_expiry_timer_holding_it() -> None:
+    """The timer is cancelled with the release: a closed session is not kept in memory
+    until its token would have expired (a day, for a minted token)."""
+    registry = Registry()
+    session = Session(ROUTE, "a1", expires_at=time.time() + 3600)
+    async with admit(registry, session):
+        registry.opened(session)
+    gone = weakref.ref(session)
+    del session
+    gc.collect()
+    assert gone() is None
 
 
 def test_closing_bound() -> None:

@@ -32,7 +32,7 @@ def railway_marker(env: Mapping[str, str]) -> str | None:
 @dataclass(frozen=True)
 class Reference:
     """A variable a routes file names: where (``listen.port``), the default written for
-    it (``None``: none), and whether a bearer list names it (a secret)."""
+    it (``None``: none), and whether a bearer or jwt.secrets list names it (a secret)."""
 
     name: str
     where: str
@@ -52,7 +52,7 @@ def variables_of(text: str) -> list[Reference]:
             continue
         seen.add(id(node))
         if isinstance(node, ScalarNode):
-            secret = where.endswith(".bearer")
+            secret = where.endswith((".bearer", ".jwt.secrets"))
             found += [Reference(name, where, default, secret) for name, default in references(str(node.value))]
         elif isinstance(node, MappingNode):
             todo += reversed([(v, f"{where}.{k.value}".lstrip(".")) for k, v in node.value])

@@ -27,6 +27,15 @@ RAILWAY_EDGE: IPNetwork = ipaddress.IPv4Network("100.64.0.0/10")
 RAILWAY_CLIENT_IP_HEADER = "X-Real-IP"
 DuplicateAgent = Literal["replace", "reject", "allow"]
 LogFormat = Literal["json", "text"]
+OnExpiry = Literal["close", "ignore"]
+
+# JWT algorithms (RFC 7518 section 3.1, RFC 8037 for EdDSA). "none" is never one of them.
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+# An HMAC key at least as long as the hash's output (RFC 7518 section 3.2: HS256, 32 bytes).
+MIN_JWT_SECRET_BYTES = 32
+# How long an agent id may be when the pattern itself has no bound (``.+``).
+UNBOUNDED_AGENT_ID_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,28 @@ class AgentIdRule:
     pattern: re.Pattern[str] = re.compile(DEFAULT_AGENT_ID_PATTERN)
     required: bool = True
     forward_header: str = "X-Edge-Agent-Id"
+    # The longest id the pattern can match: longer input is refused before the pattern
+    # runs, so an operator's pattern never backtracks over a whole 8 KiB header.
+    max_length: int = 128
+
+
+@dataclass(frozen=True)
+class JwtPolicy:
+    """JSON Web Tokens an auth policy accepts (``auth.<name>.jwt``).
+
+    ``secrets`` are the HMAC keys, current first: verification needs them as they are,
+    so they are held, but never shown (``repr=False``; ``sidecar check`` names them by
+    fingerprint). Asymmetric keys come from ``jwks_url`` at run time, never from the file.
+    """
+
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None  # iss must equal it
+    audience: str | None = None  # aud must contain it
+    agent_claim: str = "sub"  # the claim whose value is the agent id
+    leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    on_expiry: OnExpiry = "close"  # close: an open session ends at exp + leeway (4401)
 
 
 @dataclass(frozen=True)
@@ -69,9 +100,10 @@ class AuthPolicy:
     name: str
     secret_digests: tuple[bytes, ...] = field(repr=False, default=())
     agent_id: AgentIdRule | None = None
-    # The variables its bearer list names (names, not values): what 'sidecar check' and
-    # the start-up log list as set or unset, with the fingerprints of those set.
+    # The variables its bearer and jwt.secrets lists name (names, not values): what 'sidecar
+    # check' and the start-up log list as set or unset, with the fingerprints of those set.
     secret_variables: tuple[str, ...] = ()
+    jwt: JwtPolicy | None = None
 
 
 @dataclass(frozen=True)

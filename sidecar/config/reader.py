@@ -58,7 +58,7 @@ class Reader:
         self.strict = strict
         self.problems: list[Problem] = []
         self._reported_unset: set[tuple[str, int]] = set()
-        self.secret_names = secret_names  # variables some bearer list names
+        self.secret_names = secret_names  # variables some bearer or jwt.secrets list names
         self.secrets = secrets  # what those secrets look like (redaction.secret_values)
         # A value's node -> the secrets another variable carried into it (redaction.carried).
         self._carried: dict[int, frozenset[str]] = {}
@@ -96,7 +96,7 @@ class Reader:
             self.error(node, f"{where}: {exc}")
             return None
         shared = sorted(set(expanded.used) & self.secret_names)
-        if shared and not where.endswith(".bearer"):
+        if shared and not where.endswith((".bearer", ".jwt.secrets")):
             # A secret in any other field would sit in plain config (a header name, a host)
             # and in its repr; found by tests/test_fuzz_config.py ('header: ${EDGE_SECRET}').
             self.error(node, f"{where}: ${{{shared[0]}}} is a secret (a bearer list names it); use it nowhere else")

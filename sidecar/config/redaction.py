@@ -1,6 +1,7 @@
 """Secrets in a config file: where they are, and keeping them out of problem messages.
 
-A secret is every value under a ``bearer`` key, anywhere in the file, valid or not:
+A secret is every value under a ``bearer`` or a ``secrets`` key (a policy's ``jwt.secrets``,
+the HMAC keys of its tokens), anywhere in the file, valid or not:
 the literal text, its expansion, and the value of each variable it names. Pure: the
 environment is passed in.
 
@@ -31,6 +32,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .interpolation import expand, variables
 
 REDACTED = "<secret>"
+SECRET_KEYS = frozenset({"bearer", "secrets"})  # the keys whose values are secrets
 # A secret this long found inside another variable's value is taken to be a copy of it,
 # not a coincidence; a shorter one counts only as the variable's whole value. (Shorter
 # secrets are a warning of their own: ``targets``.)
@@ -38,7 +40,7 @@ LONG_SECRET = 16
 
 
 def bearer_texts(root: Node) -> list[str]:
-    """Every value under a ``bearer`` key anywhere in the file, valid or not, unexpanded: a
+    """Every value under a ``bearer`` or ``secrets`` key anywhere in the file, valid or not, unexpanded: a
     duplicate or broken policy's secrets are secrets too (found by tests/test_fuzz_config.py:
     with 'edge:' written twice, the loader skipped the duplicate and never read its list)."""
     texts: list[str] = []
@@ -52,14 +54,14 @@ def bearer_texts(root: Node) -> list[str]:
         pairs = node.value if isinstance(node, MappingNode) else [(None, item) for item in node.value]
         for key, value in pairs:
             todo.append(value)
-            if isinstance(key, ScalarNode) and key.value == "bearer":
+            if isinstance(key, ScalarNode) and key.value in SECRET_KEYS:
                 items = value.value if isinstance(value, SequenceNode) else [value]
                 texts += [str(item.value) for item in items if isinstance(item, ScalarNode)]
     return texts
 
 
 def secret_names(texts: list[str]) -> set[str]:
-    """The variables the bearer values name: secrets, to be used nowhere else."""
+    """The variables the secret values name: secrets, to be used nowhere else."""
     return {name for text in texts for name in variables(text)}
 
 

@@ -19,7 +19,9 @@ from yaml.nodes import Node
 
 from ..headers import is_reserved
 from .environment import railway_marker
+from .jwt_policy import jwt_policy
 from .model import AgentIdRule, AuthPolicy, Upstream, digest_secret
+from .patterns import max_length, nested_quantifier
 from .reader import HEADER_NAME, Fields, Reader, path_ok
 
 T = TypeVar("T")
@@ -149,17 +151,19 @@ def policies(rd: Reader, node: Node | None) -> Named[AuthPolicy]:
     specs = {} if node is None else rd.mapping(node, "auth", set()) or {}
     for name, spec in specs.items():
         where = f"auth.{name}"
-        m = rd.mapping(spec, where, {"bearer", "agent_id"})
+        m = rd.mapping(spec, where, {"bearer", "jwt", "agent_id"})
         if m is None:
             continue
         digests: tuple[bytes, ...] = ()
         names: tuple[str, ...] = ()
         if "bearer" in m:
             digests, names = _secrets(rd, m["bearer"], f"{where}.bearer")
-        else:
-            rd.error(spec, f"{where}: missing 'bearer' (the list of accepted secrets)")
+        elif "jwt" not in m:
+            rd.error(spec, f"{where}: missing 'bearer' (the list of accepted secrets) or 'jwt' (signed tokens)")
+        jwt, jwt_names = jwt_policy(rd, m["jwt"], f"{where}.jwt", digests) if "jwt" in m else (None, ())
         rule = _agent_id(rd, m["agent_id"], f"{where}.agent_id") if "agent_id" in m else None
-        out[name] = AuthPolicy(name=name, secret_digests=digests, agent_id=rule, secret_variables=names)
+        variables = tuple(dict.fromkeys(names + jwt_names))
+        out[name] = AuthPolicy(name=name, secret_digests=digests, agent_id=rule, jwt=jwt, secret_variables=variables)
     return Named(out, specs)
 
 
@@ -214,7 +218,7 @@ def _agent_id(rd: Reader, node: Node, where: str) -> AgentIdRule | None:
     query = AgentIdRule.query
     if "query" in m and (text := rd.string(m["query"], f"{where}.query")) is not None:
         query = text or None
-    pattern = AgentIdRule.pattern
+    pattern, longest = AgentIdRule.pattern, AgentIdRule.max_length
     if "pattern" in m and (source := rd.string(m["pattern"], f"{where}.pattern")) is not None:
         try:
             pattern = re.compile(source)
@@ -222,6 +226,8 @@ def _agent_id(rd: Reader, node: Node, where: str) -> AgentIdRule | None:
             rd.error(m["pattern"], f"{where}.pattern: not a valid regular expression ({exc})")
         except RecursionError:  # the regex parser recurses once per nested group
             rd.error(m["pattern"], f"{where}.pattern: not a valid regular expression (groups nested too deeply)")
+        else:
+            longest = _pattern_bound(rd, m["pattern"], f"{where}.pattern", source)
     return AgentIdRule(
         header=header or AgentIdRule.header,
         query=query,
@@ -229,7 +235,25 @@ def _agent_id(rd: Reader, node: Node, where: str) -> AgentIdRule | None:
         required=Fields(rd, m, where).boolean("required", AgentIdRule.required),
         # The agent id goes upstream in the header it came in, unless told otherwise.
         forward_header=forward_header or header or AgentIdRule.forward_header,
+        max_length=longest,
     )
+
+
+def _pattern_bound(rd: Reader, node: Node, where: str, source: str) -> int:
+    """The longest id ``source`` admits (longer input is refused before it runs); a
+    warning for an unbounded pattern and for nested quantifiers (catastrophic backtracking)."""
+    longest, bounded = max_length(source)
+    if not bounded:
+        rd.warn(
+            node, f"{where}: matches ids of any length; ids over {longest} characters are refused (bound it: {{1,128}})"
+        )
+    if nested_quantifier(source):
+        rd.warn(
+            node,
+            f"{where}: a repeated group contains a repeat (such as (a+)+): backtracking on an id that almost "
+            f"matches can take exponential time (input is cut at {longest} characters); write it without nesting",
+        )
+    return longest
 
 
 def _identity_header(rd: Reader, m: Mapping[str, Node], key: str, where: str) -> str | None:

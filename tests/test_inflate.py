@@ -1,0 +1,119 @@
+"""sidecar.inflate: the inflated size of permessage-deflate messages, as tables and a
+property. Messages are compressed as RFC 7692 section 7.2.1 says (a sync flush, its
+0x00 0x00 0xff 0xff removed) by zlib, the same as every client's compressor."""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.inflate import Meter
+
+from .framing import split
+
+LIMIT = 64 * 1024
+
+
+def compressor() -> zlib._Compress:
+    return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+
+
+def deflated(message: bytes, squeeze: zlib._Compress | None = None) -> bytes:
+    squeeze = squeeze or compressor()
+    out = squeeze.compress(message) + squeeze.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def feed_all(meter: Meter, payload: bytes, cuts: list[int] | None = None) -> str | None:
+    pieces = split(payload, cuts or []) or [b""]
+    for i, piece in enumerate(pieces):
+        why = meter.feed(piece, i == len(pieces) - 1)
+        if why is not None:
+            return why
+    return None
+
+
+def test_messages_are_counted_at_their_inflated_size() -> None:
+    meter = Meter(LIMIT)
+    messages = [b"hello " * 1000, bytes(5000), b"", b"x"]
+    wire = [deflated(m) for m in messages]
+    for payload in wire:
+        assert feed_all(meter, payload, [3, 10]) is None
+    assert meter.inflated == sum(map(len, messages))
+    assert meter.wire == sum(map(len, wire))
+    assert meter.size == 0  # no message in progress
+
+
+def test_the_limit_is_on_the_inflated_size_exactly() -> None:
+    assert feed_all(Meter(LIMIT), deflated(bytes(LIMIT))) is None
+    meter = Meter(LIMIT)
+    assert feed_all(meter, deflated(bytes(LIMIT + 1))) == f"message larger than {LIMIT} bytes" == meter.too_big
+
+
+def test_a_bomb_is_refused_without_inflating_it() -> None:
+    bomb = deflated(bytes(32 * 1024 * 1024))  # 32 MiB of zeros in about 32 KiB
+    assert len(bomb) < LIMIT
+    tracemalloc.start()
+    try:
+        why = Meter(LIMIT).feed(bomb, True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert why == f"message larger than {LIMIT} bytes"
+    assert peak < 1024 * 1024  # one step's output at a time, far below the 32 MiB
+
+
+def test_a_bomb_in_small_pieces_is_refused_at_the_piece_that_passes_the_limit() -> None:
+    bomb = deflated(bytes(32 * 1024 * 1024))
+    meter = Meter(LIMIT)
+    pieces = split(bomb, range(0, len(bomb), 16))
+    refused_at = next(i for i, piece in enumerate(pieces) if meter.feed(piece, False) is not None)
+    assert refused_at < len(pieces) // 8  # 64 KiB inflates from the first few hundred bytes
+
+
+def test_with_context_takeover_a_message_may_refer_back_into_the_previous_one() -> None:
+    """RFC 7692 section 7.1.2: without *_no_context_takeover the sender keeps its window, so the
+    meter must keep its own; one that resets only where the sender does, and still counts."""
+    squeeze = compressor()
+    text = b"the same sentence, again and again. " * 20
+    first, second = deflated(text, squeeze), deflated(text, squeeze)
+    assert len(second) < len(first) // 4  # the second message is mostly a reference to the first
+    kept = Meter(LIMIT)
+    assert feed_all(kept, first) is None and feed_all(kept, second) is None
+    assert kept.inflated == 2 * len(text)
+    reset = Meter(LIMIT, reset=True)  # as if the sender had agreed to no_context_takeover: it did not
+    assert feed_all(reset, first) is None
+    assert feed_all(reset, second) == "compressed message is not valid deflate data"
+
+
+def test_a_sender_that_resets_per_message_is_measured_with_a_fresh_inflater_each_time() -> None:
+    meter = Meter(LIMIT, reset=True)
+    for text in (b"one " * 500, b"two " * 500):
+        assert feed_all(meter, deflated(text)) is None  # a fresh compressor each: no_context_takeover
+    assert meter.inflated == 4000
+
+
+@pytest.mark.parametrize("junk", [b"\xff\xff\xff\xff", b"\x07" * 40])
+def test_data_that_is_not_deflate_is_refused(junk: bytes) -> None:
+    assert Meter(LIMIT).feed(junk, True) == "compressed message is not valid deflate data"
+
+
+@given(
+    messages=st.lists(st.binary(max_size=3000) | st.builds(bytes, st.integers(0, 200_000)), max_size=6),
+    cuts=st.lists(st.integers(0, 5000), max_size=5),
+    takeover=st.booleans(),
+)
+def test_every_message_is_counted_at_its_size_however_it_is_cut(
+    messages: list[bytes], cuts: list[int], takeover: bool
+) -> None:
+    squeeze = compressor()
+    meter = Meter(1 << 20, reset=not takeover)
+    for message in messages:
+        payload = deflated(message, squeeze if takeover else None)
+        assert feed_all(meter, payload, cuts) is None
+    assert meter.inflated == sum(map(len, messages))
