@@ -131,6 +131,11 @@ def _check(path: str) -> int:
         longest = max(covering, key=lambda r: len(r.prefix or ""), default=None)
         shadows = f" (route '{longest.name}' never sees it)" if longest else ""
         print(f"  {path} is answered by the sidecar itself, before routing{shadows}")
+    if config.state.redis:  # the password never: display() replaces it
+        shared = config.state
+        print(
+            f"  state shared by the fleet in {shared.display} (keys {shared.key_prefix}*, leases {shared.lease_ttl:g}s)"
+        )
     return 0
 
 

@@ -5,6 +5,9 @@
   reason (``upstream_unavailable``, or ``draining`` from the moment a drain
   starts) otherwise, naming each unreachable upstream's ``host:port`` and why, in
   words. Railway's health check uses it to decide when a new replica may take traffic.
+  With ``state.redis`` the body also says ``"state": "ok"``, or ``"degraded"`` while
+  Redis does not answer: still 200, as the replica serves on with its own tables (a
+  fleet whose Redis is down must not be taken out of service).
 
 Upstream probes are TCP connects, cached for :data:`PROBE_TTL` seconds and shared
 by concurrent checks, so a health checker polling hard cannot turn the sidecar
@@ -100,6 +103,8 @@ async def check(ctx: Context, rt: Runtime, readiness: Readiness) -> Answer:
     if ctx.raw_path == rt.config.live_path:
         return json_answer(200, {"status": "ok", "draining": rt.stopping}, (_NO_CACHE,))
     body: dict[str, object] = {"config_sha256": rt.config.digest[:12]}
+    if rt.fleet is not None:
+        body["state"] = "ok" if rt.fleet.up else "degraded"
     reason: Reason | None = None
     if rt.stopping:
         reason = Reason.DRAINING

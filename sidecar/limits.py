@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # What an over_capacity refusal tells the client to wait (RFC 9110 section 10.2.3).
@@ -66,9 +67,14 @@ class FailureTable:
     of addresses an attacker uses (an evicted attacker only gets a fresh count).
     A success does not reset the count: behind a shared address (NAT, a proxy) a
     legitimate agent's success would otherwise give an attacker endless tries.
+
+    Shared by a fleet (``state.redis``), ``on_failure`` is told of each failure (key,
+    limit, window) so the fleet-wide count can decide, and a key the fleet blocked is
+    recorded here with :meth:`block`: the check stays a local look-up.
     """
 
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
+    on_failure: Callable[[str, int, float], None] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,6 +96,23 @@ class FailureTable:
             entry.blocked_until = now + window
             entry.failures = 0  # the block is the penalty; the next window starts after it
             entry.window_start = entry.blocked_until
+        self._keep(key, capacity)
+        if self.on_failure is not None:
+            self.on_failure(key, limit, window)
+
+    def block(self, key: str, now: float, seconds: float, *, capacity: int) -> None:
+        """Block ``key`` for ``seconds`` from ``now`` (the fleet's count says so), unless
+        it is blocked for longer already."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(window_start=now)
+        if now + seconds > entry.blocked_until:
+            entry.blocked_until = now + seconds
+            entry.failures = 0
+            entry.window_start = entry.blocked_until
+        self._keep(key, capacity)
+
+    def _keep(self, key: str, capacity: int) -> None:
         self._entries.move_to_end(key)
         while len(self._entries) > capacity:
             self._entries.popitem(last=False)

@@ -14,6 +14,9 @@ Railway drops lines past about 500 a second per replica. So the per-session line
 :class:`Summary`: past :data:`BURST` lines of one event in a second (a drain, a reconnect
 storm, an attack), the rest of that second's are logged at ``debug`` and counted, and one
 ``log.summary`` line at ``info`` gives the counts, by close code, reason or route.
+
+Every line configured by :func:`configure` also says which replica wrote it
+(``replica``: :mod:`sidecar.replica`), as several write to one log on Railway.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from .replica import this_replica
 
 logger = logging.getLogger("sidecar")
 
@@ -86,7 +91,16 @@ MESSAGES: dict[str, str] = {
     "ws.established": "session open[ on route {route}][ for agent {agent_id}]",
     "ws.peer_dead": "the {peer} stopped answering pings: cut off[ (agent {agent_id})]",
     "ws.rejected": "refused a WebSocket upgrade with {status} {reason}[ on route {route}][ for agent {agent_id}]",
-    "ws.replacing": "agent {agent_id} connected again: closing its older session on route {route}",
+    "ws.replacing": "agent {agent_id} connected again: closing its older session on route {route}"
+    "[ (held by replica {holder})]",
+    "ws.replaced_remote": "closing agent {agent_id}'s session on route {route}: another replica admitted "
+    "a newer one (found by {found_by})",
+    "ws.closing_by_operator": "closing {sessions} session(s) of agent {agent_id}: an operator asked",
+    "admin.sessions_ended": "an operator ended agent {agent_id}'s sessions: {closed} closed ({scope})",
+    "state.down": "the fleet's shared state (Redis) does not answer ({error}): {fallback}",
+    "state.up": "the fleet's shared state (Redis) answers[ again (restored: {restored})]",
+    "state.bad_message": "a message from another replica could not be read (op {op})",
+    "state.renew_failed": "renewing the agent leases failed; the next renewal tries again",
     "ws.stalled": "the {peer} stopped reading for {stall_timeout_s}s: cut off[ (agent {agent_id})]",
     "ws.token_expired": "the session's token expired: ending it[ on route {route}][ for agent {agent_id}]",
     "ws.upstream_retry": "backend handshake failed ({error}): try {attempt} of {attempts}, "
@@ -217,6 +231,10 @@ SUMMARY = Summary()
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, common: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.common = dict(common or {})  # fields every line carries (the replica)
+
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "fields", {})
         name = record.getMessage()
@@ -226,6 +244,7 @@ class JsonFormatter(logging.Formatter):
             "event": name,
             "message": message(name, fields),
         }
+        line.update(self.common)
         line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -233,8 +252,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    def __init__(self, common: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.common = dict(common or {})  # fields every line carries (the replica)
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={_text(v)}" for k, v in getattr(record, "fields", {}).items())
+        fields = " ".join(f"{k}={_text(v)}" for k, v in {**self.common, **getattr(record, "fields", {})}.items())
         head = (
             f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.getMessage()}"
         )
@@ -251,7 +274,8 @@ def _text(value: Any) -> str:
 
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    common = {"replica": this_replica()}
+    handler.setFormatter(JsonFormatter(common) if fmt == "json" else TextFormatter(common))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -33,6 +33,9 @@ def close_code_label(code: int) -> str:
 
 
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+# Operations on the fleet's shared state (sidecar.fleet): the op label's values.
+STATE_OPS = ("connect", "claim", "replace", "renew", "release", "budget", "control", "admin")
+_STATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Metrics:
@@ -116,6 +119,42 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.state_up = Gauge(
+            "sidecar_state_up",
+            "1 while the fleet's shared state (Redis, state.redis) answers; 0 while it does not "
+            "(each replica then decides alone), and when none is configured (in-process).",
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "sidecar_state_errors",
+            "Operations on the shared state that failed, timed out, or were skipped while it was down, "
+            "by operation: each one a decision this replica made alone (fail-open).",
+            ["op"],
+            registry=r,
+        )
+        self.state_duration = Histogram(
+            "sidecar_state_operation_duration_seconds",
+            "Round trips to the shared state, by operation (failed ones included, up to state.timeout).",
+            ["op"],
+            buckets=_STATE_BUCKETS,
+            registry=r,
+        )
+        for op in STATE_OPS:
+            self.state_errors.labels(op)
+            self.state_duration.labels(op)
+        self.replaced_remote = Counter(
+            "sidecar_sessions_replaced_remote",
+            "Sessions this replica closed (4409) because another replica admitted a newer session "
+            "for their agent id (duplicate_agent: replace).",
+            registry=r,
+        )
+        self.replica_info = Gauge(
+            "sidecar_replica_info",
+            "This replica's id (RAILWAY_REPLICA_ID, else host:pid) and where its shared state lives: "
+            "redis or in-process (value 1).",
+            ["replica", "state"],
+            registry=r,
+        )
         self.http = RequestSeries(self.http_requests, self.http_duration)
         self.children = Children()
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
@@ -128,6 +167,11 @@ class Metrics:
         for route in config.routes:  # at 0 from the start: rate() sees the first expiry
             if route.websocket:
                 self.ws_token_expiries.labels(route.name)
+
+    def replica(self, replica: str, state: str) -> None:
+        """``sidecar_replica_info`` names this replica and where its state lives (one series)."""
+        self.replica_info.clear()
+        self.replica_info.labels(replica, state).set(1)
 
 
 class RequestSeries:

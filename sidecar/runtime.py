@@ -9,6 +9,7 @@ from typing import Protocol
 
 from .clients import ClientRules
 from .config import Config, identity_headers
+from .fleet import Fleet
 from .jwks import KeyCache, jwks_urls
 from .limits import FailureTable
 from .metrics import Metrics
@@ -68,6 +69,7 @@ class Runtime:
     # Admission state: survives a config reload, keyed by client key.
     failures: FailureTable = field(default_factory=FailureTable)
     warned_proxy: bool = False  # auth failures were seen keyed on a proxy's address (logged once)
+    fleet: Fleet | None = None  # the state shared with the other replicas (state.redis), if any
     identity_headers: frozenset[str] = field(init=False)
     clients: ClientRules = field(init=False)
     keys: KeyCache = field(init=False)  # every JWKS the config names; survives a reload

@@ -7,6 +7,10 @@ open WebSocket sessions are closed one by one, spread evenly over
 to the upstream, so agents do not all reconnect in the same millisecond; then the
 listeners close, requests still in flight are answered, and the process exits 0.
 A second SIGTERM (or SIGINT) closes whatever is left at once.
+
+With ``state.redis`` the replica joins the fleet (:mod:`sidecar.fleet`) before it
+listens, and leaves it after the drain; with ``ADMIN_TOKEN`` set, the metrics listener
+also serves session control (:mod:`sidecar.admin`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin import Admin
 from .app import Dispatcher
 from .clients import log_fields as client_settings
 from .config import ALL_INTERFACES, Config, Problem
+from .fleet import Fleet
 from .listener import Listener
 from .logs import configure, event
 from .metrics import Metrics
 from .ports import listening
+from .replica import this_replica
 from .requests import Front
 from .routing import Router
 from .runtime import Runtime
@@ -86,6 +93,8 @@ class Running:
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
         await self.keys.__aexit__(None, None, None)
+        if self.runtime.fleet is not None:  # after the sessions: their leases are released by now
+            await self.runtime.fleet.close()
 
     def reload(self, load: Loader) -> bool:
         """Apply a new config if it is valid; otherwise log every problem and keep
@@ -114,7 +123,9 @@ class Running:
         rt.metrics.loaded(config)
         rt.metrics.config_reloads.labels("success").inc()
         fixed = [
-            k for k in ("listen_host", "port", "metrics_host", "metrics_port") if getattr(old, k) != getattr(config, k)
+            k
+            for k in ("listen_host", "port", "metrics_host", "metrics_port", "state")
+            if getattr(old, k) != getattr(config, k)
         ]
         event(
             logging.INFO,
@@ -141,13 +152,22 @@ async def start(
     metrics: Metrics | None = None,
     port: int | None = None,
     metrics_port: int | None = None,
+    replica: str | None = None,
+    admin_token: str | None = None,
 ) -> Running:
     """Start serving ``config``. ``port``/``metrics_port`` override the config's (tests
-    pass 0 for a free port; there, unlike in the config, 0 does not mean "off")."""
+    pass 0 for a free port; there, unlike in the config, 0 does not mean "off").
+    ``replica`` is this process's id in the fleet (default: :func:`this_replica`);
+    ``admin_token`` (ADMIN_TOKEN) turns the session control endpoints on."""
     metrics = metrics or Metrics()
     metrics.loaded(config)
+    replica = replica or this_replica()
+    metrics.replica(replica, "redis" if config.state.redis else "in-process")
     rt = Runtime(config=config, router=Router(config.routes), metrics=metrics)
     loop = asyncio.get_running_loop()
+    if config.state.redis:
+        rt.fleet = Fleet(config.state, metrics, replica)
+        await rt.fleet.start(rt.sessions, rt.failures, lambda: rt.config.tracked_clients)
     dispatcher = Dispatcher(rt)
     front = Front(rt, dispatcher, dispatcher.refuse_head, rt.wheel.call_later, Listener)
     servers: list[asyncio.Server] = []
@@ -163,12 +183,15 @@ async def start(
         metrics_runner, mport = None, None
         wanted = config.metrics_port if metrics_port is None else metrics_port
         if metrics_port is not None or config.metrics_port:
+            admin = Admin.of(admin_token, rt, replica)
             with listening("metrics.port", config.metrics_host, wanted):
-                metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted)
+                metrics_runner, mport = await _start_metrics(metrics, config.metrics_host, wanted, admin)
     except BaseException:  # a port is taken: release what was started
         for server in servers:
             server.close()
         await keys.__aexit__(None, None, None)
+        if rt.fleet is not None:
+            await rt.fleet.close()
         raise
     return Running(rt, front, dispatcher, servers, metrics_runner, _bound_port(servers[0].sockets[0]), mport, keys)
 
@@ -245,13 +268,17 @@ def _bound_port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
-async def _start_metrics(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _start_metrics(
+    metrics: Metrics, host: str, port: int, admin: Admin | None = None
+) -> tuple[web.AppRunner, int]:
     async def scrape(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
+    if admin is not None:
+        admin.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -300,7 +327,7 @@ async def serve(
     taken, or privileged), said in one line on stderr: which port, and what holds it."""
     open_files = raise_open_files_limit()
     try:
-        running = await start(config)
+        running = await start(config, admin_token=os.environ.get("ADMIN_TOKEN") or None)
     except OSError as exc:  # ports.ListenFailed names the port (the public or the metrics one)
         print(f"not starting: {exc}", file=sys.stderr)
         return 1
@@ -326,6 +353,8 @@ async def serve(
         open_files_limit=open_files,
         secret_fingerprints=secrets,
         **client_settings(config),  # where client addresses come from, and why (Railway's defaults)
+        state=config.state.display or "in-process",
+        admin="on" if running.metrics_port and os.environ.get("ADMIN_TOKEN") else "off",
     )
     needed = 2 * config.max_sessions + SPARE_FILES
     if open_files != resource.RLIM_INFINITY and open_files < needed:

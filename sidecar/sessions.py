@@ -66,6 +66,8 @@ class EndCause(enum.Enum):
     # The session's signed token expired (its exp plus the policy's leeway): 4401 echoes
     # HTTP 401; the client reconnects with a fresh token. Still connecting: 401 token_expired.
     EXPIRED = (4401, "token expired")
+    # An operator ended it (DELETE /sessions/{agent_id} on the metrics port); 4403 echoes HTTP 403.
+    OPERATOR = (4403, "closed by operator")
 
     @property
     def code(self) -> int:
@@ -157,6 +159,9 @@ class Agents(Protocol):
     async def release(self, session: Session) -> None:
         """``session`` no longer holds its agent id (if it still did)."""
 
+    async def release_all(self, sessions: list[Session]) -> None:
+        """:meth:`release` for each of ``sessions`` at once (the drain, before their 1012)."""
+
 
 class LocalAgents:
     """This process's table of agent ids, keyed by (route name, agent id)."""
@@ -192,12 +197,17 @@ class LocalAgents:
         if self._holders.get(key) is session:
             del self._holders[key]
 
+    async def release_all(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            if session.agent_id is not None:
+                await self.release(session)
+
 
 class Registry:
     """Every session of this process that holds a place: being admitted, open or closing."""
 
     def __init__(self, agents: Agents | None = None) -> None:
-        self.agents: Agents = agents or LocalAgents()
+        self.agents: Agents = agents if agents is not None else LocalAgents()  # an empty table is falsy
         self.draining = False  # set when the drain begins: no session opens any more
         self._counts = SessionCounts()
         self._live: set[Session] = set()
@@ -279,8 +289,10 @@ class Registry:
     async def drain(self, window: float, hurry: asyncio.Event, *, close_timeout: float) -> None:
         """Stopping: sessions still in their handshake are refused at once (503 draining);
         open ones are closed, the oldest first, evenly spread over ``window`` (0: all at
-        once); ``hurry`` closes the rest at once. Returns when all have ended, or after
-        the closing bound."""
+        once); ``hurry`` closes the rest at once. Each session gives up its agent id before
+        it is sent 1012, so that an agent reconnecting at once through another replica is
+        not refused as a duplicate of itself. Returns when all have ended, or after the
+        closing bound."""
         self.draining = True
         for connecting in self.sessions(State.CONNECTING):
             connecting.end(EndCause.DRAINING)
@@ -289,12 +301,20 @@ class Registry:
             event(logging.INFO, "ws.closing_all", sessions=len(sessions), over_s=window)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for index, session in enumerate(sessions):
-            delay = started + window * index / len(sessions) - loop.time()
+        done = 0
+        while done < len(sessions):
+            delay = started + window * done / len(sessions) - loop.time()
             if delay > 0 and not hurry.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hurry.wait(), delay)
-            session.end(EndCause.DRAINING)
+            # Every session due by now (all that are left, once hurried), released together.
+            elapsed = loop.time() - started
+            due = len(sessions) if hurry.is_set() or window <= 0 else int(elapsed * len(sessions) / window) + 1
+            batch = sessions[done : max(done + 1, min(due, len(sessions)))]
+            await self.agents.release_all([s for s in batch if s.agent_id is not None])
+            for session in batch:
+                session.end(EndCause.DRAINING)
+            done += len(batch)
         ending = [s for s in self._live if s.state is not State.CONNECTING]
         if ending:
             waits = [asyncio.ensure_future(s.done.wait()) for s in ending]

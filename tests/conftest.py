@@ -145,7 +145,10 @@ async def sidecar(backend: Backend, start_sidecar: StartSidecar) -> Sidecar:
 
 
 # What the sidecar reads from its environment (and the test run's own shell might have set).
-_SETTINGS = ("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON", "RAILWAY_")
+_SETTINGS = (
+    *("EDGE_", "UPSTREAM_", "PORT", "METRICS_", "AIOHTTP_NO_EXTENSIONS", "SIDECAR_ALLOW_PURE_PYTHON", "RAILWAY_"),
+    *("REDIS_URL", "ADMIN_TOKEN"),
+)
 
 
 def process_env(**settings: str) -> dict[str, str]:

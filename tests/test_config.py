@@ -440,13 +440,13 @@ ONE_MISTAKE = [
         "unknown-top-key",
         BASE + "extra: 1\n",
         "13: error: top level: unknown key 'extra' "
-        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, state, upstreams)",
     ),
     (
         "keys-not-expanded",
         BASE + "${S}: 1\n",
         "13: error: top level: unknown key '${S}' "
-        "(expected one of: auth, health, limits, listen, log, metrics, routes, upstreams)",
+        "(expected one of: auth, health, limits, listen, log, metrics, routes, state, upstreams)",
     ),
     ("duplicate-top-key", BASE + "upstreams: {}\n", "13: error: top level: duplicate key 'upstreams'"),
     ("duplicate-nested-key", "listen:\n  port: 1\n  port: 2\n" + BASE, "3: error: listen: duplicate key 'port'"),

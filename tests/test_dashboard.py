@@ -41,6 +41,7 @@ ROWS = [
     "Sessions and closes by code",
     "Upstream health",
     "Handshake latency",
+    "Shared state (Redis)",
     "The process",
 ]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -179,3 +179,31 @@ def test_released_routes_leave_no_entry() -> None:
     assert counts.acquire("gone", None, 10)
     counts.release("gone")
     assert (counts.total, counts.per_route) == (0, {})
+
+
+def test_a_block_from_the_fleet_refuses_the_key_for_its_time() -> None:
+    table = FailureTable()
+    table.block("10.0.0.1", 100.0, 30.0, capacity=10)
+    assert table.retry_after("10.0.0.1", 100.0) == 30
+    assert table.retry_after("10.0.0.1", 129.5) == 1
+    assert table.retry_after("10.0.0.1", 130.0) is None
+    assert table.retry_after("10.0.0.2", 100.0) is None
+    table.block("10.0.0.1", 101.0, 5.0, capacity=10)  # a shorter block does not shorten a longer one
+    assert table.retry_after("10.0.0.1", 110.0) == 20
+
+
+def test_blocks_are_bounded_by_the_capacity_like_failures() -> None:
+    table = FailureTable()
+    for n in range(5):
+        table.block(f"10.0.0.{n}", 0.0, 60.0, capacity=3)
+    assert len(table) == 3
+    assert table.retry_after("10.0.0.0", 1.0) is None  # the oldest went first
+    assert table.retry_after("10.0.0.4", 1.0) == 59
+
+
+def test_each_failure_is_reported_to_the_fleet() -> None:
+    reported: list[tuple[str, int, float]] = []
+    table = FailureTable(on_failure=lambda key, limit, window: reported.append((key, limit, window)))
+    for _ in range(2):
+        table.record_failure("10.0.0.1", 0.0, limit=5, window=60.0, capacity=10)
+    assert reported == [("10.0.0.1", 5, 60.0), ("10.0.0.1", 5, 60.0)]

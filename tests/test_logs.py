@@ -95,3 +95,21 @@ async def test_offered_subprotocols_are_not_logged(sidecar: Sidecar, served_log:
     logged = served_log.getvalue()
     assert '"event": "ws.established"' in logged  # the log was being written
     assert credential not in logged
+
+
+async def test_every_line_names_its_replica(
+    sidecar: Sidecar, served_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Several replicas write to one log on Railway: each line says which one wrote it.
+    monkeypatch.setenv("RAILWAY_REPLICA_ID", "replica-7")
+    configure("info", "json")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(served_log)
+    async with ws_connect(sidecar, "/ws/edge") as ws:
+        await ws.send("hello")
+        await ws.recv()
+    await until(lambda: '"ws.closed"' in served_log.getvalue())
+    logged = [json.loads(line) for line in served_log.getvalue().splitlines()]
+    assert {line["event"] for line in logged} >= {"ws.established", "ws.closed"}
+    assert all(line["replica"] == "replica-7" for line in logged)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from sidecar.metrics import Metrics
+from sidecar.metrics import STATE_OPS, Metrics
+from sidecar.replica import this_replica
 
 from .conftest import StartSidecar, config_for
 from .upstream import Backend
@@ -58,3 +59,19 @@ def test_the_task_count_is_left_out_when_no_loop_runs() -> None:
     registry = Metrics().registry
     assert registry.get_sample_value("sidecar_asyncio_tasks") is None
     assert registry.get_sample_value("process_open_fds") is not None
+
+
+async def test_the_fleet_series_are_there_from_the_start_without_redis(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    # Registered whatever the config, at 0, so rates and alerts see their first change.
+    sidecar = await start_sidecar(config_for(backend.url), metrics_port=0)
+    assert sidecar.running.metrics_port is not None
+    scraped = await scrape(sidecar.running.metrics_port)
+    assert scraped["sidecar_state_up"] == 0
+    assert scraped["sidecar_sessions_replaced_remote_total"] == 0
+    for op in STATE_OPS:
+        assert scraped[f'sidecar_state_errors_total{{op="{op}"}}'] == 0
+        assert scraped[f'sidecar_state_operation_duration_seconds_count{{op="{op}"}}'] == 0
+    (info,) = [(k, v) for k, v in scraped.items() if k.startswith("sidecar_replica_info")]
+    assert info == (f'sidecar_replica_info{{replica="{this_replica()}",state="in-process"}}', 1.0)

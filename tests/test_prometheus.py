@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .conftest import ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
+from .fleet import redis_server
 from .promql import (
     RULES,
     TARGET_LABELS,
@@ -227,20 +228,22 @@ async def test_prometheus_scrapes_the_sidecar_and_has_every_series_the_dashboard
     backend: Backend, start_sidecar: StartSidecar, tmp_path: Path
 ) -> None:
     binary("prometheus")  # skip (or, in CI, fail) before starting anything
-    sidecar = await start_sidecar(
-        config_for(backend.url, config_text(f"http://127.0.0.1:{free_port()}")), metrics_port=0
-    )
-    async with prometheus(tmp_path, f"127.0.0.1:{sidecar.running.metrics_port}") as server:
-        await until(server, f'up{{job="{JOB}"}} == 1')  # scraped once before the traffic
-        # A counter's series starts at its first increment, and a rate needs an earlier sample:
-        # the first wrong token makes the series, the second (once scraped) its rate.
-        assert await refused_upgrade(sidecar, "/edge/ws", WRONG) == (401, "invalid_token")
-        await until(server, f'sidecar_ws_rejections_total{{job="{JOB}", reason="invalid_token"}} == 1')
-        assert await refused_upgrade(sidecar, "/edge/ws", WRONG) == (401, "invalid_token")
-        await drive(sidecar)
-        missing: list[str] = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(60):  # scrapes and rule evaluations run every second
-                while missing := await problems(server):  # noqa: ASYNC110 - Prometheus is another process
-                    await asyncio.sleep(0.5)
-        assert missing == []
+    (tmp_path / "redis").mkdir()
+    async with redis_server(tmp_path / "redis") as redis:  # the fleet's state: its panels have data too
+        dead = f"http://127.0.0.1:{free_port()}"
+        config = config_for(backend.url, config_text(dead), REDIS_URL=redis.url)
+        sidecar = await start_sidecar(config, metrics_port=0)
+        async with prometheus(tmp_path, f"127.0.0.1:{sidecar.running.metrics_port}") as server:
+            await until(server, f'up{{job="{JOB}"}} == 1')  # scraped once before the traffic
+            # A counter's series starts at its first increment, and a rate needs an earlier sample:
+            # the first wrong token makes the series, the second (once scraped) its rate.
+            assert await refused_upgrade(sidecar, "/edge/ws", WRONG) == (401, "invalid_token")
+            await until(server, f'sidecar_ws_rejections_total{{job="{JOB}", reason="invalid_token"}} == 1')
+            assert await refused_upgrade(sidecar, "/edge/ws", WRONG) == (401, "invalid_token")
+            await drive(sidecar)
+            missing: list[str] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):  # scrapes and rule evaluations run every second
+                    while missing := await problems(server):  # noqa: ASYNC110 - Prometheus is another process
+                        await asyncio.sleep(0.5)
+            assert missing == []

@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.config import Route, Upstream
 from sidecar.reasons import Reason, Refused
-from sidecar.sessions import EndCause, Registry, Session, State, closing_bound
+from sidecar.sessions import EndCause, LocalAgents, Registry, Session, State, closing_bound
 
 ROUTE = Route("edge", True, Upstream("backend", "http://127.0.0.1:1", connect_timeout=1.0), paths=("/edge/ws",))
 
@@ -240,3 +240,47 @@ async def test_a_released_session_leaves_no_expiry_timer_holding_it() -> None:
 
 def test_closing_bound() -> None:
     assert closing_bound(5.0) == 11.0
+
+
+async def test_an_operator_ends_a_session_with_4403() -> None:
+    session = Session(ROUTE, "a1")
+    session.move(State.OPEN)
+    session.end(EndCause.OPERATOR)
+    cause = await session.stopped
+    assert (cause.code, cause.reason, session.state) == (4403, "closed by operator", State.CLOSING)
+
+
+class RecordingAgents(LocalAgents):
+    """This process's table, noting what each session's cause was when its agent id was
+    let go: the drain must let go before it sends 1012."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go: list[tuple[str | None, EndCause | None]] = []
+
+    async def release_all(self, sessions: list[Session]) -> None:
+        self.let_go += [(s.agent_id, s.cause) for s in sessions]
+        await super().release_all(sessions)
+
+
+@pytest.mark.parametrize("window", [0.0, 0.2])
+async def test_the_drain_lets_go_of_agent_ids_before_ending_sessions(window: float) -> None:
+    agents = RecordingAgents()
+    registry = Registry(agents)
+    sessions = [Session(ROUTE, f"a{n}") for n in range(3)]
+    unleased = Session(replace(ROUTE, duplicate_agent="allow"), "b")
+    ended: list[EndCause] = []
+
+    async def run(session: Session) -> None:
+        async with admit(registry, session):
+            registry.opened(session)
+            ended.append(await session.stopped)
+
+    tasks = [asyncio.ensure_future(run(s)) for s in [*sessions, unleased]]
+    await asyncio.sleep(0)
+    assert len(agents) == 3
+    await registry.drain(window, asyncio.Event(), close_timeout=0.1)
+    await asyncio.gather(*tasks)
+    assert agents.let_go == [("a0", None), ("a1", None), ("a2", None), ("b", None)]
+    assert ended == [EndCause.DRAINING] * 4
+    assert len(agents) == 0

@@ -3,7 +3,7 @@
 What lives where:
 
 - ``model``: the frozen dataclasses (``Config``, ``Route``, ``Upstream``, ``AuthPolicy``,
-  ``AgentIdRule``, ``Retry``, ``Problem``), their defaults, ``identity_headers`` and
+  ``AgentIdRule``, ``Retry``, ``StateConfig``, ``Problem``), their defaults, ``identity_headers`` and
   ``digest_secret``. Pure, no YAML.
 - ``interpolation``: ``${VAR}``, ``${VAR:-default}`` and ``$$`` in values.
 - ``reader``: text to YAML nodes (the nesting-depth guard), and nodes to typed values
@@ -17,6 +17,7 @@ What lives where:
   messages for the secret).
 - ``schema``: ``load_config``, and the top-level sections (listen, metrics, log, health,
   limits).
+- ``state``: the ``state`` section (the fleet's shared state: a Redis URL, never quoted).
 - ``targets``: the ``upstreams`` and ``auth`` sections; ``routes``: the ``routes`` section.
 - ``files``: ``read_config``, the file on disk to ``load_config`` (the package's only I/O).
 - ``environment``: the variables a file names (for ``serve --help``), and whether the
@@ -41,6 +42,7 @@ from .model import (
     Retry,
     Route,
     Severity,
+    StateConfig,
     Upstream,
     digest_secret,
     identity_headers,
@@ -60,6 +62,7 @@ __all__ = [
     "Retry",
     "Route",
     "Severity",
+    "StateConfig",
     "Upstream",
     "digest_secret",
     "identity_headers",

@@ -142,6 +142,45 @@ class Route:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """The ``state`` section: where the fleet's shared state lives. ``redis`` empty: this
+    process's own tables (one replica, as before). The URL may carry a password, so it
+    is left out of ``repr``; :attr:`display` is the URL with the password replaced."""
+
+    redis: str = field(default="", repr=False)  # redis://, rediss:// or unix://; "" = in-process
+    key_prefix: str = "sidecar:"  # so that several services can share one Redis
+    lease_ttl: float = 30.0  # how long an agent's lease outlives a replica that died
+    timeout: float = 0.25  # the longest a handshake waits on Redis
+
+    @property
+    def display(self) -> str:
+        """The URL as it may be shown or logged: the password (if any) as ``<secret>``."""
+        return display_url(self.redis)
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password replaced by ``<secret>``: the userinfo's after its first
+    ':' (``redis://user:password@host``), and a ``password=`` query parameter
+    (``unix:///run/redis.sock?password=...``, as redis-py reads it)."""
+    base, question, query = url.partition("?")
+    scheme, sep, rest = base.partition("://")
+    if sep and "@" in rest:
+        userinfo, host = rest.rsplit("@", 1)
+        if ":" in userinfo:
+            base = f"{scheme}://{userinfo.partition(':')[0]}:{REDACTED_PASSWORD}@{host}"
+    if question:
+        params = [
+            f"{name}={REDACTED_PASSWORD}" if name.lower() == "password" else f"{name}{eq}{value}"
+            for name, eq, value in (param.partition("=") for param in query.split("&"))
+        ]
+        query = "&".join(params)
+    return base + question + query
+
+
+REDACTED_PASSWORD = "<secret>"
+
+
+@dataclass(frozen=True)
 class Config:
     routes: tuple[Route, ...]
     upstreams: Mapping[str, Upstream]
@@ -174,6 +213,7 @@ class Config:
     auth_window: float = 60.0  # ... within this many seconds, then 429 for as long
     tracked_clients: int = 100_000  # addresses the failure table holds at most
     max_sessions: int = 10_000  # WebSocket sessions in all
+    state: StateConfig = StateConfig()  # the ``state`` section: shared by the fleet, or in-process
     source: str = "<memory>"
     digest: str = ""
 

@@ -4,8 +4,9 @@ Validation collects every problem, each with its ``file:line``, instead of stopp
 at the first: a builder records a problem on the ``Reader`` and goes on with the
 model's default. ``listen``, ``metrics``, ``log``, ``health`` and ``limits`` are read
 here, each into a small typed section; ``upstreams`` and ``auth`` in ``targets``,
-``routes`` in ``routes``. Secrets are found before anything is read, so that no problem
-quotes one (``redaction``).
+``routes`` in ``routes``, ``state`` in ``state``. Secrets (the bearer values, the Redis
+URL and its password) are found before anything is read, so that no problem quotes one
+(``redaction``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from . import railway, routes, targets
 from .model import ALL_INTERFACES, Config, IPNetwork, LogFormat, Problem, Route
 from .reader import HEADER_NAME, Fields, Reader, Unreadable, compose, named_nodes, path_ok
 from .redaction import bearer_texts, secret_names, secret_values
+from .state import state, state_secrets
 
-_TOP = {"listen", "metrics", "log", "health", "limits", "upstreams", "auth", "routes"}
+_TOP = {"listen", "metrics", "log", "health", "limits", "state", "upstreams", "auth", "routes"}
 _LISTEN_KEYS = {
     "host", "port", "header_timeout", "close_timeout", "stall_timeout", "drain_timeout",
     "trusted_proxies", "client_ip_header", "keepalive_interval",
@@ -43,7 +45,7 @@ def load_config(
     except Unreadable as exc:
         return None, [exc.problem]
     bearer = bearer_texts(root)
-    reader = Reader(file, env, strict, secret_names(bearer), secret_values(bearer, env))
+    reader = Reader(file, env, strict, secret_names(bearer), secret_values(bearer, env) | state_secrets(root, env))
     config = _build(reader, root, text)
     problems = reader.problems
     if any(p.severity == "error" for p in problems):
@@ -61,6 +63,7 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
     log = _log(rd, top.get("log"))
     health = _health(rd, top.get("health"))
     limits = _limits(rd, top.get("limits"))
+    shared = state(rd, top.get("state"))
     upstreams = targets.upstreams(rd, top.get("upstreams"), root)
     policies = targets.policies(rd, top.get("auth"))
     table = routes.routes(rd, top.get("routes"), root, targets.Targets(upstreams, policies))
@@ -97,6 +100,7 @@ def _build(rd: Reader, root: Node, text: str) -> Config | None:
         auth_window=limits.auth_window,
         tracked_clients=limits.tracked_clients,
         max_sessions=limits.max_sessions,
+        state=shared,
         source=rd.file,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )

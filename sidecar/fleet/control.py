@@ -1,0 +1,141 @@
+"""Messages between replicas over Redis pub/sub, and questions put to the whole fleet.
+
+Each replica listens on two channels (:mod:`.layout`): its own (``replace``: end the
+session holding this lease) and the fleet's (``block``: a client key is over the
+failed-auth budget; ``list`` and ``end``: the operator's questions). A question names a
+reply list; each replica that hears it pushes its answer there; the asker knows how
+many heard it (PUBLISH's count) and collects that many answers, within :data:`ASK_WAIT`.
+Pub/sub delivers at most once: what must not be lost has a second path (the renewal's
+lease check, a budget block seen again on the next failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..logs import event
+from .layout import REPLY_TTL_MS, Names, decode, encode
+from .link import FAILURES, MAX_BACKOFF, Link, Unavailable
+
+ASK_WAIT = 2.0  # seconds to collect the fleet's answers: a replica slower than this is left out
+LISTEN_POLL = 1.0  # seconds a read of the subscription waits before it looks again
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Answers:
+    answers: list[Any]
+    heard: int  # how many replicas heard the question (some may not have answered in time)
+
+
+class Control:
+    def __init__(self, link: Link, names: Names, replica: str) -> None:
+        self._link = link
+        self._names = names
+        self._channels = (names.fleet, names.replica(replica))
+        self._handlers: dict[str, Callable[[Message], None]] = {}
+        self._answerers: dict[str, Callable[[Message], object]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()
+
+    def on(self, op: str, handler: Callable[[Message], None]) -> None:
+        """``op`` messages go to ``handler``."""
+        self._handlers[op] = handler
+
+    def answer(self, op: str, answer: Callable[[Message], object]) -> None:
+        """``op`` questions are answered with ``answer(message)`` (JSON-able)."""
+        self._answerers[op] = answer
+
+    def start(self) -> None:
+        self._listener = asyncio.ensure_future(self._listen())
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *([self._listener] if self._listener else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def ask(self, op: str, **fields: Any) -> Answers:
+        """Put ``op`` to every replica (this one included); :exc:`Unavailable` if Redis does not answer."""
+        reply = self._names.reply(secrets.token_hex(8))
+        message = encode(op, reply=reply, **fields)
+        heard = int(await self._link.call("admin", lambda redis: redis.publish(self._names.fleet, message)))
+        answers: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ASK_WAIT
+        wait = max(0.01, min(0.1, self._link.timeout / 2))  # a blocking pop, well within state.timeout
+        while len(answers) < heard and loop.time() < deadline:
+            popped = await self._link.call("admin", lambda redis: redis.blpop([reply], timeout=wait))
+            if popped:
+                answers.append(json.loads(popped[1]))
+        with contextlib.suppress(Unavailable):
+            await self._link.call("admin", lambda redis: redis.delete(reply))
+        return Answers(answers, heard)
+
+    async def _listen(self) -> None:
+        pause = 0.0  # after a subscription that broke at once: Redis answers PING but not this
+        while True:
+            await self._link.wait_up()
+            await asyncio.sleep(pause)
+            pubsub = self._link.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self._link.timeout):
+                    await pubsub.subscribe(*self._channels)
+                self.listening.set()
+                pause = 0.0
+                while True:
+                    message = await pubsub.get_message(timeout=LISTEN_POLL)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except FAILURES as exc:
+                # The subscription broke: so did Redis, most likely. The probe finds out.
+                self._link.fail("control", exc)
+                pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
+            finally:
+                self.listening.clear()
+                close: Callable[[], Awaitable[None]] = pubsub.aclose  # redis-py leaves it unannotated
+                with contextlib.suppress(*FAILURES):
+                    await close()
+
+    def _dispatch(self, data: str | bytes) -> None:
+        message = decode(data)
+        if message is None:
+            return
+        op = message["op"]
+        try:
+            if op in self._handlers:
+                self._handlers[op](message)
+            elif op in self._answerers and isinstance(message.get("reply"), str):
+                answer = self._answerers[op](message)
+                self._spawn(self._reply(message["reply"], json.dumps(answer, separators=(",", ":"))))
+        except (KeyError, TypeError, ValueError):
+            event(logging.WARNING, "state.bad_message", op=op[:32])
+
+    async def _reply(self, reply: str, data: str) -> None:
+        if not reply.startswith(self._names.reply("")):
+            return  # not a reply list of this fleet's
+        with contextlib.suppress(Unavailable):
+            await self._link.call("admin", lambda redis: _push(redis, reply, data))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _push(redis: Redis, key: str, data: str) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.rpush(key, data)
+        pipe.pexpire(key, REPLY_TTL_MS)
+        await pipe.execute()
