@@ -422,6 +422,11 @@ async def raw_server() -> AsyncIterator[Callable[[str], Awaitable[RawServer]]]:
             await writer.drain()
             if behaviour in ("close", "mute"):
                 received.extend(await reader.read())  # what the client sends, until it hangs up
+            elif behaviour == "drop":
+                # The client's ping read first: closed with nothing unread, the connection ends
+                # with a FIN, which the probe reads as the end (not a reset, which the kernel
+                # sends instead when unread bytes are left behind: a race otherwise).
+                received.extend(await reader.read(2 + 4 + 125))
             writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
