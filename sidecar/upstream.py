@@ -231,35 +231,44 @@ async def open_websocket(
 ) -> Upgraded:
     """Open the upstream leg within the upstream's ``connect_timeout``, retries included
     (the route's ``retry``). Raises what :func:`rejection_for` maps: after the last try,
-    the last failure."""
+    the last failure. A retry the deadline cuts short (one started just in time on a
+    loaded machine) reports the failure before it: the backend's answer, not the
+    sidecar's own budget running out."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + route.upstream.connect_timeout
     attempts = route.retry.attempts if route.retry is not None else 1
-    async with asyncio.timeout_at(deadline):
-        for attempt in range(1, attempts + 1):
-            request, key = upgrade_request(target, path, fields, protocols, deflate)
-            try:
-                return await _upgrade_once(target, tls, request, key, protocols)
-            except Exception as exc:
-                why = _worth_retrying(exc)
-                if why is None or attempt == attempts or route.retry is None:
-                    raise
-                # Exponential backoff, jittered so that agents reconnecting together
-                # after a backend restart do not retry in lockstep.
-                delay = route.retry.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                if loop.time() + delay >= deadline:
-                    raise  # the next try could not start in time: report this failure
-                event(
-                    logging.INFO,
-                    "ws.upstream_retry",
-                    route=route.name,
-                    agent_id=agent_id,
-                    attempt=attempt,
-                    attempts=attempts,
-                    error=why,
-                    retry_in_s=round(delay, 3),
-                )
-                await asyncio.sleep(delay)
+    last: Exception | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            for attempt in range(1, attempts + 1):
+                request, key = upgrade_request(target, path, fields, protocols, deflate)
+                try:
+                    return await _upgrade_once(target, tls, request, key, protocols)
+                except Exception as exc:
+                    why = _worth_retrying(exc)
+                    if why is None or attempt == attempts or route.retry is None:
+                        raise
+                    last = exc
+                    # Exponential backoff, jittered so that agents reconnecting together
+                    # after a backend restart do not retry in lockstep.
+                    delay = route.retry.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                    if loop.time() + delay >= deadline:
+                        raise  # the next try could not start in time: report this failure
+                    event(
+                        logging.INFO,
+                        "ws.upstream_retry",
+                        route=route.name,
+                        agent_id=agent_id,
+                        attempt=attempt,
+                        attempts=attempts,
+                        error=why,
+                        retry_in_s=round(delay, 3),
+                    )
+                    await asyncio.sleep(delay)
+    except TimeoutError:
+        if last is None:
+            raise  # the first try hung: the backend did not answer in time
+        raise last from None
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

@@ -175,3 +175,31 @@ async def test_retries_stay_within_connect_timeout(
     status, headers, _ = await rejected(sidecar, "/edge/ws", GOOD)
     assert (status, headers["X-Sidecar-Reason"]) == (502, "upstream_unavailable")  # not a 504: no try was cut short
     assert 1 <= len(log_fields(caplog, "ws.upstream_retry")) < 10
+
+
+async def test_a_retry_the_deadline_cuts_short_reports_the_backends_last_answer(start_sidecar: StartSidecar) -> None:
+    """The first try is answered 503 (worth a retry); the second hangs until connect_timeout
+    runs out. The client learns what the backend said (502, its 503), not 504: the sidecar's
+    own budget ran out during a retry, the backend had already answered."""
+    tries: list[int] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        tries.append(1)
+        if len(tries) == 1:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        await reader.read()  # the second try: never answered
+
+    config = edge_yaml(upstream=", connect_timeout: 1s", route=", retry: {attempts: 5, backoff: 10ms}")
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url, config))
+        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "503",
+    )
+    assert len(tries) == 2
