@@ -197,6 +197,7 @@ async def test_a_retry_the_deadline_cuts_short_reports_the_backends_last_answer(
     async with raw_upstream(speak) as url:
         sidecar = await start_sidecar(config_for(url, config))
         status, headers, body = await rejected(sidecar, "/edge/ws", GOOD)
+    assert body["upstream_status"] == 503
     assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
         502,
         "upstream_rejected",
