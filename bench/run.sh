@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
-# Run the shared side-by-side relay benchmark (../shared/bench/compare.sh) with the
-# sidecar as a contender, next to direct, nginx and node-http-proxy.
+# bench/run.sh: the sidecar beside direct, nginx and node-http-proxy, in one run on this
+# machine, through the shared side-by-side harness (compare.sh).
 #
-#   bench/run.sh                      # defaults: SECONDS=5 IDLE=2000 CONNS=50
-#   SECONDS=5 IDLE=1000 bench/run.sh  # a smaller, faster run
+# The harness is not part of this repository: it lives in ../shared/bench beside the
+# checkout (/work/shared/bench on the team's machine; see its README). From a checkout
+# elsewhere (a worktree, a fresh clone), say where it is with BENCH_SHARED.
+#
+#   bench/run.sh                                  # defaults: SECONDS=5 IDLE=2000 CONNS=50
+#   SECONDS=5 IDLE=1000 bench/run.sh              # a smaller, faster run
+#   BENCH_SHARED=/work/shared/bench bench/run.sh  # the harness from anywhere
+#   bench/run.sh --help                           # this text
+#
+# Needs node (it installs node's ws and http-proxy itself), nginx and wrk (installed with
+# apt-get when missing: run as root), and the repo's .venv (else a sidecar on PATH).
+# On a shared machine run one harness at a time: flock /tmp/bench.lock bench/run.sh
 #
 # Passed through to compare.sh: SECONDS CONNS SIZE BIG HS_CONC IDLE BENCH_CACHE.
-# BENCH_SHARED overrides where the harness lives (default: ../shared/bench beside the repo).
 # SIDECAR_LOG is where the sidecar's own log is kept (the harness deletes its copy
 # when it exits): default /tmp/sidecar-bench.log.
-# Prints one JSON line per contender on stdout.
+# Prints one JSON line per contender on stdout; exit 2 when something it needs is missing.
 set -euo pipefail
+
+case "${1:-}" in
+  -h | --help)
+    # This file's opening comment, without the '# '.
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;s/^#$//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "run.sh: unknown argument '$1' (see bench/run.sh --help)" >&2
+    exit 2
+    ;;
+esac
 
 # SECONDS is special in bash: it counts up from the value it was started with (or
 # from 0 when not set), so it is read from this process's starting environment,
@@ -21,7 +43,10 @@ secs=${secs:-5}
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS="${BENCH_SHARED:-$ROOT/../shared/bench}/compare.sh"
-[ -x "$HARNESS" ] || { echo "run.sh: the harness is missing: $HARNESS" >&2; exit 2; }
+[ -x "$HARNESS" ] || {
+  echo "run.sh: the shared harness is missing: $HARNESS (not part of this repository; set BENCH_SHARED to its folder, see bench/run.sh --help)" >&2
+  exit 2
+}
 
 # What compare.sh needs and does not install itself (it installs node's ws and http-proxy).
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then

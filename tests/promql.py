@@ -25,7 +25,7 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULES_TEST = ROOT / "deploy" / "prometheus" / "rules_test.yml"
 
 # The series the deploy files may name, with their labels (besides the job and instance a
-# scrape adds): the sidecar's half of the contract README's metrics table states.
+# scrape adds): the sidecar's half of the contract docs/metrics.md states.
 CONTRACT: dict[str, frozenset[str]] = {
     name: frozenset(labels)
     for name, labels in {

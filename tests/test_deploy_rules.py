@@ -69,10 +69,11 @@ def test_every_alert_has_a_unit_test_firing_and_one_not_firing() -> None:
     assert (firing | quiet) - names == set(), "tests of alerts that do not exist"
 
 
-# Anchors in README.md, by runbook: `reason-<code>` for a refusal's reason, `close-<code>` for
+# Anchors in docs/troubleshooting.md, by runbook: `reason-<code>` for a refusal's reason, `close-<code>` for
 # a close code, and one row each for what has no code. docs/operations.md lists them.
 RUNBOOK = re.compile(
-    r"^README\.md#(reason-\{\{ \$labels\.reason \}\}|reason-[a-z_]+|close-\{\{ \$labels\.code \}\}|[a-z0-9-]+)$"
+    r"^docs/troubleshooting\.md#"
+    r"(reason-\{\{ \$labels\.reason \}\}|reason-[a-z_]+|close-\{\{ \$labels\.code \}\}|[a-z0-9-]+)$"
 )
 
 
@@ -93,7 +94,7 @@ def test_each_alert_says_what_happened_and_where_the_fix_is(name: str) -> None:
 def test_docs_list_every_alert_with_its_runbook() -> None:
     doc = (ROOT / "docs" / "operations.md").read_text()
     for name, alert in alerts(rules()).items():
-        anchor = alert["annotations"]["runbook"].removeprefix("README.md#")
+        anchor = alert["annotations"]["runbook"].removeprefix("docs/troubleshooting.md#")
         assert re.search(rf"^\| `{name}` \|.*`{re.escape(anchor)}`", doc, re.MULTILINE), name
 
 

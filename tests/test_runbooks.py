@@ -1,4 +1,5 @@
-"""Every alert's runbook link in deploy/prometheus/rules.yml lands on an anchor of README.md:
+"""Every alert's runbook link in deploy/prometheus/rules.yml lands on an anchor of
+docs/troubleshooting.md:
 one a reason (``reason-<reason>``) for every reason the alert can name, one a close code it
 matches (``close-<code>``), and the fixed ones. A link that resolves nowhere fails here."""
 
@@ -14,7 +15,7 @@ from sidecar.reasons import Reason
 from .conftest import ROOT
 
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
-README = ROOT / "README.md"
+RUNBOOKS = ROOT / "docs" / "troubleshooting.md"
 _TEMPLATE = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")
 
 
@@ -59,16 +60,16 @@ def anchors(markdown: str) -> set[str]:
 def test_the_rules_have_runbooks_to_check() -> None:
     targets = runbook_targets()
     assert len(targets) >= len(Reason) + 5  # every reason, two close codes, three fixed ones
-    assert ("SidecarAbnormalCloses", "README.md#close-1006") in targets
+    assert ("SidecarAbnormalCloses", "docs/troubleshooting.md#close-1006") in targets
 
 
 @pytest.mark.parametrize(("alert", "link"), runbook_targets())
-def test_every_runbook_link_resolves_to_an_anchor_in_the_readme(alert: str, link: str) -> None:
+def test_every_runbook_link_resolves_to_an_anchor_in_the_troubleshooting_page(alert: str, link: str) -> None:
     path, _, fragment = link.partition("#")
-    assert (ROOT / path) == README, f"{alert}: {link} is not a README.md link"
-    assert fragment in anchors(README.read_text()), f"{alert}: {link} has no anchor in README.md"
+    assert (ROOT / path) == RUNBOOKS, f"{alert}: {link} is not a docs/troubleshooting.md link"
+    assert fragment in anchors(RUNBOOKS.read_text()), f"{alert}: {link} has no anchor in docs/troubleshooting.md"
 
 
-def test_readme_anchors_are_unique() -> None:
-    ids = re.findall(r'<a id="([^"]+)"></a>', README.read_text())
+def test_runbook_anchors_are_unique() -> None:
+    ids = re.findall(r'<a id="([^"]+)"></a>', RUNBOOKS.read_text())
     assert len(ids) == len(set(ids))
