@@ -275,7 +275,7 @@ def answer_hint(answer: Answer, *, path: str, token: str | None) -> str:
     if answer.reason is None:
         return _plain_hint(answer, path) + " " + NOT_A_SIDECAR.format(server=_server(answer))
     specific = _SIDECAR.get(answer.reason)
-    text = specific(answer, path, token) if specific else (answer.message or "see the sidecar's README")
+    text = specific(answer, path, token) if specific else (answer.message or _see(answer.reason))
     extras = []
     if answer.detail:
         extras.append(f"Detail: {answer.detail}.")
@@ -370,7 +370,12 @@ def _upstream(a: Answer, path: str, token: str | None) -> str:
 
 
 def _message(a: Answer, path: str, token: str | None) -> str:
-    return a.message or f"see '{a.reason}' in the sidecar's README"
+    return a.message or _see(a.reason)
+
+
+def _see(reason: str | None) -> str:
+    """Where the sidecar's docs explain a reason (its troubleshooting row's anchor)."""
+    return f"see docs/troubleshooting.md#reason-{reason} in the sidecar's repository"
 
 
 _SIDECAR = {

@@ -490,3 +490,12 @@ def test_a_pass() -> None:
     passed = report(rp.Step("resolve", True, 1, "h -> 10.0.0.1"), outcome=rp.Outcome(rp.PASSED, 101, close_code=1000))
     assert (rp.as_json(passed)["ok"], rp.as_json(passed)["failed_step"]) == (True, None)
     assert rp.render(passed).splitlines()[-1] == f"OK: {rp.PASSED}"
+
+
+def test_a_reason_the_probe_has_no_words_for_points_at_its_troubleshooting_row() -> None:
+    # A newer sidecar's reason, without a message in its body.
+    reason = "some_future_reason"
+    answer = rp.Answer(status=429, phrase="Too Many Requests", reason=reason)
+    hint = rp.answer_hint(answer, path="/edge/ws", token=None)
+    assert f"docs/troubleshooting.md#reason-{reason}" in hint
+    assert "README" not in hint
