@@ -274,8 +274,7 @@ def answer_hint(answer: Answer, *, path: str, token: str | None) -> str:
     and fingerprint), never the token itself."""
     if answer.reason is None:
         return _plain_hint(answer, path) + " " + NOT_A_SIDECAR.format(server=_server(answer))
-    specific = _SIDECAR.get(answer.reason)
-    text = specific(answer, path, token) if specific else (answer.message or _see(answer.reason))
+    text = _SIDECAR.get(answer.reason, _message)(answer, path, token)
     extras = []
     if answer.detail:
         extras.append(f"Detail: {answer.detail}.")
@@ -370,12 +369,8 @@ def _upstream(a: Answer, path: str, token: str | None) -> str:
 
 
 def _message(a: Answer, path: str, token: str | None) -> str:
-    return a.message or _see(a.reason)
-
-
-def _see(reason: str | None) -> str:
-    """Where the sidecar's docs explain a reason (its troubleshooting row's anchor)."""
-    return f"see docs/troubleshooting.md#reason-{reason} in the sidecar's repository"
+    """The sidecar's own words, else where its docs explain the reason (a troubleshooting row)."""
+    return a.message or f"see docs/troubleshooting.md#reason-{a.reason} in the sidecar's repository"
 
 
 _SIDECAR = {
