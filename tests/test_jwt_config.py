@@ -162,6 +162,32 @@ def test_each_mistake_is_an_error_at_its_line(jwt: str, expected: str) -> None:
     assert len(errors) == 1 and errors[0].startswith(f"routes.yaml:{expected}"), errors
 
 
+@pytest.mark.parametrize(
+    ("algorithms", "length", "need"),
+    [("HS384", 47, 48), ("HS512", 63, 64), ("HS256, HS512", 48, 64)],
+    ids=["hs384", "hs512", "the-longest-listed"],
+)
+def test_a_secret_shorter_than_its_algorithms_hash_is_an_error(algorithms: str, length: int, need: int) -> None:
+    secret = "k" * length
+    config, problems = load(
+        policy_yaml(f"      secrets: ['${{JWT_SECRET}}']\n      algorithms: [{algorithms}]\n"),
+        {**ENV, "JWT_SECRET": secret},
+    )
+    assert config is None
+    longest = algorithms.split(", ")[-1]
+    assert problems == [
+        f"routes.yaml:5: error: auth.e.jwt.secrets: a secret is shorter than {need} bytes, too short for "
+        f"{longest} (RFC 7518 section 3.2); generate one with 'openssl rand -base64 48'"
+    ]
+    assert not any(secret in p for p in problems)
+    # Long enough for every algorithm listed: no problem.
+    config, problems = load(
+        policy_yaml(f"      secrets: ['${{JWT_SECRET}}']\n      algorithms: [{algorithms}]\n"),
+        {**ENV, "JWT_SECRET": "k" * need},
+    )
+    assert config is not None and problems == []
+
+
 def test_a_jwt_secret_that_is_also_a_bearer_secret_is_an_error() -> None:
     env = {**ENV, "EDGE_SECRET": JWT_SECRET}
     config, problems = load(policy_yaml('      secrets: ["${JWT_SECRET}"]\n', bearer=True), env)
