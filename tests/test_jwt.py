@@ -37,6 +37,7 @@ from .issuer import (
     ec_signer,
     ed_signer,
     hs256,
+    hs256_raw,
     rsa_signer,
     signed,
     tampered,
@@ -274,6 +275,18 @@ async def test_an_expired_token_is_401_token_expired_with_its_challenge(sidecar:
     assert "sidecar token" in str(body["message"])
     assert backend.seen == []
     assert len(runtime(sidecar).failures) == 0  # a genuine token, expired: not a guess at a secret
+
+
+@pytest.mark.parametrize("exp", ["1" + "0" * 400, "1e400", '"99999999999"'], ids=["huge", "overflow", "string"])
+async def test_an_exp_that_is_not_a_numeric_date_is_401_invalid_token(
+    sidecar: Sidecar, backend: Backend, exp: str
+) -> None:
+    payload = claims("edge_1")
+    payload.pop("exp")
+    text = json.dumps(payload)[:-1] + f', "exp": {exp}}}'
+    status, reason, body, _ = await refused(sidecar, bearer(hs256_raw(text)))
+    assert (status, reason, body["error"]) == (401, "invalid_token", "invalid_token")
+    assert backend.seen == []
 
 
 # --- expiry ends the session -------------------------------------------------------------

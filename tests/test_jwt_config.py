@@ -151,6 +151,14 @@ MISTAKES = [
         "6: error: auth.e.jwt.agent_claim: must name",
     ),
     ("unknown-key", "      secrets: ['${JWT_SECRET}']\n      kid: x\n", "6: error: auth.e.jwt: unknown key 'kid'"),
+    *(
+        (
+            f"claim-{claim}",
+            f"      secrets: ['${{JWT_SECRET}}']\n      agent_claim: {claim}\n",
+            f"6: error: auth.e.jwt.agent_claim: {claim!r} is a registered claim (RFC 7519 section 4.1)",
+        )
+        for claim in ("iss", "aud", "exp", "nbf", "iat", "jti")
+    ),
 ]
 
 

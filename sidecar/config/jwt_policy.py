@@ -29,6 +29,8 @@ _ON_EXPIRY: dict[str, OnExpiry] = {"close": "close", "ignore": "ignore"}
 _FROM_SECRETS = ("HS256",)
 _FROM_JWKS = ("RS256", "ES256", "EdDSA")
 _KNOWN = HMAC_ALGORITHMS + ASYMMETRIC_ALGORITHMS
+# Registered claims that cannot name an agent (sub, "the subject", is the default and fits).
+_REGISTERED = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti"})
 
 
 def private_address(host: str) -> bool:
@@ -69,6 +71,13 @@ def jwt_policy(
     claim = fields.string("agent_claim", JwtPolicy.agent_claim)
     if not claim:
         rd.error(m["agent_claim"], f"{where}.agent_claim: must name a claim (such as sub)")
+        claim = JwtPolicy.agent_claim
+    elif claim in _REGISTERED:
+        rd.error(
+            m["agent_claim"],
+            f"{where}.agent_claim: {claim!r} is a registered claim (RFC 7519 section 4.1) with a meaning of its "
+            "own, not an agent id; use sub, or a claim of your own",
+        )
         claim = JwtPolicy.agent_claim
     policy = JwtPolicy(
         secrets=secrets,
