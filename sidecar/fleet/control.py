@@ -39,10 +39,10 @@ class Answers:
 
 
 class Control:
-    def __init__(self, link: Link, names: Names, replica: str) -> None:
+    def __init__(self, link: Link, names: Names, replica: str, process: str) -> None:
         self._link = link
         self._names = names
-        self._channels = (names.fleet, names.replica(replica))
+        self._channels = (names.fleet, names.replica(replica, process))
         self._handlers: dict[str, Callable[[Message], None]] = {}
         self._answerers: dict[str, Callable[[Message], object]] = {}
         self._listener: asyncio.Task[None] | None = None

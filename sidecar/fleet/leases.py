@@ -12,10 +12,14 @@ decides while Redis does not answer (fail-open).
 its channel) and ends its session with 4409; its release frees the lease, which the new
 session claims, within the same bound as in one process. Pub/sub can lose a message, so
 a renewal that finds another session's value in a lease ends its own session too; and
-nobody listening on the holder's channel means its replica is gone: the lease is taken
-at once. When Redis comes back (empty, after a restart), the renewal writes each
-missing lease again (:data:`~.layout.RENEW`): no session is dropped, and duplicates are
-caught again.
+nobody listening on the holder's channel means its process is gone: the lease is taken
+at once. A lease value names its holder process (:func:`~.layout.lease_value`: a nonce
+per process, a serial per session), and each process listens on a channel of its own: a
+process that shares its replica id with another (a restart, a deploy) never takes, renews
+or deletes that one's leases as if they were its own.
+
+When Redis comes back (empty, after a restart), the renewal writes each missing lease
+again (:data:`~.layout.RENEW`): no session is dropped, and duplicates are caught again.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
-import secrets
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +39,7 @@ from ..logs import event
 from ..metrics import Metrics
 from ..sessions import EndCause, LocalAgents, Session
 from .batch import Batch
-from .layout import RELEASE, RENEW, SYNC, TAKE, Names, encode, lease_replica, lease_value
+from .layout import RELEASE, RENEW, SYNC, TAKE, Names, encode, lease_holder, lease_value
 from .link import Link, Unavailable
 
 RENEW_CHUNK = 500  # leases per renewal call: one call stays short for Redis
@@ -67,11 +71,15 @@ class Lease:
 class FleetAgents:
     """The fleet's agent table, as seen from this replica."""
 
-    def __init__(self, link: Link, names: Names, replica: str, lease_ttl: float, metrics: Metrics) -> None:
+    def __init__(
+        self, link: Link, names: Names, replica: str, process: str, lease_ttl: float, metrics: Metrics
+    ) -> None:
         self.local = LocalAgents()
         self._link = link
         self._names = names
         self._replica = replica
+        self._process = process  # this process's nonce: its lease values are its own
+        self._serial = itertools.count(1)  # each session's number in this process
         self._ttl_ms = int(lease_ttl * 1000)
         self.renew_every = lease_ttl / 3
         self._metrics = metrics
@@ -177,7 +185,8 @@ class FleetAgents:
         frees the lease for the newer session."""
         session = self._sessions.get(value)
         if session is None:  # ended meanwhile, or its release did not reach Redis: free it now
-            self._orphan(key, value)
+            if self._stale(value):  # only ever a value of this process's: never another's lease
+                self._orphan(key, value)
             self._spawn(self.release_orphans())
             return
         self._replaced(session, why="told")
@@ -224,7 +233,7 @@ class FleetAgents:
     def _hold(self, session: Session) -> Lease:
         assert session.agent_id is not None
         key = self._names.lease(session.route.name, session.agent_id)
-        lease = Lease(key, lease_value(self._replica, secrets.token_hex(8)))
+        lease = Lease(key, lease_value(self._replica, self._process, next(self._serial)))
         self._leases[session] = lease
         self._sessions[lease.value] = session
         return lease
@@ -236,21 +245,22 @@ class FleetAgents:
         return lease
 
     def _stale(self, holder: str) -> bool:
-        """A value this replica wrote that no session of it holds any more (a release
-        that failed, or this replica's previous process): nobody to wait for."""
-        return lease_replica(holder) == self._replica and holder not in self._sessions
+        """A value this process wrote that no session of it holds any more (a release
+        that failed): nobody to wait for. Another process's value, even one with this
+        replica id (a restart, a deploy), is never stale: its holder is told or expires."""
+        named = lease_holder(holder)
+        return named is not None and named.process == self._process and holder not in self._sessions
 
     async def _tell(self, session: Session, holder: str) -> bool:
-        """Tell the holder's replica to end its session; False if nobody will."""
-        replica = lease_replica(holder)
-        if replica is None or self._stale(holder):
+        """Tell the holder's process, on its own channel, to end its session; False if nobody will."""
+        named = lease_holder(holder)
+        if named is None or self._stale(holder):
             return False
-        event(logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=replica)
+        event(logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=named.replica)
         message = encode("replace", key=self._leases[session].key, value=holder)
+        channel = self._names.replica(named.replica, named.process)
         try:
-            listeners = await self._link.call(
-                "replace", lambda redis: redis.publish(self._names.replica(replica), message)
-            )
+            listeners = await self._link.call("replace", lambda redis: redis.publish(channel, message))
         except Unavailable:
             return True  # not known: wait, bounded
         return int(listeners) > 0
