@@ -44,6 +44,7 @@ from .link import Link, Unavailable
 
 RENEW_CHUNK = 500  # leases per renewal call: one call stays short for Redis
 FIRST_POLL, MAX_POLL = 0.02, 0.25  # waiting for a replaced session's lease to be freed
+RETELL = 1.0  # seconds between two replace messages to a holder that still holds the lease
 
 
 Request = tuple[str, str, str]  # ('c' claim or 'r' release, the lease's key, this session's value)
@@ -119,7 +120,7 @@ class FleetAgents:
         # A holder in this process first, exactly as without a fleet.
         await self.local.replace(session, within=within)
         lease = self._leases.get(session) or self._hold(session)
-        told: set[str] = set()
+        told: dict[str, float] = {}  # holder -> when it was last told
         pause = FIRST_POLL
         while session.cause is None:  # else ended while waiting (the drain): admit() refuses it
             if not lease.holder:
@@ -132,10 +133,14 @@ class FleetAgents:
                     lease.state = Held.HELD
                     return
                 lease.state = Held.REFUSED
-            if lease.holder not in told:
-                told.add(lease.holder)
-                if not await self._tell(session, lease.holder) and await self._take(lease, expected=lease.holder):
-                    return  # nobody answers for the holder: its replica is gone
+            last = told.get(lease.holder)
+            if last is None or loop.time() - last >= RETELL:
+                # Pub/sub delivers at most once: told again every RETELL seconds while the
+                # lease is held, until it is gone or the bound is reached.
+                told[lease.holder] = loop.time()
+                heard = await self._tell(session, lease.holder, again=last is not None)
+                if not heard and last is None and await self._take(lease, expected=lease.holder):
+                    return  # nobody listens for the holder: its process is gone
             remaining = deadline - loop.time()
             if remaining <= 0:
                 # The bound is reached: this session takes the lease; the old session's
@@ -251,12 +256,15 @@ class FleetAgents:
         named = lease_holder(holder)
         return named is not None and named.process == self._process and holder not in self._sessions
 
-    async def _tell(self, session: Session, holder: str) -> bool:
+    async def _tell(self, session: Session, holder: str, *, again: bool = False) -> bool:
         """Tell the holder's process, on its own channel, to end its session; False if nobody will."""
         named = lease_holder(holder)
         if named is None or self._stale(holder):
             return False
-        event(logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=named.replica)
+        if not again:
+            event(
+                logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=named.replica
+            )
         message = encode("replace", key=self._leases[session].key, value=holder)
         channel = self._names.replica(named.replica, named.process)
         try:
