@@ -38,6 +38,11 @@ class Answers:
     answers: list[Any]
     heard: int  # how many replicas heard the question (some may not have answered in time)
 
+    @property
+    def missing(self) -> int:
+        """Replicas that heard the question and did not answer in time: what they did is unknown."""
+        return max(0, self.heard - len(self.answers))
+
 
 class Control:
     def __init__(self, link: Link, names: Names, replica: str, process: str) -> None:
@@ -68,7 +73,8 @@ class Control:
                 await task
 
     async def ask(self, op: str, **fields: Any) -> Answers:
-        """Put ``op`` to every replica (this one included); :exc:`Unavailable` if Redis does not answer."""
+        """Put ``op`` to every replica (this one included): the answers collected within
+        :data:`ASK_WAIT`. :exc:`Unavailable` if Redis does not take the question."""
         reply = self._names.reply(secrets.token_hex(8))
         message = encode(op, reply=reply, **fields)
         heard = int(await self._link.call("admin", lambda redis: redis.publish(self._names.fleet, message)))
@@ -76,10 +82,13 @@ class Control:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ASK_WAIT
         wait = max(0.01, min(0.1, self._link.timeout / 2))  # a blocking pop, well within state.timeout
-        while len(answers) < heard and loop.time() < deadline:
-            popped = await self._link.call("admin", lambda redis: redis.blpop([reply], timeout=wait))
-            if popped:
-                answers.append(json.loads(popped[1]))
+        # Once asked, the question is out: a failure while collecting leaves the answers
+        # short (the replicas that heard it act on it all the same), never unasked.
+        with contextlib.suppress(Unavailable):
+            while len(answers) < heard and loop.time() < deadline:
+                popped = await self._link.call("admin", lambda redis: redis.blpop([reply], timeout=wait))
+                if popped:
+                    answers.append(json.loads(popped[1]))
         with contextlib.suppress(Unavailable):
             await self._link.call("admin", lambda redis: redis.delete(reply))
         return Answers(answers, heard)
