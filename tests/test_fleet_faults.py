@@ -195,3 +195,32 @@ async def test_a_replace_message_lost_with_a_silent_subscription_is_told_again(
         lost = log_fields(caplog, "state.subscription_lost")
         assert lost and "ping" in lost[0]["error"]
         assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]
+
+
+async def test_a_claim_queued_behind_a_slow_batch_waits_no_longer_than_the_timeout(
+    backend: Backend, redis_srv: RedisServer
+) -> None:
+    # Redis answers every call within state.timeout (1 s), but slowly (0.8 s a round trip):
+    # a claim that arrives while another's batch is in flight waits for it and then for its
+    # own, up to 1.6 s in all. The handshake's bound is the claim's, whole: past state.timeout the
+    # replica decides alone (fail-open), and counts it.
+    text = fleet_yaml("", duplicate="reject", state="lease_ttl: 3s, timeout: 1s")
+    async with replicas() as group, proxy(redis_srv.port) as slow:
+        a = await group.start(config_for(backend.url, text.replace('redis: ""', f'redis: "{slow.url()}"')), "a")
+        async with ws_connect(a, headers=agent("warm")) as ws:  # the scripts are loaded: one round trip each
+            await echoes(ws)
+        await until(lambda: _none_held(redis_srv))  # its release landed: no batch in flight
+        assert a.sample("sidecar_state_errors_total", op="claim") == 0
+        slow.delay = 0.4
+        evalsha = slow.watch(b"EVALSHA")
+        first = asyncio.ensure_future(ws_connect(a, headers=agent("x")))
+        await evalsha.wait()  # x's claim is in flight
+        async with ws_connect(a, headers=agent("y")) as y:  # y's claim queues behind it
+            await echoes(y)
+        assert a.sample("sidecar_state_errors_total", op="claim") >= 1  # y's, at least
+        async with await first as x:
+            await echoes(x)
+
+
+async def _none_held(server: RedisServer) -> bool:
+    return not await leases(server)

@@ -105,6 +105,17 @@ class FleetAgents:
             return False  # a session of this process holds it: replace() deals with it
         lease = self._hold(session)
         try:
+            # The claim as a whole (the batch in flight ahead of it, its own, and the take
+            # of a stale value) is what the handshake waits for: bounded by state.timeout.
+            async with asyncio.timeout(self._link.timeout):
+                return await self._claim(lease)
+        except TimeoutError:
+            self._link.timed_out("claim")
+            lease.state, lease.holder = Held.UNKNOWN, ""
+            return True  # this replica's table decided; the renewal asserts the lease later
+
+    async def _claim(self, lease: Lease) -> bool:
+        try:
             holder = await self._sync(("c", lease.key, lease.value))
         except Unavailable:
             return True  # this replica's table decided; the renewal asserts the lease later
@@ -125,7 +136,12 @@ class FleetAgents:
         while session.cause is None:  # else ended while waiting (the drain): admit() refuses it
             if not lease.holder:
                 try:
-                    lease.holder = await self._sync(("c", lease.key, lease.value))
+                    async with asyncio.timeout(self._link.timeout):  # the batch ahead of it included
+                        lease.holder = await self._sync(("c", lease.key, lease.value))
+                except TimeoutError:
+                    self._link.timed_out("replace")
+                    lease.state = Held.UNKNOWN
+                    return
                 except Unavailable:
                     lease.state = Held.UNKNOWN
                     return

@@ -116,6 +116,12 @@ class Link:
         """A decision made alone, or a loss, under ``op``: counted in ``sidecar_state_errors_total``."""
         self._errors[op].inc()
 
+    def timed_out(self, op: str) -> None:
+        """``op``, made of several calls or a wait for a batch, took longer than
+        ``state.timeout`` as a whole: counted, and Redis is as good as down."""
+        self._errors[op].inc()
+        self.fail(op, TimeoutError())
+
     def skip(self, op: str) -> None:
         """Redis is down: ``op`` is not tried (counted), :exc:`Unavailable`."""
         self._errors[op].inc()
