@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 
 from .. import roster
@@ -44,8 +45,9 @@ class Fleet:
         self.settings = settings
         self.link = Link(settings, metrics)
         self.names = Names(settings.key_prefix)
-        self.agents = FleetAgents(self.link, self.names, replica, settings.lease_ttl, metrics)
-        self.control = Control(self.link, self.names, replica)
+        self.process = secrets.token_hex(8)  # this process, among any that share its replica id
+        self.agents = FleetAgents(self.link, self.names, replica, self.process, settings.lease_ttl, metrics)
+        self.control = Control(self.link, self.names, replica, self.process)
         self._budget: FleetBudget | None = None
         self._renew_now = asyncio.Event()
         self._renewing: asyncio.Task[None] | None = None

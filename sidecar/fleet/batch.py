@@ -5,8 +5,10 @@ each, done alone. Under load many arrive at once, and one call for all of them c
 sidecar (and Redis) a fraction of one call each. So requests queue here, and one batch
 is in flight at a time: what arrives while it flies leaves, all together, when it lands.
 Nothing waits for company: an idle channel sends a lone request on the next turn of the
-event loop. A request waits at most for the batch in flight (bounded by
-``state.timeout``, after which Redis is down and no request is sent) and its own.
+event loop. A request waits for the batch in flight and then its own, each bounded by
+``state.timeout``; a caller that must not wait that long (a handshake's claim) bounds
+its whole wait with ``asyncio.timeout`` and leaves: its future is cancelled, the batch
+goes on without it.
 """
 
 from __future__ import annotations
