@@ -10,9 +10,9 @@ close-delimited to HTTP/1.0). Backpressure both ways: a connection whose write b
 full stops the other from being read. Redirects are passed back, encodings left alone,
 hop-by-hop fields dropped (RFC 9110 section 7.6.1), repeated ones such as Set-Cookie kept.
 
-The upstream connection goes back to the pool only when the response was read to its end,
-the request fully sent, and neither side asked to close; never after a 101 (RFC 9110
-section 15.2.2: a plain request never asks to switch) or a HEAD.
+The upstream connection goes back to the pool only when the response was read to its end
+with nothing after it in the read, the request fully sent, and neither side asked to close;
+never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch) or a HEAD.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
     __slots__ = (
-        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_fields", "_first", "_hint", "_interim",
-        "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
-        "_sent_all", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
-        "rt", "target", "upstream",
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_hint",
+        "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
+        "_sent_all", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route", "rt",
+        "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +82,8 @@ class Forward(Handler, Exchange):
         self._status = 0
         self._keep_upstream = False
         self._interim = False
+        self._ended = False  # the response is parsed to its end (completed once the read is parsed)
+        self._extra = False  # the upstream sent bytes after the end: its connection is closed
         self._answered = False  # the response head is written to the client
         self._chunked_down = False
         self._until_eof = False
@@ -192,12 +194,18 @@ class Forward(Handler, Exchange):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
-            if not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
+            if self._ended:
+                self._extra = True  # after the end of the response: dropped, never parsed as the next one
+            elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
+        if self._ended and not self.done:
+            self._complete()  # only now: the whole read is parsed, so what followed the end is known
         self._flush()
 
     def on_message_begin(self) -> None:
+        if self._ended:  # a second response nobody asked for: the connection is out of step
+            raise _Stop
         self._fields = []
         self._reason = b""
 
@@ -227,9 +235,9 @@ class Forward(Handler, Exchange):
         self._answered = True
         head_only = self.request.method == "HEAD"
         self._out.append(self._response_head(status, head_only or status in (204, 304)))
-        if head_only:
-            self._complete()
-            raise _Stop  # llhttp would wait for the body a HEAD's Content-Length describes
+        if head_only:  # llhttp would wait for the body a HEAD's Content-Length describes, so it is
+            self._ended = self._extra = True  # stopped here, not knowing what follows: never reused
+            raise _Stop
 
     def on_body(self, chunk: bytes) -> None:
         self._out.append(h1.chunk(chunk) if self._chunked_down else chunk)
@@ -238,8 +246,7 @@ class Forward(Handler, Exchange):
         if self._interim:
             self._interim = False
             return
-        if not self.done:
-            self._complete()
+        self._ended = True
 
     def _response_head(self, status: int, no_body: bool) -> bytes:
         request = self.request
@@ -262,7 +269,7 @@ class Forward(Handler, Exchange):
         self._flush()
         connection, self.upstream = self.upstream, None
         if connection is not None:
-            if self._keep_upstream and self._sent_all and self.request.method != "HEAD" and not self._until_eof:
+            if self._keep_upstream and self._sent_all and not (self._extra or self._until_eof):
                 self.rt.pool.give(connection, self._hint)
             else:
                 connection.exchange = None

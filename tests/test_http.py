@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -13,7 +14,7 @@ import pytest
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, log_fields, plain, scrape, until
+from .wire import exchange, log_fields, plain, raw_upstream, read_response, scrape, until
 
 
 def http(sidecar: Sidecar, path: str) -> str:
@@ -321,3 +322,44 @@ async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
     assert response.startswith(b"HTTP/1.1 400 ")
     assert b"X-Sidecar-Reason: invalid_agent_id" in response
     assert backend.seen == []
+
+
+# --- an upstream that misbehaves, played byte by byte -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON", b"garbage", b"HTTP/1.1 200 OK\r\n"],
+    ids=["second-response", "garbage", "half-a-head"],
+)
+async def test_bytes_after_the_end_of_a_response_are_dropped_with_its_connection(
+    start_sidecar: StartSidecar, after: bytes
+) -> None:
+    """An upstream that writes more than the response asked for, in the same write: the
+    client gets the response and nothing else (the rest would answer its next request),
+    and that upstream connection is closed, never pooled for another request."""
+    connections: list[list[bytes]] = []  # the paths each upstream connection was asked for
+    closed: list[bool] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        paths: list[bytes] = []
+        connections.append(paths)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                path = (await reader.readuntil(b"\r\n\r\n")).split(b" ")[1]
+                paths.append(path)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s" % (len(path), path, after))
+                await writer.drain()
+        closed.append(True)
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        for path in (b"/first", b"/second"):
+            writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            response = await read_response(reader)
+            assert (response.status, response.body) == (200, path)
+        writer.close()
+        await until(lambda: len(closed) == 2)
+    assert connections == [[b"/first"], [b"/second"]]  # each closed after its response
