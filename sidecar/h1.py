@@ -30,6 +30,26 @@ MAX_HEAD_BYTES = 32 * 1024  # the fields in all, each counted as name + value + 
 # Past this many bytes of one head, stop reading: whatever it holds is over a limit above.
 MAX_HEAD_READ = MAX_HEAD_BYTES + MAX_LINE + 1024
 
+
+class Stall:
+    """The bytes a parser has taken since it last got anywhere (body bytes, a chunk or a message
+    ended), counted a read at a time: a head, a chunk line (extensions) or a trailer section
+    that never ends is stopped past :data:`MAX_HEAD_READ` (by one read at most), before
+    llhttp's spans, which httptools buffers whole, grow without bound."""
+
+    __slots__ = ("moved", "taken")
+
+    def __init__(self) -> None:
+        self.moved = False  # set by the parser's callbacks
+        self.taken = 0
+
+    def over(self, read: int) -> bool:
+        """After feeding the parser ``read`` bytes: has it taken too many without moving?"""
+        self.taken = 0 if self.moved else self.taken + read
+        self.moved = False
+        return self.taken > MAX_HEAD_READ
+
+
 # RFC 9110: fields whose repetition makes a request ambiguous (the parser rejects a second
 # Content-Length itself); refused as aiohttp's strict request parser refuses them.
 SINGLETONS = frozenset(

@@ -59,8 +59,8 @@ class Forward(Handler, Exchange):
     __slots__ = (
         "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_hint",
         "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
-        "_sent_all", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route", "rt",
-        "target", "upstream",
+        "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
+        "rt", "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +77,7 @@ class Forward(Handler, Exchange):
         self._retried = False
         self._sent_all = False  # the request is sent to its end
         self._parser = httptools.HttpResponseParser(self)
+        self._stall = h1.Stall()  # a head, chunk line or trailers that never end: stopped
         self._fields: list[h1.Field] = []
         self._reason = b""
         self._status = 0
@@ -98,13 +99,13 @@ class Forward(Handler, Exchange):
 
     def start(self) -> None:
         request = self.request
-        path, fields = upstream_request(
+        path, fields = upstream_request(  # reframed: the sidecar frames the body itself
             self.ctx,
             request.fields,
             self.agent_id,
             identity=self.rt.identity_headers,
             local=self.conn.local,
-            reframed=True,  # the sidecar frames the body itself
+            reframed=True,
         )
         body = request.take_body(self)
         target = (self.target.base + path).encode("utf-8", "surrogateescape")
@@ -124,7 +125,8 @@ class Forward(Handler, Exchange):
                 head.append(b"Content-Length: %d\r\n" % length)
             data = b"".join(body)
             if "100-continue" in self.ctx.headers.get("Expect", "").lower() and request.version >= (1, 1):
-                self._write_client(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._out.append(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._flush()
         head.append(b"\r\n")
         self._first = b"".join(head) + data
         self.conn.handler = self
@@ -199,6 +201,9 @@ class Forward(Handler, Exchange):
             elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
+        if self._stall.over(len(data)) and not self._ended:
+            self._broke(UpstreamError("ClientResponseError"))  # 502 before the head; after it, cut short
+            return
         if self._ended and not self.done:
             self._complete()  # only now: the whole read is parsed, so what followed the end is known
         self._flush()
@@ -240,9 +245,14 @@ class Forward(Handler, Exchange):
             raise _Stop
 
     def on_body(self, chunk: bytes) -> None:
+        self._stall.moved = True
         self._out.append(h1.chunk(chunk) if self._chunked_down else chunk)
 
+    def on_chunk_complete(self) -> None:
+        self._stall.moved = True
+
     def on_message_complete(self) -> None:
+        self._stall.moved = True
         if self._interim:
             self._interim = False
             return
@@ -292,18 +302,12 @@ class Forward(Handler, Exchange):
         self._broke(UpstreamError("ServerDisconnectedError"))
 
     def upstream_paused(self, paused: bool) -> None:
-        if paused:
-            self.conn.pause(PAUSE_BODY)
-        else:
-            self.conn.resume(PAUSE_BODY)
+        (self.conn.pause if paused else self.conn.resume)(PAUSE_BODY)
 
     def client_paused(self, paused: bool) -> None:
         transport = self.upstream.transport if self.upstream is not None else None
         if transport is not None:
-            if paused:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
+            (transport.pause_reading if paused else transport.resume_reading)()
 
     def client_lost(self) -> None:
         if self.done:
@@ -373,15 +377,10 @@ class Forward(Handler, Exchange):
     # --- the end -------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._out:
-            out = self._out
-            self._write_client(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-
-    def _write_client(self, data: bytes) -> None:
         transport = self.conn.transport
-        if transport is not None:
-            transport.write(data)
+        if self._out and transport is not None:
+            transport.write(b"".join(self._out))  # one part: that part itself, not a copy
+        self._out.clear()
 
     def _end(self, status: int, *, keep_client: bool | None) -> None:
         """Recorded once; ``keep_client`` None: the listener already finished the request."""

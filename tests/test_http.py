@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, log_fields, plain, raw_upstream, read_response, scrape, until
+from .wire import exchange, log_fields, plain, raw_upstream, read_response, reason_of, scrape, statuses, until
 
 
 def http(sidecar: Sidecar, path: str) -> str:
@@ -363,3 +363,59 @@ async def test_bytes_after_the_end_of_a_response_are_dropped_with_its_connection
         writer.close()
         await until(lambda: len(closed) == 2)
     assert connections == [[b"/first"], [b"/second"]]  # each closed after its response
+
+
+ENDLESS = 64 * 1024  # past the 41 KiB a head may take to be read, before anything ends it
+CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing", [b"1;" + b"e" * ENDLESS, b"0\r\nX-Trailer: " + b"a" * ENDLESS], ids=["chunk-line", "trailers"]
+)
+async def test_a_chunk_line_or_trailers_from_the_client_that_never_end_are_refused(
+    sidecar: Sidecar, backend: Backend, framing: bytes
+) -> None:
+    """llhttp skips chunk extensions and httptools buffers a trailer's value whole: without a
+    limit, a client could send them for ever (and grow the trailer in memory)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"POST /anything HTTP/1.1\r\nHost: x\r\n" + CHUNKED + framing)  # and never a line end
+    answer = await asyncio.wait_for(reader.read(), 10)  # until the sidecar closes
+    writer.close()
+    assert statuses(answer) == [431]
+    assert reason_of(answer) == "headers_too_large"
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("response", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"1;" + b"e" * ENDLESS, 200),
+        (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"0\r\nX-Trailer: " + b"a" * ENDLESS, 200),
+        (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * ENDLESS, 502),
+    ],
+    ids=["chunk-line", "trailers", "head"],
+)
+async def test_a_chunk_line_trailers_or_head_from_the_upstream_that_never_end_are_cut_off(
+    start_sidecar: StartSidecar, response: bytes, status: int
+) -> None:
+    """The same limits hold for what the upstream sends: a head that never ends is 502; a
+    body's framing that never ends cuts the response short (its head is already the
+    client's), and the upstream connection is closed."""
+    closed = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)  # and never a line end
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the sidecar hangs up
+        closed.set()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, plain("GET", "/x"))
+        await asyncio.wait_for(closed.wait(), 10)
+    assert statuses(answer) == [status]
+    if status == 502:
+        assert reason_of(answer) == "upstream_unavailable"
+    else:
+        assert not answer.endswith(b"0\r\n\r\n")  # no last chunk: the client knows it was cut short
