@@ -171,6 +171,7 @@ class Forward(Handler, Exchange):
     def request_body(self, chunk: bytes) -> None:
         if self.done or not chunk:
             return
+        self._last = self.conn.front.loop.time()  # read_timeout: the backend waits for the body
         data = h1.chunk(chunk) if self._chunked_up else chunk
         if self.upstream is None or self.upstream.transport is None:
             self._pending.append(data)

@@ -419,3 +419,33 @@ async def test_a_chunk_line_trailers_or_head_from_the_upstream_that_never_end_ar
         assert reason_of(answer) == "upstream_unavailable"
     else:
         assert not answer.endswith(b"0\r\n\r\n")  # no last chunk: the client knows it was cut short
+
+
+async def test_read_timeout_does_not_cut_off_an_upload_still_sending(start_sidecar: StartSidecar) -> None:
+    """read_timeout bounds the wait for the backend's answer; while the client is still
+    sending the body the backend is waiting too, and the exchange is not idle."""
+    received: list[bytes] = []
+    got = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        while len(received) < 4:
+            received.append(await reader.readexactly(1))
+            got.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url, READ_TIMEOUT.replace("300ms", "1s")))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+        for byte in b"abcd":
+            writer.write(bytes([byte]))
+            await asyncio.wait_for(got.wait(), 10)
+            got.clear()
+            await asyncio.sleep(0.4)  # the client is slow: four bytes take longer than read_timeout
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert statuses(answer) == [200]
+    assert b"".join(received) == b"abcd"
