@@ -14,7 +14,18 @@ import pytest
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, log_fields, plain, raw_upstream, read_response, reason_of, scrape, statuses, until
+from .wire import (
+    exchange,
+    log_fields,
+    parse_response,
+    plain,
+    raw_upstream,
+    read_response,
+    reason_of,
+    scrape,
+    statuses,
+    until,
+)
 
 
 def http(sidecar: Sidecar, path: str) -> str:
@@ -449,3 +460,49 @@ async def test_read_timeout_does_not_cut_off_an_upload_still_sending(start_sidec
         writer.close()
     assert statuses(answer) == [200]
     assert b"".join(received) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"POST /anything HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n0\r\n\r\n",
+        b"POST /anything HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ],
+    ids=["http-1.0", "not-chunked-last"],
+)
+async def test_a_request_transfer_encoding_that_cannot_frame_it_is_refused(
+    sidecar: Sidecar, backend: Backend, request_: bytes
+) -> None:
+    """RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; section 6.3:
+    a request whose last coding is not chunked has no length. Either is 400 and the
+    connection closes, so the request after it is never read."""
+    answer = await exchange(sidecar.port, request_ + b"GET /hidden HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [400]
+    assert reason_of(answer) == "bad_request"
+    assert backend.seen == []
+
+
+async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(start_sidecar: StartSidecar) -> None:
+    """RFC 9112 section 6.3: the connection's end delimits it; the client gets it whole, its
+    codings kept and chunked by the sidecar, and a proper end."""
+    body = gzip.compress(b"hello " * 100)
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, plain("GET", "/x"))
+    response = parse_response(answer)
+    assert (response.status, response.headers["Transfer-Encoding"]) == (200, "gzip, chunked")
+    chunks, rest = [], response.body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        chunks.append(rest[: int(size, 16)])
+        rest = rest[int(size, 16) + 2 :]
+        if size == b"0":
+            break
+    assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
