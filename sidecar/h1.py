@@ -30,6 +30,26 @@ MAX_HEAD_BYTES = 32 * 1024  # the fields in all, each counted as name + value + 
 # Past this many bytes of one head, stop reading: whatever it holds is over a limit above.
 MAX_HEAD_READ = MAX_HEAD_BYTES + MAX_LINE + 1024
 
+
+class Stall:
+    """The bytes a parser has taken since it last got anywhere (body bytes, a chunk or a message
+    ended), counted a read at a time: a head, a chunk line (extensions) or a trailer section
+    that never ends is stopped past :data:`MAX_HEAD_READ` (by one read at most), before
+    llhttp's spans, which httptools buffers whole, grow without bound."""
+
+    __slots__ = ("moved", "taken")
+
+    def __init__(self) -> None:
+        self.moved = False  # set by the parser's callbacks
+        self.taken = 0
+
+    def over(self, read: int) -> bool:
+        """After feeding the parser ``read`` bytes: has it taken too many without moving?"""
+        self.taken = 0 if self.moved else self.taken + read
+        self.moved = False
+        return self.taken > MAX_HEAD_READ
+
+
 # RFC 9110: fields whose repetition makes a request ambiguous (the parser rejects a second
 # Content-Length itself); refused as aiohttp's strict request parser refuses them.
 SINGLETONS = frozenset(
@@ -76,6 +96,8 @@ def check_head(method: str, target: bytes, version: tuple[int, int], fields: Seq
             raise HeadError(Reason.BAD_REQUEST, "an obsolete WebSocket handshake")
     if total > MAX_HEAD_BYTES:
         raise HeadError(Reason.HEADERS_TOO_LARGE, "the fields are over 32 KiB in all")
+    if version < (1, 1) and b"transfer-encoding" in seen:  # RFC 9112 section 6.1: faulty framing
+        raise HeadError(Reason.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
     if version >= (1, 1) and b"host" not in seen:
         raise HeadError(Reason.BAD_REQUEST, "no Host (RFC 9112 section 3.2)")
     if not target_form_ok(method, target):
@@ -204,21 +226,25 @@ def relayed_head(
         named = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"connection")
         hop = hop | {t.strip().lower() for t in named.split(b",")}
     hint = fields[lowered.index(b"keep-alive")][1] if b"keep-alive" in lowered else None
-    chunked = b"transfer-encoding" in lowered
+    coded = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"transfer-encoding")
+    # RFC 9112 section 6.3: chunked last, the chunks end the body; any other coding last, the
+    # connection's end does (the codings are passed on, re-chunked); Content-Length is moot
+    chunked = coded.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     out = [b"HTTP/%d.%d %d %s\r\n" % (*version, status, reason)]
     for lower, field in zip(lowered, fields, strict=True):
-        if lower not in hop and not (chunked and lower == b"content-length"):
+        if lower not in hop and not (coded and lower == b"content-length"):
             out.append(b"%s: %s\r\n" % field)
     if b"server" not in lowered:
         out.append(_SERVER)
     if b"date" not in lowered:
         out.append(date)
     rechunked = until_eof = False
-    if not no_body and (chunked or b"content-length" not in lowered):
+    if not no_body and (coded or b"content-length" not in lowered):
         until_eof = not chunked
         if version >= (1, 1):
             rechunked = True
-            out.append(b"Transfer-Encoding: chunked\r\n")
+            codings = coded if chunked else coded + b", chunked" if coded else b"chunked"
+            out.append(b"Transfer-Encoding: %s\r\n" % codings)
         else:
             keep = False  # HTTP/1.0: the end of the connection is the end of the body
     if not keep:

@@ -26,18 +26,7 @@ import httptools
 from . import h1
 from .reasons import Reason
 from .render import Answer
-from .requests import (
-    DISCARD,
-    METHODS,
-    VERSIONS,
-    Front,
-    Handler,
-    Request,
-    Schedule,
-    Timer,
-    declared_length,
-    version_of,
-)
+from .requests import DISCARD, METHODS, VERSIONS, Front, Handler, Request, Schedule, Timer, declared_length, version_of
 from .transport import Transport, socket_transport
 
 __all__ = ["PAUSE_BODY", "Front", "Handler", "Listener", "Request", "Schedule", "Timer"]
@@ -66,6 +55,7 @@ class Listener(asyncio.Protocol):
         self._target = b""
         self._in_head = True  # between messages or inside a head (as opposed to a body)
         self._head_read = 0  # bytes read while in a head, to stop one that never ends
+        self._stall = h1.Stall()  # and a chunk line or trailers that never end
         self._synthetic = False  # the parser is being primed with a made-up head (see _upgraded)
         self._error: h1.HeadError | None = None  # why a callback stopped the parser
         self._broken: h1.HeadError | None = None  # the parser stopped: refused once the rest is answered
@@ -103,8 +93,9 @@ class Listener(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broke(self._error or h1.HeadError(Reason.BAD_REQUEST, "not HTTP/1.1 the parser accepts"))
             return
-        if self._in_head and self._head_read > h1.MAX_HEAD_READ:
-            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "the head is over its limits"))
+        stuck = self._stall.over(len(data)) and self._parsing is not None  # inside a body
+        if stuck or (self._in_head and self._head_read > h1.MAX_HEAD_READ):
+            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "a head, chunk line or trailers over the limits"))
             return
         self._next()
 
@@ -171,6 +162,7 @@ class Listener(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         request = self._parsing
+        self._stall.moved = True
         if request is None:
             return
         request.received += len(chunk)
@@ -181,8 +173,12 @@ class Listener(asyncio.Protocol):
             if request.received > BODY_BUFFER:
                 self.pause(PAUSE_BODY)
 
+    def on_chunk_complete(self) -> None:
+        self._stall.moved = True
+
     def on_message_complete(self) -> None:
         request = self._parsing
+        self._stall.moved = True
         self._synthetic = False
         if request is None or request.upgrade:
             return  # decided in _upgraded, once the parser says where the new protocol starts

@@ -16,6 +16,7 @@ HOST = (b"Host", b"x")
     [
         ("GET", b"/a", (1, 1), [HOST], None),
         ("GET", b"/a", (1, 0), [], None),  # HTTP/1.0 needs no Host
+        ("POST", b"/a", (1, 0), [(b"Transfer-Encoding", b"chunked")], Reason.BAD_REQUEST),  # RFC 9112 section 6.1
         ("GET", b"/a", (1, 1), [], Reason.BAD_REQUEST),  # RFC 9112 section 3.2
         ("GET", b"/a", (1, 1), [HOST, (b"host", b"y")], Reason.BAD_REQUEST),
         ("POST", b"/a", (1, 1), [HOST, (b"Content-Type", b"a"), (b"content-type", b"b")], Reason.BAD_REQUEST),
