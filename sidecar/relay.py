@@ -105,10 +105,14 @@ class Relay:
         up: Tally,
         down: Tally,
         context: Mapping[str, object],
+        resets: tuple[bool, bool] = (False, False),
     ) -> None:
+        # resets: whether the client and the upstream reset their compressors per message
+        # (permessage-deflate's *_no_context_takeover, sidecar.inflate.resets).
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
-        self._client = _leg("client", self, up, max_message_size, deflate)
-        self._upstream = _leg("upstream", self, down, max_message_size, deflate)
+        meters = [Meter(max_message_size, reset=reset) if deflate else None for reset in resets]
+        self._client = _leg("client", self, up, max_message_size, meters[0])
+        self._upstream = _leg("upstream", self, down, max_message_size, meters[1])
         self._client.other, self._upstream.other = self._upstream, self._client
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
@@ -299,13 +303,14 @@ class Relay:
         self._abort(leg)
 
 
-def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool) -> Leg:
-    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=deflate)
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, meter: Meter | None) -> Leg:
+    """``meter``: what the peer's compressed messages inflate to, on a permessage-deflate session."""
+    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=meter is not None)
     # The payload of the sidecar's pings to this peer: unique to the session and the leg,
     # recognisable in a capture, and no more than a control frame carries.
     leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + secrets.token_hex(8).encode())
-    if deflate:
-        leg.meter = Meter(max_message_size)
+    if meter is not None:
+        leg.meter = meter
         scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs
     return leg
 

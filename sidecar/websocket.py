@@ -25,6 +25,7 @@ from .closing import SIDECAR_ERROR, End
 from .context import Context
 from .forwarding import upstream_request
 from .handshake import handshake_problem, offered_protocols
+from .inflate import resets
 from .listener import Handler, Listener, Request
 from .logs import correlate, event, logger
 from .metrics import close_code_label
@@ -222,6 +223,7 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         up=up,
         down=down,
         context={"route": route.name, "agent_id": session.agent_id},
+        resets=resets(upgraded.extensions) if deflate and upgraded.extensions else (False, False),
     )
 
     def stopped(future: asyncio.Future[EndCause]) -> None:
