@@ -206,6 +206,8 @@ class Listener(asyncio.Protocol):
     def _next(self) -> None:
         """Answer the next request if none is being answered."""
         if self.current is not None or self._taken:
+            if self._queue and not self._taken:
+                self.pause(_PIPELINE)  # one waits already: read no more until its turn
             return
         if not self._queue:
             if self._broken is not None:

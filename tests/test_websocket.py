@@ -551,3 +551,32 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5, "request_id": ANY}
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()
+
+
+# --- pipelining: a request waiting behind another -------------------------------------------
+
+
+async def test_a_pipelined_upgrade_waits_unread_until_the_request_before_it_is_answered(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """While a request is answered and the next is already parsed, the listener reads no
+    more from the client (what it holds is bounded); it reads again once its turn comes,
+    and the upgrade behind the slow answer still becomes a session."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"first;"), 10)  # the backend now waits for release
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None and conn.transport.is_reading()
+        writer.write(handshake("/edge/ws", GOOD))
+        await until(lambda: conn.transport is None or not conn.transport.is_reading())
+        assert conn.transport is not None, "the connection was closed, not paused"
+        backend.release.set()
+        await asyncio.wait_for(reader.readuntil(b"second\r\n0\r\n\r\n"), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(masked_frame(0x1, b"after the wait"))
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(b"after the wait")), 10)
+        assert frame[2:] == b"after the wait"
+    finally:
+        writer.close()
