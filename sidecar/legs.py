@@ -131,8 +131,15 @@ class Leg(asyncio.Protocol):
 
     def attach(self, transport: Transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.set_protocol(self)
+
+    def limit(self, *, paused: bool) -> None:
+        """Set the write buffer's marks, once both legs are attached (a mark the new limits
+        cross is reported to this leg). ``paused``: the buffer was already past the mark
+        when its previous protocol had it, which told that protocol, not this leg."""
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if paused and not self.writing_paused and not self.transport.is_closing():
+            self.pause_writing()
 
     # --- bytes in ----------------------------------------------------------------------
 

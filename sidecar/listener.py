@@ -30,6 +30,7 @@ from .requests import (
     DISCARD,
     METHODS,
     VERSIONS,
+    Answering,
     Front,
     Handler,
     Request,
@@ -49,7 +50,7 @@ _LINGER = 2.0  # seconds a refused client's bytes are read and dropped before th
 _DISCARD_LIMIT = 1024 * 1024  # a refused request's body still to come: read and dropped up to this, else close
 
 
-class Listener(asyncio.Protocol):
+class Listener(Answering, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, front: Front) -> None:
@@ -57,7 +58,7 @@ class Listener(asyncio.Protocol):
         self.transport: Transport | None = None
         self.peer: str | None = None
         self.local: str = ""
-        self.handler: Handler | None = None  # answering the current request
+        self.handler = None  # answering the current request (told if the write buffer is full)
         self.current: Request | None = None  # the request being answered
         self._queue: deque[Request] = deque()  # parsed and waiting (pipelined)
         self._parsing: Request | None = None  # the request whose body is being parsed
@@ -118,14 +119,6 @@ class Listener(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None and not self._taken:
             handler.client_lost()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(True)
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(False)
 
     # --- httptools callbacks -------------------------------------------------------------
 

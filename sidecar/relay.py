@@ -133,15 +133,28 @@ class Relay:
         self._started = False
         self._stop_at_start: tuple[int, str] | None = None
 
-    def start(self, client: Transport, client_pending: bytes, upstream: Transport, upstream_pending: bytes) -> None:
+    def start(
+        self,
+        client: Transport,
+        client_pending: bytes,
+        upstream: Transport,
+        upstream_pending: bytes,
+        *,
+        paused: tuple[bool, bool] = (False, False),
+    ) -> None:
         """Take both connections over and relay what each side sent after its handshake
-        (``*_pending``) first. A connection already closing counts as gone."""
+        (``*_pending``) first. A connection already closing counts as gone. ``paused``:
+        whether the client's and the upstream's write buffers are already past their
+        high-water marks (their transports told the protocol before the leg): then the
+        other side is not read until they drain."""
         if self._started:
             raise RuntimeError("a relay is started once")
         self._started = True
         legs = ((self._client, client, client_pending), (self._upstream, upstream, upstream_pending))
         for leg, transport, _ in legs:
             leg.attach(transport)
+        for (leg, _, _), full in zip(legs, paused, strict=True):
+            leg.limit(paused=full)
         self._watchdog.start()
         for leg, transport, pending in legs:
             if transport.is_closing():

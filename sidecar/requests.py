@@ -50,6 +50,37 @@ class Handler:
 DISCARD = Handler()  # takes a body nobody reads
 
 
+class Answering:
+    """A client connection's :class:`Handler` and its write buffer's state: a handler that
+    takes over while the buffer is past its high-water mark is told so at once (it would
+    otherwise hear of the buffer draining, never of it filling), as a relay taking the
+    connection over is (:attr:`writing_paused`)."""
+
+    writing_paused = False  # the client's write buffer is past its high-water mark
+    _handler: Handler | None = None
+
+    @property
+    def handler(self) -> Handler | None:
+        """What answers the current request."""
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        self._handler = handler
+        if handler is not None and self.writing_paused:
+            handler.client_paused(True)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self._handler is not None:
+            self._handler.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._handler is not None:
+            self._handler.client_paused(False)
+
+
 class Request:
     """One request as parsed, until it is answered."""
 

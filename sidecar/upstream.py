@@ -105,6 +105,7 @@ class Upgraded:
     pending: bytes
     protocol: str | None  # the subprotocol
     extensions: str | None  # the Sec-WebSocket-Extensions it answered, as it wrote it
+    paused: bool = False  # its write buffer is past its high-water mark (the relay starts held back)
 
 
 class _Handshake(asyncio.Protocol):
@@ -118,6 +119,13 @@ class _Handshake(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._read = 0
+        self.writing_paused = False
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = socket_transport(transport)
@@ -188,7 +196,8 @@ async def _upgrade_once(
             raise HandshakeRefused(101, valid=False)
         chosen = b",".join(values.get(b"sec-websocket-protocol", [])).decode("latin-1").strip()
         extensions = b", ".join(values.get(b"sec-websocket-extensions", [])).decode("latin-1") or None
-        return Upgraded(handshake.transport, pending, chosen if chosen in offered else None, extensions)
+        chosen_protocol = chosen if chosen in offered else None
+        return Upgraded(handshake.transport, pending, chosen_protocol, extensions, handshake.writing_paused)
     except BaseException:
         transport.abort()
         raise

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from unittest.mock import ANY
 
 import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sidecar.legs import Leg
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .upstream import Backend
@@ -24,6 +27,7 @@ from .wire import (
     open_raw_websocket,
     parse_response,
     raw_upstream,
+    read_frame,
     rejected,
     until,
     ws_connect,
@@ -580,3 +584,46 @@ async def test_a_pipelined_upgrade_waits_unread_until_the_request_before_it_is_a
         assert frame[2:] == b"after the wait"
     finally:
         writer.close()
+
+
+async def test_a_relay_that_takes_over_a_client_buffer_already_full_starts_held_back(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """A client pipelines many requests and an upgrade, then reads nothing: when the relay
+    takes its connection over, the write buffer is already past its high-water mark (the
+    listener was told, the relay never will be). The relay must know from the start and
+    not read the backend's flood; once the client reads, everything arrives, in order."""
+    count = 1000  # about 200 KiB of answers: past the mark and what the small socket buffers hold
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+    reader, writer = await asyncio.open_connection(sock=client)
+    try:
+        await until(lambda: sidecar.running.front.connections)
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None
+        transport = conn.transport
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        flood = masked_frame(0x1, b"flood 64 1048576")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count + handshake("/edge/ws", GOOD) + flood)
+        await until(lambda: isinstance(transport.get_protocol(), Leg))
+        leg = transport.get_protocol()
+        assert isinstance(leg, Leg)
+        assert leg.writing_paused and leg.other.paused  # the backend is not read from the start
+        await until(lambda: backend.flood_sent > 0)
+        assert transport.get_write_buffer_size() < 2 * 1024 * 1024  # the answers and a read at most
+        writer.transport.resume_reading()  # type: ignore[attr-defined]
+        for _ in range(count):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(int(length.partition(b":")[2]))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101 ")
+        for _ in range(64):
+            frame = await asyncio.wait_for(read_frame(reader), 10)
+            assert (frame.first, len(frame.payload)) == (0x82, 1048576)
+    finally:
+        writer.close()
+    assert backend.flood_sent == 64
