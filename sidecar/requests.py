@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import h1
+from .handshake import wants_websocket
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -115,8 +116,10 @@ class Request:
 
     def websocket_like(self) -> bool:
         """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
-        be refused as a handshake: then the connection closes after the answer."""
-        return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in self.fields)
+        be refused as a handshake: then the connection closes after the answer. The
+        dispatcher's decision too (:func:`sidecar.handshake.wants_websocket`): were they
+        to differ, a plain request's successors would be kept as frames for no relay."""
+        return wants_websocket(h1.decode_fields(self.fields))
 
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""

@@ -29,6 +29,7 @@ from .wire import (
     raw_upstream,
     read_frame,
     rejected,
+    statuses,
     until,
     ws_connect,
 )
@@ -627,3 +628,16 @@ async def test_a_relay_that_takes_over_a_client_buffer_already_full_starts_held_
     finally:
         writer.close()
     assert backend.flood_sent == 64
+
+
+@pytest.mark.parametrize("upgrade", ["websockets", "x-websocket", "websocket/13"])
+async def test_an_upgrade_to_something_else_is_a_plain_request_and_its_successor_is_answered(
+    sidecar: Sidecar, backend: Backend, upgrade: str
+) -> None:
+    """The listener and the dispatcher make one decision: a head whose Upgrade only looks like
+    websocket is a plain request to both, so the pipelined request after it is parsed and
+    answered too, not kept as frames for a relay that never comes."""
+    first = f"GET /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+    second = "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert statuses(await exchange(sidecar.port, (first + second).encode())) == [200, 200]
+    assert [seen.path for seen in backend.seen] == ["/first", "/second"]
