@@ -278,7 +278,10 @@ class Relay:
             leg.transport.close()
 
     def _give_up(self) -> None:
-        """``close_timeout`` into the ending: no more waiting for replies."""
+        """``close_timeout`` into the ending: no more waiting for replies. Once the session
+        has ended (both connections gone), nothing is left to bound: a no-op."""
+        if self.ended.done():
+            return
         assert self._first is not None or self._end is not None
         for leg in (self._client, self._upstream):
             if self._first is not None and self._awaits_reply_from(leg):
@@ -295,6 +298,8 @@ class Relay:
         self._deadline = self._wheel.call_later(self._close_timeout, self._abort_all)
 
     def _abort_all(self) -> None:
+        if self.ended.done():
+            return  # (both legs are lost: nothing to abort)
         for leg in (self._client, self._upstream):
             self._abort(leg)
 

@@ -345,3 +345,20 @@ async def test_an_upstream_gone_in_the_middle_of_a_frame_leaves_the_client_abort
         assert received == b"\x82\x7e\x10\x00" + b"h" * 1000  # exactly what the upstream sent
         assert await (await door.session()).ended() == End("upstream", 1006)
         writer.close()
+
+
+async def test_once_the_session_has_ended_the_bounds_on_its_ending_are_no_ops(backend: Backend) -> None:
+    """A bound that comes round after the session ended (its timer already due when it was
+    cancelled, or run by hand here) does nothing: no exception, no new timer on the wheel,
+    the outcome unchanged."""
+    async with front(backend.port) as door:
+        async with connect(door.url) as ws:
+            await echoes(ws, "hello")
+            session = await door.session()
+        end = await session.ended()
+        relay = session.relay
+        relay._give_up()
+        relay._abort_all()
+        relay.stop(1012, "too late")
+        assert len(door.wheel) == 0
+        assert relay.ended.result() == end
