@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+from typing import Any
 from unittest.mock import ANY
 
 import aiohttp
@@ -15,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sidecar.legs import Leg
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
+from .relaying import _accept_for
 from .upstream import Backend
 from .wire import (
     closed_by_peer,
@@ -332,6 +334,47 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         "upstream_rejected",
         "101",
     )
+
+
+@pytest.mark.parametrize(
+    ("answered", "route", "offer"),
+    [
+        (b"Sec-WebSocket-Protocol: chat.v9", "", {"subprotocols": ["chat.v1"]}),
+        (b"Sec-WebSocket-Protocol: chat.v1", "", {}),  # the client offered none at all
+        (b"Sec-WebSocket-Protocol: chat.v1, chat.v2", "", {"subprotocols": ["chat.v1", "chat.v2"]}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", "", {"compression": "deflate"}),  # never offered upstream
+        (b"Sec-WebSocket-Extensions: x-webkit-deflate-frame", ", compression: true", {"compression": "deflate"}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", ", compression: true", {"compression": None}),
+    ],
+)
+async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_never_relayed(
+    start_sidecar: StartSidecar, answered: bytes, route: str, offer: dict[str, Any]
+) -> None:
+    """RFC 6455 section 4.1: a client whose server names a subprotocol or an extension it did
+    not offer must fail the connection. The sidecar is that client upstream: 502
+    upstream_rejected to its own client, the upstream's connection closed, nothing relayed."""
+    upstream_closed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _accept_for(head) + b"\r\n" + answered + b"\r\n\r\n"
+        )
+        writer.write(b"\x81\x05hello")  # a first message that must never reach the client
+        upstream_closed.set_result(await reader.read())  # what the sidecar sent after the head: nothing
+
+    async with raw_upstream(upstream) as url:
+        sidecar = await start_sidecar(config_for(url, edge_yaml(auth=", agent_id: {}", route=route)))
+        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD, **offer)
+        assert await asyncio.wait_for(upstream_closed, 10) == b""
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "101",
+    )
+    assert "did not offer" in body["detail"]
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") == 0
 
 
 # --- slow or oversized handshakes, shutdown --------------------------------------------
