@@ -137,8 +137,10 @@ class Leg(asyncio.Protocol):
         """Set the write buffer's marks, once both legs are attached (a mark the new limits
         cross is reported to this leg). ``paused``: the buffer was already past the mark
         when its previous protocol had it, which told that protocol, not this leg."""
+        if self.transport.is_closing():
+            return  # gone already (uvloop refuses limits on it): the relay counts it as lost
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        if paused and not self.writing_paused and not self.transport.is_closing():
+        if paused and not self.writing_paused:
             self.pause_writing()
 
     # --- bytes in ----------------------------------------------------------------------
