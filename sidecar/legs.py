@@ -131,8 +131,17 @@ class Leg(asyncio.Protocol):
 
     def attach(self, transport: Transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.set_protocol(self)
+
+    def limit(self, *, paused: bool) -> None:
+        """Set the write buffer's marks, once both legs are attached (a mark the new limits
+        cross is reported to this leg). ``paused``: the buffer was already past the mark
+        when its previous protocol had it, which told that protocol, not this leg."""
+        if self.transport.is_closing():
+            return  # gone already (uvloop refuses limits on it): the relay counts it as lost
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if paused and not self.writing_paused:
+            self.pause_writing()
 
     # --- bytes in ----------------------------------------------------------------------
 

@@ -26,7 +26,19 @@ import httptools
 from . import h1
 from .reasons import Reason
 from .render import Answer
-from .requests import DISCARD, METHODS, VERSIONS, Front, Handler, Request, Schedule, Timer, declared_length, version_of
+from .requests import (
+    DISCARD,
+    METHODS,
+    VERSIONS,
+    Answering,
+    Front,
+    Handler,
+    Request,
+    Schedule,
+    Timer,
+    declared_length,
+    version_of,
+)
 from .transport import Transport, socket_transport
 
 __all__ = ["PAUSE_BODY", "Front", "Handler", "Listener", "Request", "Schedule", "Timer"]
@@ -38,7 +50,7 @@ _LINGER = 2.0  # seconds a refused client's bytes are read and dropped before th
 _DISCARD_LIMIT = 1024 * 1024  # a refused request's body still to come: read and dropped up to this, else close
 
 
-class Listener(asyncio.Protocol):
+class Listener(Answering, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, front: Front) -> None:
@@ -46,7 +58,7 @@ class Listener(asyncio.Protocol):
         self.transport: Transport | None = None
         self.peer: str | None = None
         self.local: str = ""
-        self.handler: Handler | None = None  # answering the current request
+        self.handler = None  # answering the current request (told if the write buffer is full)
         self.current: Request | None = None  # the request being answered
         self._queue: deque[Request] = deque()  # parsed and waiting (pipelined)
         self._parsing: Request | None = None  # the request whose body is being parsed
@@ -109,14 +121,6 @@ class Listener(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None and not self._taken:
             handler.client_lost()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(True)
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(False)
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -202,6 +206,8 @@ class Listener(asyncio.Protocol):
     def _next(self) -> None:
         """Answer the next request if none is being answered."""
         if self.current is not None or self._taken:
+            if self._queue and not self._taken:
+                self.pause(_PIPELINE)  # one waits already: read no more until its turn
             return
         if not self._queue:
             if self._broken is not None:

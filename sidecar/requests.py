@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import h1
+from .handshake import wants_websocket
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -50,6 +51,37 @@ class Handler:
 DISCARD = Handler()  # takes a body nobody reads
 
 
+class Answering:
+    """A client connection's :class:`Handler` and its write buffer's state: a handler that
+    takes over while the buffer is past its high-water mark is told so at once (it would
+    otherwise hear of the buffer draining, never of it filling), as a relay taking the
+    connection over is (:attr:`writing_paused`)."""
+
+    writing_paused = False  # the client's write buffer is past its high-water mark
+    _handler: Handler | None = None
+
+    @property
+    def handler(self) -> Handler | None:
+        """What answers the current request."""
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        self._handler = handler
+        if handler is not None and self.writing_paused:
+            handler.client_paused(True)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self._handler is not None:
+            self._handler.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._handler is not None:
+            self._handler.client_paused(False)
+
+
 class Request:
     """One request as parsed, until it is answered."""
 
@@ -84,8 +116,10 @@ class Request:
 
     def websocket_like(self) -> bool:
         """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
-        be refused as a handshake: then the connection closes after the answer."""
-        return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in self.fields)
+        be refused as a handshake: then the connection closes after the answer. The
+        dispatcher's decision too (:func:`sidecar.handshake.wants_websocket`): were they
+        to differ, a plain request's successors would be kept as frames for no relay."""
+        return wants_websocket(h1.decode_fields(self.fields))
 
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""
