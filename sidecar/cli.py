@@ -194,15 +194,10 @@ def _shipped_variables() -> list[Reference] | None:
         return None
 
 
-def environment_names() -> list[str]:
-    """The variables ``serve --help`` lists, in its order: the shipped routes.yaml's, then
-    the process's own. The one list: the Dockerfile's is checked against it (tests)."""
-    return list(dict.fromkeys(r.name for r in _shipped_variables() or [])) + [p[0] for p in _PROCESS]
-
-
 def serve_environment() -> str:
     """``serve --help``'s list of the environment variables it reads: those the shipped
-    routes.yaml names (read from it, so the list cannot drift), then the process's own."""
+    routes.yaml names (read from it, so the list cannot drift), then the process's own.
+    The one list: the Dockerfile's is checked against it (tests/test_deploy.py)."""
     lines = ["environment (the shipped routes.yaml's variables; a file of your own reads those it names):"]
     found = _shipped_variables()
     if found is None:

@@ -295,13 +295,6 @@ class Registry:
         if self.draining:
             session.end(EndCause.DRAINING)
 
-    def end_agent(self, agent_id: str, cause: EndCause) -> int:
-        """End every session of this process with ``agent_id``; how many there were."""
-        ending = [s for s in self._live if s.agent_id == agent_id and s.cause is None]
-        for session in ending:
-            session.end(cause)
-        return len(ending)
-
     async def drain(self, window: float, hurry: asyncio.Event, *, close_timeout: float) -> None:
         """Stopping: sessions still in their handshake are refused at once (503 draining);
         open ones are closed, the oldest first, evenly spread over ``window`` (0: all at

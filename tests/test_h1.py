@@ -101,3 +101,18 @@ def test_answer_head() -> None:
 def test_the_date_field_is_rfc_9110s_imf_fixdate() -> None:
     field = h1.Clock().date_field()
     assert field.startswith(b"Date: ") and field.endswith(b" GMT\r\n")
+
+
+def test_a_relayed_head_drops_hop_by_hop_fields_and_keeps_repeats() -> None:
+    fields = [
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Connection", b"X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Content-Length", b"0"),
+    ]
+    head, *_ = h1.relayed_head(fields, 200, b"OK", (1, 1), no_body=False, keep=True, date=b"Date: x\r\n")
+    assert head == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n" + (
+        b"Server: sidecar\r\nDate: x\r\n\r\n"
+    )
