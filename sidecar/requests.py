@@ -121,6 +121,13 @@ class Request:
         to differ, a plain request's successors would be kept as frames for no relay."""
         return wants_websocket(h1.decode_fields(self.fields))
 
+    def held_back(self) -> bool:
+        """Is the rest of the body held back until the client hears ``100 Continue`` (RFC 9110
+        section 10.1.1)? A final answer without it leaves the client free to send the body or
+        not: what comes next cannot be told apart, so the connection closes after it."""
+        expects = any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in self.fields)
+        return expects and not self.complete
+
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""
         self.sink = sink

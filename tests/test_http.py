@@ -506,3 +506,17 @@ async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(
         if size == b"0":
             break
     assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
+
+
+async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: Sidecar, backend: Backend) -> None:
+    """``Expect: 100-continue`` and no 100: the client may send its body or not (RFC 9110
+    section 10.1.1), and what comes next cannot be told apart from a next request. The
+    refusal says ``Connection: close`` and the connection ends after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"POST /edge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    response = await read_response(reader)  # no token: refused before the body is asked for
+    assert (response.status, response.headers["X-Sidecar-Reason"]) == (401, "missing_token")
+    assert response.headers["Connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
+    writer.close()
+    assert backend.seen == []
