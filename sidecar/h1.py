@@ -219,7 +219,10 @@ def relayed_head(
     ones and those its Connection names dropped), ``Server: sidecar`` and Date where it gave
     none, and the framing to the client: chunked to HTTP/1.1 for a chunked or close-delimited
     body, close-delimited to HTTP/1.0 (RFC 9112 section 6). Returns (head, re-chunked,
-    delimited by the backend's close, client kept alive, the backend's Keep-Alive value)."""
+    delimited by the backend's close, client kept alive, the backend's Keep-Alive value).
+    :exc:`ValueError` for fields over 32 KiB in all, as for a request's."""
+    if sum(len(name) + len(value) + 4 for name, value in fields) > MAX_HEAD_BYTES:
+        raise ValueError("the response head is over 32 KiB")
     lowered = [name.lower() for name, _ in fields]
     hop = HOP_BY_HOP
     if b"connection" in lowered:

@@ -238,9 +238,9 @@ class Forward(Handler, Exchange):
             raise _Stop
         self._status = status
         self._keep_upstream = parser.should_keep_alive()
-        self._answered = True
         head_only = self.request.method == "HEAD"
-        self._out.append(self._response_head(status, head_only or status in (204, 304)))
+        self._out.append(self._response_head(status, head_only or status in (204, 304)))  # ValueError: 502
+        self._answered = True
         if head_only:  # llhttp would wait for the body a HEAD's Content-Length describes, so it is
             self._ended = self._extra = True  # stopped here, not knowing what follows: never reused
             raise _Stop

@@ -520,3 +520,24 @@ async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: 
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
     writer.close()
     assert backend.seen == []
+
+
+async def test_a_response_head_over_32_kib_is_502_and_its_connection_closed(start_sidecar: StartSidecar) -> None:
+    """The limit a request head has, on the backend's: whole in one read or not, a head over
+    32 KiB never reaches the client (nor stays in memory)."""
+    fields = b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000) for i in range(10))
+    closed = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the sidecar hangs up
+        closed.set()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, plain("GET", "/x"))
+        await asyncio.wait_for(closed.wait(), 10)
+    assert statuses(answer) == [502]
+    assert b"X-Big" not in answer
