@@ -541,3 +541,32 @@ async def test_a_response_head_over_32_kib_is_502_and_its_connection_closed(star
         await asyncio.wait_for(closed.wait(), 10)
     assert statuses(answer) == [502]
     assert b"X-Big" not in answer
+
+
+async def test_a_head_response_ends_at_its_head_and_the_client_connection_goes_on(start_sidecar: StartSidecar) -> None:
+    """A HEAD's Content-Length describes a body that is not sent: the answer ends with the head
+    and the client's next request is answered on the same connection. The upstream's is
+    not reused: where the head ended in its read is unknown (the parser stops at the head)."""
+    connections: list[list[bytes]] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines: list[bytes] = []
+        connections.append(lines)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+                body = b"" if lines[-1].startswith(b"HEAD ") else b"x" * 1000
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + body)
+                await writer.drain()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert (head.status, head.headers["Content-Length"]) == (200, "1000")
+        writer.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await read_response(reader)
+        writer.close()
+    assert (response.status, response.body) == (200, b"x" * 1000)
+    assert connections == [[b"HEAD /a HTTP/1.1"], [b"GET /b HTTP/1.1"]]
