@@ -20,6 +20,7 @@ from http import HTTPStatus
 
 from multidict import CIMultiDict
 
+from . import headers
 from .reasons import Header, Reason
 
 Field = tuple[bytes, bytes]
@@ -71,14 +72,6 @@ class HeadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}"
-
-
-def check_field(name: bytes, value: bytes, count: int) -> None:
-    """One field as it is parsed (``count`` fields so far, this one included)."""
-    if len(name) > MAX_LINE or len(value) > MAX_LINE:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, "a field over 8190 bytes")
-    if count > MAX_FIELDS:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, f"more than {MAX_FIELDS} fields")
 
 
 def check_head(method: str, target: bytes, version: tuple[int, int], fields: Sequence[Field]) -> None:
@@ -196,12 +189,7 @@ def answer_head(
 # --- what the sidecar passes back --------------------------------------------------------
 
 # Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"http2-settings",
-    }
-)  # fmt: skip
+HOP_BY_HOP = frozenset(name.encode() for name in headers.HOP_BY_HOP)
 _SERVER = b"Server: sidecar\r\n"
 
 

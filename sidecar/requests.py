@@ -14,19 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import h1
 from .handshake import wants_websocket
+from .wheel import Timer as Timer  # re-exported: what a Schedule returns
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
 Schedule = Callable[[float, Callable[[], None]], Timer]
-
-# Why reading is paused (a bit each): it resumes when none is left.
-BODY_BUFFER = 64 * 1024  # request body held before its handler takes it, at most (then reading pauses)
 
 
 class Handler:

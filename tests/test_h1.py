@@ -43,25 +43,6 @@ def test_check_head(
         assert b"a" * 100 not in str(refused.value).encode()  # never a field's value
 
 
-@pytest.mark.parametrize(
-    ("name", "value", "count", "refused"),
-    [
-        (b"X", b"a" * 8190, 1, False),
-        (b"X", b"a" * 8191, 1, True),
-        (b"X" * 8191, b"a", 1, True),
-        (b"X", b"a", 100, False),
-        (b"X", b"a", 101, True),
-    ],
-)
-def test_check_field(name: bytes, value: bytes, count: int, refused: bool) -> None:
-    if refused:
-        with pytest.raises(h1.HeadError) as error:
-            h1.check_field(name, value, count)
-        assert error.value.reason is Reason.HEADERS_TOO_LARGE
-    else:
-        h1.check_field(name, value, count)
-
-
 def test_fields_decode_and_encode_back_byte_for_byte() -> None:
     raw = [(b"X-Edge-Agent-Id", b"ab\xffcd"), (b"X", "é".encode())]
     decoded = h1.decode_fields(raw)
