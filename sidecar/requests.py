@@ -119,8 +119,8 @@ class Request:
         """Is the rest of the body held back until the client hears ``100 Continue`` (RFC 9110
         section 10.1.1)? A final answer without it leaves the client free to send the body or
         not: what comes next cannot be told apart, so the connection closes after it."""
-        expects = any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in self.fields)
-        return expects and not self.complete
+        held = (n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in self.fields)
+        return not self.complete and any(held)
 
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""
