@@ -20,6 +20,7 @@ from http import HTTPStatus
 
 from multidict import CIMultiDict
 
+from . import headers
 from .reasons import Header, Reason
 
 Field = tuple[bytes, bytes]
@@ -71,14 +72,6 @@ class HeadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}"
-
-
-def check_field(name: bytes, value: bytes, count: int) -> None:
-    """One field as it is parsed (``count`` fields so far, this one included)."""
-    if len(name) > MAX_LINE or len(value) > MAX_LINE:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, "a field over 8190 bytes")
-    if count > MAX_FIELDS:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, f"more than {MAX_FIELDS} fields")
 
 
 def check_head(method: str, target: bytes, version: tuple[int, int], fields: Sequence[Field]) -> None:
@@ -196,12 +189,7 @@ def answer_head(
 # --- what the sidecar passes back --------------------------------------------------------
 
 # Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"http2-settings",
-    }
-)  # fmt: skip
+HOP_BY_HOP = frozenset(name.encode() for name in headers.HOP_BY_HOP)
 _SERVER = b"Server: sidecar\r\n"
 
 
@@ -219,7 +207,10 @@ def relayed_head(
     ones and those its Connection names dropped), ``Server: sidecar`` and Date where it gave
     none, and the framing to the client: chunked to HTTP/1.1 for a chunked or close-delimited
     body, close-delimited to HTTP/1.0 (RFC 9112 section 6). Returns (head, re-chunked,
-    delimited by the backend's close, client kept alive, the backend's Keep-Alive value)."""
+    delimited by the backend's close, client kept alive, the backend's Keep-Alive value).
+    :exc:`ValueError` for fields over 32 KiB in all, as for a request's."""
+    if sum(len(name) + len(value) + 4 for name, value in fields) > MAX_HEAD_BYTES:
+        raise ValueError("the response head is over 32 KiB")
     lowered = [name.lower() for name, _ in fields]
     hop = HOP_BY_HOP
     if b"connection" in lowered:
@@ -253,6 +244,13 @@ def relayed_head(
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
     return b"".join(out), rechunked, until_eof, keep, hint
+
+
+def ends_with_heads(data: bytes, heads: int) -> bool:
+    """Does ``data``, a read in which ``heads`` response heads ended, end where the last of them
+    did, with nothing else in it? An empty line ends a head and is found nowhere else in one
+    (llhttp refuses bare CR and LF). False when in doubt: a head's end split over two reads."""
+    return data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == heads
 
 
 def chunk(data: bytes) -> bytes:

@@ -12,7 +12,8 @@ hop-by-hop fields dropped (RFC 9110 section 7.6.1), repeated ones such as Set-Co
 
 The upstream connection goes back to the pool only when the response was read to its end
 with nothing after it in the read, the request fully sent, and neither side asked to close;
-never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch) or a HEAD.
+never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch), nor after
+a HEAD's head unless its read ended exactly there (the parser is stopped at the head).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
     __slots__ = (
-        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_hint",
-        "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
-        "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
-        "rt", "target", "upstream",
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_heads",
+        "_hint", "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason",
+        "_retried", "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done",
+        "request", "route", "rt", "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +79,7 @@ class Forward(Handler, Exchange):
         self._sent_all = False  # the request is sent to its end
         self._parser = httptools.HttpResponseParser(self)
         self._stall = h1.Stall()  # a head, chunk line or trailers that never end: stopped
+        self._heads = 0  # response heads that ended in the current read
         self._fields: list[h1.Field] = []
         self._reason = b""
         self._status = 0
@@ -194,11 +196,12 @@ class Forward(Handler, Exchange):
     def upstream_data(self, data: bytes) -> None:
         self._last = self.conn.front.loop.time()
         self._first = b""  # something came back: never sent again
+        self._heads = 0
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
-            if self._ended:
-                self._extra = True  # after the end of the response: dropped, never parsed as the next one
+            if self._ended:  # what followed the end is dropped, never parsed as the next response
+                self._extra = self.request.method != "HEAD" or not h1.ends_with_heads(data, self._heads)
             elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
@@ -223,6 +226,7 @@ class Forward(Handler, Exchange):
             self._fields.append((name, value))  # not after the head: a trailer, dropped
 
     def on_headers_complete(self) -> None:
+        self._heads += 1
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
@@ -238,12 +242,12 @@ class Forward(Handler, Exchange):
             raise _Stop
         self._status = status
         self._keep_upstream = parser.should_keep_alive()
-        self._answered = True
         head_only = self.request.method == "HEAD"
-        self._out.append(self._response_head(status, head_only or status in (204, 304)))
-        if head_only:  # llhttp would wait for the body a HEAD's Content-Length describes, so it is
-            self._ended = self._extra = True  # stopped here, not knowing what follows: never reused
-            raise _Stop
+        self._out.append(self._response_head(status, head_only or status in (204, 304)))  # ValueError: 502
+        self._answered = True
+        if head_only:
+            self._ended = True
+            raise _Stop  # llhttp would wait for the body a HEAD's Content-Length describes
 
     def on_body(self, chunk: bytes) -> None:
         self._stall.moved = True
@@ -260,15 +264,10 @@ class Forward(Handler, Exchange):
         self._ended = True
 
     def _response_head(self, status: int, no_body: bool) -> bytes:
-        request = self.request
+        request, front = self.request, self.conn.front
+        keep, date = request.keep_alive and not front.closing, front.clock.date_field()
         head, self._chunked_down, self._until_eof, self._keep_client, hint = h1.relayed_head(
-            self._fields,
-            status,
-            self._reason,
-            request.version,
-            no_body=no_body,
-            keep=request.keep_alive and not self.conn.front.closing,
-            date=self.conn.front.clock.date_field(),
+            self._fields, status, self._reason, request.version, no_body=no_body, keep=keep, date=date
         )
         if hint is not None:
             self._hint = keep_alive_hint(hint)

@@ -284,7 +284,7 @@ class Listener(Answering, asyncio.Protocol):
         if transport is None:
             return
         version = b"1.1" if request is None else b"%d.%d" % request.version  # HTTP/0.9 is answered as 0.9
-        close = answer.close or self.front.closing or request is None or not request.keep_alive
+        close = answer.close or self.front.closing or request is None or not request.keep_alive or request.held_back()
         head = h1.answer_head(
             answer.status,
             answer.headers,

@@ -14,19 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import h1
 from .handshake import wants_websocket
+from .wheel import Timer as Timer  # re-exported: what a Schedule returns
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
 Schedule = Callable[[float, Callable[[], None]], Timer]
-
-# Why reading is paused (a bit each): it resumes when none is left.
-BODY_BUFFER = 64 * 1024  # request body held before its handler takes it, at most (then reading pauses)
 
 
 class Handler:
@@ -120,6 +114,13 @@ class Request:
         dispatcher's decision too (:func:`sidecar.handshake.wants_websocket`): were they
         to differ, a plain request's successors would be kept as frames for no relay."""
         return wants_websocket(h1.decode_fields(self.fields))
+
+    def held_back(self) -> bool:
+        """Is the rest of the body held back until the client hears ``100 Continue`` (RFC 9110
+        section 10.1.1)? A final answer without it leaves the client free to send the body or
+        not: what comes next cannot be told apart, so the connection closes after it."""
+        held = (n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in self.fields)
+        return not self.complete and any(held)
 
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""

@@ -43,25 +43,6 @@ def test_check_head(
         assert b"a" * 100 not in str(refused.value).encode()  # never a field's value
 
 
-@pytest.mark.parametrize(
-    ("name", "value", "count", "refused"),
-    [
-        (b"X", b"a" * 8190, 1, False),
-        (b"X", b"a" * 8191, 1, True),
-        (b"X" * 8191, b"a", 1, True),
-        (b"X", b"a", 100, False),
-        (b"X", b"a", 101, True),
-    ],
-)
-def test_check_field(name: bytes, value: bytes, count: int, refused: bool) -> None:
-    if refused:
-        with pytest.raises(h1.HeadError) as error:
-            h1.check_field(name, value, count)
-        assert error.value.reason is Reason.HEADERS_TOO_LARGE
-    else:
-        h1.check_field(name, value, count)
-
-
 def test_fields_decode_and_encode_back_byte_for_byte() -> None:
     raw = [(b"X-Edge-Agent-Id", b"ab\xffcd"), (b"X", "é".encode())]
     decoded = h1.decode_fields(raw)
@@ -116,3 +97,18 @@ def test_a_relayed_head_drops_hop_by_hop_fields_and_keeps_repeats() -> None:
     assert head == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n" + (
         b"Server: sidecar\r\nDate: x\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "heads", "ends"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1, True),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 2, True),  # an interim head first
+        (b"X: y\r\n\r\n", 1, True),  # the head began in an earlier read
+        (b"HTTP/1.1 200 OK\r\n\r\nhello", 1, False),  # a body a HEAD must not get
+        (b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 1, False),  # a second head, unasked for
+        (b"\n", 1, False),  # the empty line split over two reads: in doubt
+    ],
+)
+def test_ends_with_heads(data: bytes, heads: int, ends: bool) -> None:
+    assert h1.ends_with_heads(data, heads) is ends

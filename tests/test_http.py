@@ -403,15 +403,16 @@ async def test_a_chunk_line_or_trailers_from_the_client_that_never_end_are_refus
         (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"1;" + b"e" * ENDLESS, 200),
         (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"0\r\nX-Trailer: " + b"a" * ENDLESS, 200),
         (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * ENDLESS, 502),
+        (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000) for i in range(10)) + b"\r\n", 502),
     ],
-    ids=["chunk-line", "trailers", "head"],
+    ids=["chunk-line", "trailers", "head", "head-over-32-kib"],
 )
-async def test_a_chunk_line_trailers_or_head_from_the_upstream_that_never_end_are_cut_off(
+async def test_a_chunk_line_trailers_or_head_from_the_upstream_over_the_limits_are_cut_off(
     start_sidecar: StartSidecar, response: bytes, status: int
 ) -> None:
-    """The same limits hold for what the upstream sends: a head that never ends is 502; a
-    body's framing that never ends cuts the response short (its head is already the
-    client's), and the upstream connection is closed."""
+    """The same limits hold for what the upstream sends: a head that never ends or is over
+    32 KiB (even whole in one read) is 502; a body's framing that never ends cuts the
+    response short (its head is already the client's); the upstream connection is closed."""
     closed = asyncio.Event()
 
     async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -428,6 +429,7 @@ async def test_a_chunk_line_trailers_or_head_from_the_upstream_that_never_end_ar
     assert statuses(answer) == [status]
     if status == 502:
         assert reason_of(answer) == "upstream_unavailable"
+        assert b"X-Huge" not in answer and b"X-Big" not in answer
     else:
         assert not answer.endswith(b"0\r\n\r\n")  # no last chunk: the client knows it was cut short
 
@@ -506,3 +508,54 @@ async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(
         if size == b"0":
             break
     assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
+
+
+async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: Sidecar, backend: Backend) -> None:
+    """``Expect: 100-continue`` and no 100: the client may send its body or not (RFC 9110
+    section 10.1.1), and what comes next cannot be told apart from a next request. The
+    refusal says ``Connection: close`` and the connection ends after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"POST /edge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    response = await read_response(reader)  # no token: refused before the body is asked for
+    assert (response.status, response.headers["X-Sidecar-Reason"]) == (401, "missing_token")
+    assert response.headers["Connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
+    writer.close()
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("after_head", "connections_used"),
+    [(b"", [[b"HEAD /a HTTP/1.1", b"GET /b HTTP/1.1"]]), (b"x" * 1000, [[b"HEAD /a HTTP/1.1"], [b"GET /b HTTP/1.1"]])],
+    ids=["head-only", "a-body-it-should-not-send"],
+)
+async def test_a_head_response_ends_at_its_head_and_both_connections_go_on(
+    start_sidecar: StartSidecar, after_head: bytes, connections_used: list[list[bytes]]
+) -> None:
+    """A HEAD's Content-Length describes a body that is not sent: the answer ends with the head
+    and the client's next request is answered on the same connection. So is the upstream's,
+    unless something followed the head in its read (a body a HEAD must not get): then that
+    connection is closed, and the bytes are never the next request's answer."""
+    connections: list[list[bytes]] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines: list[bytes] = []
+        connections.append(lines)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+                body = after_head if lines[-1].startswith(b"HEAD ") else b"y" * 1000
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + body)
+                await writer.drain()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert (head.status, head.headers["Content-Length"]) == (200, "1000")
+        writer.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await read_response(reader)
+        writer.close()
+    assert (response.status, response.body) == (200, b"y" * 1000)
+    assert connections == connections_used
