@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sidecar import websocket
+from sidecar.frames import Scanner
 from sidecar.legs import Leg
+from sidecar.relay import Relay
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .relaying import _accept_for
@@ -684,3 +687,67 @@ async def test_an_upgrade_to_something_else_is_a_plain_request_and_its_successor
     second = "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     assert statuses(await exchange(sidecar.port, (first + second).encode())) == [200, 200]
     assert [seen.path for seen in backend.seen] == ["/first", "/second"]
+
+
+# --- a bug in the session: logged once, 1011 to both legs, nothing left open -----------------
+
+
+async def test_a_bug_reading_the_client_ends_the_session_with_1011_to_both_legs_logged_once(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    scan = Scanner.scan
+
+    def broken(self: Scanner, data: bytes) -> Any:
+        if self._mask:  # the client's direction only
+            raise RuntimeError("a bug in the scanner")
+        return scan(self, data)
+
+    async with ws_connect(sidecar) as ws:
+        monkeypatch.setattr(Scanner, "scan", broken)
+        for i in range(3):  # each read fails the same way: logged once all the same
+            await ws.send(f"message {i}")
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+
+
+async def test_a_bug_as_the_relay_starts_still_closes_both_legs_with_1011(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    start = Relay.start
+
+    def broken(self: Relay, *args: Any, **kwargs: Any) -> None:
+        start(self, *args, **kwargs)
+        raise RuntimeError("a bug after the relay took over")
+
+    monkeypatch.setattr(Relay, "start", broken)
+    async with ws_connect(sidecar) as ws:
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)  # the session's task is over
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+
+
+async def test_a_bug_before_the_101_closes_the_clients_connection_and_the_upstreams(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug writing the 101")
+
+    monkeypatch.setattr(websocket, "_switching", broken)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(handshake("/edge/ws", GOOD))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, never left waiting
+    finally:
+        writer.close()
+    assert len(backend.seen) == 1  # the upstream leg was open ...
+    await until(lambda: backend.ws_open == 0)  # ... and is closed too
+    assert len([r for r in caplog.records if r.getMessage() == "ws.session_failed"]) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)
