@@ -187,17 +187,36 @@ async def test_oversized_message_from_upstream_closes_with_1009(backend: Backend
         assert code == 1009
 
 
-async def test_client_that_stops_reading_pushes_back_on_the_upstream(sidecar: Sidecar, backend: Backend) -> None:
+def relays_started(monkeypatch: pytest.MonkeyPatch) -> list[Relay]:
+    """Every relay the sidecar starts from now on, to watch its legs."""
+    started: list[Relay] = []
+    start = Relay.start
+
+    def recorded(self: Relay, *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Relay, "start", recorded)
+    return started
+
+
+async def held_back(relays: list[Relay]) -> None:
+    """Until the first relay's client buffer is past its mark and the backend is not read."""
+    await until(lambda: relays and relays[0]._client.writing_paused)
+    assert relays[0]._upstream.paused and not relays[0]._upstream.transport.is_reading()
+
+
+async def test_client_that_stops_reading_pushes_back_on_the_upstream(
+    sidecar: Sidecar, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """128 MiB offered while the client reads nothing: the backend must be made to wait
     (what is in flight is bounded by socket buffers, not by the sidecar), and once the
     client reads, every byte arrives."""
     count, size = 128, 1024 * 1024
+    relays = relays_started(monkeypatch)
     async with ws_connect(sidecar, max_queue=1, max_size=2 * size) as ws:
         await ws.send(f"flood {count} {size}")
-        last = -1
-        while backend.flood_sent != last:  # until the backend is stuck
-            last = backend.flood_sent
-            await asyncio.sleep(0.5)
+        await held_back(relays)
         assert backend.flood_sent < count / 2
         for _ in range(count):
             assert len(await asyncio.wait_for(ws.recv(), 10)) == size
@@ -522,11 +541,12 @@ STALL = edge_yaml(listen="close_timeout: 500ms")
 
 
 async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
-    backend: Backend, start_sidecar: StartSidecar
+    backend: Backend, start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, STALL))
+    relays = relays_started(monkeypatch)
     ws = await flooded_non_reader(sidecar, backend)
-    await asyncio.sleep(0.5)  # let the buffers fill
+    await held_back(relays)  # the buffers are full
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
