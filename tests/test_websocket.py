@@ -367,6 +367,12 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         (b"Sec-WebSocket-Extensions: permessage-deflate", "", {"compression": "deflate"}),  # never offered upstream
         (b"Sec-WebSocket-Extensions: x-webkit-deflate-frame", ", compression: true", {"compression": "deflate"}),
         (b"Sec-WebSocket-Extensions: permessage-deflate", ", compression: true", {"compression": None}),
+        (
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=10",
+            ", compression: true",
+            {"compression": None, "additional_headers": GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"}},
+        ),
+        (b"Sec-WebSocket-Extensions: permessage-deflate; x-unknown", ", compression: true", {"compression": "deflate"}),
     ],
 )
 async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_never_relayed(
@@ -388,7 +394,9 @@ async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_neve
 
     async with raw_upstream(upstream) as url:
         sidecar = await start_sidecar(config_for(url, edge_yaml(auth=", agent_id: {}", route=route)))
-        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD, **offer)
+        options = dict(offer)  # (shared by the runs on each loop)
+        sent = options.pop("additional_headers", GOOD)
+        status, headers, body = await rejected(sidecar, "/edge/ws", sent, **options)
         assert await asyncio.wait_for(upstream_closed, 10) == b""
     assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
         502,
