@@ -46,7 +46,6 @@ import secrets
 from collections.abc import Mapping
 
 from .closing import (
-    SIDECAR_ERROR,
     Cause,
     End,
     Frame,
@@ -56,6 +55,7 @@ from .closing import (
     closing_after,
     passes_as_is,
     reply_to_initiator,
+    sidecar_failed,
     sidecar_stop,
     to_faulty,
 )
@@ -82,6 +82,7 @@ class Relay:
         "_cut",
         "_deadline",
         "_end",
+        "_failed",
         "_first",
         "_keepalive",
         "_stall_timeout",
@@ -129,6 +130,7 @@ class Relay:
         self._end: End | None = None  # decided, once the session is ending
         self._first: Stopped | None = None  # what decided it (None: the sidecar's stop)
         self._cut: tuple[Side, Cause] | None = None
+        self._failed = False  # a bug was met (and logged: once)
         self._deadline: Handle | None = None
         self._started = False
         self._stop_at_start: tuple[int, str] | None = None
@@ -238,12 +240,25 @@ class Relay:
             assert self._end is not None
             self.ended.set_result(dataclasses.replace(self._end, cut=self._cut))
 
-    def failed(self, leg: Leg, error: Exception) -> None:
-        """A bug in the relay: still end the session with close frames if it can."""
-        logger.error("ws.relay_failed", exc_info=error, extra={"fields": {**self._context, "peer": leg.side}})
-        if self._end is None:
+    def failed(self, leg: Leg | None, error: Exception) -> None:
+        """A bug in the relay (``leg``: met reading that leg's peer, which is read no more),
+        or in what runs it (``None``). Logged once; the session still ends with close
+        frames, 1011 to both legs, if it can; else (or if it was ending already) both
+        connections are aborted. Either way :attr:`ended` resolves."""
+        if leg is not None:
+            leg.got_close, leg.forwarding, leg.holding = True, False, None
+        if self._failed:
+            return
+        self._failed = True
+        peer = leg.side if leg is not None else None
+        logger.error("ws.relay_failed", exc_info=error, extra={"fields": {**self._context, "peer": peer}})
+        if self._end is None and self._started:
             with contextlib.suppress(Exception):  # if even that fails, aborting is what is left
-                self.stop(*SIDECAR_ERROR)
+                frame, end = sidecar_failed()
+                self._begin(None, end)
+                for each in (self._client, self._upstream):
+                    self._send_close(each, _encode(each, frame))
+                    self._settle(each)
                 return
         self._abort_all()
 
@@ -305,7 +320,8 @@ class Relay:
 
     def _abort(self, leg: Leg) -> None:
         if not leg.lost:
-            leg.transport.abort()
+            if getattr(leg, "transport", None) is not None:  # (none: the relay failed as it started)
+                leg.transport.abort()
             self.lost(leg)  # now: uvloop refuses writes to an aborted transport
 
     def _cut_off(self, leg: Leg, cause: Cause) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import httptools
 
 from .config import Route
+from .handshake import deflate_answer_problem
 from .logs import event
 from .pool import Target
 from .reasons import Reason, Rejection
@@ -203,6 +204,9 @@ async def _upgrade_once(
             raise HandshakeRefused(101, valid=False, why="naming a subprotocol the client did not offer")
         if extensions and not _names(extensions) <= _names(deflate or ""):
             raise HandshakeRefused(101, valid=False, why="naming an extension the client did not offer")
+        problem = deflate_answer_problem(deflate or "", extensions) if extensions else None
+        if problem is not None:
+            raise HandshakeRefused(101, valid=False, why=f"naming {problem}")
         return Upgraded(handshake.transport, pending, chosen or None, extensions, handshake.writing_paused)
     except BaseException:
         transport.abort()

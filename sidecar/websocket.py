@@ -97,6 +97,10 @@ async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
                 conn.answer(refuse(ctx, rt, refused.rejection), request)
     except ConnectionResetError:
         pass  # the client went away during the upstream handshake: nobody to answer
+    except Exception:  # a bug before the relay: logged once, the client's connection closed
+        logger.exception("ws.session_failed", extra={"fields": {"route": session.route.name}})
+        if handshake:
+            handshake[0][0].close()
 
 
 async def _open(
@@ -107,23 +111,29 @@ async def _open(
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
         return None
-    conn.transport.write(_switching(ctx, upgraded, conn))
-    paused = conn.writing_paused  # the relay starts held back if the client's buffer is full
-    client, tail = conn.take_over()
-    rt.sessions.opened(session)
-    route = session.route
-    rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(conn.front.loop.time() - ctx.started)
-    assert ctx.path is not None
-    event(
-        logging.INFO,
-        "ws.established",
-        route=route.name,
-        alias=ctx.path.decoded,
-        agent_id=session.agent_id,
-        upstream=route.upstream.url + (route.upstream_path or ctx.path.wire),
-        subprotocol=upgraded.protocol,
-        client=ctx.client,
-    )
+    try:
+        conn.transport.write(_switching(ctx, upgraded, conn))
+        paused = conn.writing_paused  # the relay starts held back if the client's buffer is full
+        client, tail = conn.take_over()
+        rt.sessions.opened(session)
+        route = session.route
+        rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(
+            conn.front.loop.time() - ctx.started
+        )
+        assert ctx.path is not None
+        event(
+            logging.INFO,
+            "ws.established",
+            route=route.name,
+            alias=ctx.path.decoded,
+            agent_id=session.agent_id,
+            upstream=route.upstream.url + (route.upstream_path or ctx.path.wire),
+            subprotocol=upgraded.protocol,
+            client=ctx.client,
+        )
+    except BaseException:
+        upgraded.transport.abort()  # not left open behind a session that never began
+        raise
     return client, tail, upgraded, paused
 
 
@@ -241,6 +251,9 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
     except asyncio.CancelledError:
         relay.stop(*SIDECAR_ERROR)
         raise
+    except Exception as error:  # a bug: logged once, 1011 to both legs, never a half-open socket
+        relay.failed(None, error)
+        end = await asyncio.shield(relay.ended)
     finally:
         session.stopped.remove_done_callback(stopped)
         if session.state is State.OPEN:

@@ -158,3 +158,26 @@ async def test_a_peer_that_agreed_to_reset_per_message_is_measured_with_a_fresh_
                 "upstream: compressed message is not valid deflate data",
             )
     assert closes == [(1002, "compressed message is not valid deflate data")]
+
+
+async def test_a_bomb_spread_over_many_small_frames_is_refused_with_1009(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    """The inflated size is counted over the whole message, not frame by frame: each of
+    these frames inflates to less than the limit, the message to 32 MiB."""
+    sidecar = await start(start_sidecar, backend, f", compression: true, max_message_size: {LIMIT}")
+    bomb = _deflated(bytes(32 * 1024 * 1024))
+    pieces = [bomb[i : i + 16] for i in range(0, len(bomb), 16)]  # 16 bytes inflate to 17 KiB at most
+    frames = masked_frame(0x2, pieces[0], fin=False, rsv1=True) + b"".join(
+        masked_frame(0x0, piece, fin=i == len(pieces) - 1) for i, piece in enumerate(pieces[1:], 1)
+    )
+    offer = handshake("/edge/ws", GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    reader, writer, _ = await open_raw_websocket(sidecar.port, offer)
+    try:
+        writer.write(frames)
+        close = await asyncio.wait_for(read_frame(reader), 10)
+    finally:
+        writer.close()
+    assert (close.opcode, int.from_bytes(close.payload[:2], "big")) == (0x8, 1009)
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1009, f"client: message larger than {LIMIT} bytes")]

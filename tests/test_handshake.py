@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from sidecar.h1 import decode_fields
-from sidecar.handshake import handshake_problem, offered_protocols, wants_websocket
+from sidecar.handshake import deflate_answer_problem, handshake_problem, offered_protocols, wants_websocket
 from sidecar.headers import tokens
 from sidecar.requests import Request
 
@@ -226,3 +226,27 @@ PROTOCOLS = [
 @pytest.mark.parametrize(("hdrs", "expected"), PROTOCOLS, ids=[repr(p[0]) for p in PROTOCOLS])
 def test_offered_protocols(hdrs: list[tuple[str, str]], expected: list[str]) -> None:
     assert offered_protocols(CIMultiDict(hdrs)) == expected
+
+
+DEFLATE_ANSWERS = [
+    ("permessage-deflate", "permessage-deflate", True),
+    ("permessage-deflate; client_max_window_bits", "permessage-deflate; client_max_window_bits=10", True),
+    ("permessage-deflate", "permessage-deflate; client_max_window_bits=10", False),  # RFC 7692 7.1.2.2
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover", True),
+    ("permessage-deflate", "permessage-deflate; server_max_window_bits=10", True),
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=12", False),
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate", False),  # 15 when absent
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=9", True),
+    ("permessage-deflate; server_max_window_bits=10, permessage-deflate", "permessage-deflate", True),  # the 2nd
+    ("permessage-deflate", "permessage-deflate; x_unknown", False),
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; server_no_context_takeover", False),
+    ("permessage-deflate", "permessage-deflate, permessage-deflate", False),
+    ("Permessage-Deflate; Client_Max_Window_Bits", 'permessage-deflate; CLIENT_MAX_WINDOW_BITS="9"', True),
+]
+
+
+@pytest.mark.parametrize(("offers", "answer", "fine"), DEFLATE_ANSWERS, ids=[a[1] for a in DEFLATE_ANSWERS])
+def test_a_permessage_deflate_answer_must_fit_an_offer(offers: str, answer: str, fine: bool) -> None:
+    problem = deflate_answer_problem(offers, answer)
+    assert (problem is None) is fine
+    assert problem is None or "did not offer" in problem

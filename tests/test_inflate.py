@@ -163,3 +163,22 @@ def test_every_message_is_counted_at_its_size_however_it_is_cut(
         payload = deflated(message, squeeze if takeover else None)
         assert feed_all(meter, payload, cuts) is None
     assert meter.inflated == sum(map(len, messages))
+
+
+@given(
+    messages=st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), max_size=6),
+    cuts=st.lists(st.integers(0, 5000), max_size=5),
+)
+def test_messages_ending_in_a_final_block_or_a_flush_are_all_counted(
+    messages: list[tuple[bytes, bool]], cuts: list[int]
+) -> None:
+    """A sender may end any message with a final block (its compressor then starts afresh)
+    or a sync flush (its window kept): every message is counted whole, whatever the mix."""
+    squeeze, meter = compressor(), Meter(1 << 20)
+    for message, final in messages:
+        if final:
+            payload, squeeze = squeeze.compress(message) + squeeze.flush(zlib.Z_FINISH), compressor()
+        else:
+            payload = deflated(message, squeeze)
+        assert feed_all(meter, payload, cuts) is None
+    assert meter.inflated == sum(len(message) for message, _ in messages)

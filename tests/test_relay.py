@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.closing import End
+from sidecar.legs import Leg
 from sidecar.metrics import Tally
 from sidecar.relay import Relay, Transport
 from sidecar.wheel import Wheel
@@ -261,11 +262,10 @@ async def test_a_stop_in_the_middle_of_a_large_message_waits_for_its_end(backend
         writer.transport.pause_reading()  # type: ignore[attr-defined]
         writer.write(masked_frame(0x1, b"send %d" % size))
         session = await door.session()
-        await until(lambda: session.down.bytes > 0)
-        last = -1
-        while session.down.bytes != last:  # until backpressure holds it
-            last = session.down.bytes
-            await asyncio.sleep(0.2)
+        client = session.client.get_protocol()
+        assert isinstance(client, Leg)
+        await until(lambda: client.writing_paused)  # backpressure: the backend is no longer read
+        assert client.other.paused and not session.upstream.is_reading()
         assert 0 < session.down.bytes < size  # in the middle of the frame
         session.relay.stop(4409, "replaced by a newer session for this agent id")
         writer.transport.resume_reading()  # type: ignore[attr-defined]
@@ -344,15 +344,19 @@ async def test_an_upstream_gone_in_the_middle_of_a_frame_leaves_the_client_abort
     would be read as the rest of that frame's payload, so the client's connection is
     aborted instead (it sees 1006), and no invented bytes are sent."""
 
+    forwarded = asyncio.Event()  # the client has the half frame: the upstream may vanish
+
     async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"\x82\x7e\x10\x00" + b"h" * 1000)  # 4096 bytes announced, 1000 sent
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await forwarded.wait()
         writer.transport.abort()
 
     async with played_upstream(half) as port, front(port) as door:
         reader, writer, _ = await open_raw_websocket(door.port)
-        received = await asyncio.wait_for(reader.read(), 10)  # until the connection ends
+        received = await asyncio.wait_for(reader.readexactly(1004), 10)
+        forwarded.set()
+        received += await asyncio.wait_for(reader.read(), 10)  # until the connection ends
         assert received == b"\x82\x7e\x10\x00" + b"h" * 1000  # exactly what the upstream sent
         assert await (await door.session()).ended() == End("upstream", 1006)
         writer.close()

@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sidecar import websocket
+from sidecar.frames import Scanner
 from sidecar.legs import Leg
+from sidecar.relay import Relay
 
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
 from .relaying import _accept_for
@@ -184,17 +187,36 @@ async def test_oversized_message_from_upstream_closes_with_1009(backend: Backend
         assert code == 1009
 
 
-async def test_client_that_stops_reading_pushes_back_on_the_upstream(sidecar: Sidecar, backend: Backend) -> None:
+def relays_started(monkeypatch: pytest.MonkeyPatch) -> list[Relay]:
+    """Every relay the sidecar starts from now on, to watch its legs."""
+    started: list[Relay] = []
+    start = Relay.start
+
+    def recorded(self: Relay, *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Relay, "start", recorded)
+    return started
+
+
+async def held_back(relays: list[Relay]) -> None:
+    """Until the first relay's client buffer is past its mark and the backend is not read."""
+    await until(lambda: relays and relays[0]._client.writing_paused)
+    assert relays[0]._upstream.paused and not relays[0]._upstream.transport.is_reading()
+
+
+async def test_client_that_stops_reading_pushes_back_on_the_upstream(
+    sidecar: Sidecar, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """128 MiB offered while the client reads nothing: the backend must be made to wait
     (what is in flight is bounded by socket buffers, not by the sidecar), and once the
     client reads, every byte arrives."""
     count, size = 128, 1024 * 1024
+    relays = relays_started(monkeypatch)
     async with ws_connect(sidecar, max_queue=1, max_size=2 * size) as ws:
         await ws.send(f"flood {count} {size}")
-        last = -1
-        while backend.flood_sent != last:  # until the backend is stuck
-            last = backend.flood_sent
-            await asyncio.sleep(0.5)
+        await held_back(relays)
         assert backend.flood_sent < count / 2
         for _ in range(count):
             assert len(await asyncio.wait_for(ws.recv(), 10)) == size
@@ -345,6 +367,12 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         (b"Sec-WebSocket-Extensions: permessage-deflate", "", {"compression": "deflate"}),  # never offered upstream
         (b"Sec-WebSocket-Extensions: x-webkit-deflate-frame", ", compression: true", {"compression": "deflate"}),
         (b"Sec-WebSocket-Extensions: permessage-deflate", ", compression: true", {"compression": None}),
+        (
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=10",
+            ", compression: true",
+            {"compression": None, "additional_headers": GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"}},
+        ),
+        (b"Sec-WebSocket-Extensions: permessage-deflate; x-unknown", ", compression: true", {"compression": "deflate"}),
     ],
 )
 async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_never_relayed(
@@ -366,7 +394,9 @@ async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_neve
 
     async with raw_upstream(upstream) as url:
         sidecar = await start_sidecar(config_for(url, edge_yaml(auth=", agent_id: {}", route=route)))
-        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD, **offer)
+        options = dict(offer)  # (shared by the runs on each loop)
+        sent = options.pop("additional_headers", GOOD)
+        status, headers, body = await rejected(sidecar, "/edge/ws", sent, **options)
         assert await asyncio.wait_for(upstream_closed, 10) == b""
     assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
         502,
@@ -519,11 +549,12 @@ STALL = edge_yaml(listen="close_timeout: 500ms")
 
 
 async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
-    backend: Backend, start_sidecar: StartSidecar
+    backend: Backend, start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, STALL))
+    relays = relays_started(monkeypatch)
     ws = await flooded_non_reader(sidecar, backend)
-    await asyncio.sleep(0.5)  # let the buffers fill
+    await held_back(relays)  # the buffers are full
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
@@ -684,3 +715,67 @@ async def test_an_upgrade_to_something_else_is_a_plain_request_and_its_successor
     second = "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     assert statuses(await exchange(sidecar.port, (first + second).encode())) == [200, 200]
     assert [seen.path for seen in backend.seen] == ["/first", "/second"]
+
+
+# --- a bug in the session: logged once, 1011 to both legs, nothing left open -----------------
+
+
+async def test_a_bug_reading_the_client_ends_the_session_with_1011_to_both_legs_logged_once(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    scan = Scanner.scan
+
+    def broken(self: Scanner, data: bytes) -> Any:
+        if self._mask:  # the client's direction only
+            raise RuntimeError("a bug in the scanner")
+        return scan(self, data)
+
+    async with ws_connect(sidecar) as ws:
+        monkeypatch.setattr(Scanner, "scan", broken)
+        for i in range(3):  # each read fails the same way: logged once all the same
+            await ws.send(f"message {i}")
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+
+
+async def test_a_bug_as_the_relay_starts_still_closes_both_legs_with_1011(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    start = Relay.start
+
+    def broken(self: Relay, *args: Any, **kwargs: Any) -> None:
+        start(self, *args, **kwargs)
+        raise RuntimeError("a bug after the relay took over")
+
+    monkeypatch.setattr(Relay, "start", broken)
+    async with ws_connect(sidecar) as ws:
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)  # the session's task is over
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+
+
+async def test_a_bug_before_the_101_closes_the_clients_connection_and_the_upstreams(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug writing the 101")
+
+    monkeypatch.setattr(websocket, "_switching", broken)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(handshake("/edge/ws", GOOD))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, never left waiting
+    finally:
+        writer.close()
+    assert len(backend.seen) == 1  # the upstream leg was open ...
+    await until(lambda: backend.ws_open == 0)  # ... and is closed too
+    assert len([r for r in caplog.records if r.getMessage() == "ws.session_failed"]) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)
