@@ -335,6 +335,17 @@ async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
     assert backend.seen == []
 
 
+async def test_a_read_full_of_pipelined_refusals_is_answered_whole(sidecar: Sidecar, backend: Backend) -> None:
+    """Refusals are answered at once, inside the dispatch of the request they refuse: each
+    answer takes the next request in turn. 2,000 of them in one read all get their answer
+    (recursing once a request, the stack gave out at about 200 and the connection died
+    with a RecursionError)."""
+    one = b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = await exchange(sidecar.port, one * 2000 + b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [426] * 2001
+    assert backend.seen == []
+
+
 # --- an upstream that misbehaves, played byte by byte -------------------------------------
 
 
