@@ -119,9 +119,9 @@ class Control:
                         await close()
             # Messages sent meanwhile are lost: their senders tell again (replace), or a
             # second path catches them (the renewal's lease check, the next budget failure).
+            pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
             self._link.count("control")
             event(logging.WARNING, "state.subscription_lost", error=lost, resubscribe_in_s=round(pause, 3))
-            pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
 
     async def _read(self, pubsub: PubSub) -> None:
         """Dispatch what arrives; return when the subscription stops answering: a PING on
