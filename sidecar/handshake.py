@@ -11,7 +11,8 @@ from .headers import tokens
 
 
 def wants_websocket(headers: MultiMapping[str]) -> bool:
-    """Does the request ask to upgrade to WebSocket? (It may still be malformed.)"""
+    """Does the request ask to upgrade to WebSocket? (It may still be malformed.) The one
+    decision the listener (what follows the head) and the dispatcher (which route) share."""
     return "websocket" in tokens(headers, "Upgrade")
 
 

@@ -30,6 +30,7 @@ from .requests import (
     DISCARD,
     METHODS,
     VERSIONS,
+    Answering,
     Front,
     Handler,
     Request,
@@ -49,7 +50,7 @@ _LINGER = 2.0  # seconds a refused client's bytes are read and dropped before th
 _DISCARD_LIMIT = 1024 * 1024  # a refused request's body still to come: read and dropped up to this, else close
 
 
-class Listener(asyncio.Protocol):
+class Listener(Answering, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, front: Front) -> None:
@@ -57,7 +58,7 @@ class Listener(asyncio.Protocol):
         self.transport: Transport | None = None
         self.peer: str | None = None
         self.local: str = ""
-        self.handler: Handler | None = None  # answering the current request
+        self.handler = None  # answering the current request (told if the write buffer is full)
         self.current: Request | None = None  # the request being answered
         self._queue: deque[Request] = deque()  # parsed and waiting (pipelined)
         self._parsing: Request | None = None  # the request whose body is being parsed
@@ -66,6 +67,7 @@ class Listener(asyncio.Protocol):
         self._target = b""
         self._in_head = True  # between messages or inside a head (as opposed to a body)
         self._head_read = 0  # bytes read while in a head, to stop one that never ends
+        self._stall = h1.Stall()  # and a chunk line or trailers that never end
         self._synthetic = False  # the parser is being primed with a made-up head (see _upgraded)
         self._error: h1.HeadError | None = None  # why a callback stopped the parser
         self._broken: h1.HeadError | None = None  # the parser stopped: refused once the rest is answered
@@ -103,8 +105,9 @@ class Listener(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broke(self._error or h1.HeadError(Reason.BAD_REQUEST, "not HTTP/1.1 the parser accepts"))
             return
-        if self._in_head and self._head_read > h1.MAX_HEAD_READ:
-            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "the head is over its limits"))
+        stuck = self._stall.over(len(data)) and self._parsing is not None  # inside a body
+        if stuck or (self._in_head and self._head_read > h1.MAX_HEAD_READ):
+            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "a head, chunk line or trailers over the limits"))
             return
         self._next()
 
@@ -118,14 +121,6 @@ class Listener(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None and not self._taken:
             handler.client_lost()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(True)
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(False)
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -171,6 +166,7 @@ class Listener(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         request = self._parsing
+        self._stall.moved = True
         if request is None:
             return
         request.received += len(chunk)
@@ -181,8 +177,12 @@ class Listener(asyncio.Protocol):
             if request.received > BODY_BUFFER:
                 self.pause(PAUSE_BODY)
 
+    def on_chunk_complete(self) -> None:
+        self._stall.moved = True
+
     def on_message_complete(self) -> None:
         request = self._parsing
+        self._stall.moved = True
         self._synthetic = False
         if request is None or request.upgrade:
             return  # decided in _upgraded, once the parser says where the new protocol starts
@@ -206,6 +206,8 @@ class Listener(asyncio.Protocol):
     def _next(self) -> None:
         """Answer the next request if none is being answered."""
         if self.current is not None or self._taken:
+            if self._queue and not self._taken:
+                self.pause(_PIPELINE)  # one waits already: read no more until its turn
             return
         if not self._queue:
             if self._broken is not None:
@@ -282,7 +284,7 @@ class Listener(asyncio.Protocol):
         if transport is None:
             return
         version = b"1.1" if request is None else b"%d.%d" % request.version  # HTTP/0.9 is answered as 0.9
-        close = answer.close or self.front.closing or request is None or not request.keep_alive
+        close = answer.close or self.front.closing or request is None or not request.keep_alive or request.held_back()
         head = h1.answer_head(
             answer.status,
             answer.headers,

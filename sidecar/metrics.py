@@ -113,6 +113,12 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.jwks_refreshes.labels(result)
+        self.jwks_last_success = Gauge(
+            "sidecar_jwks_last_success_timestamp_seconds",
+            "When each auth policy's JWKS (jwt.jwks_url) was last fetched well (Unix time; 0: not yet).",
+            ["policy"],
+            registry=r,
+        )
         self.ws_token_expiries = Counter(
             "sidecar_ws_token_expiries",
             "WebSocket sessions the sidecar closed (4401) because their signed token expired.",

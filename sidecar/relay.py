@@ -105,10 +105,14 @@ class Relay:
         up: Tally,
         down: Tally,
         context: Mapping[str, object],
+        resets: tuple[bool, bool] = (False, False),
     ) -> None:
+        # resets: whether the client and the upstream reset their compressors per message
+        # (permessage-deflate's *_no_context_takeover, sidecar.inflate.resets).
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
-        self._client = _leg("client", self, up, max_message_size, deflate)
-        self._upstream = _leg("upstream", self, down, max_message_size, deflate)
+        meters = [Meter(max_message_size, reset=reset) if deflate else None for reset in resets]
+        self._client = _leg("client", self, up, max_message_size, meters[0])
+        self._upstream = _leg("upstream", self, down, max_message_size, meters[1])
         self._client.other, self._upstream.other = self._upstream, self._client
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
@@ -129,15 +133,28 @@ class Relay:
         self._started = False
         self._stop_at_start: tuple[int, str] | None = None
 
-    def start(self, client: Transport, client_pending: bytes, upstream: Transport, upstream_pending: bytes) -> None:
+    def start(
+        self,
+        client: Transport,
+        client_pending: bytes,
+        upstream: Transport,
+        upstream_pending: bytes,
+        *,
+        paused: tuple[bool, bool] = (False, False),
+    ) -> None:
         """Take both connections over and relay what each side sent after its handshake
-        (``*_pending``) first. A connection already closing counts as gone."""
+        (``*_pending``) first. A connection already closing counts as gone. ``paused``:
+        whether the client's and the upstream's write buffers are already past their
+        high-water marks (their transports told the protocol before the leg): then the
+        other side is not read until they drain."""
         if self._started:
             raise RuntimeError("a relay is started once")
         self._started = True
         legs = ((self._client, client, client_pending), (self._upstream, upstream, upstream_pending))
         for leg, transport, _ in legs:
             leg.attach(transport)
+        for (leg, _, _), full in zip(legs, paused, strict=True):
+            leg.limit(paused=full)
         self._watchdog.start()
         for leg, transport, pending in legs:
             if transport.is_closing():
@@ -261,7 +278,10 @@ class Relay:
             leg.transport.close()
 
     def _give_up(self) -> None:
-        """``close_timeout`` into the ending: no more waiting for replies."""
+        """``close_timeout`` into the ending: no more waiting for replies. Once the session
+        has ended (both connections gone), nothing is left to bound: a no-op."""
+        if self.ended.done():
+            return
         assert self._first is not None or self._end is not None
         for leg in (self._client, self._upstream):
             if self._first is not None and self._awaits_reply_from(leg):
@@ -278,6 +298,8 @@ class Relay:
         self._deadline = self._wheel.call_later(self._close_timeout, self._abort_all)
 
     def _abort_all(self) -> None:
+        if self.ended.done():
+            return  # (both legs are lost: nothing to abort)
         for leg in (self._client, self._upstream):
             self._abort(leg)
 
@@ -299,13 +321,14 @@ class Relay:
         self._abort(leg)
 
 
-def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool) -> Leg:
-    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=deflate)
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, meter: Meter | None) -> Leg:
+    """``meter``: what the peer's compressed messages inflate to, on a permessage-deflate session."""
+    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=meter is not None)
     # The payload of the sidecar's pings to this peer: unique to the session and the leg,
     # recognisable in a capture, and no more than a control frame carries.
     leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + secrets.token_hex(8).encode())
-    if deflate:
-        leg.meter = Meter(max_message_size)
+    if meter is not None:
+        leg.meter = meter
         scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs
     return leg
 

@@ -25,6 +25,7 @@ from .closing import SIDECAR_ERROR, End
 from .context import Context
 from .forwarding import upstream_request
 from .handshake import handshake_problem, offered_protocols
+from .inflate import resets
 from .listener import Handler, Listener, Request
 from .logs import correlate, event, logger
 from .metrics import close_code_label
@@ -100,13 +101,14 @@ async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
 
 async def _open(
     conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
-) -> tuple[Transport, bytes, Upgraded] | None:
+) -> tuple[Transport, bytes, Upgraded, bool] | None:
     """The upstream handshake, then the client's 101; ``None`` if the client went away."""
     upgraded = await _connect(conn, request, ctx, rt, session)
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
         return None
     conn.transport.write(_switching(ctx, upgraded, conn))
+    paused = conn.writing_paused  # the relay starts held back if the client's buffer is full
     client, tail = conn.take_over()
     rt.sessions.opened(session)
     route = session.route
@@ -122,7 +124,7 @@ async def _open(
         subprotocol=upgraded.protocol,
         client=ctx.client,
     )
-    return client, tail, upgraded
+    return client, tail, upgraded, paused
 
 
 async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
@@ -199,7 +201,7 @@ def _switching(ctx: Context, upgraded: Upgraded, conn: Listener) -> bytes:
     return b"".join(out)
 
 
-async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded) -> None:
+async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, paused: bool) -> None:
     """Relay one session and account for it: gauge, counters, histogram, log line."""
     loop = asyncio.get_running_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
@@ -222,6 +224,7 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         up=up,
         down=down,
         context={"route": route.name, "agent_id": session.agent_id},
+        resets=resets(upgraded.extensions) if deflate and upgraded.extensions else (False, False),
     )
 
     def stopped(future: asyncio.Future[EndCause]) -> None:
@@ -229,7 +232,7 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
             relay.stop(future.result().code, future.result().reason)
 
     try:
-        relay.start(client, tail, upgraded.transport, upgraded.pending)
+        relay.start(client, tail, upgraded.transport, upgraded.pending, paused=(paused, upgraded.paused))
         del upgraded, client, tail
         # The sidecar ending the session (a drain, a newer session) tells the relay directly:
         # a callback, not a wait on two futures for the session's whole life.

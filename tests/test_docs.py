@@ -10,14 +10,17 @@ checked against the code, so a change to one without the other fails here.
 - every ``routes.yaml`` key the config reader knows is in docs/configuration.md;
 - the README's test command is the one .ci/run runs, and the first screen (60 lines) holds
   both commands a newcomer needs: the demo and the tests;
-- bench/run.sh --help says where the shared harness it needs lives.
+- bench/run.sh and bench/ab.sh say where the shared harness they need lives, and bench/ratio.py
+  divides by nginx in the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -352,3 +355,44 @@ def test_bench_fleet_without_the_harness_says_where_it_looked(tmp_path: Path) ->
     assert done.returncode == 2
     assert f"{tmp_path}/compare.sh" in done.stderr and "BENCH_SHARED" in done.stderr
     assert not (tmp_path / "log").exists()
+
+
+# --- bench/ab.sh and bench/ratio.py (how docs/benchmark.md's table is made) -------------------
+
+
+def test_bench_ab_without_the_harness_says_where_it_looked(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "BENCH_SHARED": str(tmp_path)}
+    done = subprocess.run(
+        [ROOT / "bench" / "ab.sh", "out.jsonl", "after=."],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}/compare.sh" in done.stderr
+
+
+def test_bench_ratio_divides_by_nginx_in_the_same_run_and_takes_the_median(tmp_path: Path) -> None:
+    def run(nginx_rps: float, sidecar_rps: float) -> str:
+        rows = [
+            {"name": "direct", "http_rps": 100.0},
+            {"name": "nginx", "http_rps": nginx_rps, "kb_per_idle_conn": 3.0},
+            {"name": "after", "http_rps": sidecar_rps, "kb_per_idle_conn": 8.5},
+        ]
+        return "".join(json.dumps(r) + "\n" for r in rows)
+
+    (tmp_path / "a.jsonl").write_text("harness chatter\n" + run(100, 50) + run(200, 60))
+    (tmp_path / "b.jsonl").write_text(run(10, 9))
+    done = subprocess.run(
+        [sys.executable, ROOT / "bench" / "ratio.py", tmp_path / "a.jsonl", tmp_path / "b.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    median = done.stdout.split("median\n", 1)[1]
+    # 0.50, 0.30, 0.90 -> 0.50; memory is shown as it is, not over nginx's.
+    assert "after" in median and "http 0.50" in median and "KB/idle 8.50" in median
+    assert done.stdout.count("run ") == 3

@@ -7,8 +7,10 @@ import base64
 import pytest
 from multidict import CIMultiDict
 
+from sidecar.h1 import decode_fields
 from sidecar.handshake import handshake_problem, offered_protocols, wants_websocket
 from sidecar.headers import tokens
+from sidecar.requests import Request
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()  # 16 bytes
 VALID = [
@@ -181,6 +183,11 @@ WANTS = [
     ([("Upgrade", " websocket ")], True),
     ([("Upgrade", "h2c")], False),
     ([("Upgrade", "websockets")], False),
+    ([("Upgrade", "x-websocket")], False),
+    ([("Upgrade", "websocket/13")], False),
+    ([("Upgrade", "websocket, h2c")], True),
+    ([("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket")], True),
+    ([("Connection", "Upgrade"), ("Upgrade", "WebSocket")], True),
     ([("Connection", "websocket")], False),
     ([], False),
 ]
@@ -189,6 +196,16 @@ WANTS = [
 @pytest.mark.parametrize(("hdrs", "expected"), WANTS, ids=[repr(w[0]) for w in WANTS])
 def test_wants_websocket(hdrs: list[tuple[str, str]], expected: bool) -> None:
     assert wants_websocket(CIMultiDict(hdrs)) is expected
+
+
+@pytest.mark.parametrize(("hdrs", "expected"), WANTS, ids=[repr(w[0]) for w in WANTS])
+def test_the_listener_and_the_dispatcher_make_the_one_decision(hdrs: list[tuple[str, str]], expected: bool) -> None:
+    """The listener (stop parsing, keep what follows for a relay) and the dispatcher (a
+    WebSocket route or a plain one) must agree on every head, or a plain request's
+    successors are swallowed as frames."""
+    fields = [(name.encode(), value.encode()) for name, value in hdrs]
+    request = Request("GET", b"/", (1, 1), fields, keep_alive=True)
+    assert request.websocket_like() is wants_websocket(decode_fields(fields)) is expected
 
 
 def test_tokens_lower_cases_and_splits_every_value() -> None:

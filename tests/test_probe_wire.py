@@ -499,3 +499,25 @@ def test_a_reason_the_probe_has_no_words_for_points_at_its_troubleshooting_row()
     hint = rp.answer_hint(answer, path="/edge/ws", token=None)
     assert f"docs/troubleshooting.md#reason-{reason}" in hint
     assert "README" not in hint
+
+
+def test_credentials_are_the_urls_credential_values_and_the_credential_headers() -> None:
+    target = wire.parse_target("ws://h/p?edge_agent_id=edge_1&access_token=a%2Bb&bare&Sig=s1")
+    assert target.shown() == "ws://h/p?edge_agent_id=…&access_token=…&…&Sig=…"
+    headers = [
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Authorization", "Bearer t1"),
+        ("Cookie", "a=c1; b=c2"),
+        ("X-Edge-Agent-Id", "edge_1"),
+    ]
+    assert wire.credentials(target, headers) == [
+        "a%2Bb",
+        "a+b",
+        "s1",
+        "Bearer t1",
+        "t1",
+        "a=c1; b=c2",
+        "b=c2",
+        "c1",
+        "c2",
+    ]

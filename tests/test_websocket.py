@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+from typing import Any
 from unittest.mock import ANY
 
 import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sidecar.legs import Leg
+
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
+from .relaying import _accept_for
 from .upstream import Backend
 from .wire import (
     closed_by_peer,
@@ -24,7 +29,9 @@ from .wire import (
     open_raw_websocket,
     parse_response,
     raw_upstream,
+    read_frame,
     rejected,
+    statuses,
     until,
     ws_connect,
 )
@@ -329,6 +336,47 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
     )
 
 
+@pytest.mark.parametrize(
+    ("answered", "route", "offer"),
+    [
+        (b"Sec-WebSocket-Protocol: chat.v9", "", {"subprotocols": ["chat.v1"]}),
+        (b"Sec-WebSocket-Protocol: chat.v1", "", {}),  # the client offered none at all
+        (b"Sec-WebSocket-Protocol: chat.v1, chat.v2", "", {"subprotocols": ["chat.v1", "chat.v2"]}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", "", {"compression": "deflate"}),  # never offered upstream
+        (b"Sec-WebSocket-Extensions: x-webkit-deflate-frame", ", compression: true", {"compression": "deflate"}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", ", compression: true", {"compression": None}),
+    ],
+)
+async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_never_relayed(
+    start_sidecar: StartSidecar, answered: bytes, route: str, offer: dict[str, Any]
+) -> None:
+    """RFC 6455 section 4.1: a client whose server names a subprotocol or an extension it did
+    not offer must fail the connection. The sidecar is that client upstream: 502
+    upstream_rejected to its own client, the upstream's connection closed, nothing relayed."""
+    upstream_closed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _accept_for(head) + b"\r\n" + answered + b"\r\n\r\n"
+        )
+        writer.write(b"\x81\x05hello")  # a first message that must never reach the client
+        upstream_closed.set_result(await reader.read())  # what the sidecar sent after the head: nothing
+
+    async with raw_upstream(upstream) as url:
+        sidecar = await start_sidecar(config_for(url, edge_yaml(auth=", agent_id: {}", route=route)))
+        status, headers, body = await rejected(sidecar, "/edge/ws", GOOD, **offer)
+        assert await asyncio.wait_for(upstream_closed, 10) == b""
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "101",
+    )
+    assert "did not offer" in body["detail"]
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") == 0
+
+
 # --- slow or oversized handshakes, shutdown --------------------------------------------
 
 DEADLINE = """
@@ -551,3 +599,88 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5, "request_id": ANY}
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()
+
+
+# --- pipelining: a request waiting behind another -------------------------------------------
+
+
+async def test_a_pipelined_upgrade_waits_unread_until_the_request_before_it_is_answered(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """While a request is answered and the next is already parsed, the listener reads no
+    more from the client (what it holds is bounded); it reads again once its turn comes,
+    and the upgrade behind the slow answer still becomes a session."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"first;"), 10)  # the backend now waits for release
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None and conn.transport.is_reading()
+        writer.write(handshake("/edge/ws", GOOD))
+        await until(lambda: conn.transport is None or not conn.transport.is_reading())
+        assert conn.transport is not None, "the connection was closed, not paused"
+        backend.release.set()
+        await asyncio.wait_for(reader.readuntil(b"second\r\n0\r\n\r\n"), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(masked_frame(0x1, b"after the wait"))
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(b"after the wait")), 10)
+        assert frame[2:] == b"after the wait"
+    finally:
+        writer.close()
+
+
+async def test_a_relay_that_takes_over_a_client_buffer_already_full_starts_held_back(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """A client pipelines many requests and an upgrade, then reads nothing: when the relay
+    takes its connection over, the write buffer is already past its high-water mark (the
+    listener was told, the relay never will be). The relay must know from the start and
+    not read the backend's flood; once the client reads, everything arrives, in order."""
+    count = 1000  # about 200 KiB of answers: past the mark and what the small socket buffers hold
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+    reader, writer = await asyncio.open_connection(sock=client)
+    try:
+        await until(lambda: sidecar.running.front.connections)
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None
+        transport = conn.transport
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        flood = masked_frame(0x1, b"flood 64 1048576")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count + handshake("/edge/ws", GOOD) + flood)
+        await until(lambda: isinstance(transport.get_protocol(), Leg))
+        leg = transport.get_protocol()
+        assert isinstance(leg, Leg)
+        assert leg.writing_paused and leg.other.paused  # the backend is not read from the start
+        await until(lambda: backend.flood_sent > 0)
+        assert transport.get_write_buffer_size() < 2 * 1024 * 1024  # the answers and a read at most
+        writer.transport.resume_reading()  # type: ignore[attr-defined]
+        for _ in range(count):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(int(length.partition(b":")[2]))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101 ")
+        for _ in range(64):
+            frame = await asyncio.wait_for(read_frame(reader), 10)
+            assert (frame.first, len(frame.payload)) == (0x82, 1048576)
+    finally:
+        writer.close()
+    assert backend.flood_sent == 64
+
+
+@pytest.mark.parametrize("upgrade", ["websockets", "x-websocket", "websocket/13"])
+async def test_an_upgrade_to_something_else_is_a_plain_request_and_its_successor_is_answered(
+    sidecar: Sidecar, backend: Backend, upgrade: str
+) -> None:
+    """The listener and the dispatcher make one decision: a head whose Upgrade only looks like
+    websocket is a plain request to both, so the pipelined request after it is parsed and
+    answered too, not kept as frames for a relay that never comes."""
+    first = f"GET /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+    second = "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert statuses(await exchange(sidecar.port, (first + second).encode())) == [200, 200]
+    assert [seen.path for seen in backend.seen] == ["/first", "/second"]
