@@ -101,7 +101,7 @@ MESSAGES: dict[str, str] = {
     "state.down": "the fleet's shared state (Redis) does not answer ({error}): {fallback}",
     "state.up": "the fleet's shared state (Redis) answers[ again (restored: {restored})]",
     "state.subscription_lost": "this replica's subscription to the fleet's messages was lost ({error}): "
-    "subscribing again[ in {resubscribe_in_s}s]",
+    "subscribing again[ in {resubscribe_in_s}s] (once Redis answers)",
     "state.bad_message": "a message from another replica could not be read (op {op})",
     "state.renew_failed": "renewing the agent leases failed; the next renewal tries again",
     "ws.stalled": "the {peer} stopped reading for {stall_timeout_s}s: cut off[ (agent {agent_id})]",

@@ -192,6 +192,7 @@ async def test_a_replace_message_lost_with_a_silent_subscription_is_told_again(
                 await echoes(new)
         assert a.sample("sidecar_state_errors_total", op="control") >= 1
         assert a.sample("sidecar_state_up") == 1  # a lost subscription is not Redis down
+        assert b.sample("sidecar_state_errors_total", op="control") == 0  # its PINGs were answered all along
         lost = log_fields(caplog, "state.subscription_lost")
         assert lost and "ping" in lost[0]["error"]
         assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]

@@ -34,10 +34,11 @@ class FleetBudget:
         self._capacity = capacity
         self._script = link.redis.register_script(FAIL)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def failed(self, key: str, limit: int, window: float) -> None:
         """A failed authentication from ``key``: counted in Redis, in the background."""
-        if not self._link.up:
+        if not self._link.up or self._closed:
             with contextlib.suppress(Unavailable):
                 self._link.skip("budget")
             return
@@ -55,10 +56,10 @@ class FleetBudget:
             self._block(key, ms)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Flush: the failures on their way to Redis land (each bounded by ``state.timeout``)."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
 
     async def _count(self, key: str, limit: int, window: float) -> None:
         window_ms = max(1, int(window * 1000))

@@ -28,6 +28,7 @@ from .layout import REPLY_TTL_MS, Names, decode, encode
 from .link import FAILURES, MAX_BACKOFF, Link, Unavailable
 
 ASK_WAIT = 2.0  # seconds to collect the fleet's answers: a replica slower than this is left out
+PING_WORD = "sidecar:subscription"  # the subscription's PING carries it, so its answer is known
 PING_EVERY = 2.0  # seconds between two PINGs on the subscription: a silent one is found within this + state.timeout
 
 Message = dict[str, Any]
@@ -118,9 +119,9 @@ class Control:
                         await close()
             # Messages sent meanwhile are lost: their senders tell again (replace), or a
             # second path catches them (the renewal's lease check, the next budget failure).
+            pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
             self._link.count("control")
             event(logging.WARNING, "state.subscription_lost", error=lost, resubscribe_in_s=round(pause, 3))
-            pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
 
     async def _read(self, pubsub: PubSub) -> None:
         """Dispatch what arrives; return when the subscription stops answering: a PING on
@@ -132,17 +133,22 @@ class Control:
             now = loop.time()
             if pinged is None and now >= next_ping:
                 async with asyncio.timeout(self._link.timeout):
-                    await pubsub.ping()
+                    await pubsub.ping(PING_WORD)
                 pinged = now
             if pinged is not None and now - pinged >= self._link.timeout:
                 return
             until = pinged + self._link.timeout if pinged is not None else next_ping
-            message = await pubsub.get_message(timeout=max(0.001, until - now))
-            if message is None:
+            # Read raw: the PONG's shape depends on the protocol (RESP2: ['pong', word];
+            # RESP3: the word), and redis-py's message parsing drops the RESP3 one.
+            response = await pubsub.parse_response(block=False, timeout=max(0.001, until - now))
+            if response is None:
                 continue
-            if message.get("type") == "pong":
+            if _is_pong(response):
                 pinged, next_ping = None, loop.time() + PING_EVERY
-            elif message.get("type") == "message":
+                continue
+            handle: Callable[..., Awaitable[Message | None]] = pubsub.handle_message  # unannotated in redis-py
+            message = await handle(response, ignore_subscribe_messages=True)
+            if message is not None and message.get("type") == "message":
                 self._dispatch(message["data"])
 
     def _dispatch(self, data: str | bytes) -> None:
@@ -169,6 +175,13 @@ class Control:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _is_pong(response: object) -> bool:
+    """The answer to the subscription's PING, in either protocol's shape."""
+    if isinstance(response, list) and len(response) == 2 and str(response[0]).lower() == "pong":
+        return bool(response[1] == PING_WORD)
+    return response == PING_WORD
 
 
 async def _push(redis: Redis, key: str, data: str) -> None:

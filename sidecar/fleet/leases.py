@@ -193,11 +193,13 @@ class FleetAgents:
                     self._orphan(key, value)
 
     async def close(self) -> None:
-        for task in [*self._tasks]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Flush what this process still owes Redis (the renewal and the messages are
+        stopped by now): the releases queued or in flight land, then those that failed are
+        tried once more; each call bounded by ``state.timeout``. Nothing is left running."""
+        if self._tasks:
+            await asyncio.wait([*self._tasks])  # releases of orphans a message asked for
         await self._sync.close()
+        await self.release_orphans()
 
     # --- what other replicas say, and the renewal -----------------------------------------
 
