@@ -126,7 +126,9 @@ def parse_header_option(text: str) -> tuple[str, str]:
     """``-H 'Name: value'`` -> (name, value); ``ValueError`` with a usage message."""
     name, colon, value = text.partition(":")
     if not colon or not _TOKEN.fullmatch(name):
-        raise ValueError(f"-H takes 'Name: value' with a header name of letters, digits and -: {name!r}")
+        # Never quoted: a mistyped header ('Authorization Bearer x', 'X-Api-Key=x') holds its credential.
+        wrong = "this one has no ':'" if not colon else "the name before its ':' has other characters (a space?)"
+        raise ValueError(f"-H takes 'Name: value' with a header name of letters, digits and -: {wrong}")
     if _UNSAFE.search(value.replace("\t", " ")):
         raise ValueError(f"-H {name}: the value has control characters")
     return name, value.strip(" \t")

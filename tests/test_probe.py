@@ -527,6 +527,7 @@ async def test_a_server_that_quotes_the_token_back(raw_server: Callable[[str], A
         (["ws://h/", "--token-env", "UNSET_VAR"], {}, "--token-env UNSET_VAR: the variable is not set"),
         (["ws://h/", "--token-env", "EMPTY_VAR"], {"EMPTY_VAR": ""}, "--token-env EMPTY_VAR: the variable is empty"),
         (["ws://h/", "-H", "no colon"], {}, "-H takes 'Name: value'"),
+        (["ws://h/", "-H", f"Authorization Bearer {TOKEN}"], {}, "this one has no ':'"),  # probe(): TOKEN unshown
         (["ws://h/", "--timeout", "0"], {}, "--timeout takes seconds"),
         (["ws://h/", "--token", "a", "--token-env", "X"], {}, "not allowed with argument"),
         (["ws://h/", "--timeout", "soon"], {}, "invalid float value"),

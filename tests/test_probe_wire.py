@@ -89,6 +89,24 @@ def test_header_option_refuses(option: str) -> None:
         wire.parse_header_option(option)
 
 
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ("Authorization Bearer s3cr3t-9f2c", "this one has no ':'"),
+        ("X-Api-Key=s3cr3t-9f2c", "this one has no ':'"),
+        ("Authorization=Bearer s3cr3t-9f2c:x", "the name before its ':' has other characters"),
+    ],
+    ids=["colon-forgotten", "equals-for-colon", "equals-then-a-colon-in-the-value"],
+)
+def test_a_mistyped_header_option_is_refused_without_quoting_it(option: str, says: str) -> None:
+    """The commonest -H typos hold the credential in what would be the name: the usage
+    error says what is wrong, never the text (SECURITY.md row 14)."""
+    with pytest.raises(ValueError) as refused:
+        wire.parse_header_option(option)
+    assert says in str(refused.value)
+    assert "s3cr3t" not in str(refused.value)
+
+
 def test_request_bytes() -> None:
     target = wire.parse_target("ws://h:8080/edge/ws?edge_agent_id=edge_1")
     headers = wire.request_headers(target, "dGhlIHNhbXBsZSBub25jZQ==", token=TOKEN, agent_id="edge_1", extra=[])
