@@ -186,6 +186,10 @@ def answer_head(
     return b"".join(out)
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 section 9.2.2
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with a Content-Length even when empty
+
 # --- what the sidecar passes back --------------------------------------------------------
 
 # Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.

@@ -39,9 +39,6 @@ from .runtime import Runtime
 from .upstream import UpstreamError, rejection_for
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client closed the request before the response"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 section 9.2.2
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def proxy(conn: Listener, request: Request, ctx: Context, rt: Runtime, route: Route) -> None:
@@ -114,7 +111,7 @@ class Forward(Handler, Exchange):
         head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (request.method.encode(), target, self.target.host_field, fields)]
         if request.complete:
             data = b"".join(body)
-            if data or request.method in _BODY_METHODS or h1.has_body(request.fields):
+            if data or request.method in h1.BODY_METHODS or h1.has_body(request.fields):
                 head.append(b"Content-Length: %d\r\n" % len(data))
             self._sent_all = True
         else:
@@ -127,7 +124,7 @@ class Forward(Handler, Exchange):
                 head.append(b"Content-Length: %d\r\n" % length)
             data = b"".join(body)
             if "100-continue" in self.ctx.headers.get("Expect", "").lower() and request.version >= (1, 1):
-                self._out.append(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._out.append(h1.CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
                 self._flush()
         head.append(b"\r\n")
         self._first = b"".join(head) + data
@@ -160,9 +157,11 @@ class Forward(Handler, Exchange):
         connection.exchange = self
         transport = connection.transport
         assert transport is not None
+        if self.conn.writing_paused:  # full before this exchange had an upstream: not read until it drains
+            transport.pause_reading()
         pending, self._pending = self._pending, []
         transport.write(self._first + b"".join(pending))
-        if not (self._sent_all and connection.reused and self.request.method in _IDEMPOTENT):
+        if not (self._sent_all and connection.reused and self.request.method in h1.IDEMPOTENT):
             self._first = b""  # it will not be sent again
         if self._sent_all is False and self.request.complete:
             self._end_body()

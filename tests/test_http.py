@@ -7,10 +7,14 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
+from sidecar.httpproxy import Forward
+from sidecar.listener import Listener
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
@@ -570,3 +574,62 @@ async def test_a_head_response_ends_at_its_head_and_both_connections_go_on(
         writer.close()
     assert (response.status, response.body) == (200, b"y" * 1000)
     assert connections == connections_used
+
+
+async def test_a_response_behind_a_client_buffer_already_full_is_not_read_ahead_of_the_client(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A client pipelines requests whose answers fill its write buffer past the high-water mark
+    and then a request for a large body, and reads nothing. The Forward that takes over hears
+    of the full buffer before it has an upstream connection: once it has one, it must not read
+    it (it was read at full speed, the whole body held for a client that reads nothing: 42 MB
+    in the review's run). When the client reads, everything arrives, in order."""
+    size, count = 16 * 1024 * 1024, 1000  # 1,000 answers of the sidecar's own: about 200 KiB
+    body = bytes(range(256)) * (size // 256)
+    upstreams: list[asyncio.StreamWriter] = []
+    sent_all = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        upstreams.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()  # returns once the kernel took the last byte
+            sent_all.set()
+            await reader.read()
+
+    def held_back() -> bool:  # the upstream is not read, and it has bytes the kernel would not take
+        handler = conn.handler
+        upstream = handler.upstream if isinstance(handler, Forward) else None
+        reading = upstream is None or upstream.transport is None or upstream.transport.is_reading()
+        return not reading and upstreams[0].transport.get_write_buffer_size() > 0
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=client)
+        try:
+            await until(lambda: sidecar.running.front.connections)
+            (conn,) = sidecar.running.front.connections
+            assert isinstance(conn, Listener) and conn.transport is not None
+            transport = conn.transport
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count + b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await until(lambda: sent_all.is_set() or (upstreams and held_back()))
+            assert not sent_all.is_set(), "the upstream was read to the end for a client that reads nothing"
+            unsent = upstreams[0].transport.get_write_buffer_size()
+            assert size - unsent < 2 * 1024 * 1024  # the kernel's buffers at most: blocked well before the end
+            assert transport.get_write_buffer_size() < 2 * 1024 * 1024  # the answers and a read at most
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+            for _ in range(count):
+                assert (await read_response(reader)).status == 200
+            response = await read_response(reader)
+        finally:
+            writer.close()
+    assert (response.status, response.body == body) == (200, True)
+    assert sent_all.is_set()
