@@ -250,13 +250,6 @@ def relayed_head(
     return b"".join(out), rechunked, until_eof, keep, hint
 
 
-def ends_with_heads(data: bytes, heads: int) -> bool:
-    """Does ``data``, a read in which ``heads`` response heads ended, end where the last of them
-    did, with nothing else in it? An empty line ends a head and is found nowhere else in one
-    (llhttp refuses bare CR and LF). False when in doubt: a head's end split over two reads."""
-    return data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == heads
-
-
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk (RFC 9112 section 7.1)."""
     return b"%x\r\n%s\r\n" % (len(data), data)

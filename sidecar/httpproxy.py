@@ -12,8 +12,9 @@ hop-by-hop fields dropped (RFC 9110 section 7.6.1), repeated ones such as Set-Co
 
 The upstream connection goes back to the pool only when the response was read to its end
 with nothing after it in the read, the request fully sent, and neither side asked to close;
-never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch), nor after
-a HEAD's head unless its read ended exactly there (the parser is stopped at the head).
+never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch) or a HEAD:
+its parser is stopped at the head, so nothing would see a body a faulty backend sends after
+it, late, as the start of the next response on that connection (maybe another client's).
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
     __slots__ = (
-        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_heads",
-        "_hint", "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason",
-        "_retried", "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done",
-        "request", "route", "rt", "target", "upstream",
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_hint",
+        "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
+        "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
+        "rt", "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -76,7 +77,6 @@ class Forward(Handler, Exchange):
         self._sent_all = False  # the request is sent to its end
         self._parser = httptools.HttpResponseParser(self)
         self._stall = h1.Stall()  # a head, chunk line or trailers that never end: stopped
-        self._heads = 0  # response heads that ended in the current read
         self._fields: list[h1.Field] = []
         self._reason = b""
         self._status = 0
@@ -195,12 +195,11 @@ class Forward(Handler, Exchange):
     def upstream_data(self, data: bytes) -> None:
         self._last = self.conn.front.loop.time()
         self._first = b""  # something came back: never sent again
-        self._heads = 0
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
             if self._ended:  # what followed the end is dropped, never parsed as the next response
-                self._extra = self.request.method != "HEAD" or not h1.ends_with_heads(data, self._heads)
+                self._extra = True  # closed, never reused (a HEAD's too: its parser stops at the head)
             elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
@@ -225,7 +224,6 @@ class Forward(Handler, Exchange):
             self._fields.append((name, value))  # not after the head: a trailer, dropped
 
     def on_headers_complete(self) -> None:
-        self._heads += 1
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:

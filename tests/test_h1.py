@@ -97,18 +97,3 @@ def test_a_relayed_head_drops_hop_by_hop_fields_and_keeps_repeats() -> None:
     assert head == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n" + (
         b"Server: sidecar\r\nDate: x\r\n\r\n"
     )
-
-
-@pytest.mark.parametrize(
-    ("data", "heads", "ends"),
-    [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1, True),
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 2, True),  # an interim head first
-        (b"X: y\r\n\r\n", 1, True),  # the head began in an earlier read
-        (b"HTTP/1.1 200 OK\r\n\r\nhello", 1, False),  # a body a HEAD must not get
-        (b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 1, False),  # a second head, unasked for
-        (b"\n", 1, False),  # the empty line split over two reads: in doubt
-    ],
-)
-def test_ends_with_heads(data: bytes, heads: int, ends: bool) -> None:
-    assert h1.ends_with_heads(data, heads) is ends
