@@ -525,6 +525,45 @@ async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(
     assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
 
 
+CODED = gzip.compress(b"hello " * 100)
+
+
+@pytest.mark.parametrize(
+    ("request_", "response"),
+    [
+        (b"GET /x HTTP/1.0\r\n\r\n", b"Transfer-Encoding: gzip\r\n\r\n" + CODED),
+        (
+            b"GET /x HTTP/1.0\r\n\r\n",
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(CODED), CODED),
+        ),
+        (plain("GET", "/x"), b"Transfer-Encoding: chunked, gzip\r\n\r\n" + gzip.compress(b"5\r\nhello\r\n0\r\n\r\n")),
+    ],
+    ids=["gzip-to-http-1.0", "gzip-chunked-to-http-1.0", "chunked-not-last"],
+)
+async def test_a_response_coding_that_cannot_be_passed_on_as_it_is_is_502(
+    start_sidecar: StartSidecar, request_: bytes, response: bytes
+) -> None:
+    """RFC 9112 section 6.1: an HTTP/1.0 client cannot be sent Transfer-Encoding, so a body
+    coded otherwise than chunked would reach it still coded with nothing naming the coding;
+    and chunked may be applied once only, so a body chunked before another coding (read to
+    the close) cannot be re-chunked for an HTTP/1.1 client. Either is refused: 502, the
+    mapping of any response the sidecar cannot pass on, and none of the body is sent."""
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + response)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, request_)
+    assert statuses(answer) == [502]
+    assert reason_of(answer) == "upstream_unavailable"
+    assert CODED not in answer and b"Transfer-Encoding" not in answer
+
+
 async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: Sidecar, backend: Backend) -> None:
     """``Expect: 100-continue`` and no 100: the client may send its body or not (RFC 9110
     section 10.1.1), and what comes next cannot be told apart from a next request. The
