@@ -165,7 +165,8 @@ class Forward(Handler, Exchange):
             self._first = b""  # it will not be sent again
         if self._sent_all is False and self.request.complete:
             self._end_body()
-        self.conn.resume(PAUSE_BODY)
+        # the client's body waits while the upstream's buffer is full, filled by this write or before
+        (self.conn.pause if connection.writing_paused else self.conn.resume)(PAUSE_BODY)
         self._last = self.conn.front.loop.time()
         self._timer = self.conn.front.schedule(self.route.upstream.read_timeout, self._check_read)
 

@@ -703,3 +703,66 @@ async def test_a_response_behind_a_client_buffer_already_full_is_not_read_ahead_
             writer.close()
     assert (response.status, response.body == body) == (200, True)
     assert sent_all.is_set()
+
+
+async def test_an_upload_is_not_read_ahead_of_an_upstream_whose_buffer_the_first_write_filled(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A large upload to a backend that reads slowly: the first write upstream (the head and
+    the body read with it) already fills the upstream connection's buffer past its mark. The
+    client's body must then wait (the pause this write caused was undone as the exchange
+    attached, and nothing ever paused it again: the whole upload was held in memory). A pooled
+    connection whose buffer an earlier exchange left full is handed over the same way (its
+    state is kept on the connection). Then the backend reads, and gets every byte."""
+    size = 16 * 1024 * 1024
+    body = bytes(range(256)) * (size // 256)
+    release = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await release.wait()  # a slow backend: nothing more is read until the test says so
+            received = await reader.readexactly(length)
+            answer = b"ok" if received == body else b"corrupted"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the backend takes little unread
+    listening.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(speak, sock=listening)
+    async with server:
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        sidecar = await start_sidecar(config_for(url))
+        for sock in sidecar.running.servers[0].sockets:  # a client's first read brings a lot of body
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        pool = sidecar.running.runtime.pool
+        connection = await pool.open(pool.target(config_for(url).routes[-1].upstream))
+        assert connection.transport is not None  # a kept-alive connection with a small send buffer:
+        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pool.give(connection)  # the kernel takes a few KiB, the rest of a write stays in the sidecar
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + body)
+            await until(lambda: sidecar.running.front.connections)
+            (conn,) = sidecar.running.front.connections
+            assert isinstance(conn, Listener)
+
+            def held_back() -> bool:  # the client is not read, and it has bytes the kernel would not take
+                transport = conn.transport
+                return (
+                    transport is not None
+                    and not transport.is_reading()
+                    and writer.transport.get_write_buffer_size() > 0
+                )
+
+            await until(lambda: writer.transport.get_write_buffer_size() == 0 or held_back())
+            assert connection.exchange is not None, "the pooled connection was not the one taken"
+            assert connection.transport.get_write_buffer_size() < 2 * 1024 * 1024  # bounded, not the upload
+            assert writer.transport.get_write_buffer_size() > size // 2, "the upload was read into the sidecar"
+            release.set()
+            response = await read_response(reader)
+        finally:
+            writer.close()
+    assert (response.status, response.body) == (200, b"ok")
