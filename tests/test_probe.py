@@ -543,6 +543,8 @@ async def test_bad_usage_exits_2(args: list[str], env: dict[str, str], says: str
 # --- credentials the user put in the URL or in -H headers ---------------------------------
 
 QUERY_SECRET = "query-secret-5b1e9c77"
+WORD_SECRET = "opensesame"  # neither long nor random-looking: a credential only by what precedes it
+K8S_TOKEN = base64.urlsafe_b64encode(QUERY_SECRET.encode()).decode().rstrip("=")
 
 
 @pytest.mark.parametrize(
@@ -555,8 +557,27 @@ QUERY_SECRET = "query-secret-5b1e9c77"
         ("/edge/ws", ["-H", f"Cookie: session={QUERY_SECRET}"], QUERY_SECRET),
         ("/edge/ws", ["-H", f"Proxy-Authorization: Basic {QUERY_SECRET}"], QUERY_SECRET),
         ("/edge/ws", ["-H", f"X-Api-Key: {QUERY_SECRET}"], QUERY_SECRET),
+        # Browsers cannot set Authorization on a WebSocket: the token rides as a subprotocol.
+        ("/edge/ws", ["-H", f"Sec-WebSocket-Protocol: x-token.{QUERY_SECRET}"], QUERY_SECRET),
+        ("/edge/ws", ["-H", f"Sec-WebSocket-Protocol: graphql-ws, bearer, {WORD_SECRET}"], WORD_SECRET),
+        (
+            "/edge/ws",
+            ["-H", f"Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{K8S_TOKEN}, base64.binary.k8s.io"],
+            K8S_TOKEN,
+        ),
     ],
-    ids=["token", "access_token", "equal-to-the-token", "bare", "cookie", "proxy-authorization", "api-key"],
+    ids=[
+        "token",
+        "access_token",
+        "equal-to-the-token",
+        "bare",
+        "cookie",
+        "proxy-authorization",
+        "api-key",
+        "subprotocol-random-looking",
+        "subprotocol-after-bearer",
+        "subprotocol-kubernetes",
+    ],
 )
 @pytest.mark.parametrize("output", ["human", "json"])
 async def test_credentials_in_the_url_or_headers_are_never_shown(
@@ -576,6 +597,22 @@ async def test_credentials_in_the_url_or_headers_are_never_shown(
         query = path.partition("?")[2]
         shown = "&".join(p.split("=")[0] + "=…" if "=" in p else "…" for p in query.split("&")) if query else ""
         assert heading.split(" ")[1] == f"ws://127.0.0.1:{server.port}/edge/ws" + (f"?{shown}" if shown else "")
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+async def test_ordinary_subprotocol_names_are_shown(
+    raw_server: Callable[[str], Awaitable[RawServer]], output: str
+) -> None:
+    """Only the subprotocols that carry a credential are withheld: a server quoting names
+    like these back is shown as it is."""
+    server = await raw_server("echo")
+    offered = "graphql-transport-ws, ocpp1.6, v12.stomp"
+    json_flag = ["--json"] if output == "json" else []
+    url = f"ws://127.0.0.1:{server.port}/edge/ws"
+    run = await probe(url, *json_flag, "-H", f"Sec-WebSocket-Protocol: {offered}", token=None)
+    assert run.code == 1
+    assert "withheld" not in run.out
+    assert f"Server: Sec-WebSocket-Protocol: {offered}" in run.out
 
 
 async def test_credentials_in_the_urls_userinfo_are_refused_unshown() -> None:

@@ -539,3 +539,27 @@ def test_credentials_are_the_urls_credential_values_and_the_credential_headers()
         "c1",
         "c2",
     ]
+
+
+@pytest.mark.parametrize(
+    ("offered", "credentials"),
+    [
+        ("graphql-ws", []),
+        ("graphql-transport-ws, subscriptions-transport-ws, ocpp1.6, ocpp2.0.1, v12.stomp, mqtt", []),
+        ("actioncable-v1-json, actioncable-unsupported, wamp.2.json", []),
+        ("bearer, opensesame", ["opensesame"]),
+        ("Bearer,opensesame, graphql-ws", ["opensesame"]),  # only the entry after the word
+        ("access_token, abc", ["abc"]),
+        ("x-token.query-secret-5b1e9c77", ["x-token.query-secret-5b1e9c77"]),
+        ("chat, 3q2+7wYAAAAAAAAAAAAAAAAA", ["3q2+7wYAAAAAAAAAAAAAAAAA"]),  # random-looking alone
+        ("auth.v1", ["auth.v1"]),  # a credential word beside other characters
+        (
+            "base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0, base64.binary.k8s.io",
+            ["base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0", "cXVlcnktc2VjcmV0", "query-secret"],
+        ),
+    ],
+)
+def test_subprotocols_that_carry_a_credential(offered: str, credentials: list[str]) -> None:
+    assert wire.protocol_credentials(offered) == credentials
+    target = wire.parse_target("ws://h/p")
+    assert wire.credentials(target, [("Sec-WebSocket-Protocol", offered)]) == credentials
