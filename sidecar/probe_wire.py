@@ -26,7 +26,12 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 # Sent as is: RFC 3986's path and query characters, and '%' (an escape the user typed).
 _PATH_SAFE = "/?:@!$&'()*+,;=-._~%"
 # A query parameter or header whose name says it carries a credential (Sec-WebSocket-* aside).
-_CREDENTIAL_NAME = re.compile(r"token|secret|key|pass|auth|sig|session|cookie|jwt|credential|api", re.IGNORECASE)
+_CREDENTIAL_NAME = re.compile(
+    r"token|secret|key|pass|pwd|auth|sig|session|cookie|jwt|credential|api|ticket|hmac", re.IGNORECASE
+)
+# Query parameters that are credentials only as the whole name (OAuth's ?code=, ?pw=...):
+# inside a longer one they are ordinary (country_code). Not ?t=: socket.io's cache-buster.
+_CREDENTIAL_QUERY = frozenset({"code", "pw", "pin", "otp", "hash"})
 # A subprotocol offered in Sec-WebSocket-Protocol that carries one (browsers cannot set
 # Authorization on a WebSocket): Kubernetes' prefix, a word naming a credential, or a
 # piece of at least 16 letters and digits, or at least 8 with a digit (a random value).
@@ -110,7 +115,7 @@ def parse_target(url: str) -> Target:
     found = [
         value
         for name, _, raw in (pair.partition("=") for pair in pairs)
-        if raw and _CREDENTIAL_NAME.search(unquote(name))
+        if raw and (_CREDENTIAL_NAME.search(unquote(name)) or unquote(name).lower() in _CREDENTIAL_QUERY)
         for value in (raw, quote(raw, safe=_PATH_SAFE), unquote(raw))
     ]
     return Target(tls, parts.hostname, port if port else (443 if tls else 80), resource, names, tuple(found))

@@ -552,6 +552,10 @@ K8S_TOKEN = base64.urlsafe_b64encode(QUERY_SECRET.encode()).decode().rstrip("=")
     [
         (f"/edge/ws?edge_agent_id=edge_1&token={QUERY_SECRET}", [], QUERY_SECRET),
         (f"/edge/ws?access_token={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?edge_agent_id=edge_1&ticket={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?code={QUERY_SECRET}&state=s", [], QUERY_SECRET),  # OAuth's authorization code
+        (f"/edge/ws?user=u&pw={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?pwd={QUERY_SECRET}", [], QUERY_SECRET),
         (f"/edge/ws?edge_agent_id=edge_1&sig={TOKEN}", [], TOKEN),  # any value equal to the token
         (f"/edge/ws?{TOKEN}", [], TOKEN),  # a bare query: its name is the value
         ("/edge/ws", ["-H", f"Cookie: session={QUERY_SECRET}"], QUERY_SECRET),
@@ -569,6 +573,10 @@ K8S_TOKEN = base64.urlsafe_b64encode(QUERY_SECRET.encode()).decode().rstrip("=")
     ids=[
         "token",
         "access_token",
+        "ticket",
+        "code",
+        "pw",
+        "pwd",
         "equal-to-the-token",
         "bare",
         "cookie",
@@ -613,6 +621,18 @@ async def test_ordinary_subprotocol_names_are_shown(
     assert run.code == 1
     assert "withheld" not in run.out
     assert f"Server: Sec-WebSocket-Protocol: {offered}" in run.out
+
+
+async def test_ordinary_query_parameters_are_shown_in_what_the_server_quotes(
+    raw_server: Callable[[str], Awaitable[RawServer]],
+) -> None:
+    """Only credential parameters are withheld: a name that merely contains ``code``, or
+    socket.io's ``t=`` cache-buster, leaves the server's text readable."""
+    server = await raw_server("echo")
+    query = "edge_agent_id=edge_1&country_code=us&EIO=4&t=N8hyd6w"
+    run = await probe(f"ws://127.0.0.1:{server.port}/edge/ws?{query}", "--json", token=None)
+    assert run.code == 1
+    assert run.json["hint"].startswith(f"the sidecar refused it (400 bad_request): GET /edge/ws?{query} HTTP/1.1")
 
 
 async def test_credentials_in_the_urls_userinfo_are_refused_unshown() -> None:

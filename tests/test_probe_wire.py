@@ -5,6 +5,8 @@ uses. The probe against real servers is in test_probe.py."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -563,3 +565,28 @@ def test_subprotocols_that_carry_a_credential(offered: str, credentials: list[st
     assert wire.protocol_credentials(offered) == credentials
     target = wire.parse_target("ws://h/p")
     assert wire.credentials(target, [("Sec-WebSocket-Protocol", offered)]) == credentials
+
+
+@pytest.mark.parametrize(
+    ("query", "credentials"),
+    [
+        ("edge_agent_id=edge_1&ticket=k1&code=c1&pw=p1&pwd=p2&passwd=p3&pin=1234&otp=9&hash=h1&hmac=m1", None),
+        ("edge_agent_id=edge_1&country_code=us&zipcode=1&decode=x&t=N8hyd6w&EIO=4&transport=websocket", []),
+    ],
+    ids=["credentials", "ordinary"],
+)
+def test_credential_query_names(query: str, credentials: list[str] | None) -> None:
+    target = wire.parse_target(f"ws://h/p?{query}")
+    if credentials is None:  # every value but the agent id's
+        credentials = [pair.partition("=")[2] for pair in query.split("&")[1:]]
+    assert list(dict.fromkeys(target.credentials)) == credentials
+
+
+def test_troubleshooting_names_exactly_the_credential_query_names() -> None:
+    """docs/troubleshooting.md lists the query names the probe treats as credentials: the
+    list is the code's, word for word."""
+    text = " ".join((Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text().split())
+    listed = re.search(r"from the query \(a name with (.+?) in it, in any case, or that is exactly (.+?); not", text)
+    assert listed is not None
+    assert re.findall(r"`([^`]+)`", listed.group(1)) == wire._CREDENTIAL_NAME.pattern.split("|")
+    assert sorted(re.findall(r"`([^`]+)`", listed.group(2))) == sorted(wire._CREDENTIAL_QUERY)
