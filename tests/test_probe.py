@@ -540,6 +540,17 @@ async def test_bad_usage_exits_2(args: list[str], env: dict[str, str], says: str
     assert says in run.err
 
 
+async def test_help_gives_the_command_the_readme_and_troubleshooting_give() -> None:
+    """One command to type on the edge machine, the same in --help, the README and
+    docs/troubleshooting.md: at the sidecar's domain (the backend's has no sidecar in front)."""
+    run = await probe("--help", token=None)
+    assert run.code == 0
+    [command] = [line.strip() for line in run.out.splitlines() if line.strip().startswith("sidecar probe ")]
+    assert command == 'sidecar probe "wss://<sidecar domain>/edge/ws?edge_agent_id=$AGENT" --token-env EDGE_SECRET'
+    for doc in ("README.md", "docs/troubleshooting.md"):
+        assert f"```sh\n{command}\n```" in (ROOT / doc).read_text(), doc
+
+
 # --- credentials the user put in the URL or in -H headers ---------------------------------
 
 QUERY_SECRET = "query-secret-5b1e9c77"
