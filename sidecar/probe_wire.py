@@ -157,6 +157,8 @@ def protocol_credentials(value: str) -> list[str]:
                 after_marker = True
                 continue
         after_marker = False
+    # Not a subprotocol token, but typed: 'Bearer <token>' as one entry; its token alone too.
+    found += [c.split()[-1] for c in found if len(c.split()) > 1]
     return [s for s in found if s]
 
 

@@ -555,6 +555,7 @@ def test_credentials_are_the_urls_credential_values_and_the_credential_headers()
         ("x-token.query-secret-5b1e9c77", ["x-token.query-secret-5b1e9c77"]),
         ("chat, 3q2+7wYAAAAAAAAAAAAAAAAA", ["3q2+7wYAAAAAAAAAAAAAAAAA"]),  # random-looking alone
         ("auth.v1", ["auth.v1"]),  # a credential word beside other characters
+        ("Bearer opensesame", ["Bearer opensesame", "opensesame"]),  # typed as the Authorization value
         (
             "base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0, base64.binary.k8s.io",
             ["base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0", "cXVlcnktc2VjcmV0", "query-secret"],
