@@ -110,6 +110,8 @@ class FleetAgents:
             async with asyncio.timeout(self._link.timeout):
                 return await self._claim(lease)
         except TimeoutError:
+            # Counted, not Redis down: each call in it had its own bound; only this
+            # handshake is decided alone, the next one asks Redis again.
             self._link.timed_out("claim")
             lease.state, lease.holder = Held.UNKNOWN, ""
             return True  # this replica's table decided; the renewal asserts the lease later
