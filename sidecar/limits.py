@@ -62,9 +62,14 @@ class FailureTable:
 
     The ``limit``-th failure within ``window`` seconds of the window's first one
     blocks the key for ``window`` seconds from then. The table holds at most
-    ``capacity`` keys: recording a failure for a new key beyond that evicts the
-    key whose last failure is the oldest, so memory is bounded whatever the number
-    of addresses an attacker uses (an evicted attacker only gets a fresh count).
+    ``capacity`` keys, so memory is bounded whatever the number of addresses an
+    attacker uses: a failure from a new key beyond that evicts an *unblocked* key
+    (one whose block is over first, else the one whose last failure is the oldest),
+    which only gets a fresh count. A blocked key is never evicted: failing from many
+    other addresses must not lift a block. When every key held is blocked, a new key
+    is not tracked on its own: all such keys share one count (the overflow), with the
+    same limit and window, so together they get no more tries than one key, and once
+    it is spent every key the table does not hold is refused until its block ends.
     A success does not reset the count: behind a shared address (NAT, a proxy) a
     legitimate agent's success would otherwise give an attacker endless tries.
 
@@ -76,53 +81,85 @@ class FailureTable:
     recorded here with :meth:`block`: the check stays a local look-up.
     """
 
-    _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
+    _open: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)  # not blocked; oldest failure first
+    _blocked: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)  # blocked; earliest blocked first
+    _overflow: _Entry | None = None  # the keys not held because every one held was blocked
     on_failure: Callable[[str, int, float], None] | None = field(default=None, repr=False)
-    # Told of each key dropped because the table was full (its count, its block, lost here).
+    # Told of each key dropped because the table was full (its count, lost here).
     on_evict: Callable[[], None] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._open) + len(self._blocked)
 
     def retry_after(self, key: str, now: float) -> int | None:
         """Seconds until ``key`` may try again (at least 1), or ``None``: not blocked."""
-        entry = self._entries.get(key)
+        entry = self._find(key) or self._overflow
         if entry is None or entry.blocked_until <= now:
             return None
         return max(1, math.ceil(entry.blocked_until - now))
 
     def record_failure(self, key: str, now: float, *, limit: int, window: float, capacity: int) -> None:
-        entry = self._entries.get(key)
-        if entry is None or now - entry.window_start >= window:
-            entry = _Entry(window_start=now, blocked_until=entry.blocked_until if entry else 0.0)
-            self._entries[key] = entry
+        entry = self._take(key, now, capacity) or _Entry(window_start=now)
+        if now - entry.window_start >= window:
+            entry.window_start, entry.failures = now, 0  # a block still running stays
         entry.failures += 1
         if entry.failures >= limit:
             entry.blocked_until = now + window
             entry.failures = 0  # the block is the penalty; the next window starts after it
             entry.window_start = entry.blocked_until
-        self._keep(key, capacity)
+        self._put(key, entry, now, capacity)
         if self.on_failure is not None:
             self.on_failure(key, limit, window)
 
     def block(self, key: str, now: float, seconds: float, *, capacity: int) -> None:
         """Block ``key`` for ``seconds`` from ``now`` (the fleet's count says so), unless
         it is blocked for longer already."""
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry(window_start=now)
+        entry = self._take(key, now, capacity) or _Entry(window_start=now)
         if now + seconds > entry.blocked_until:
             entry.blocked_until = now + seconds
             entry.failures = 0
             entry.window_start = entry.blocked_until
-        self._keep(key, capacity)
+        self._put(key, entry, now, capacity)
 
-    def _keep(self, key: str, capacity: int) -> None:
-        self._entries.move_to_end(key)
-        while len(self._entries) > capacity:
-            self._entries.popitem(last=False)
-            if self.on_evict is not None:
-                self.on_evict()
+    def _find(self, key: str) -> _Entry | None:
+        return self._open.get(key) or self._blocked.get(key)
+
+    def _take(self, key: str, now: float, capacity: int) -> _Entry | None:
+        """``key``'s entry, out of the table until :meth:`_put` puts it back; ``None`` for
+        a new key. A new key that cannot be held (every key held is blocked) gets the
+        overflow's entry, created if need be."""
+        entry = self._open.pop(key, None) or self._blocked.pop(key, None)
+        if entry is not None or len(self) < capacity or self._evict_one(now):
+            return entry
+        if self._overflow is None:
+            self._overflow = _Entry(window_start=now)
+        return self._overflow
+
+    def _put(self, key: str, entry: _Entry, now: float, capacity: int) -> None:
+        if entry is self._overflow:
+            return  # the overflow is no key's: nothing to hold
+        (self._blocked if entry.blocked_until > now else self._open)[key] = entry
+        while len(self) > capacity and self._evict_one(now):  # a smaller capacity after a reload
+            pass
+
+    def _evict_one(self, now: float) -> bool:
+        """Drop one unblocked key: a block that is over first, else the oldest failure.
+        False if every key held is blocked: none is dropped."""
+        if self._blocked:
+            first = next(iter(self._blocked.values()))
+            if first.blocked_until <= now:
+                self._blocked.popitem(last=False)
+                self._evicted()
+                return True
+        if self._open:
+            self._open.popitem(last=False)
+            self._evicted()
+            return True
+        return False
+
+    def _evicted(self) -> None:
+        if self.on_evict is not None:
+            self.on_evict()
 
 
 @dataclass(eq=False)

@@ -128,7 +128,7 @@ class Metrics:
         self.auth_clients_evicted = Counter(
             "sidecar_auth_clients_evicted",
             "Client keys dropped from the failed-authentication table because it held limits.tracked_clients: "
-            "each one's count (and block, in this process) starts over.",
+            "unblocked keys only (a blocked key is never dropped), each one's count starts over.",
             registry=r,
         )
         self.state_up = Gauge(

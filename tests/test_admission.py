@@ -174,24 +174,29 @@ async def test_the_client_ip_header_of_an_untrusted_peer_is_ignored(
 
 
 async def test_the_failure_table_never_exceeds_its_cap(backend: Backend, start_sidecar: StartSidecar) -> None:
-    sidecar = await start(start_sidecar, backend, limits="auth_failures: 1, tracked_clients: 50", listen=TRUSTED)
+    # And a full table drops unblocked addresses only: an attacker blocked on one address
+    # cannot lift its block by failing once from more addresses than the table holds.
+    sidecar = await start(start_sidecar, backend, limits="auth_failures: 2, tracked_clients: 50", listen=TRUSTED)
     rt = runtime(sidecar)
+    url = sidecar.url("/edge/message", "http")
+
+    async def status(headers: dict[str, str], address: str) -> int:
+        async with http.get(url, headers={**headers, "X-Forwarded-For": address}) as response:
+            return response.status
+
     async with aiohttp.ClientSession() as http:
-        for i in range(120):  # more distinct addresses than the table holds
-            headers = {**BAD, "X-Forwarded-For": f"198.51.100.{i}"}
-            async with http.get(sidecar.url("/edge/message", "http"), headers=headers) as response:
-                assert response.status == 401
+        assert [await status(BAD, "203.0.113.9") for _ in range(2)] == [401, 401]
+        assert await status(GOOD, "203.0.113.9") == 429
+        for i in range(120):  # more distinct addresses than the table holds, one failure each
+            assert await status(BAD, f"198.51.100.{i}") == 401
             assert len(rt.failures) <= 50
         assert len(rt.failures) == 50
-        # The newest are still blocked, the oldest were evicted (and get a fresh count).
-        async with http.get(
-            sidecar.url("/edge/message", "http"), headers={**GOOD, "X-Forwarded-For": "198.51.100.119"}
-        ) as r:
-            assert r.status == 429
-        async with http.get(
-            sidecar.url("/edge/message", "http"), headers={**GOOD, "X-Forwarded-For": "198.51.100.0"}
-        ) as r:
-            assert r.status == 200
+        assert await status(GOOD, "203.0.113.9") == 429  # still blocked: never evicted
+        # The oldest were evicted (a fresh count: one more failure does not block), the newest kept.
+        assert await status(BAD, "198.51.100.0") == 401
+        assert await status(GOOD, "198.51.100.0") == 200
+        assert await status(BAD, "198.51.100.119") == 401
+        assert await status(GOOD, "198.51.100.119") == 429
 
 
 # --- 3. connection exhaustion ----------------------------------------------------------------

@@ -225,3 +225,43 @@ async def test_a_claim_queued_behind_a_slow_batch_waits_no_longer_than_the_timeo
 
 async def _none_held(server: RedisServer) -> bool:
     return not await leases(server)
+
+
+async def test_a_claim_cut_short_behind_a_slow_batch_leaves_redis_up_for_the_next_handshake(
+    backend: Backend, redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each call to Redis is answered within state.timeout (1 s; 0.7 s a round trip through
+    # the proxy), but a claim queued behind another's batch waits for both: past the bound
+    # it is cut short, counted, and that handshake is admitted by A alone. Redis did not
+    # fail: it is not marked down, so the next handshake is decided by Redis again (a
+    # duplicate of an agent B holds is refused with 409), not admitted fail-open.
+    caplog.set_level(logging.INFO, "sidecar")
+    text = partial(fleet_yaml, duplicate="reject", state="lease_ttl: 30s, timeout: 1s")
+    async with replicas() as group, proxy(redis_srv.port) as slow, contextlib.AsyncExitStack() as stack:
+        a = await group.start(config_for(backend.url, text(slow.url())), "a")
+        b = await group.start(config_for(backend.url, text(redis_srv.url)), "b")
+        held = await stack.enter_async_context(ws_connect(b, headers=agent("held")))
+        async with ws_connect(a, headers=agent("warm")) as ws:  # the scripts are loaded: one round trip each
+            await echoes(ws)
+        await until(lambda: _held_only(redis_srv, "held"))  # its release landed: no batch in flight
+        slow.delay = 0.35
+        evalsha = slow.watch(b"EVALSHA")
+        first = asyncio.ensure_future(ws_connect(a, headers=agent("x")))
+        await evalsha.wait()  # x's claim is in flight
+        y = await stack.enter_async_context(ws_connect(a, headers=agent("y")))  # queued behind it: cut short
+        await echoes(y)
+        x = await stack.enter_async_context(await first)
+        await echoes(x)
+        assert a.sample("sidecar_state_errors_total", op="claim") >= 1  # y's, at least
+        assert log_fields(caplog, "state.down") == []
+        assert a.sample("sidecar_state_up") == 1
+        await until(lambda: _has(redis_srv, "sidecar:lease:edge:y"))  # y's request landed all the same
+        slow.delay = 0.0
+        status, headers, _ = await rejected(a, "/edge/ws", agent("held"))  # Redis decides
+        assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
+        assert a.sample("sidecar_state_up") == 1
+        await echoes(held)
+
+
+async def _held_only(server: RedisServer, name: str) -> bool:
+    return await leases(server) == {f"sidecar:lease:edge:{name}"}

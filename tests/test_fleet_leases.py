@@ -173,3 +173,39 @@ async def test_two_processes_with_one_replica_id_hold_leases_of_their_own(
                 await echoes(new)
         # Told on the holder process's own channel, not found later by a renewal (every 10 s here).
         assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]
+
+
+async def test_a_replace_from_the_previous_release_reaches_the_holder_process(
+    backend: Backend, redis_srv: RedisServer
+) -> None:
+    # During a rolling deploy the previous release's replicas tell a holder on its replica's
+    # channel (sidecar:replica:{replica}), not on its process's. Each process listens there
+    # too, so the old session ends with 4409 at once, not at the next renewal (10 s here).
+    config = config_for(backend.url, fleet_yaml(redis_srv.url, duplicate="replace", state="lease_ttl: 30s"))
+    async with replicas() as group:
+        a = await group.start(config, "a")
+        async with ws_connect(a) as old, redis_srv.client() as r:
+            await echoes(old)
+            value = await r.get(LEASE)
+            # What the previous release's FleetAgents._tell (f5c8c0e) sends, where it sends it.
+            message = json.dumps({"op": "replace", "key": LEASE, "value": value}, separators=(",", ":"))
+            assert await r.publish("sidecar:replica:a", message) == 1
+            assert await closed_by_peer(old) == (4409, "replaced by a newer session for this agent id")
+        assert a.sample("sidecar_sessions_replaced_remote_total") == 1
+
+
+async def test_a_previous_release_holder_with_this_replica_id_is_not_this_process(
+    backend: Backend, redis_srv: RedisServer
+) -> None:
+    # A lease the previous release wrote (no process in it) for this replica id: a process
+    # of that release, restarted into this one. Telling it on the replica's channel, this
+    # process hears itself: not a listener for that holder, so nobody listens and the lease
+    # is taken at once, not after the replace bound (the 60 s connect timeout and more).
+    text = fleet_yaml(redis_srv.url, duplicate="replace", state="lease_ttl: 30s", upstream=", connect_timeout: 60s")
+    async with replicas() as group, redis_srv.client() as r:
+        a = await group.start(config_for(backend.url, text), "a")
+        await r.set(LEASE, json.dumps({"replica": "a", "session": "f00d"}, separators=(",", ":")), px=30_000)
+        async with ws_connect(a) as ws:  # the client's opening bound (10 s) is far inside the replace bound
+            await echoes(ws)
+            assert json.loads(await r.get(LEASE))["replica"] == "a"
+            assert "process" in json.loads(await r.get(LEASE))

@@ -142,13 +142,63 @@ def test_after_a_block_the_count_starts_afresh() -> None:
 
 
 def test_the_table_never_holds_more_than_its_capacity_and_evicts_the_oldest() -> None:
-    table = FailureTable()
+    evicted: list[None] = []
+    table = FailureTable(on_evict=lambda: evicted.append(None))
     for i in range(5000):
-        table.record_failure(f"10.0.{i // 256}.{i % 256}", float(i), limit=1, window=1e9, capacity=100)
+        table.record_failure(f"10.0.{i // 256}.{i % 256}", float(i), limit=2, window=1e9, capacity=100)
         assert len(table) <= 100
     assert len(table) == 100
-    assert table.retry_after("10.0.0.0", 5000.0) is None  # evicted: the oldest
-    assert table.retry_after("10.0.19.135", 5000.0) is not None  # the newest (4999) is still held
+    assert len(evicted) == 4900
+    # A second failure blocks a key still held (its count was kept), not one evicted.
+    table.record_failure("10.0.0.0", 5000.0, limit=2, window=1e9, capacity=100)  # the oldest: evicted
+    assert table.retry_after("10.0.0.0", 5000.0) is None
+    table.record_failure("10.0.19.135", 5001.0, limit=2, window=1e9, capacity=100)  # the newest (4999)
+    assert table.retry_after("10.0.19.135", 5001.0) is not None
+
+
+def test_a_blocked_key_is_never_evicted_by_failures_from_other_keys() -> None:
+    # An attacker blocked on one address fails once from many others (cheap with IPv6
+    # /64s) to push its block out of a full table: the unblocked keys go, the block stays.
+    evicted: list[None] = []
+    table = FailureTable(on_evict=lambda: evicted.append(None))
+    for t in (0.0, 1.0, 2.0):
+        table.record_failure("attacker", t, limit=3, window=60.0, capacity=10)
+    assert table.retry_after("attacker", 2.0) == 60
+    for i in range(1000):
+        table.record_failure(f"2001:db8:{i:x}::/64", 3.0, limit=3, window=60.0, capacity=10)
+        assert len(table) <= 10
+    assert table.retry_after("attacker", 3.0) == 59
+    assert len(evicted) == 1000 - 9  # the other keys, one after another
+    # Its block over, it is an unblocked key like any other: dropped before a newer one.
+    table.record_failure("2001:db8:ffff::/64", 62.0, limit=3, window=60.0, capacity=10)
+    table.record_failure("2001:db8:fffe::/64", 62.0, limit=3, window=60.0, capacity=10)
+    assert table.retry_after("attacker", 62.0) is None
+    assert len(table) == 10
+
+
+def test_when_every_key_held_is_blocked_new_keys_share_one_count() -> None:
+    # No key held can go: the new ones are not held one by one, they share one count
+    # with the same limit, so together they get no more tries than one key; once it is
+    # spent, every key the table does not hold is refused until that block ends.
+    table = FailureTable()
+    for key in ("a", "b"):
+        table.block(key, 0.0, 60.0, capacity=2)
+    for n, key in enumerate(("c", "d"), 1):
+        table.record_failure(key, float(n), limit=3, window=60.0, capacity=2)
+        assert table.retry_after("new", float(n)) is None
+    table.record_failure("e", 3.0, limit=3, window=60.0, capacity=2)  # the third among them
+    assert len(table) == 2
+    assert table.retry_after("a", 3.0) == 57  # the blocks held are kept
+    assert table.retry_after("b", 3.0) == 57
+    for key in ("c", "d", "e", "never-failed"):
+        assert table.retry_after(key, 3.0) == 60
+    assert table.retry_after("c", 63.0) is None  # for a window, as any block
+    table.record_failure("f", 63.0, limit=3, window=60.0, capacity=2)  # a and b's blocks are over: f is held
+    assert len(table) == 2
+    table.record_failure("f", 64.0, limit=3, window=60.0, capacity=2)
+    table.record_failure("f", 65.0, limit=3, window=60.0, capacity=2)
+    assert table.retry_after("f", 65.0) == 60
+    assert table.retry_after("g", 65.0) is None  # f's count was its own
 
 
 def test_a_smaller_capacity_after_a_reload_shrinks_the_table() -> None:
@@ -197,8 +247,11 @@ def test_blocks_are_bounded_by_the_capacity_like_failures() -> None:
     for n in range(5):
         table.block(f"10.0.0.{n}", 0.0, 60.0, capacity=3)
     assert len(table) == 3
-    assert table.retry_after("10.0.0.0", 1.0) is None  # the oldest went first
-    assert table.retry_after("10.0.0.4", 1.0) == 59
+    assert table.retry_after("10.0.0.0", 1.0) == 59  # a block held is never dropped for another
+    assert table.retry_after("10.0.0.4", 1.0) == 59  # the keys not held share the overflow's block
+    table.block("10.0.0.5", 70.0, 60.0, capacity=3)  # the blocks held are over: dropped for a new one
+    assert len(table) == 3
+    assert table.retry_after("10.0.0.5", 71.0) == 59
 
 
 def test_each_failure_is_reported_to_the_fleet() -> None:

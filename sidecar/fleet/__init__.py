@@ -48,6 +48,7 @@ class Fleet:
         self.process = secrets.token_hex(8)  # this process, among any that share its replica id
         self.agents = FleetAgents(self.link, self.names, replica, self.process, settings.lease_ttl, metrics)
         self.control = Control(self.link, self.names, replica, self.process)
+        self.agents.hears_replica_channel = self.control.listening.is_set
         self._budget: FleetBudget | None = None
         self._renew_now = asyncio.Event()
         self._renewing: asyncio.Task[None] | None = None

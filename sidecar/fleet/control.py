@@ -1,7 +1,8 @@
 """Messages between replicas over Redis pub/sub, and questions put to the whole fleet.
 
-Each replica listens on two channels (:mod:`.layout`): its own (``replace``: end the
-session holding this lease) and the fleet's (``block``: a client key is over the
+Each process listens on its own channel (:mod:`.layout`; ``replace``: end the session
+holding this lease), its replica's (where the previous release sends ``replace``: read
+the same way, during a rolling deploy) and the fleet's (``block``: a client key is over the
 failed-auth budget; ``list`` and ``end``: the operator's questions). A question names a
 reply list; each replica that hears it pushes its answer there; the asker knows how
 many heard it (PUBLISH's count) and collects that many answers, within :data:`ASK_WAIT`.
@@ -49,7 +50,10 @@ class Control:
     def __init__(self, link: Link, names: Names, replica: str, process: str) -> None:
         self._link = link
         self._names = names
-        self._channels = (names.fleet, names.replica(replica, process))
+        # The replica's channel too (no process): the previous release tells a holder there,
+        # so during a rolling deploy its replicas still reach this process's sessions (a
+        # value not this process's is ignored). For one release; then only the two above.
+        self._channels = (names.fleet, names.replica(replica, process), names.replica(replica))
         self._handlers: dict[str, Callable[[Message], None]] = {}
         self._answerers: dict[str, Callable[[Message], object]] = {}
         self._listener: asyncio.Task[None] | None = None

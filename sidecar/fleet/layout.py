@@ -14,6 +14,8 @@ name                           kind (expiry)           what
 ``p blocked:{client}``         string (window)         the client key is refused (429)
 ``p reply:{request}``          list (10 s)             the replicas' answers to one request
 ``p replica:{replica}:{proc}``  channel                 messages for one process (``replace``)
+``p replica:{replica}``        channel                 the previous release's ``replace`` (its
+                                                       holders named no process): still heard
 ``p fleet``                    channel                 messages for all (``block``, ``list``,
                                                        ``end``)
 =============================  ======================  =====================================

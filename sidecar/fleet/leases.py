@@ -29,7 +29,7 @@ import contextlib
 import enum
 import itertools
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,9 @@ class FleetAgents:
         self._sessions: dict[str, Session] = {}  # lease value -> its session
         self._orphans: dict[tuple[str, str], float] = {}  # (key, value) not yet deleted -> since when
         self._tasks: set[asyncio.Task[None]] = set()
+        # Is this process subscribed to its replica's channel (where it hears its own
+        # telling of a holder from the previous release: not a listener for that holder)?
+        self.hears_replica_channel: Callable[[], bool] = lambda: False
         # Claims and releases share one channel to Redis: one script call per batch.
         self._sync: Batch[Request, str] = Batch(link, _op_of, self._send)
         self._script = {
@@ -110,6 +113,8 @@ class FleetAgents:
             async with asyncio.timeout(self._link.timeout):
                 return await self._claim(lease)
         except TimeoutError:
+            # Counted, not Redis down: each call in it had its own bound; only this
+            # handshake is decided alone, the next one asks Redis again.
             self._link.timed_out("claim")
             lease.state, lease.holder = Held.UNKNOWN, ""
             return True  # this replica's table decided; the renewal asserts the lease later
@@ -289,7 +294,10 @@ class FleetAgents:
             listeners = await self._link.call("replace", lambda redis: redis.publish(channel, message))
         except Unavailable:
             return True  # not known: wait, bounded
-        return int(listeners) > 0
+        heard = int(listeners)
+        if named.process is None and named.replica == self._replica and self.hears_replica_channel():
+            heard -= 1  # a previous release's holder with this replica id: this process heard itself
+        return heard > 0
 
     async def _take(self, lease: Lease, *, expected: str) -> bool:
         """Take the lease if ``expected`` (or, with '', anyone) still holds it."""

@@ -1,11 +1,15 @@
 """The connection to Redis, and the rule every use of it follows.
 
-No operation waits on Redis longer than ``state.timeout``. One that fails or times out
-marks the state down: logged once (``state.down``), ``sidecar_state_up`` 0, and from
+No operation waits on Redis longer than ``state.timeout``. A call that fails or times
+out marks the state down: logged once (``state.down``), ``sidecar_state_up`` 0, and from
 then on operations are not even tried (each is counted in ``sidecar_state_errors_total``
 and the caller decides alone: fail-open, like Envoy's ``failure_mode_allow``) until a
 probe, retried with backoff capped at 2 s, finds Redis answering again (``state.up``).
 Then the callbacks given to :meth:`Link.when_up` run: the leases are re-asserted.
+
+An operation that waits for several calls, each in time, and goes past the bound as a
+whole (a claim queued behind a batch) is only counted (:meth:`Link.timed_out`): that is
+load, not an outage, and only its own handshake decides alone.
 
 Errors are translated here, once (redis-py's, the socket's, the timeout) into
 :exc:`Unavailable`; their text is logged without the URL's password.
@@ -118,9 +122,11 @@ class Link:
 
     def timed_out(self, op: str) -> None:
         """``op``, made of several calls or a wait for a batch, took longer than
-        ``state.timeout`` as a whole: counted, and Redis is as good as down."""
+        ``state.timeout`` as a whole: counted (its caller decides alone), and no more.
+        Each call in it has its own bound and marks Redis down if it fails; a sum of
+        calls each in time (a claim queued behind a batch of renewals) is load, not an
+        outage: one slow handshake must not put every following one in fail-open."""
         self._errors[op].inc()
-        self.fail(op, TimeoutError())
 
     def skip(self, op: str) -> None:
         """Redis is down: ``op`` is not tried (counted), :exc:`Unavailable`."""
