@@ -247,10 +247,10 @@ async def test_a_claim_cut_short_behind_a_slow_batch_leaves_redis_up_for_the_nex
         slow.delay = 0.35
         evalsha = slow.watch(b"EVALSHA")
         first = asyncio.ensure_future(ws_connect(a, headers=agent("x")))
-        await evalsha.wait()  # x's claim is in flight
+        await asyncio.wait_for(evalsha.wait(), 10)  # x's claim is in flight
         y = await stack.enter_async_context(ws_connect(a, headers=agent("y")))  # queued behind it: cut short
         await echoes(y)
-        x = await stack.enter_async_context(await first)
+        x = await stack.enter_async_context(await asyncio.wait_for(first, 10))
         await echoes(x)
         assert a.sample("sidecar_state_errors_total", op="claim") >= 1  # y's, at least
         assert log_fields(caplog, "state.down") == []
