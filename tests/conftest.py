@@ -179,15 +179,23 @@ def taken_port() -> Iterator[int]:
         yield int(taken.getsockname()[1])
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on every IPv4 and IPv6 address (the sidecar listens on both)."""
+    """A port free on every IPv4 and IPv6 address (the sidecar listens on both), and never
+    one this run handed out already: two calls in a row (a listen and a metrics port) could
+    otherwise get the same port back from the kernel, both being free until bound."""
     while True:
         with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
             v4.bind(("0.0.0.0", 0))
             port = int(v4.getsockname()[1])
+            if port in _GIVEN:
+                continue
             v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 v6.bind(("::", port))
             except OSError:
                 continue  # taken on IPv6: try another
+            _GIVEN.add(port)
             return port
