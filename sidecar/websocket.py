@@ -135,8 +135,20 @@ async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
     )
     deflate = _deflate_offer(ctx) if route.compression else None
     target = rt.pool.target(route.upstream)
-    connecting = asyncio.ensure_future(
-        open_websocket(
+    # The session ending cancels this task where it waits: no second task, no wait on two futures.
+    task = asyncio.current_task()
+    assert task is not None
+    waiting, ended = True, False
+
+    def cancel(_: asyncio.Future[EndCause]) -> None:
+        nonlocal ended
+        if waiting:
+            ended = True
+            task.cancel()
+
+    session.stopped.add_done_callback(cancel)
+    try:
+        upgraded = await open_websocket(
             route,
             target,
             rt.pool.tls(target),
@@ -146,24 +158,18 @@ async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
             deflate,
             agent_id=session.agent_id,
         )
-    )
-    try:
-        either: set[asyncio.Future[Any]] = {connecting, session.stopped}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not connecting.done():
-            connecting.cancel()
-            await asyncio.wait({connecting})
-    try:
-        upgraded = connecting.result()
     except asyncio.CancelledError:
-        session.refuse_if_ended()  # cancelled only because the session ended: raises
+        if ended and task.uncancel() == 0:
+            session.refuse_if_ended()  # cancelled only because the session ended: raises
         raise
     except Exception as exc:
         failure = rejection_for(exc, session.agent_id)
         if failure is None:
             raise
         raise Refused(failure) from None
+    finally:
+        waiting = False
+        session.stopped.remove_done_callback(cancel)
     try:
         session.refuse_if_ended()  # as the upstream handshake finished
     except BaseException:

@@ -535,6 +535,23 @@ async def test_the_drain_answers_a_handshake_the_backend_sits_on(backend: Backen
     assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="draining") == 1
 
 
+async def test_a_client_gone_while_the_backend_sits_on_its_handshake_ends_the_session_at_once(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    # connect_timeout is 60 s: the upstream handshake is given up because the client left,
+    # not because time ran out, and the session's place is free again.
+    sidecar = await start_sidecar(config_for(backend.url, HANGING))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(handshake("/edge/ws", GOOD))
+    await until(lambda: backend.seen)
+    assert len(sidecar.running.runtime.sessions) == 1
+    writer.close()
+    await until(lambda: backend.hangs_abandoned == 1)
+    await until(lambda: len(sidecar.running.runtime.sessions) == 0)
+    assert await reader.read() == b""  # nothing answered: nobody to answer
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") in (None, 0)
+
+
 STALLED = edge_yaml(listen="stall_timeout: 500ms")
 
 
