@@ -48,18 +48,11 @@ class Metrics:
         self.http_rejections = Counter(
             "sidecar_http_rejections", "Plain HTTP requests refused, by reason.", ["route", "reason"], registry=r
         )
-        self.ws_active = Gauge("sidecar_ws_connections_active", "WebSocket sessions open now.", ["route"], registry=r)
-        self.ws_connections = Counter(
-            "sidecar_ws_connections", "WebSocket sessions established.", ["route"], registry=r
-        )
+        # sidecar_ws_connections_active, sidecar_ws_connections_total, sidecar_ws_closes_total
+        self.sessions = SessionCollector()
+        r.register(self.sessions)
         self.relayed = RelayCollector()
         r.register(self.relayed)
-        self.ws_closes = Counter(
-            "sidecar_ws_closes",
-            "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
-            ["route", "initiator", "code"],
-            registry=r,
-        )
         self.ws_cut_off = Counter(
             "sidecar_ws_cut_off",
             "WebSocket peers the sidecar cut off, by peer (client, upstream) and cause: dead (did not "
@@ -155,8 +148,8 @@ class Metrics:
             ["replica", "state"],
             registry=r,
         )
+        self.sessions.timed_by(self.ws_handshake_duration, self.ws_session_duration)
         self.http = RequestSeries(self.http_requests, self.http_duration)
-        self.children = Children()
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
 
@@ -198,19 +191,71 @@ class RequestSeries:
         timer.observe(seconds)
 
 
-class Children:
-    """Label children looked up once per label values, for what every session or request
-    counts: ``metric.labels(...)`` takes a lock and builds a key on each call."""
+class RouteSessions:
+    """One route's session counts, plain ints (see :class:`SessionCollector`), and its two
+    histograms' children, looked up once."""
+
+    __slots__ = ("_closes", "active", "durations", "established", "handshakes", "name")
+
+    def __init__(self, name: str, closes: dict[tuple[str, str, str], int], handshakes: Any, durations: Any) -> None:
+        self.name = name
+        self.established = 0
+        self.active = 0
+        self._closes = closes
+        self.handshakes = handshakes  # sidecar_ws_handshake_duration_seconds{route}
+        self.durations = durations  # sidecar_ws_session_duration_seconds{route}
+
+    def opened(self) -> None:
+        """A session established (its 101 sent): counted, and open."""
+        self.established += 1
+        self.active += 1
+
+    def closed(self, initiator: str, code: str) -> None:
+        """An open session ended: who closed first, and the code as a label."""
+        self.active -= 1
+        key = (self.name, initiator, code)
+        self._closes[key] = self._closes.get(key, 0) + 1
+
+
+class SessionCollector(Collector):
+    """``sidecar_ws_connections_active``, ``sidecar_ws_connections_total`` and
+    ``sidecar_ws_closes_total``, as prometheus_client's Gauge and Counters exported them
+    (names, types, help, labels): plain ints while sessions come and go, families only
+    when Prometheus scrapes. A session pays no lock and no label lookup for them."""
 
     def __init__(self) -> None:
-        self._made: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._routes: dict[str, RouteSessions] = {}
+        self._closes: dict[tuple[str, str, str], int] = {}
+        self._histograms: tuple[Histogram, Histogram] | None = None
 
-    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
-        key = (metric, values)
-        child = self._made.get(key)
-        if child is None:
-            child = self._made[key] = metric.labels(*values)
-        return child
+    def timed_by(self, handshakes: Histogram, durations: Histogram) -> None:
+        self._histograms = (handshakes, durations)
+
+    def route(self, name: str) -> RouteSessions:
+        counts = self._routes.get(name)
+        if counts is None:
+            assert self._histograms is not None
+            handshakes, durations = self._histograms
+            counts = RouteSessions(name, self._closes, handshakes.labels(name), durations.labels(name))
+            self._routes[name] = counts
+        return counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        active = GaugeMetricFamily("sidecar_ws_connections_active", "WebSocket sessions open now.", labels=["route"])
+        established = CounterMetricFamily("sidecar_ws_connections", "WebSocket sessions established.", labels=["route"])
+        for name, counts in self._routes.items():
+            active.add_metric([name], counts.active)
+            established.add_metric([name], counts.established)
+        closes = CounterMetricFamily(
+            "sidecar_ws_closes",
+            "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
+            labels=["route", "initiator", "code"],
+        )
+        for labels, count in list(self._closes.items()):
+            closes.add_metric(list(labels), count)
+        yield active
+        yield established
+        yield closes
 
 
 class TaskCollector(Collector):

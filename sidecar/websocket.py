@@ -110,7 +110,7 @@ async def _open(
     client, tail = conn.take_over()
     rt.sessions.opened(session)
     route = session.route
-    rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(conn.front.loop.time() - ctx.started)
+    rt.metrics.sessions.route(route.name).handshakes.observe(conn.front.loop.time() - ctx.started)
     assert ctx.path is not None
     event(
         logging.INFO,
@@ -209,10 +209,8 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
     """Relay one session and account for it: gauge, counters, histogram, log line."""
     loop = asyncio.get_running_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
-    children = metrics.children
-    children.of(metrics.ws_connections, route.name).inc()
-    active = children.of(metrics.ws_active, route.name)
-    active.inc()
+    counts = metrics.sessions.route(route.name)
+    counts.opened()
     up = metrics.relayed.open(route.name, "upstream")
     down = metrics.relayed.open(route.name, "downstream")
     opened = loop.time()
@@ -250,10 +248,9 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
             session.move(State.CLOSING)
         metrics.relayed.close(up)
         metrics.relayed.close(down)
-        active.dec()
         duration = loop.time() - opened
-        children.of(metrics.ws_session_duration, route.name).observe(duration)
-        children.of(metrics.ws_closes, route.name, end.initiator, close_code_label(end.code)).inc()
+        counts.durations.observe(duration)
+        counts.closed(end.initiator, close_code_label(end.code))
         if end.cut is not None:
             metrics.ws_cut_off.labels(route.name, *end.cut).inc()
         if logger.isEnabledFor(logging.INFO):

@@ -4,6 +4,7 @@ scraper sees them (a real scrape of the metrics listener, a real session)."""
 from __future__ import annotations
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from sidecar.metrics import STATE_OPS, Metrics
 from sidecar.replica import this_replica
@@ -75,3 +76,38 @@ async def test_the_fleet_series_are_there_from_the_start_without_redis(
         assert scraped[f'sidecar_state_operation_duration_seconds_count{{op="{op}"}}'] == 0
     (info,) = [(k, v) for k, v in scraped.items() if k.startswith("sidecar_replica_info")]
     assert info == (f'sidecar_replica_info{{replica="{this_replica()}",state="in-process"}}', 1.0)
+
+
+def test_session_counts_are_exported_as_prometheus_clients_counters_and_gauge_were() -> None:
+    """The session counts are plain ints made into families at scrape time: the lines a
+    scrape shows are the ones prometheus_client's Counter and Gauge wrote for the same sessions."""
+    metrics = Metrics()
+    for route, ends in (("edge", [("client", "1000"), ("client", "1000"), ("sidecar", "1012")]), ("b", [])):
+        counts = metrics.sessions.route(route)
+        for initiator, code in ends:
+            counts.opened()
+            counts.closed(initiator, code)
+        counts.opened()  # one still open
+
+    reference = CollectorRegistry()
+    active = Gauge("sidecar_ws_connections_active", "WebSocket sessions open now.", ["route"], registry=reference)
+    established = Counter("sidecar_ws_connections", "WebSocket sessions established.", ["route"], registry=reference)
+    closes = Counter(
+        "sidecar_ws_closes",
+        "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
+        ["route", "initiator", "code"],
+        registry=reference,
+    )
+    for route, opened in (("edge", 4), ("b", 1)):
+        established.labels(route).inc(opened)
+        active.labels(route).inc(1)
+    closes.labels("edge", "client", "1000").inc(2)
+    closes.labels("edge", "sidecar", "1012").inc()
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        wanted = ("sidecar_ws_connections_active", "sidecar_ws_connections_total", "sidecar_ws_closes_total")
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if any(name in line for name in wanted))
+
+    assert lines(metrics.registry) == lines(reference)
+    assert metrics.registry.get_sample_value("sidecar_ws_connections_active", {"route": "edge"}) == 1
