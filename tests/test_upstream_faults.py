@@ -13,6 +13,10 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from sidecar.config import Route, Upstream
+from sidecar.pool import Target
+from sidecar.upstream import open_websocket
+
 from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port, spawned
 from .upstream import Backend
 from .wire import closed_by_peer, echoes, log_fields, raw_upstream, rejected, scrape, until, until_scraped, ws_connect
@@ -40,6 +44,23 @@ async def silent_upstream() -> AsyncIterator[str]:
         yield url
         for writer in held:
             writer.transport.abort()
+
+
+async def test_the_deadline_is_a_timeout_and_leaves_the_task_as_it_found_it(silent_upstream: str) -> None:
+    """open_websocket's deadline cancels its own task, and takes that cancellation back: the
+    caller gets TimeoutError, and a task cancelled from outside meanwhile stays cancelled."""
+    route = Route("edge", True, Upstream("backend", silent_upstream, connect_timeout=0.2), paths=("/edge/ws",))
+    target = Target.of(route.upstream)
+    with pytest.raises(TimeoutError):
+        await open_websocket(route, target, None, "/edge/ws", b"", (), None)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+    hanging = asyncio.ensure_future(open_websocket(route, target, None, "/edge/ws", b"", (), None))
+    await asyncio.sleep(0)  # it is connecting
+    hanging.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hanging
 
 
 @pytest.mark.parametrize("retry", ["", ", retry: {attempts: 5, backoff: 50ms}"], ids=["no-retry", "retry"])
