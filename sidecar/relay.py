@@ -107,8 +107,9 @@ class Relay:
         context: Mapping[str, object],
     ) -> None:
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
-        self._client = _leg("client", self, up, max_message_size, deflate)
-        self._upstream = _leg("upstream", self, down, max_message_size, deflate)
+        tokens = secrets.token_hex(16).encode()  # one draw for both legs' ping payloads
+        self._client = _leg("client", self, up, max_message_size, deflate, tokens[:16])
+        self._upstream = _leg("upstream", self, down, max_message_size, deflate, tokens[16:])
         self._client.other, self._upstream.other = self._upstream, self._client
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
@@ -219,7 +220,8 @@ class Relay:
             if self._deadline is not None:
                 self._deadline.cancel()
             assert self._end is not None
-            self.ended.set_result(dataclasses.replace(self._end, cut=self._cut))
+            end = self._end  # made anew only for a cut-off peer: replace() is a dozen calls
+            self.ended.set_result(end if end.cut == self._cut else dataclasses.replace(end, cut=self._cut))
 
     def failed(self, leg: Leg, error: Exception) -> None:
         """A bug in the relay: still end the session with close frames if it can."""
@@ -299,11 +301,12 @@ class Relay:
         self._abort(leg)
 
 
-def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool) -> Leg:
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool, token: bytes) -> Leg:
     scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=deflate)
-    # The payload of the sidecar's pings to this peer: unique to the session and the leg,
-    # recognisable in a capture, and no more than a control frame carries.
-    leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + secrets.token_hex(8).encode())
+    # The payload of the sidecar's pings to this peer: unique to the session and the leg
+    # (``token``: 16 random hex digits), recognisable in a capture, and no more than a
+    # control frame carries.
+    leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + token)
     if deflate:
         leg.meter = Meter(max_message_size)
         scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs

@@ -14,6 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.closing import End
+from sidecar.metrics import Tally
+from sidecar.relay import Relay
+from sidecar.wheel import Wheel
 
 from .relaying import Options, close_of, front, played_upstream, read_masked_frame
 from .upstream import Backend
@@ -345,3 +348,28 @@ async def test_an_upstream_gone_in_the_middle_of_a_frame_leaves_the_client_abort
         assert received == b"\x82\x7e\x10\x00" + b"h" * 1000  # exactly what the upstream sent
         assert await (await door.session()).ended() == End("upstream", 1006)
         writer.close()
+
+
+async def test_each_leg_pings_with_a_payload_of_its_own() -> None:
+    """One random draw per session makes both legs' ping payloads: each 16 hex digits after
+    the marker, and never the same for the two legs (a pong names the leg it answers)."""
+    payloads = []
+    for _ in range(20):
+        relay = Relay(
+            max_message_size=1024,
+            deflate=False,
+            close_timeout=1.0,
+            stall_timeout=1.0,
+            keepalive_interval=0.0,
+            wheel=Wheel(0.1),
+            up=Tally("edge", "upstream"),
+            down=Tally("edge", "downstream"),
+            context={"route": "edge"},
+        )
+        client, upstream = relay._client.token, relay._upstream.token
+        for token in (client, upstream):
+            marker, digits = token.split(b" ")
+            assert marker == b"sidecar-keepalive" and len(digits) == 16 and int(digits, 16) >= 0
+        assert client != upstream
+        payloads += [client, upstream]
+    assert len(set(payloads)) == len(payloads)
