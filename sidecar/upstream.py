@@ -16,7 +16,7 @@ connection ...): the names are in refusal details, log lines and operators' aler
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import hashlib
 import logging
 import os
@@ -62,7 +62,7 @@ class HandshakeRefused(UpstreamError):
 
 def accept_for(key: bytes) -> bytes:
     """``Sec-WebSocket-Accept`` for ``key`` (RFC 6455 section 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)  # base64.b64encode's own call
 
 
 def failure(exc: BaseException) -> UpstreamError | None:
@@ -203,7 +203,7 @@ def upgrade_request(
     """The upgrade request (RFC 6455 section 4.1) and its key. ``fields``: the forwarded
     fields, already written out; ``deflate``: the client's permessage-deflate offer, passed
     on as it was written, or ``None``."""
-    key = base64.b64encode(os.urandom(16))
+    key = binascii.b2a_base64(os.urandom(16), newline=False)
     out = [
         b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         % (

@@ -136,7 +136,7 @@ async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
     deflate = _deflate_offer(ctx) if route.compression else None
     target = rt.pool.target(route.upstream)
     # The session ending cancels this task where it waits: no second task, no wait on two futures.
-    task = asyncio.current_task()
+    task = asyncio.current_task(conn.front.loop)
     assert task is not None
     waiting, ended = True, False
 

@@ -4,6 +4,7 @@ real backend process where one is killed."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import signal
 import sys
@@ -15,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 
 from sidecar.config import Route, Upstream
 from sidecar.pool import Target
-from sidecar.upstream import open_websocket
+from sidecar.upstream import accept_for, open_websocket, upgrade_request
 
 from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port, spawned
 from .upstream import Backend
@@ -225,3 +226,12 @@ async def test_a_retry_the_deadline_cuts_short_reports_the_backends_last_answer(
         "503",
     )
     assert len(tries) == 2
+
+
+def test_the_accept_and_the_key_are_rfc_6455s() -> None:
+    # Section 1.3's sample, and a fresh 16-byte key, base64 without a newline (section 4.1).
+    assert accept_for(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    target = Target.of(Upstream("backend", "http://127.0.0.1:1"))
+    request, key = upgrade_request(target, "/edge/ws", b"", (), None)
+    assert len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    assert b"\r\nSec-WebSocket-Key: " + key + b"\r\n" in request
