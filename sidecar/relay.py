@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
+import os
 from collections.abc import Mapping
 
 from .closing import (
@@ -107,7 +107,7 @@ class Relay:
         context: Mapping[str, object],
     ) -> None:
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
-        tokens = secrets.token_hex(16).encode()  # one draw for both legs' ping payloads
+        tokens = os.urandom(16).hex().encode()  # one draw for both legs' ping payloads (secrets.token_hex's)
         self._client = _leg("client", self, up, max_message_size, deflate, tokens[:16])
         self._upstream = _leg("upstream", self, down, max_message_size, deflate, tokens[16:])
         self._client.other, self._upstream.other = self._upstream, self._client
