@@ -100,17 +100,18 @@ async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
 
 async def _open(
     conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
-) -> tuple[Transport, bytes, Upgraded] | None:
-    """The upstream handshake, then the client's 101; ``None`` if the client went away."""
+) -> tuple[Transport, bytes, Upgraded, float] | None:
+    """The upstream handshake, then the client's 101 (and how long it took from the request);
+    ``None`` if the client went away."""
     upgraded = await _connect(conn, request, ctx, rt, session)
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
         return None
     conn.transport.write(_switching(ctx, upgraded, conn))
     client, tail = conn.take_over()
+    handshake = conn.front.loop.time() - ctx.started
     rt.sessions.opened(session)
     route = session.route
-    rt.metrics.sessions.route(route.name).handshakes.observe(conn.front.loop.time() - ctx.started)
     assert ctx.path is not None
     event(
         logging.INFO,
@@ -122,7 +123,7 @@ async def _open(
         subprotocol=upgraded.protocol,
         client=ctx.client,
     )
-    return client, tail, upgraded
+    return client, tail, upgraded, handshake
 
 
 async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
@@ -205,12 +206,14 @@ def _switching(ctx: Context, upgraded: Upgraded, conn: Listener) -> bytes:
     return b"".join(out)
 
 
-async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded) -> None:
-    """Relay one session and account for it: gauge, counters, histogram, log line."""
+async def _run(
+    session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, handshake: float
+) -> None:
+    """Relay one session and account for it: gauge, counters, histograms, log line."""
     loop = asyncio.get_running_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
     counts = metrics.sessions.route(route.name)
-    counts.opened()
+    counts.opened(handshake)
     up = metrics.relayed.open(route.name, "upstream")
     down = metrics.relayed.open(route.name, "downstream")
     opened = loop.time()
@@ -249,8 +252,7 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         metrics.relayed.close(up)
         metrics.relayed.close(down)
         duration = loop.time() - opened
-        counts.durations.observe(duration)
-        counts.closed(end.initiator, close_code_label(end.code))
+        counts.closed(end.initiator, close_code_label(end.code), duration)
         if end.cut is not None:
             metrics.ws_cut_off.labels(route.name, *end.cut).inc()
         if logger.isEnabledFor(logging.INFO):
