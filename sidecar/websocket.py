@@ -241,7 +241,16 @@ async def _run(
         # The sidecar ending the session (a drain, a newer session) tells the relay directly:
         # a callback, not a wait on two futures for the session's whole life.
         session.stopped.add_done_callback(stopped)
-        end = await asyncio.shield(relay.ended)
+        # asyncio.shield's way, without its calls: cancelling this task cancels the waiter,
+        # never relay.ended (the relay resolves it once both connections are gone).
+        waiter: asyncio.Future[End] = loop.create_future()
+
+        def ended(done: asyncio.Future[End]) -> None:
+            if not waiter.cancelled():
+                waiter.set_result(done.result())
+
+        relay.ended.add_done_callback(ended)
+        end = await waiter
     except asyncio.CancelledError:
         relay.stop(*SIDECAR_ERROR)
         raise

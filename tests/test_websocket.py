@@ -151,6 +151,23 @@ async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: B
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
 
 
+async def test_a_session_task_cancelled_while_relaying_still_closes_both_sides(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    # Cancelling the session's task (a shutdown's last resort) must not cancel the relay's end:
+    # the relay closes both legs (1011 to the client, 1001 upstream) and the session is counted.
+    ws = await ws_connect(sidecar)
+    await echoes(ws, "x")
+    (task,) = sidecar.running.dispatcher.tasks
+    task.cancel()
+    assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1001, "sidecar closing the session")]
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1011") == 1)
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+    assert task.cancelled()
+
+
 SMALL = edge_yaml(route=", max_message_size: 1KiB")
 
 
