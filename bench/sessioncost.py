@@ -146,6 +146,8 @@ async def measure(args: argparse.Namespace, backend_port: int) -> None:
             stats.sort_stats(args.sort).print_stats(args.top)
         if profiler is not None and args.callers:
             stats.print_callers(args.callers)
+        if profiler is not None and args.dump:
+            stats.dump_stats(args.dump)
     print(f"median of {args.runs}: {statistics.median(cpu):.0f} us of CPU per session")
     await running.close()
 
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="count function calls with cProfile")
     parser.add_argument("--top", type=int, default=0, help="with --profile: print this many entries")
     parser.add_argument("--sort", default="tottime", help="with --top: pstats' sort key (tottime)")
+    parser.add_argument("--dump", help="with --profile: write the last run's stats to this file")
     parser.add_argument("--callers", help="with --profile: who calls the functions matching this pattern")
     args = parser.parse_args()
     import uvloop
