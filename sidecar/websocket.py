@@ -71,7 +71,8 @@ def start_session(conn: Listener, request: Request, ctx: Context, rt: Runtime) -
     assert ctx.route is not None
     check_handshake(ctx, request)
     agent_id = authenticate(ctx, rt, ctx.route)
-    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at)
+    loop = conn.front.loop  # not asked for again (asyncio's get_running_loop() is a getpid() each)
+    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at, stopped=loop.create_future())
     conn.handler = _Watch(session)
     return _session(conn, request, ctx, rt, session)
 
@@ -210,7 +211,7 @@ async def _run(
     session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, handshake: float
 ) -> None:
     """Relay one session and account for it: gauge, counters, histograms, log line."""
-    loop = asyncio.get_running_loop()
+    loop = session.stopped.get_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
     counts = metrics.sessions.route(route.name)
     counts.opened(handshake)
