@@ -5,9 +5,12 @@
 #   docker run --rm -p 8080:8080 -p 9100:9100 \
 #     -e EDGE_SECRET -e UPSTREAM_URL=http://backend:8000 sidecar
 #
-# Configuration comes from the environment (see routes.yaml): PORT, UPSTREAM_URL,
-# EDGE_SECRET, EDGE_SECRET_PREVIOUS, METRICS_PORT, LOG_LEVEL, LOG_FORMAT, TRUSTED_PROXIES,
-# CLIENT_IP_HEADER, DRAIN_TIMEOUT.
+# Configuration comes from the environment: the variables 'sidecar serve --help' lists
+# (tests/test_deploy.py keeps this list equal to it), the shipped routes.yaml's
+#   PORT DRAIN_TIMEOUT TRUSTED_PROXIES CLIENT_IP_HEADER METRICS_PORT LOG_LEVEL LOG_FORMAT
+#   REDIS_URL UPSTREAM_URL EDGE_SECRET EDGE_SECRET_PREVIOUS
+# then the process's own
+#   SIDECAR_ALLOW_PURE_PYTHON AIOHTTP_NO_EXTENSIONS RAILWAY_ENVIRONMENT_ID
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

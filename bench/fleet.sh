@@ -9,8 +9,23 @@
 # Prints compare.sh's JSON line per contender, one {"latency": ...} line per contender and round,
 # and a last {"summary": ...} line: sessions/s with Redis over without, and the handshake p50/p99
 # each way. Env: SECONDS (5), ROUNDS (3), REDIS_PORT (19379), and what compare.sh reads.
-# Needs redis-server (apt-get install redis-server) besides what bench/run.sh needs.
+# Needs redis-server (apt-get install redis-server) besides what bench/run.sh needs; the
+# harness is not part of this repository (BENCH_SHARED, default ../shared/bench).
+#   bench/fleet.sh --help    # this text
 set -euo pipefail
+
+case "${1:-}" in
+  -h | --help)
+    # This file's opening comment, without the '# '.
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;s/^#$//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "fleet.sh: unknown argument '$1' (see bench/fleet.sh --help)" >&2
+    exit 2
+    ;;
+esac
 
 secs=$(tr '\0' '\n' </proc/$$/environ | sed -n 's/^SECONDS=//p')  # see bench/run.sh
 secs=${secs:-5}
@@ -22,6 +37,10 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 SIDECAR="$ROOT/.venv/bin/sidecar"
 LOG="${SIDECAR_LOG:-/tmp/sidecar-fleet-bench.log}"
 command -v redis-server >/dev/null || { echo "fleet.sh: apt-get install redis-server" >&2; exit 2; }
+[ -x "$SHARED/compare.sh" ] || {
+  echo "fleet.sh: the shared harness is missing: $SHARED/compare.sh (not part of this repository; set BENCH_SHARED to its folder)" >&2
+  exit 2
+}
 [ -x "$SIDECAR" ] || { echo "fleet.sh: no $SIDECAR (make the venv first)" >&2; exit 2; }
 cd "$ROOT"
 : >"$LOG"

@@ -64,8 +64,8 @@ class Admin:
                     "scope": "fleet",
                     "replicas": len(answers.answers),
                 }
-                if len(answers.answers) < answers.heard:
-                    body["missing_replicas"] = answers.heard - len(answers.answers)
+                if answers.missing:
+                    body["missing_replicas"] = answers.missing
                 return web.json_response(body, headers=_NO_CACHE)
         body = {"sessions": roster.entries(self.rt.sessions, self.replica, agent_id), "scope": "replica"}
         if fleet is not None:
@@ -73,24 +73,37 @@ class Admin:
         return web.json_response(body, headers=_NO_CACHE)
 
     async def end_sessions(self, request: web.Request) -> web.Response:
+        """200 with the number of sessions closed, 404 when none was. With a fleet, a
+        replica that heard the question and did not answer within 2 s may or may not have
+        closed one: ``missing_replicas`` says how many, and a 404 then means "none that
+        answered had one", as its message says."""
         self._authorize(request)
         agent_id = request.match_info["agent_id"]
         if len(agent_id) > _MAX_AGENT_ID:
             return _error(404, "not_found", "No session has this agent id.")
-        scope, closed = "replica", None
+        extra: dict[str, object] = {}
+        closed = None
         if self.rt.fleet is not None:
             try:
                 answers = await self.rt.fleet.end(agent_id)
             except Unavailable:
-                pass
+                extra = {"scope": "replica", "state": "degraded"}
             else:
-                scope, closed = "fleet", sum(a for a in answers.answers if isinstance(a, int))
+                closed = sum(a for a in answers.answers if isinstance(a, int))
+                extra = {"scope": "fleet", **({"missing_replicas": answers.missing} if answers.missing else {})}
         if closed is None:
             closed = roster.end_open(self.rt.sessions, agent_id)
-        event(logging.INFO, "admin.sessions_ended", agent_id=agent_id, closed=closed, scope=scope)
+            extra.setdefault("scope", "replica")
+        event(logging.INFO, "admin.sessions_ended", agent_id=agent_id, closed=closed, **extra)
         if not closed:
-            return _error(404, "not_found", "No open session has this agent id.", scope=scope)
-        return web.json_response({"closed": closed, "scope": scope}, headers=_NO_CACHE)
+            message = "No open session has this agent id."
+            if missing := extra.get("missing_replicas"):
+                message = (
+                    "No replica that answered has an open session with this agent id; "
+                    f"{missing} replica(s) did not answer within 2 s."
+                )
+            return _error(404, "not_found", message, **extra)
+        return web.json_response({"closed": closed, **extra}, headers=_NO_CACHE)
 
     def _authorize(self, request: web.Request) -> None:
         """Raise a 401 unless the request carries exactly one ``Bearer`` with the token."""

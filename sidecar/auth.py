@@ -62,19 +62,6 @@ def bearer_token(authorization: Sequence[str]) -> tuple[str | None, Reason | Non
     return m.group(1), None
 
 
-def check_bearer(authorization: Sequence[str], policy: AuthPolicy) -> Reason | None:
-    """``authorization`` holds every Authorization header value the request carried."""
-    token, reason = bearer_token(authorization)
-    return reason if token is None else _compare(token, policy)
-
-
-def check_query_token(values: Sequence[str], policy: AuthPolicy) -> Reason | None:
-    """``values``: every ``access_token`` query parameter (RFC 6750 section 2.3)."""
-    if len(values) != 1 or not _B64TOKEN.fullmatch(values[0]):
-        return Reason.MALFORMED_TOKEN
-    return _compare(values[0], policy)
-
-
 def _compare(token: str, policy: AuthPolicy) -> Reason | None:
     digest = digest_secret(token)  # compared as digests, as the secrets are stored
     matched = False
@@ -153,14 +140,6 @@ def presented_token(
         return None, Reason.MALFORMED_TOKEN, _TWO_WAYS
     token, reason = bearer_token(authorization)
     return token, reason, None
-
-
-def check_token(
-    authorization: Sequence[str], in_query: Sequence[str], policy: AuthPolicy, *, query_token: bool
-) -> tuple[Reason | None, str | None]:
-    """The shared-secret verdict and a detail (see :func:`presented_token`)."""
-    token, reason, detail = presented_token(authorization, in_query, query_token=query_token)
-    return (reason, detail) if token is None else (_compare(token, policy), None)
 
 
 def admit(

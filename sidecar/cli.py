@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__, probe
 from .clients import settings
 from .config import read_config
-from .config.environment import RAILWAY_MARKER, variables_of
+from .config.environment import RAILWAY_MARKER, Reference, variables_of
 from .config.files import SHIPPED_CONFIG
 from .config.reader import Unreadable
 from .extensions import ALLOW_ENV, allowed_by_env, pure_python_parts, refusal
@@ -168,13 +168,39 @@ class _HelpWithEnvironment(argparse.Action):
         parser.exit()
 
 
+# The process's own variables, beside the routes file's: (name, as shown, what it does).
+_PROCESS = (
+    (ALLOW_ENV, ALLOW_ENV + "=1", ["start even if aiohttp runs without its C extensions (--allow-pure-python)"]),
+    (
+        "AIOHTTP_NO_EXTENSIONS",
+        "AIOHTTP_NO_EXTENSIONS",
+        ["read by aiohttp: if set, it runs without them, and serve refuses to start"],
+    ),
+    (
+        RAILWAY_MARKER,
+        RAILWAY_MARKER,
+        [
+            "set by Railway (so are other RAILWAY_* variables): an upstream url",
+            "that falls back to a loopback default written in the file is then an error",
+        ],
+    ),
+)
+
+
+def _shipped_variables() -> list[Reference] | None:
+    try:
+        return variables_of(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, Unreadable):
+        return None
+
+
 def serve_environment() -> str:
     """``serve --help``'s list of the environment variables it reads: those the shipped
-    routes.yaml names (read from it, so the list cannot drift), then the process's own."""
+    routes.yaml names (read from it, so the list cannot drift), then the process's own.
+    The one list: the Dockerfile's is checked against it (tests/test_deploy.py)."""
     lines = ["environment (the shipped routes.yaml's variables; a file of your own reads those it names):"]
-    try:
-        found = variables_of(SHIPPED_CONFIG.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, Unreadable):
+    found = _shipped_variables()
+    if found is None:
         found = []
         lines.append(f"  ({SHIPPED_CONFIG} cannot be read)")
     for name in dict.fromkeys(r.name for r in found):
@@ -186,11 +212,8 @@ def serve_environment() -> str:
         else:
             what = "required" if default is None else f"default {default}" if default else "default: none"
         lines.append(f"  {name:<27} {where} ({what})")
-    lines += [
-        "process:",
-        f"  {ALLOW_ENV + '=1':<27} start even if aiohttp runs without its C extensions (--allow-pure-python)",
-        f"  {'AIOHTTP_NO_EXTENSIONS':<27} read by aiohttp: if set, it runs without them, and serve refuses to start",
-        f"  {RAILWAY_MARKER:<27} set by Railway (so are other RAILWAY_* variables): an upstream url",
-        f"  {'':<27} that falls back to a loopback default written in the file is then an error",
-    ]
+    lines.append("process:")
+    for _, shown, says in _PROCESS:
+        lines.append(f"  {shown:<27} {says[0]}")
+        lines += [f"  {'':<27} {more}" for more in says[1:]]
     return "\n".join(lines)

@@ -119,6 +119,13 @@ def sidecar_stop(code: int, reason: str) -> tuple[Frame, Frame, End]:
     return (code, reason.encode("utf-8")), SIDECAR_CLOSING_UPSTREAM, End("sidecar", code, reason)
 
 
+def sidecar_failed() -> tuple[Frame, End]:
+    """A fault of the sidecar's own (a bug in the relay or what runs it): what both legs
+    are sent, 1011, and how the session is accounted."""
+    code, reason = SIDECAR_ERROR
+    return (code, reason.encode("utf-8")), End("sidecar", code, reason)
+
+
 def reply_to_initiator(first: Stopped, reply: Stopped | None) -> Frame:
     """What the initiator of a closing handshake gets back: the other side's reply
     (normally its own code echoed), or its own close frame if no valid reply came."""

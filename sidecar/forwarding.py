@@ -1,9 +1,9 @@
-"""What the backend is sent, and what the client gets back: headers and query. Pure: no
-I/O, no aiohttp.
+"""What the backend is sent: headers and query. Pure: no I/O, no aiohttp.
 
-Hop-by-hop fields are dropped both ways (RFC 9110 section 7.6.1), so are the fields the
-sidecar owns and the ones it vouches for (the agent id headers), in every spelling a
-CGI-style backend would read as the same name; then the sidecar adds its own.
+Hop-by-hop fields are dropped (RFC 9110 section 7.6.1), so are the fields the sidecar
+owns and the ones it vouches for (the agent id headers), in every spelling a CGI-style
+backend would read as the same name; then the sidecar adds its own. What the client gets
+back is :func:`sidecar.h1.relayed_head`'s.
 """
 
 from __future__ import annotations
@@ -11,67 +11,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from multidict import CIMultiDict, MultiMapping
-
 from .auth import QUERY_TOKEN, without_query_token
 from .config import Route
 from .context import Context
-from .headers import FORWARDED_PREFIX, HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED, tokens
-
-
-def forward_headers(
-    headers: MultiMapping[str],
-    route: Route,
-    agent_id: str | None,
-    *,
-    identity: frozenset[str],
-    remote: str | None,
-    scheme: str,
-    host: str,
-    trusted: bool = False,
-    query_token: Sequence[str] = (),
-    request_id: str | None = None,
-) -> CIMultiDict[str]:
-    """The request's end-to-end headers, minus what the sidecar owns, plus its own.
-
-    ``identity`` names the headers the sidecar vouches for (the agent id headers of
-    every auth policy): a client's copy never passes, on any route, catch-all included.
-    ``X-Forwarded-For/-Proto/-Host`` are the sidecar's own view of the connection,
-    unless ``trusted`` (the peer is a configured proxy): then the proxy's are kept
-    and the peer appended to ``X-Forwarded-For``. ``query_token``: the tokens the
-    request carried in its query (RFC 6750 section 2.3), passed on as ``Authorization``
-    where the route forwards it, never in the URL. ``request_id``: sent as the one
-    ``X-Request-Id`` (a client's own is dropped, in any spelling), so the backend logs
-    the id the sidecar does.
-    """
-    drop = _dropped(route.websocket, route.auth is not None and not route.forward_authorization, identity)
-    named = tokens(headers, "Connection")  # RFC 9110 section 7.6.1: these are hop-by-hop too
-    if named:
-        drop = drop | {_dashed(name) for name in named}
-    if request_id is not None:
-        drop = drop | {"x-request-id"}
-    out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in headers.items() if (d := _dashed(k)) not in drop and not d.startswith(FORWARDED_PREFIX)
-    )
-    rule = route.auth.agent_id if route.auth is not None else None
-    # Set after the Connection-token filtering: a client cannot strip these.
-    if rule is not None and agent_id is not None:
-        out[rule.forward_header] = agent_id
-    if trusted:
-        # A proxy we trust (Railway's edge) saw the client first: keep its view, add ours.
-        chain = ", ".join(headers.getall("X-Forwarded-For", ()))
-        remote = f"{chain}, {remote}" if chain and remote else chain or remote
-        scheme = headers.get("X-Forwarded-Proto", scheme)
-        host = headers.get("X-Forwarded-Host", host)
-    if remote:
-        out["X-Forwarded-For"] = remote
-    out["X-Forwarded-Proto"] = scheme
-    out["X-Forwarded-Host"] = host
-    if request_id is not None:
-        out["X-Request-Id"] = request_id
-    if route.forward_authorization and query_token and "Authorization" not in headers:
-        out["Authorization"] = f"Bearer {query_token[0]}"
-    return out
+from .headers import HOP_BY_HOP, SIDECAR_OWNED, WEBSOCKET_OWNED
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,12 +41,6 @@ def upstream_query(raw_query: str, route: Route) -> str:
     return without_query_token(raw_query) if route.query_token and route.auth is not None else raw_query
 
 
-def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
-    """A backend's response headers as the client gets them: end-to-end ones only."""
-    drop = HOP_BY_HOP | tokens(headers, "Connection")
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
-
-
 def forward_fields(
     fields: Sequence[tuple[bytes, bytes]],
     route: Route,
@@ -118,10 +55,12 @@ def forward_fields(
     reframed: bool = False,
     request_id: str | None = None,
 ) -> bytes:
-    """:func:`forward_headers` on the fields as the parser reported them (raw bytes, in
-    order), written out as header lines: the same fields, for the hot path (no decoding,
-    no multidict). ``reframed``: the sidecar frames the body itself, so the client's
-    Content-Length is dropped too. ``tests/test_forwarding.py`` holds the two to each other."""
+    """The request's end-to-end fields as the parser reported them (raw bytes, in order),
+    minus what the sidecar owns, plus its own, written out as header lines (no decoding,
+    no multidict: the hot path). ``tests/test_forwarding.py`` holds it to a readable model
+    of the same rules (``forward_headers`` there), which says what each argument does.
+    ``reframed``: the sidecar frames the body itself, so the client's Content-Length is
+    dropped too."""
     drop = _dropped_raw(route.websocket, route.auth is not None and not route.forward_authorization, identity)
     if reframed:
         drop = drop | _LENGTH

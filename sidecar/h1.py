@@ -20,6 +20,7 @@ from http import HTTPStatus
 
 from multidict import CIMultiDict
 
+from . import headers
 from .reasons import Header, Reason
 
 Field = tuple[bytes, bytes]
@@ -29,6 +30,26 @@ MAX_FIELDS = 100
 MAX_HEAD_BYTES = 32 * 1024  # the fields in all, each counted as name + value + 4 (": ", CRLF)
 # Past this many bytes of one head, stop reading: whatever it holds is over a limit above.
 MAX_HEAD_READ = MAX_HEAD_BYTES + MAX_LINE + 1024
+
+
+class Stall:
+    """The bytes a parser has taken since it last got anywhere (body bytes, a chunk or a message
+    ended), counted a read at a time: a head, a chunk line (extensions) or a trailer section
+    that never ends is stopped past :data:`MAX_HEAD_READ` (by one read at most), before
+    llhttp's spans, which httptools buffers whole, grow without bound."""
+
+    __slots__ = ("moved", "taken")
+
+    def __init__(self) -> None:
+        self.moved = False  # set by the parser's callbacks
+        self.taken = 0
+
+    def over(self, read: int) -> bool:
+        """After feeding the parser ``read`` bytes: has it taken too many without moving?"""
+        self.taken = 0 if self.moved else self.taken + read
+        self.moved = False
+        return self.taken > MAX_HEAD_READ
+
 
 # RFC 9110: fields whose repetition makes a request ambiguous (the parser rejects a second
 # Content-Length itself); refused as aiohttp's strict request parser refuses them.
@@ -53,14 +74,6 @@ class HeadError(Exception):
         return f"{self.reason.value}: {self.detail}"
 
 
-def check_field(name: bytes, value: bytes, count: int) -> None:
-    """One field as it is parsed (``count`` fields so far, this one included)."""
-    if len(name) > MAX_LINE or len(value) > MAX_LINE:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, "a field over 8190 bytes")
-    if count > MAX_FIELDS:
-        raise HeadError(Reason.HEADERS_TOO_LARGE, f"more than {MAX_FIELDS} fields")
-
-
 def check_head(method: str, target: bytes, version: tuple[int, int], fields: Sequence[Field]) -> None:
     """The head as a whole, once complete; :exc:`HeadError` if refused."""
     seen: set[bytes] = set()
@@ -76,6 +89,8 @@ def check_head(method: str, target: bytes, version: tuple[int, int], fields: Seq
             raise HeadError(Reason.BAD_REQUEST, "an obsolete WebSocket handshake")
     if total > MAX_HEAD_BYTES:
         raise HeadError(Reason.HEADERS_TOO_LARGE, "the fields are over 32 KiB in all")
+    if version < (1, 1) and b"transfer-encoding" in seen:  # RFC 9112 section 6.1: faulty framing
+        raise HeadError(Reason.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
     if version >= (1, 1) and b"host" not in seen:
         raise HeadError(Reason.BAD_REQUEST, "no Host (RFC 9112 section 3.2)")
     if not target_form_ok(method, target):
@@ -174,12 +189,7 @@ def answer_head(
 # --- what the sidecar passes back --------------------------------------------------------
 
 # Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"http2-settings",
-    }
-)  # fmt: skip
+HOP_BY_HOP = frozenset(name.encode() for name in headers.HOP_BY_HOP)
 _SERVER = b"Server: sidecar\r\n"
 
 
@@ -197,28 +207,35 @@ def relayed_head(
     ones and those its Connection names dropped), ``Server: sidecar`` and Date where it gave
     none, and the framing to the client: chunked to HTTP/1.1 for a chunked or close-delimited
     body, close-delimited to HTTP/1.0 (RFC 9112 section 6). Returns (head, re-chunked,
-    delimited by the backend's close, client kept alive, the backend's Keep-Alive value)."""
+    delimited by the backend's close, client kept alive, the backend's Keep-Alive value).
+    :exc:`ValueError` for fields over 32 KiB in all, as for a request's."""
+    if sum(len(name) + len(value) + 4 for name, value in fields) > MAX_HEAD_BYTES:
+        raise ValueError("the response head is over 32 KiB")
     lowered = [name.lower() for name, _ in fields]
     hop = HOP_BY_HOP
     if b"connection" in lowered:
         named = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"connection")
         hop = hop | {t.strip().lower() for t in named.split(b",")}
     hint = fields[lowered.index(b"keep-alive")][1] if b"keep-alive" in lowered else None
-    chunked = b"transfer-encoding" in lowered
+    coded = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"transfer-encoding")
+    # RFC 9112 section 6.3: chunked last, the chunks end the body; any other coding last, the
+    # connection's end does (the codings are passed on, re-chunked); Content-Length is moot
+    chunked = coded.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     out = [b"HTTP/%d.%d %d %s\r\n" % (*version, status, reason)]
     for lower, field in zip(lowered, fields, strict=True):
-        if lower not in hop and not (chunked and lower == b"content-length"):
+        if lower not in hop and not (coded and lower == b"content-length"):
             out.append(b"%s: %s\r\n" % field)
     if b"server" not in lowered:
         out.append(_SERVER)
     if b"date" not in lowered:
         out.append(date)
     rechunked = until_eof = False
-    if not no_body and (chunked or b"content-length" not in lowered):
+    if not no_body and (coded or b"content-length" not in lowered):
         until_eof = not chunked
         if version >= (1, 1):
             rechunked = True
-            out.append(b"Transfer-Encoding: chunked\r\n")
+            codings = coded if chunked else coded + b", chunked" if coded else b"chunked"
+            out.append(b"Transfer-Encoding: %s\r\n" % codings)
         else:
             keep = False  # HTTP/1.0: the end of the connection is the end of the body
     if not keep:
@@ -227,6 +244,13 @@ def relayed_head(
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
     return b"".join(out), rechunked, until_eof, keep, hint
+
+
+def ends_with_heads(data: bytes, heads: int) -> bool:
+    """Does ``data``, a read in which ``heads`` response heads ended, end where the last of them
+    did, with nothing else in it? An empty line ends a head and is found nowhere else in one
+    (llhttp refuses bare CR and LF). False when in doubt: a head's end split over two reads."""
+    return data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == heads
 
 
 def chunk(data: bytes) -> bytes:

@@ -10,9 +10,10 @@ close-delimited to HTTP/1.0). Backpressure both ways: a connection whose write b
 full stops the other from being read. Redirects are passed back, encodings left alone,
 hop-by-hop fields dropped (RFC 9110 section 7.6.1), repeated ones such as Set-Cookie kept.
 
-The upstream connection goes back to the pool only when the response was read to its end,
-the request fully sent, and neither side asked to close; never after a 101 (RFC 9110
-section 15.2.2: a plain request never asks to switch) or a HEAD.
+The upstream connection goes back to the pool only when the response was read to its end
+with nothing after it in the read, the request fully sent, and neither side asked to close;
+never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch), nor after
+a HEAD's head unless its read ended exactly there (the parser is stopped at the head).
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
     __slots__ = (
-        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_fields", "_first", "_hint", "_interim",
-        "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
-        "_sent_all", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
-        "rt", "target", "upstream",
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_heads",
+        "_hint", "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason",
+        "_retried", "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done",
+        "request", "route", "rt", "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -77,11 +78,15 @@ class Forward(Handler, Exchange):
         self._retried = False
         self._sent_all = False  # the request is sent to its end
         self._parser = httptools.HttpResponseParser(self)
+        self._stall = h1.Stall()  # a head, chunk line or trailers that never end: stopped
+        self._heads = 0  # response heads that ended in the current read
         self._fields: list[h1.Field] = []
         self._reason = b""
         self._status = 0
         self._keep_upstream = False
         self._interim = False
+        self._ended = False  # the response is parsed to its end (completed once the read is parsed)
+        self._extra = False  # the upstream sent bytes after the end: its connection is closed
         self._answered = False  # the response head is written to the client
         self._chunked_down = False
         self._until_eof = False
@@ -96,13 +101,13 @@ class Forward(Handler, Exchange):
 
     def start(self) -> None:
         request = self.request
-        path, fields = upstream_request(
+        path, fields = upstream_request(  # reframed: the sidecar frames the body itself
             self.ctx,
             request.fields,
             self.agent_id,
             identity=self.rt.identity_headers,
             local=self.conn.local,
-            reframed=True,  # the sidecar frames the body itself
+            reframed=True,
         )
         body = request.take_body(self)
         target = (self.target.base + path).encode("utf-8", "surrogateescape")
@@ -122,7 +127,8 @@ class Forward(Handler, Exchange):
                 head.append(b"Content-Length: %d\r\n" % length)
             data = b"".join(body)
             if "100-continue" in self.ctx.headers.get("Expect", "").lower() and request.version >= (1, 1):
-                self._write_client(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._out.append(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._flush()
         head.append(b"\r\n")
         self._first = b"".join(head) + data
         self.conn.handler = self
@@ -167,6 +173,7 @@ class Forward(Handler, Exchange):
     def request_body(self, chunk: bytes) -> None:
         if self.done or not chunk:
             return
+        self._last = self.conn.front.loop.time()  # read_timeout: the backend waits for the body
         data = h1.chunk(chunk) if self._chunked_up else chunk
         if self.upstream is None or self.upstream.transport is None:
             self._pending.append(data)
@@ -189,15 +196,25 @@ class Forward(Handler, Exchange):
     def upstream_data(self, data: bytes) -> None:
         self._last = self.conn.front.loop.time()
         self._first = b""  # something came back: never sent again
+        self._heads = 0
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
-            if not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
+            if self._ended:  # what followed the end is dropped, never parsed as the next response
+                self._extra = self.request.method != "HEAD" or not h1.ends_with_heads(data, self._heads)
+            elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
+        if self._stall.over(len(data)) and not self._ended:
+            self._broke(UpstreamError("ClientResponseError"))  # 502 before the head; after it, cut short
+            return
+        if self._ended and not self.done:
+            self._complete()  # only now: the whole read is parsed, so what followed the end is known
         self._flush()
 
     def on_message_begin(self) -> None:
+        if self._ended:  # a second response nobody asked for: the connection is out of step
+            raise _Stop
         self._fields = []
         self._reason = b""
 
@@ -209,6 +226,7 @@ class Forward(Handler, Exchange):
             self._fields.append((name, value))  # not after the head: a trailer, dropped
 
     def on_headers_complete(self) -> None:
+        self._heads += 1
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
@@ -224,33 +242,32 @@ class Forward(Handler, Exchange):
             raise _Stop
         self._status = status
         self._keep_upstream = parser.should_keep_alive()
-        self._answered = True
         head_only = self.request.method == "HEAD"
-        self._out.append(self._response_head(status, head_only or status in (204, 304)))
+        self._out.append(self._response_head(status, head_only or status in (204, 304)))  # ValueError: 502
+        self._answered = True
         if head_only:
-            self._complete()
+            self._ended = True
             raise _Stop  # llhttp would wait for the body a HEAD's Content-Length describes
 
     def on_body(self, chunk: bytes) -> None:
+        self._stall.moved = True
         self._out.append(h1.chunk(chunk) if self._chunked_down else chunk)
 
+    def on_chunk_complete(self) -> None:
+        self._stall.moved = True
+
     def on_message_complete(self) -> None:
+        self._stall.moved = True
         if self._interim:
             self._interim = False
             return
-        if not self.done:
-            self._complete()
+        self._ended = True
 
     def _response_head(self, status: int, no_body: bool) -> bytes:
-        request = self.request
+        request, front = self.request, self.conn.front
+        keep, date = request.keep_alive and not front.closing, front.clock.date_field()
         head, self._chunked_down, self._until_eof, self._keep_client, hint = h1.relayed_head(
-            self._fields,
-            status,
-            self._reason,
-            request.version,
-            no_body=no_body,
-            keep=request.keep_alive and not self.conn.front.closing,
-            date=self.conn.front.clock.date_field(),
+            self._fields, status, self._reason, request.version, no_body=no_body, keep=keep, date=date
         )
         if hint is not None:
             self._hint = keep_alive_hint(hint)
@@ -262,7 +279,7 @@ class Forward(Handler, Exchange):
         self._flush()
         connection, self.upstream = self.upstream, None
         if connection is not None:
-            if self._keep_upstream and self._sent_all and self.request.method != "HEAD" and not self._until_eof:
+            if self._keep_upstream and self._sent_all and not (self._extra or self._until_eof):
                 self.rt.pool.give(connection, self._hint)
             else:
                 connection.exchange = None
@@ -285,18 +302,12 @@ class Forward(Handler, Exchange):
         self._broke(UpstreamError("ServerDisconnectedError"))
 
     def upstream_paused(self, paused: bool) -> None:
-        if paused:
-            self.conn.pause(PAUSE_BODY)
-        else:
-            self.conn.resume(PAUSE_BODY)
+        (self.conn.pause if paused else self.conn.resume)(PAUSE_BODY)
 
     def client_paused(self, paused: bool) -> None:
         transport = self.upstream.transport if self.upstream is not None else None
         if transport is not None:
-            if paused:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
+            (transport.pause_reading if paused else transport.resume_reading)()
 
     def client_lost(self) -> None:
         if self.done:
@@ -366,15 +377,10 @@ class Forward(Handler, Exchange):
     # --- the end -------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._out:
-            out = self._out
-            self._write_client(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-
-    def _write_client(self, data: bytes) -> None:
         transport = self.conn.transport
-        if transport is not None:
-            transport.write(data)
+        if self._out and transport is not None:
+            transport.write(b"".join(self._out))  # one part: that part itself, not a copy
+        self._out.clear()
 
     def _end(self, status: int, *, keep_client: bool | None) -> None:
         """Recorded once; ``keep_client`` None: the listener already finished the request."""

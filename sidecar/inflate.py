@@ -12,9 +12,13 @@ limit. Routes without compression have no meter and pay nothing.
 
 RFC 7692 section 7.2.2: the sender removed the 0x00 0x00 0xff 0xff that ends each
 message's deflate block, so it is put back at each message's end. A sender that
-resets its compressor per message (``*_no_context_takeover``) lets the meter drop
-its inflater (and its 32 KiB window) between messages; otherwise the window is
-kept, as the next message may refer back into it.
+resets its compressor per message (``*_no_context_takeover``, :func:`resets`) lets
+the meter drop its inflater (and its 32 KiB window) between messages; otherwise the
+window is kept, as the next message may refer back into it. A block with BFINAL set
+ends a deflate stream (RFC 7692 section 7.2.3.3 allows it as a flush): an inflater
+past it reads nothing more, so whatever follows, in the same message or the next,
+is measured by a fresh one. Never left unmeasured: a bomb behind a final block is
+refused like any other.
 """
 
 from __future__ import annotations
@@ -42,21 +46,27 @@ class Meter:
         """Count what ``payload`` (unmasked) inflates to; ``last`` when it ends its message.
         ``None`` if all is well, else why the message must be refused: over the limit
         (:attr:`too_big`), or not deflate data at all."""
-        inflater = self._inflater
-        if inflater is None:
-            inflater = self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self.wire += len(payload)
         data = payload + _TAIL if last else payload
         try:
-            while True:
-                out = len(inflater.decompress(data, _STEP))
-                self.size += out
-                self.inflated += out
-                if self.size > self._limit:
-                    return self.too_big
-                data = inflater.unconsumed_tail
-                if not data and out < _STEP:
-                    break
+            while data:
+                inflater = self._inflater
+                if inflater is None:
+                    inflater = self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                while True:
+                    out = len(inflater.decompress(data, _STEP))
+                    self.size += out
+                    self.inflated += out
+                    if self.size > self._limit:
+                        return self.too_big
+                    data = inflater.unconsumed_tail
+                    if not data and out < _STEP:
+                        break
+                if inflater.eof:  # a final block: what follows it is a new stream ...
+                    self._inflater = None
+                    data = inflater.unused_data
+                    if last and len(data) <= len(_TAIL):
+                        break  # ... unless it is only the end put back above
         except zlib.error:
             return "compressed message is not valid deflate data"
         if last:
@@ -69,3 +79,14 @@ class Meter:
     def too_big(self) -> str:
         # The scanner's words for the same limit (sidecar.frames).
         return f"message larger than {self._limit} bytes"
+
+
+def resets(agreed: str) -> tuple[bool, bool]:
+    """Whether the client and the server reset their compressors per message, from the
+    ``Sec-WebSocket-Extensions`` a session agreed on (RFC 7692 section 7.1.1)."""
+    for extension in agreed.split(","):
+        name, *params = (part.strip().lower() for part in extension.split(";"))
+        if name == "permessage-deflate":
+            given = {param.partition("=")[0].strip() for param in params}
+            return "client_no_context_takeover" in given, "server_no_context_takeover" in given
+    return False, False

@@ -25,7 +25,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -93,6 +93,7 @@ class Source:
     """One JWKS URL: its keys as last fetched, and how the last fetch went."""
 
     url: str
+    policies: tuple[str, ...] = ()  # the auth policies that name it (the gauge's labels)
     keys: KeySet = EMPTY
     fetched_at: float | None = None  # wall clock of the last good fetch
     failure: str | None = None  # why the last fetch failed (None: it did not)
@@ -120,18 +121,28 @@ class KeyCache:
         self._running = False
         self.sets: dict[str, KeySet] = {}
 
-    def configure(self, urls: Iterable[str]) -> None:
-        """Keep exactly these URLs (a reload): new ones are fetched, dropped ones forgotten."""
-        wanted = set(urls)
+    def configure(self, urls: Iterable[str] | Mapping[str, Iterable[str]]) -> None:
+        """Keep exactly these URLs (a reload): new ones are fetched, dropped ones forgotten.
+        A mapping names each URL's auth policies: the labels of its last-success gauge."""
+        wanted = {u: tuple(urls[u]) if isinstance(urls, Mapping) else () for u in urls}
+        gauge = self._metrics.jwks_last_success
+        for source in self._sources.values():
+            for policy in set(source.policies) - set(wanted.get(source.url, ())):
+                gauge.remove(policy)
         for url in [u for u in self._sources if u not in wanted]:
             source = self._sources.pop(url)
             self.sets.pop(url, None)
             if source.task is not None:
                 source.task.cancel()
-        for url in sorted(wanted - set(self._sources)):
-            self._sources[url] = source = Source(url)
-            if self._running:
-                self._launch(source)
+        for url in sorted(wanted):
+            if url not in self._sources:
+                self._sources[url] = Source(url)
+                if self._running:
+                    self._launch(self._sources[url])
+            source = self._sources[url]
+            for policy in set(wanted[url]) - set(source.policies):
+                gauge.labels(policy).set(source.fetched_at or 0)
+            source.policies = wanted[url]
 
     def wanted(self, url: str) -> None:
         """A token names a key the set lacks: fetch it again, unless that was done less
@@ -205,6 +216,8 @@ class KeyCache:
         source.keys, source.failure, source.fetched_at = keys, None, time.time()
         self.sets[source.url] = keys
         self._metrics.jwks_refreshes.labels("success").inc()
+        for policy in source.policies:
+            self._metrics.jwks_last_success.labels(policy).set(source.fetched_at)
         event(
             logging.WARNING if skipped else logging.INFO,
             "jwks.refreshed",
@@ -229,6 +242,10 @@ class KeyCache:
         return False
 
 
-def jwks_urls(config: Config) -> set[str]:
-    """Every JWKS URL the config's auth policies name."""
-    return {p.jwt.jwks_url for p in config.auth.values() if p.jwt is not None and p.jwt.jwks_url}
+def jwks_urls(config: Config) -> dict[str, list[str]]:
+    """Every JWKS URL the config's auth policies name -> the names of those policies."""
+    urls: dict[str, list[str]] = {}
+    for name, policy in sorted(config.auth.items()):
+        if policy.jwt is not None and policy.jwt.jwks_url:
+            urls.setdefault(policy.jwt.jwks_url, []).append(name)
+    return urls

@@ -35,25 +35,11 @@ from .closing import Side
 from .frames import PING, Boundary, Close, Deflated, Event, Fault, Pong, Scanner, client_frame, server_frame, unmask
 from .inflate import Meter
 from .metrics import Tally
+from .transport import Transport as Transport  # what a leg needs of a connection (re-exported for the relay)
 
 # Write buffer marks: a non-reading peer costs at most HIGH plus one read chunk.
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
-
-
-class Transport(Protocol):
-    """What a leg needs of a connection: asyncio's and uvloop's transports alike (uvloop's
-    are not ``asyncio.Transport`` instances, so nothing here checks for that class)."""
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def is_closing(self) -> bool: ...
-    def get_write_buffer_size(self) -> int: ...
-    def set_protocol(self, protocol: asyncio.BaseProtocol, /) -> None: ...
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
 
 class Session(Protocol):
@@ -131,8 +117,17 @@ class Leg(asyncio.Protocol):
 
     def attach(self, transport: Transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         transport.set_protocol(self)
+
+    def limit(self, *, paused: bool) -> None:
+        """Set the write buffer's marks, once both legs are attached (a mark the new limits
+        cross is reported to this leg). ``paused``: the buffer was already past the mark
+        when its previous protocol had it, which told that protocol, not this leg."""
+        if self.transport.is_closing():
+            return  # gone already (uvloop refuses limits on it): the relay counts it as lost
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if paused and not self.writing_paused:
+            self.pause_writing()
 
     # --- bytes in ----------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class FailureTable:
     A success does not reset the count: behind a shared address (NAT, a proxy) a
     legitimate agent's success would otherwise give an attacker endless tries.
 
+    ``on_evict`` is told of each key dropped (the runtime counts them:
+    ``sidecar_auth_clients_evicted_total``), so a table too small is seen, not guessed.
+
     Shared by a fleet (``state.redis``), ``on_failure`` is told of each failure (key,
     limit, window) so the fleet-wide count can decide, and a key the fleet blocked is
     recorded here with :meth:`block`: the check stays a local look-up.
@@ -75,6 +78,8 @@ class FailureTable:
 
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
     on_failure: Callable[[str, int, float], None] | None = field(default=None, repr=False)
+    # Told of each key dropped because the table was full (its count, its block, lost here).
+    on_evict: Callable[[], None] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,6 +121,8 @@ class FailureTable:
         self._entries.move_to_end(key)
         while len(self._entries) > capacity:
             self._entries.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict()
 
 
 @dataclass(eq=False)

@@ -3,17 +3,14 @@ client connection, parsing request heads with llhttp (httptools), answering one 
 a time in order (keep-alive, pipelining), and writing each answer the sidecar makes itself
 in one write (:meth:`Listener.answer`).
 
-What a request is for is decided elsewhere: once a head is complete, :class:`Front` hands
-it to the dispatcher (:func:`sidecar.app.dispatch`), which answers it, starts a
-:class:`Handler` for it (the plain HTTP proxy, a WebSocket session), or refuses it. A head
-the parser or :mod:`sidecar.h1` refuses never reaches the dispatcher: it is answered
-``bad_request`` or ``headers_too_large`` through the same refusal boundary
-(:mod:`sidecar.refusal`), never with the offending line (it may hold the token), and the
-connection is closed, the parser's state being unknown.
+Once a head is complete, :class:`Front` hands it to the dispatcher (:func:`sidecar.app.dispatch`),
+which answers it, starts a :class:`Handler` (the plain HTTP proxy, a WebSocket session), or
+refuses it. A head the parser or :mod:`sidecar.h1` refuses never reaches it: it is answered
+``bad_request`` or ``headers_too_large`` through the refusal boundary (:mod:`sidecar.refusal`),
+never quoting the offending line (it may hold the token), and the connection is closed.
 
-The header deadline (slowloris, nginx's ``client_header_timeout``): a connection must
-deliver a complete head within ``listen.header_timeout`` of opening, and of its previous
-answer; otherwise it is closed, idle keep-alive connections included.
+The header deadline (slowloris, nginx's ``client_header_timeout``): a complete head within
+``listen.header_timeout`` of opening and of each answer, or the connection (idle ones too) closes.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from .requests import (
     DISCARD,
     METHODS,
     VERSIONS,
+    Answering,
     Front,
     Handler,
     Request,
@@ -49,7 +47,7 @@ _LINGER = 2.0  # seconds a refused client's bytes are read and dropped before th
 _DISCARD_LIMIT = 1024 * 1024  # a refused request's body still to come: read and dropped up to this, else close
 
 
-class Listener(asyncio.Protocol):
+class Listener(Answering, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, front: Front) -> None:
@@ -57,7 +55,7 @@ class Listener(asyncio.Protocol):
         self.transport: Transport | None = None
         self.peer: str | None = None
         self.local: str = ""
-        self.handler: Handler | None = None  # answering the current request
+        self.handler = None  # answering the current request (told if the write buffer is full)
         self.current: Request | None = None  # the request being answered
         self._queue: deque[Request] = deque()  # parsed and waiting (pipelined)
         self._parsing: Request | None = None  # the request whose body is being parsed
@@ -66,6 +64,7 @@ class Listener(asyncio.Protocol):
         self._target = b""
         self._in_head = True  # between messages or inside a head (as opposed to a body)
         self._head_read = 0  # bytes read while in a head, to stop one that never ends
+        self._stall = h1.Stall()  # and a chunk line or trailers that never end
         self._synthetic = False  # the parser is being primed with a made-up head (see _upgraded)
         self._error: h1.HeadError | None = None  # why a callback stopped the parser
         self._broken: h1.HeadError | None = None  # the parser stopped: refused once the rest is answered
@@ -73,6 +72,7 @@ class Listener(asyncio.Protocol):
         self._deadline: Timer | None = None
         self._waiting_since = 0.0  # since when a head is awaited (-1: none is)
         self._taken = False  # the connection belongs to someone else now (a WebSocket relay)
+        self._dispatching = self._again = False  # inside dispatch; asked for the next meanwhile
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -103,8 +103,9 @@ class Listener(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broke(self._error or h1.HeadError(Reason.BAD_REQUEST, "not HTTP/1.1 the parser accepts"))
             return
-        if self._in_head and self._head_read > h1.MAX_HEAD_READ:
-            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "the head is over its limits"))
+        stuck = self._stall.over(len(data)) and self._parsing is not None  # inside a body
+        if stuck or (self._in_head and self._head_read > h1.MAX_HEAD_READ):
+            self._broke(h1.HeadError(Reason.HEADERS_TOO_LARGE, "a head, chunk line or trailers over the limits"))
             return
         self._next()
 
@@ -118,14 +119,6 @@ class Listener(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None and not self._taken:
             handler.client_lost()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(True)
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.client_paused(False)
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -171,6 +164,7 @@ class Listener(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         request = self._parsing
+        self._stall.moved = True
         if request is None:
             return
         request.received += len(chunk)
@@ -181,8 +175,12 @@ class Listener(asyncio.Protocol):
             if request.received > BODY_BUFFER:
                 self.pause(PAUSE_BODY)
 
+    def on_chunk_complete(self) -> None:
+        self._stall.moved = True
+
     def on_message_complete(self) -> None:
         request = self._parsing
+        self._stall.moved = True
         self._synthetic = False
         if request is None or request.upgrade:
             return  # decided in _upgraded, once the parser says where the new protocol starts
@@ -204,25 +202,37 @@ class Listener(asyncio.Protocol):
         return self.current is None and not self._queue and self._in_head and not self._head_read
 
     def _next(self) -> None:
-        """Answer the next request if none is being answered."""
-        if self.current is not None or self._taken:
+        """Answer the next request if none is being answered. A loop: a refusal finishes inside
+        ``dispatch``, asking for one more turn, so pipelined refusals never grow the stack."""
+        if self._dispatching:
+            self._again = True
             return
-        if not self._queue:
-            if self._broken is not None:
-                self._refuse_head(self._broken)
-            return
-        request = self._queue.popleft()
-        self.current = request
-        if self._queue:
-            self.pause(_PIPELINE)  # bounded: what one read brought at most waits here
-        self.front.dispatch(self, request)
+        while True:
+            if self.current is not None or self._taken:
+                if self._queue and not self._taken:
+                    self.pause(_PIPELINE)  # one waits already: read no more until its turn
+                return
+            if not self._queue:
+                if self._broken is not None:
+                    self._refuse_head(self._broken)
+                return
+            request = self._queue.popleft()
+            self.current = request
+            if self._queue:
+                self.pause(_PIPELINE)  # bounded: what one read brought at most waits here
+            self._dispatching, self._again = True, False
+            try:
+                self.front.dispatch(self, request)
+            finally:
+                self._dispatching = False
+            if not self._again:
+                return
 
     def _upgraded(self, tail: bytes) -> None:
-        """The parser stopped after a head with ``Connection: upgrade`` (RFC 9110 section
-        7.8). For a WebSocket handshake what follows is the new protocol's, kept for the
-        relay, and nothing more is parsed. Any other upgrade is not made: the request is
-        an ordinary one, and its body (which llhttp skipped) and whatever follows are
-        parsed by a fresh parser, primed with a head of the same framing."""
+        """The parser stopped after a head with ``Connection: upgrade`` (RFC 9110 section 7.8).
+        A WebSocket handshake's tail is the new protocol's, kept for the relay. Any other upgrade
+        is not made: its body (which llhttp skipped) and what follows go to a fresh parser,
+        primed with a head of the same framing."""
         request = self._parsing
         if request is None:
             return
@@ -243,10 +253,8 @@ class Listener(asyncio.Protocol):
             self.data_received(tail)
 
     def _keep_for_relay(self, request: Request, data: bytes) -> None:
-        """What a WebSocket client sends while its session waits for the upstream is kept
-        for the relay. Reading goes on (up to a bound) so that a client hanging up during
-        the upstream handshake is noticed at once, and its session ended, rather than when
-        the upstream answers or its connect_timeout runs out."""
+        """What a WebSocket client sends while its session waits for the upstream, kept for the
+        relay. Reading goes on (up to a bound): a client hanging up is noticed at once."""
         request.tail += data
         if len(request.tail) > BODY_BUFFER:
             self.pause(_UPGRADE)
@@ -261,8 +269,7 @@ class Listener(asyncio.Protocol):
             self._end()
             return
         if not request.complete:
-            # Its body is still coming: drop it as it arrives, unless there is a lot of it.
-            left = declared_length(request) - request.received
+            left = declared_length(request) - request.received  # still coming: dropped, unless too much
             if left > _DISCARD_LIMIT or left < 0:
                 transport.close()
                 return
@@ -282,7 +289,7 @@ class Listener(asyncio.Protocol):
         if transport is None:
             return
         version = b"1.1" if request is None else b"%d.%d" % request.version  # HTTP/0.9 is answered as 0.9
-        close = answer.close or self.front.closing or request is None or not request.keep_alive
+        close = answer.close or self.front.closing or request is None or not request.keep_alive or request.held_back()
         head = h1.answer_head(
             answer.status,
             answer.headers,
@@ -346,10 +353,9 @@ class Listener(asyncio.Protocol):
         self._next()
 
     def _end(self) -> None:
-        """Close after what is written. After a refused head the client may still be sending:
-        closing with its bytes unread would reset the connection, and the refusal with it
-        (RFC 9112 section 9.6), so the sidecar stops writing and reads on, dropping what
-        comes, for a moment before it closes."""
+        """Close after what is written. After a refused head the client may still be sending, and
+        closing on unread bytes resets the connection, refusal and all (RFC 9112 section 9.6):
+        so the sidecar stops writing and reads on, dropping what comes, a moment first."""
         transport = self.transport
         if transport is None:
             return
@@ -367,8 +373,7 @@ class Listener(asyncio.Protocol):
         self.front.refuse(self, request, error)
 
     def _arm(self) -> None:
-        """The connection waits for a head from now. One timer per connection, moved
-        lazily: a request costs two stores, not a timer."""
+        """The connection waits for a head from now (one timer per connection, moved lazily)."""
         self._waiting_since = self.front.loop.time()
         if self._deadline is None:
             self._deadline = self.front.schedule(self.front.rt.config.header_timeout, self._expire)

@@ -98,9 +98,12 @@ MESSAGES: dict[str, str] = {
     "ws.replaced_remote": "closing agent {agent_id}'s session on route {route}: another replica admitted "
     "a newer one (found by {found_by})",
     "ws.closing_by_operator": "closing {sessions} session(s) of agent {agent_id}: an operator asked",
-    "admin.sessions_ended": "an operator ended agent {agent_id}'s sessions: {closed} closed ({scope})",
+    "admin.sessions_ended": "an operator ended agent {agent_id}'s sessions: {closed} closed ({scope})"
+    "[; {missing_replicas} replica(s) did not answer]",
     "state.down": "the fleet's shared state (Redis) does not answer ({error}): {fallback}",
     "state.up": "the fleet's shared state (Redis) answers[ again (restored: {restored})]",
+    "state.subscription_lost": "this replica's subscription to the fleet's messages was lost ({error}): "
+    "subscribing again[ in {resubscribe_in_s}s] (once Redis answers)",
     "state.bad_message": "a message from another replica could not be read (op {op})",
     "state.renew_failed": "renewing the agent leases failed; the next renewal tries again",
     "ws.stalled": "the {peer} stopped reading for {stall_timeout_s}s: cut off[ (agent {agent_id})]",

@@ -35,7 +35,7 @@ def close_code_label(code: int) -> str:
 
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 # Operations on the fleet's shared state (sidecar.fleet): the op label's values.
-STATE_OPS = ("connect", "claim", "replace", "renew", "release", "budget", "control", "admin")
+STATE_OPS = ("connect", "claim", "replace", "renew", "release", "budget", "budget_overflow", "control", "admin")
 _STATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -95,10 +95,22 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.jwks_refreshes.labels(result)
+        self.jwks_last_success = Gauge(
+            "sidecar_jwks_last_success_timestamp_seconds",
+            "When each auth policy's JWKS (jwt.jwks_url) was last fetched well (Unix time; 0: not yet).",
+            ["policy"],
+            registry=r,
+        )
         self.ws_token_expiries = Counter(
             "sidecar_ws_token_expiries",
             "WebSocket sessions the sidecar closed (4401) because their signed token expired.",
             ["route"],
+            registry=r,
+        )
+        self.auth_clients_evicted = Counter(
+            "sidecar_auth_clients_evicted",
+            "Client keys dropped from the failed-authentication table because it held limits.tracked_clients: "
+            "each one's count (and block, in this process) starts over.",
             registry=r,
         )
         self.state_up = Gauge(

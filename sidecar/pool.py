@@ -165,6 +165,8 @@ class Pool:
         if timeout <= 0:
             connection.close()
             return
+        if not transport.is_reading():  # paused while its client's buffer was full: an idle
+            transport.resume_reading()  # connection must see the upstream's FIN or stray bytes
         connection.idle_until = self.loop.time() + timeout
         idle.append(connection)
         if self._sweeper is None:

@@ -81,9 +81,9 @@ class Plan:
     token: str | None
 
     def secrets(self) -> list[str]:
-        """What no output may show: the token, and credentials given with ``-H 'Authorization: ...'``."""
-        given = [v.split(" ", 1)[-1] for n, v in self.headers if n.lower() == "authorization"]
-        return [s for s in (self.token, *given) if s]
+        """What no output may show: the token, the URL's credentials (``?token=``) and the
+        headers' (``-H 'Cookie: ...'``, ``Authorization``), :func:`sidecar.probe_wire.credentials`."""
+        return [s for s in (self.token, *wire.credentials(self.target, self.headers)) if s]
 
 
 def plan_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         fp = fingerprint.fingerprint(plan.token)
         token = f"{len(fingerprint.secret_bytes(plan.token))} bytes, {fp}"
     agent = f"; agent id {args.agent_id}" if args.agent_id else ""
-    heading = f"probe {plan.target.shown()} (token: {token or 'none'}{agent})"
+    heading = f"probe {plan.target.shown(tuple(plan.secrets()))} (token: {token or 'none'}{agent})"
     report = asyncio.run(walk(plan, token=token, token_fingerprint=fp, heading=heading))
     print(rp.render_json(report) if args.json else rp.render(report))
     return 1 if report.failed else 0

@@ -14,7 +14,7 @@ import enum
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
@@ -25,6 +25,8 @@ _STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 # Sent as is: RFC 3986's path and query characters, and '%' (an escape the user typed).
 _PATH_SAFE = "/?:@!$&'()*+,;=-._~%"
+# A query parameter or header whose name says it carries a credential (Sec-WebSocket-* aside).
+_CREDENTIAL_NAME = re.compile(r"token|secret|key|pass|auth|sig|session|cookie|jwt|credential|api", re.IGNORECASE)
 
 
 class ProtocolViolation(Exception):
@@ -50,7 +52,8 @@ class Target:
     host: str  # a name, or an IP address without brackets
     port: int
     resource: str  # the request target: path and query, as sent
-    query_names: tuple[str, ...]  # shown instead of the query (its values may be secret)
+    query_names: tuple[str, ...]  # each name, "=" after it when it has a value: shown instead of the query
+    credentials: tuple[str, ...] = ()  # query values that are credentials (by their name), as typed and sent
 
     @property
     def authority(self) -> str:
@@ -62,9 +65,13 @@ class Target:
     def path(self) -> str:
         return self.resource.split("?", 1)[0]
 
-    def shown(self) -> str:
-        """The URL with each query value replaced by ``…``."""
-        query = "&".join(f"{name}=…" for name in self.query_names)
+    def shown(self, secrets: tuple[str, ...] = ()) -> str:
+        """The URL with each query value replaced by ``…``, and so is a name that may be a
+        value (a bare ``?abc``, or one of ``secrets``)."""
+        query = "&".join(
+            "…" if "=" not in pair or pair.split("=", 1)[0] in secrets else pair.split("=", 1)[0] + "=…"
+            for pair in self.query_names
+        )
         return f"{'wss' if self.tls else 'ws'}://{self.authority}{self.path}" + (f"?{query}" if query else "")
 
 
@@ -92,15 +99,36 @@ def parse_target(url: str) -> Target:
     resource = quote(parts.path or "/", safe=_PATH_SAFE) + (
         f"?{quote(parts.query, safe=_PATH_SAFE)}" if parts.query else ""
     )
-    names = tuple(pair.split("=", 1)[0] for pair in parts.query.split("&") if pair)
-    return Target(tls, parts.hostname, port if port else (443 if tls else 80), resource, names)
+    pairs = tuple(pair for pair in parts.query.split("&") if pair)
+    names = tuple(pair.split("=", 1)[0] + ("=" if "=" in pair else "") for pair in pairs)
+    found = [
+        value
+        for name, _, raw in (pair.partition("=") for pair in pairs)
+        if raw and _CREDENTIAL_NAME.search(unquote(name))
+        for value in (raw, quote(raw, safe=_PATH_SAFE), unquote(raw))
+    ]
+    return Target(tls, parts.hostname, port if port else (443 if tls else 80), resource, names, tuple(found))
+
+
+def credentials(target: Target, headers: list[tuple[str, str]]) -> list[str]:
+    """What no output may show beside the token: the URL's credential query values, and
+    the values of headers that carry one (``Authorization``, ``Cookie``, ``X-Api-Key``...),
+    whole, without their scheme (``Bearer x``) and each cookie's value."""
+    found = list(target.credentials)
+    for name, value in headers:
+        if _CREDENTIAL_NAME.search(name) and not name.lower().startswith("sec-websocket-"):
+            found += [value, value.split(" ", 1)[-1]]
+            found += [c.partition("=")[2].strip() for c in value.split(";")] if name.lower() == "cookie" else []
+    return [s for s in dict.fromkeys(found) if s]
 
 
 def parse_header_option(text: str) -> tuple[str, str]:
     """``-H 'Name: value'`` -> (name, value); ``ValueError`` with a usage message."""
     name, colon, value = text.partition(":")
     if not colon or not _TOKEN.fullmatch(name):
-        raise ValueError(f"-H takes 'Name: value' with a header name of letters, digits and -: {name!r}")
+        # Never quoted: a mistyped header ('Authorization Bearer x', 'X-Api-Key=x') holds its credential.
+        wrong = "this one has no ':'" if not colon else "the name before its ':' has other characters (a space?)"
+        raise ValueError(f"-H takes 'Name: value' with a header name of letters, digits and -: {wrong}")
     if _UNSAFE.search(value.replace("\t", " ")):
         raise ValueError(f"-H {name}: the value has control characters")
     return name, value.strip(" \t")

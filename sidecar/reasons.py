@@ -71,7 +71,6 @@ class Reason(enum.Enum):
         return _SPECS[self].closes
 
 
-_EXPIRED_CHALLENGE = 'Bearer realm="sidecar", error="invalid_token", error_description="token expired"'
 _SPECS: dict[Reason, _Spec] = {
     Reason.BAD_REQUEST: _Spec(
         400,

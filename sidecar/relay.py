@@ -46,7 +46,6 @@ import os
 from collections.abc import Mapping
 
 from .closing import (
-    SIDECAR_ERROR,
     Cause,
     End,
     Frame,
@@ -56,6 +55,7 @@ from .closing import (
     closing_after,
     passes_as_is,
     reply_to_initiator,
+    sidecar_failed,
     sidecar_stop,
     to_faulty,
 )
@@ -82,6 +82,7 @@ class Relay:
         "_cut",
         "_deadline",
         "_end",
+        "_failed",
         "_first",
         "_keepalive",
         "_stall_timeout",
@@ -105,11 +106,15 @@ class Relay:
         up: Tally,
         down: Tally,
         context: Mapping[str, object],
+        resets: tuple[bool, bool] = (False, False),
     ) -> None:
+        # resets: whether the client and the upstream reset their compressors per message
+        # (permessage-deflate's *_no_context_takeover, sidecar.inflate.resets).
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
+        meters = [Meter(max_message_size, reset=reset) if deflate else None for reset in resets]
         tokens = os.urandom(16).hex().encode()  # one draw for both legs' ping payloads (secrets.token_hex's)
-        self._client = _leg("client", self, up, max_message_size, deflate, tokens[:16])
-        self._upstream = _leg("upstream", self, down, max_message_size, deflate, tokens[16:])
+        self._client = _leg("client", self, up, max_message_size, meters[0], tokens[:16])
+        self._upstream = _leg("upstream", self, down, max_message_size, meters[1], tokens[16:])
         self._client.other, self._upstream.other = self._upstream, self._client
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
@@ -126,19 +131,33 @@ class Relay:
         self._end: End | None = None  # decided, once the session is ending
         self._first: Stopped | None = None  # what decided it (None: the sidecar's stop)
         self._cut: tuple[Side, Cause] | None = None
+        self._failed = False  # a bug was met (and logged: once)
         self._deadline: Handle | None = None
         self._started = False
         self._stop_at_start: tuple[int, str] | None = None
 
-    def start(self, client: Transport, client_pending: bytes, upstream: Transport, upstream_pending: bytes) -> None:
+    def start(
+        self,
+        client: Transport,
+        client_pending: bytes,
+        upstream: Transport,
+        upstream_pending: bytes,
+        *,
+        paused: tuple[bool, bool] = (False, False),
+    ) -> None:
         """Take both connections over and relay what each side sent after its handshake
-        (``*_pending``) first. A connection already closing counts as gone."""
+        (``*_pending``) first. A connection already closing counts as gone. ``paused``:
+        whether the client's and the upstream's write buffers are already past their
+        high-water marks (their transports told the protocol before the leg): then the
+        other side is not read until they drain."""
         if self._started:
             raise RuntimeError("a relay is started once")
         self._started = True
         legs = ((self._client, client, client_pending), (self._upstream, upstream, upstream_pending))
         for leg, transport, _ in legs:
             leg.attach(transport)
+        for (leg, _, _), full in zip(legs, paused, strict=True):
+            leg.limit(paused=full)
         self._watchdog.start()
         for leg, transport, pending in legs:
             if transport.is_closing():
@@ -223,12 +242,25 @@ class Relay:
             end = self._end  # made anew only for a cut-off peer: replace() is a dozen calls
             self.ended.set_result(end if end.cut == self._cut else dataclasses.replace(end, cut=self._cut))
 
-    def failed(self, leg: Leg, error: Exception) -> None:
-        """A bug in the relay: still end the session with close frames if it can."""
-        logger.error("ws.relay_failed", exc_info=error, extra={"fields": {**self._context, "peer": leg.side}})
-        if self._end is None:
+    def failed(self, leg: Leg | None, error: Exception) -> None:
+        """A bug in the relay (``leg``: met reading that leg's peer, which is read no more),
+        or in what runs it (``None``). Logged once; the session still ends with close
+        frames, 1011 to both legs, if it can; else (or if it was ending already) both
+        connections are aborted. Either way :attr:`ended` resolves."""
+        if leg is not None:
+            leg.got_close, leg.forwarding, leg.holding = True, False, None
+        if self._failed:
+            return
+        self._failed = True
+        peer = leg.side if leg is not None else None
+        logger.error("ws.relay_failed", exc_info=error, extra={"fields": {**self._context, "peer": peer}})
+        if self._end is None and self._started:
             with contextlib.suppress(Exception):  # if even that fails, aborting is what is left
-                self.stop(*SIDECAR_ERROR)
+                frame, end = sidecar_failed()
+                self._begin(None, end)
+                for each in (self._client, self._upstream):
+                    self._send_close(each, _encode(each, frame))
+                    self._settle(each)
                 return
         self._abort_all()
 
@@ -263,7 +295,10 @@ class Relay:
             leg.transport.close()
 
     def _give_up(self) -> None:
-        """``close_timeout`` into the ending: no more waiting for replies."""
+        """``close_timeout`` into the ending: no more waiting for replies. Once the session
+        has ended (both connections gone), nothing is left to bound: a no-op."""
+        if self.ended.done():
+            return
         assert self._first is not None or self._end is not None
         for leg in (self._client, self._upstream):
             if self._first is not None and self._awaits_reply_from(leg):
@@ -280,12 +315,15 @@ class Relay:
         self._deadline = self._wheel.call_later(self._close_timeout, self._abort_all)
 
     def _abort_all(self) -> None:
+        if self.ended.done():
+            return  # (both legs are lost: nothing to abort)
         for leg in (self._client, self._upstream):
             self._abort(leg)
 
     def _abort(self, leg: Leg) -> None:
         if not leg.lost:
-            leg.transport.abort()
+            if getattr(leg, "transport", None) is not None:  # (none: the relay failed as it started)
+                leg.transport.abort()
             self.lost(leg)  # now: uvloop refuses writes to an aborted transport
 
     def _cut_off(self, leg: Leg, cause: Cause) -> None:
@@ -301,14 +339,15 @@ class Relay:
         self._abort(leg)
 
 
-def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, deflate: bool, token: bytes) -> Leg:
-    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=deflate)
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, meter: Meter | None, token: bytes) -> Leg:
+    """``meter``: what the peer's compressed messages inflate to, on a permessage-deflate session."""
+    scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=meter is not None)
     # The payload of the sidecar's pings to this peer: unique to the session and the leg
     # (``token``: 16 random hex digits), recognisable in a capture, and no more than a
     # control frame carries.
     leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + token)
-    if deflate:
-        leg.meter = Meter(max_message_size)
+    if meter is not None:
+        leg.meter = meter
         scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs
     return leg
 

@@ -13,19 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import h1
+from .handshake import wants_websocket
+from .wheel import Timer as Timer  # re-exported: what a Schedule returns
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
 Schedule = Callable[[float, Callable[[], None]], Timer]
-
-# Why reading is paused (a bit each): it resumes when none is left.
-BODY_BUFFER = 64 * 1024  # request body held before its handler takes it, at most (then reading pauses)
 
 
 class Handler:
@@ -48,6 +43,37 @@ class Handler:
 
 
 DISCARD = Handler()  # takes a body nobody reads
+
+
+class Answering:
+    """A client connection's :class:`Handler` and its write buffer's state: a handler that
+    takes over while the buffer is past its high-water mark is told so at once (it would
+    otherwise hear of the buffer draining, never of it filling), as a relay taking the
+    connection over is (:attr:`writing_paused`)."""
+
+    writing_paused = False  # the client's write buffer is past its high-water mark
+    _handler: Handler | None = None
+
+    @property
+    def handler(self) -> Handler | None:
+        """What answers the current request."""
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        self._handler = handler
+        if handler is not None and self.writing_paused:
+            handler.client_paused(True)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self._handler is not None:
+            self._handler.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self._handler is not None:
+            self._handler.client_paused(False)
 
 
 class Request:
@@ -84,8 +110,17 @@ class Request:
 
     def websocket_like(self) -> bool:
         """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
-        be refused as a handshake: then the connection closes after the answer."""
-        return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in self.fields)
+        be refused as a handshake: then the connection closes after the answer. The
+        dispatcher's decision too (:func:`sidecar.handshake.wants_websocket`): were they
+        to differ, a plain request's successors would be kept as frames for no relay."""
+        return wants_websocket(h1.decode_fields(self.fields))
+
+    def held_back(self) -> bool:
+        """Is the rest of the body held back until the client hears ``100 Continue`` (RFC 9110
+        section 10.1.1)? A final answer without it leaves the client free to send the body or
+        not: what comes next cannot be told apart, so the connection closes after it."""
+        held = (n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in self.fields)
+        return not self.complete and any(held)
 
     def take_body(self, sink: Handler) -> list[bytes]:
         """The body so far; what follows goes to ``sink``."""

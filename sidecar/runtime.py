@@ -77,6 +77,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.keys = KeyCache(self.metrics)
         self.sessions.expired = self._count_expiry
+        self.failures.on_evict = self.metrics.auth_clients_evicted.inc
         self.apply(self.config)
 
     def apply(self, config: Config) -> None:

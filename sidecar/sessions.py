@@ -207,11 +207,28 @@ class LocalAgents:
                 await self.release(session)
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class WallClock:
+    """The wall clock token expiries are read on (``exp`` is epoch seconds): the time now,
+    and a callback at a wall-clock time, on the loop's timer. A test injects its own."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def call_at(self, when: float, callback: Callable[[Session], None], session: Session) -> Cancellable:
+        loop = asyncio.get_running_loop()
+        return loop.call_at(loop.time() + (when - self.now()), callback, session)
+
+
 class Registry:
     """Every session of this process that holds a place: being admitted, open or closing."""
 
-    def __init__(self, agents: Agents | None = None) -> None:
+    def __init__(self, agents: Agents | None = None, clock: WallClock | None = None) -> None:
         self.agents: Agents = agents if agents is not None else LocalAgents()  # an empty table is falsy
+        self.clock = clock or WallClock()  # when tokens expire
         self.draining = False  # set when the drain begins: no session opens any more
         self._counts = SessionCounts()
         self._live: set[Session] = set()
@@ -233,14 +250,13 @@ class Registry:
         frees the place and moves the session to CLOSED, whatever happened in it."""
         return Admission(self, session, max_sessions, close_timeout)
 
-    def _expiry(self, session: Session) -> asyncio.TimerHandle | None:
+    def _expiry(self, session: Session) -> Cancellable | None:
         """One timer per session with an expiry, from admission to release: nothing per
         message. It ends the session (:attr:`EndCause.EXPIRED`): 4401 if it is open, 401
         token_expired if it is still in its upstream handshake."""
         if session.expires_at is None:
             return None
-        loop = asyncio.get_running_loop()
-        return loop.call_at(loop.time() + (session.expires_at - time.time()), self._expire, session)
+        return self.clock.call_at(session.expires_at, self._expire, session)
 
     def _expire(self, session: Session) -> None:
         if session.cause is not None or session.state is State.CLOSED:
@@ -256,13 +272,6 @@ class Registry:
         session.move(State.OPEN)
         if self.draining:
             session.end(EndCause.DRAINING)
-
-    def end_agent(self, agent_id: str, cause: EndCause) -> int:
-        """End every session of this process with ``agent_id``; how many there were."""
-        ending = [s for s in self._live if s.agent_id == agent_id and s.cause is None]
-        for session in ending:
-            session.end(cause)
-        return len(ending)
 
     async def drain(self, window: float, hurry: asyncio.Event, *, close_timeout: float) -> None:
         """Stopping: sessions still in their handshake are refused at once (503 draining);
@@ -312,7 +321,7 @@ class Admission:
         self._session = session
         self._max_sessions = max_sessions
         self._close_timeout = close_timeout
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Cancellable | None = None
         self._claimed = False
 
     async def __aenter__(self) -> Session:

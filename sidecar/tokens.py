@@ -22,8 +22,9 @@ which check failed, for the log line only (:attr:`sidecar.reasons.Rejection.log_
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ from .reasons import Reason
 MINT_ALGORITHM = "HS256"
 _TTL_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _KNOWN = frozenset(HMAC_ALGORITHMS + ASYMMETRIC_ALGORITHMS)
+_DATES = ("exp", "nbf", "iat")  # NumericDate claims (RFC 7519 section 2: a JSON number of seconds)
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,36 @@ def _decode(token: str, alg: str, candidates: Sequence[Any], policy: JwtPolicy) 
             )
         except InvalidSignatureError:
             continue
+        except (ExpiredSignatureError, ImmatureSignatureError) as exc:
+            # The signature was good; PyJWT reads "123" or true as a date, RFC 7519 does not.
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            return _not_a_date(unverified) or _claims_failure(exc, policy)
         except PyJWTError as exc:
             return _claims_failure(exc, policy)
+        not_a_date = _not_a_date(payload)
+        if not_a_date is not None:
+            return not_a_date
         agent = payload.get(claim)
         if not isinstance(agent, str) or not agent:
             return _invalid(f"its {claim!r} claim (the agent id) is not a string")
         return Verified(agent, float(payload["exp"]))
     return _invalid("bad signature" + (f" (tried {len(candidates)} keys)" if len(candidates) > 1 else ""))
+
+
+def _not_a_date(payload: Mapping[str, Any]) -> Failed | None:
+    """``exp``, ``nbf`` and ``iat`` must be numbers (not strings, not booleans) that a float
+    holds: a NumericDate (RFC 7519 section 2). 1e400 or 10**400 would overflow the timer."""
+    for claim in _DATES:
+        value = payload.get(claim)
+        if value is None and claim not in payload:
+            continue
+        try:
+            ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(float(value))
+        except OverflowError:
+            ok = False
+        if not ok:
+            return _invalid(f"its {claim!r} claim is not a NumericDate (a number of seconds in range)")
+    return None
 
 
 def _claims_failure(exc: PyJWTError, policy: JwtPolicy) -> Failed:

@@ -30,6 +30,7 @@ from functools import partial
 import httptools
 
 from .config import Route
+from .handshake import deflate_answer_problem
 from .logs import event
 from .pool import Target
 from .reasons import Reason, Rejection
@@ -52,12 +53,13 @@ class UpstreamError(Exception):
 
 class HandshakeRefused(UpstreamError):
     """The backend answered the upgrade with ``status``, or with a 101 that is not a valid
-    WebSocket handshake (``valid`` False)."""
+    WebSocket handshake (``valid`` False; ``why``, in words that quote nothing it sent)."""
 
-    def __init__(self, status: int, *, valid: bool = True) -> None:
+    def __init__(self, status: int, *, valid: bool = True, why: str = "without a valid WebSocket handshake") -> None:
         super().__init__("WSServerHandshakeError", retry=status in _RETRY_STATUSES)
         self.status = status
         self.valid = valid
+        self.why = why
 
 
 def accept_for(key: bytes) -> bytes:
@@ -86,7 +88,7 @@ def rejection_for(exc: BaseException, agent_id: str | None) -> Rejection | None:
     (``None``: not a backend failure, let it propagate)."""
     if isinstance(exc, HandshakeRefused):
         if not exc.valid:
-            detail = "the backend answered 101 without a valid WebSocket handshake (Sec-WebSocket-Accept)"
+            detail = f"the backend answered 101 {exc.why}"
             return Rejection(Reason.UPSTREAM_REJECTED, detail, upstream_status=101, agent_id=agent_id)
         return Rejection(Reason.UPSTREAM_REJECTED, upstream_status=exc.status, agent_id=agent_id)
     if isinstance(exc, TimeoutError):
@@ -106,6 +108,7 @@ class Upgraded:
     pending: bytes
     protocol: str | None  # the subprotocol
     extensions: str | None  # the Sec-WebSocket-Extensions it answered, as it wrote it
+    paused: bool = False  # its write buffer is past its high-water mark (the relay starts held back)
 
 
 class _Handshake(asyncio.Protocol):
@@ -117,6 +120,13 @@ class _Handshake(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._read = 0
+        self.writing_paused = False
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = socket_transport(transport)
@@ -168,6 +178,7 @@ async def _upgrade_once(
     request: bytes,
     key: bytes,
     offered: Sequence[str],
+    deflate: str | None,
 ) -> Upgraded:
     transport, handshake = await loop.create_connection(
         partial(_Handshake, loop), target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
@@ -188,13 +199,27 @@ async def _upgrade_once(
             or b"upgrade" not in connection
             or values.get(b"sec-websocket-accept") != [accept_for(key)]
         ):
-            raise HandshakeRefused(101, valid=False)
+            raise HandshakeRefused(101, valid=False, why="without a valid WebSocket handshake (Sec-WebSocket-Accept)")
         chosen = b",".join(values.get(b"sec-websocket-protocol", [])).decode("latin-1").strip()
         extensions = b", ".join(values.get(b"sec-websocket-extensions", [])).decode("latin-1") or None
-        return Upgraded(handshake.transport, pending, chosen if chosen in offered else None, extensions)
+        # RFC 6455 section 4.1: a client fails the connection on a subprotocol or an extension it
+        # did not offer. The client's 101 would name it, and its client fail; or the frames differ.
+        if chosen and chosen not in offered:
+            raise HandshakeRefused(101, valid=False, why="naming a subprotocol the client did not offer")
+        if extensions and not _names(extensions) <= _names(deflate or ""):
+            raise HandshakeRefused(101, valid=False, why="naming an extension the client did not offer")
+        problem = deflate_answer_problem(deflate or "", extensions) if extensions else None
+        if problem is not None:
+            raise HandshakeRefused(101, valid=False, why=f"naming {problem}")
+        return Upgraded(handshake.transport, pending, chosen or None, extensions, handshake.writing_paused)
     except BaseException:
         transport.abort()
         raise
+
+
+def _names(extensions: str) -> set[str]:
+    """The extension names in a ``Sec-WebSocket-Extensions`` value (RFC 6455 section 9.1)."""
+    return {name for extension in extensions.split(",") if (name := extension.split(";")[0].strip().lower())}
 
 
 def upgrade_request(
@@ -257,7 +282,7 @@ async def open_websocket(
         for attempt in range(1, attempts + 1):
             request, key = upgrade_request(target, path, fields, protocols, deflate)
             try:
-                return await _upgrade_once(loop, target, tls, request, key, protocols)
+                return await _upgrade_once(loop, target, tls, request, key, protocols, deflate)
             except Exception as exc:
                 why = _worth_retrying(exc)
                 if why is None or attempt == attempts or route.retry is None:

@@ -25,6 +25,7 @@ from .closing import SIDECAR_ERROR, End
 from .context import Context
 from .forwarding import upstream_request
 from .handshake import handshake_problem, offered_protocols
+from .inflate import resets
 from .listener import Handler, Listener, Request
 from .logs import correlate, event, logger
 from .metrics import close_code_label
@@ -97,34 +98,43 @@ async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
                 conn.answer(refuse(ctx, rt, refused.rejection), request)
     except ConnectionResetError:
         pass  # the client went away during the upstream handshake: nobody to answer
+    except Exception:  # a bug before the relay: logged once, the client's connection closed
+        logger.exception("ws.session_failed", extra={"fields": {"route": session.route.name}})
+        if handshake:
+            handshake[0][0].close()
 
 
 async def _open(
     conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
-) -> tuple[Transport, bytes, Upgraded, float] | None:
+) -> tuple[Transport, bytes, Upgraded, bool, float] | None:
     """The upstream handshake, then the client's 101 (and how long it took from the request);
     ``None`` if the client went away."""
     upgraded = await _connect(conn, request, ctx, rt, session)
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
         return None
-    conn.transport.write(_switching(ctx, upgraded, conn))
-    client, tail = conn.take_over()
-    handshake = conn.front.loop.time() - ctx.started
-    rt.sessions.opened(session)
-    route = session.route
-    assert ctx.path is not None
-    event(
-        logging.INFO,
-        "ws.established",
-        route=route.name,
-        alias=ctx.path.decoded,
-        agent_id=session.agent_id,
-        upstream=route.upstream.url + (route.upstream_path or ctx.path.wire),
-        subprotocol=upgraded.protocol,
-        client=ctx.client,
-    )
-    return client, tail, upgraded, handshake
+    try:
+        conn.transport.write(_switching(ctx, upgraded, conn))
+        paused = conn.writing_paused  # the relay starts held back if the client's buffer is full
+        client, tail = conn.take_over()
+        handshake = conn.front.loop.time() - ctx.started
+        rt.sessions.opened(session)
+        route = session.route
+        assert ctx.path is not None
+        event(
+            logging.INFO,
+            "ws.established",
+            route=route.name,
+            alias=ctx.path.decoded,
+            agent_id=session.agent_id,
+            upstream=route.upstream.url + (route.upstream_path or ctx.path.wire),
+            subprotocol=upgraded.protocol,
+            client=ctx.client,
+        )
+    except BaseException:
+        upgraded.transport.abort()  # not left open behind a session that never began
+        raise
+    return client, tail, upgraded, paused, handshake
 
 
 async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
@@ -208,7 +218,7 @@ def _switching(ctx: Context, upgraded: Upgraded, conn: Listener) -> bytes:
 
 
 async def _run(
-    session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, handshake: float
+    session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, paused: bool, handshake: float
 ) -> None:
     """Relay one session and account for it: gauge, counters, histograms, log line."""
     loop = session.stopped.get_loop()
@@ -230,6 +240,7 @@ async def _run(
         up=up,
         down=down,
         context={"route": route.name, "agent_id": session.agent_id},
+        resets=resets(upgraded.extensions) if deflate and upgraded.extensions else (False, False),
     )
 
     def stopped(future: asyncio.Future[EndCause]) -> None:
@@ -237,7 +248,7 @@ async def _run(
             relay.stop(future.result().code, future.result().reason)
 
     try:
-        relay.start(client, tail, upgraded.transport, upgraded.pending)
+        relay.start(client, tail, upgraded.transport, upgraded.pending, paused=(paused, upgraded.paused))
         del upgraded, client, tail
         # The sidecar ending the session (a drain, a newer session) tells the relay directly:
         # a callback, not a wait on two futures for the session's whole life.
@@ -255,6 +266,9 @@ async def _run(
     except asyncio.CancelledError:
         relay.stop(*SIDECAR_ERROR)
         raise
+    except Exception as error:  # a bug: logged once, 1011 to both legs, never a half-open socket
+        relay.failed(None, error)
+        end = await asyncio.shield(relay.ended)
     finally:
         session.stopped.remove_done_callback(stopped)
         if session.state is State.OPEN:

@@ -13,7 +13,9 @@ one loop timer per tick turns the wheel and runs what fell due.
 A callback never runs early: it is put in the first tick that starts at or
 after it is due, and runs when the loop reaches that tick, so at most one tick
 late on a loop that is not held up. A callback that raises is reported to the
-loop's exception handler and the others still run.
+loop's exception handler and the others still run; one cancelled by a callback
+of the same tick does not run. After a long gap (an idle wheel, a loop held up)
+a turn visits only the slots that hold timers, never each tick it missed.
 """
 
 from __future__ import annotations
@@ -131,16 +133,26 @@ class Wheel:
         # What was due when the timer was set is due now (call_at may run a timer early
         # by the clock's resolution); a loop held up runs every tick it missed, in order.
         last = max(self._armed, math.floor(clock.time() / self._tick))
+        if last - self._turned > len(self._slots):
+            # A long gap (idle, or the loop held up): straight to the slots due, so the work
+            # is bounded by what is pending, not by the time that passed. What their callbacks
+            # add goes after `last`, so none can land behind the wheel.
+            due = sorted(tick for tick in self._slots if tick <= last)
+            self._turned = last
+            for tick in due:
+                self._run_slot(clock, tick)
         while self._turned < last and self._slots:
             self._turned += 1
-            slot = self._slots.pop(self._turned, None)
-            if slot:
-                for handle in slot:
-                    handle._wheel = None
-                    self._run(clock, handle)
+            self._run_slot(clock, self._turned)
         self._turned = max(self._turned, last)
         if self._slots and self._timer is None:  # a callback may have armed it already
             self._arm(clock, self._turned + 1)
+
+    def _run_slot(self, clock: Clock, tick: int) -> None:
+        for handle in self._slots.pop(tick, None) or ():
+            if handle._wheel is not None:  # not cancelled by a callback run before it
+                handle._wheel = None
+                self._run(clock, handle)
 
     @staticmethod
     def _run(clock: Clock, handle: Handle) -> None:

@@ -94,10 +94,11 @@ def fleet_yaml(
     state: str = "lease_ttl: 3s",
     listen: str = "close_timeout: 1s",
     limits: str = "",
+    upstream: str = "",
 ) -> str:
     """One WebSocket route behind the edge secret, its agents leased in ``redis_url``."""
     return (
-        edge_yaml(listen=listen, auth=", agent_id: {}", route=f", duplicate_agent: {duplicate}")
+        edge_yaml(listen=listen, upstream=upstream, auth=", agent_id: {}", route=f", duplicate_agent: {duplicate}")
         + f'state: {{redis: "{redis_url}", {state}}}\n'
         + (f"limits: {{{limits}}}\n" if limits else "")
     )

@@ -97,6 +97,13 @@ def _segments(header: dict[str, Any], payload: dict[str, Any]) -> str:
     return _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(payload).encode())
 
 
+def hs256_raw(payload: str, key: str = JWT_SECRET) -> str:
+    """An HS256 token over ``payload`` as written (JSON PyJWT's encoder would not write)."""
+    head = _b64(b'{"alg":"HS256","typ":"JWT"}')
+    body = _b64(payload.encode())
+    return f"{head}.{body}." + _b64(hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+
+
 def unsigned(payload: dict[str, Any] | None = None, alg: str = "none") -> str:
     """``alg: none`` (RFC 7519 section 6): no signature at all."""
     return _segments({"alg": alg, "typ": "JWT"}, payload or claims()) + "."

@@ -44,6 +44,7 @@ CONTRACT: dict[str, frozenset[str]] = {
         "sidecar_config_reloads_total": ("result",),
         "sidecar_config_info": ("source", "sha256"),
         "sidecar_jwks_refreshes_total": ("result",),
+        "sidecar_jwks_last_success_timestamp_seconds": ("policy",),
         "sidecar_ws_token_expiries_total": ("route",),
         "sidecar_asyncio_tasks": (),
         "sidecar_state_up": (),

@@ -179,7 +179,7 @@ async def test_while_redis_is_down_the_admin_answers_for_its_own_replica(
             assert (status, body["scope"], body["state"]) == (200, "replica", "degraded")
             assert [s["agent_id"] for s in listed(body)] == ["x"]
             status, _, body = await admin("DELETE", metrics_port(a), "/sessions/x")
-            assert (status, body) == (200, {"closed": 1, "scope": "replica"})
+            assert (status, body) == (200, {"closed": 1, "scope": "replica", "state": "degraded"})
             assert await closed_by_peer(x) == (4403, "closed by operator")
 
 
@@ -218,3 +218,22 @@ async def test_no_admin_token_in_a_log_line(solo: Sidecar, caplog: pytest.LogCap
     lines = formatted(caplog.records)
     assert any("admin.sessions_ended" in line for line in lines)
     assert not [line for line in lines if ADMIN_TOKEN in line or "guess" in line]
+
+
+async def test_delete_says_how_many_replicas_did_not_confirm(backend: Backend, redis_srv: RedisServer) -> None:
+    # A replica that hears the question but does not answer within 2 s (here: a subscriber
+    # that never answers, as a replica stuck in a long pause would be): its sessions may or
+    # may not have been closed, and the answer says so instead of claiming a full count.
+    config = config_for(backend.url, fleet_yaml(redis_srv.url, duplicate="reject"))
+    async with replicas() as group, redis_srv.client() as deaf, deaf.pubsub() as ears:
+        await ears.subscribe("sidecar:fleet")
+        a = await group.start(config, "a")
+        b = await group.start(config, "b")
+        async with ws_connect(b, headers=agent("y")) as y:
+            await echoes(y)
+            status, _, body = await admin("DELETE", metrics_port(a), "/sessions/y")
+            assert (status, body) == (200, {"closed": 1, "scope": "fleet", "missing_replicas": 1})
+            assert await closed_by_peer(y) == (4403, "closed by operator")
+        status, _, body = await admin("DELETE", metrics_port(a), "/sessions/nobody")
+        assert (status, body["error"], body["scope"], body["missing_replicas"]) == (404, "not_found", "fleet", 1)
+        assert "1 replica" in str(body["message"])

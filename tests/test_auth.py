@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from multidict import CIMultiDict, MultiDict
 
-from sidecar.auth import Admission, admit, check_bearer, resolve_agent_id, without_query_token, www_authenticate
+from sidecar.auth import Admission, admit, resolve_agent_id, without_query_token, www_authenticate
 from sidecar.config import AgentIdRule, AuthPolicy, digest_secret, load_config
 from sidecar.reasons import Reason
 
@@ -27,7 +28,15 @@ def test_policy_holds_both_digests(policy: AuthPolicy) -> None:
     assert policy.secret_digests == (digest_secret(SECRET), digest_secret(OLD_SECRET))
 
 
-# --- check_bearer ---------------------------------------------------------------
+# --- the bearer verdict ----------------------------------------------------------
+
+
+def check_bearer(authorization: list[str] | tuple[str, ...], policy: AuthPolicy) -> Reason | None:
+    """The shared-secret verdict on every Authorization value a request carried, as
+    :func:`sidecar.auth.admit` makes it (the agent id rule left out)."""
+    headers = CIMultiDict(("Authorization", value) for value in authorization)
+    return admit(replace(policy, agent_id=None), headers, CIMultiDict()).reason
+
 
 BEARER = [
     # Authorization values, reason (None: accepted)

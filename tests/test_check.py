@@ -4,8 +4,12 @@ column of the mistake itself, not where the parser gave up). A table: no sockets
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from sidecar.cli import main
 from sidecar.config import load_config
 
 ENV = {"S": "s3cret-0123456789"}
@@ -22,9 +26,10 @@ routes:
 
 
 def first(text: str) -> str:
+    """The first error (problems come in file order: a warning may come before it)."""
     config, problems = load_config(text, env=ENV)
     assert config is None
-    return str(problems[0])
+    return str(next(p for p in problems if p.severity == "error"))
 
 
 @pytest.mark.parametrize(
@@ -67,7 +72,9 @@ def first(text: str) -> str:
     ],
 )
 def test_an_unknown_key_names_its_route_and_the_nearest_known_key(text: str, expected: str) -> None:
-    assert first(text).startswith(expected)
+    config, problems = load_config(text, env=ENV)
+    assert config is None
+    assert any(str(p).startswith(expected) for p in problems), [str(p) for p in problems]
 
 
 @pytest.mark.parametrize(
@@ -145,3 +152,31 @@ def test_sizes_in_kb_or_mb_are_a_warning_that_says_what_they_mean(written: str, 
     assert config is not None and config.routes[0].max_message_size == size
     expected = [f"routes.yaml:9: warning: routes[0] (edge).max_message_size: {warning}"] if warning else []
     assert [str(p) for p in problems] == expected
+
+
+def test_problems_are_listed_in_file_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # routes before upstreams and auth, each with a mistake: read in another order (upstreams,
+    # then auth, then routes), listed as the file has them.
+    text = (
+        "routes:\n"
+        "  - {name: r, type: websocket, paths: [/x], upstream: b, auth: e, max_sesions: 3}\n"
+        "auth:\n"
+        "  e:\n"
+        "    bearer: [sekrit-in-the-file-0123456789]\n"
+        "    colour: blue\n"
+        "upstreams:\n"
+        "  b: {url: 'http://127.0.0.1:1', conect_timeout: 1s}\n"
+        "listen: {prot: 8080}\n"
+    )
+    _, problems = load_config(text, env={}, strict=False)
+    lines = [p.line for p in problems]
+    assert len(problems) >= 4, [str(p) for p in problems]
+    assert lines == sorted(lines), [str(p) for p in problems]
+    assert {2, 6, 8, 9} <= set(lines), [str(p) for p in problems]
+    # ... and so does 'sidecar check' print them.
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    printed = [int(line.split(":")[1]) for line in err if re.match(rf"{re.escape(str(path))}:\d+:", line)]
+    assert printed == lines

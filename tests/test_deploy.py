@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from typing import Any
 
 from .conftest import ROOT, config_for
@@ -49,3 +52,25 @@ def test_dockerfile_starts_the_sidecar_in_exec_form() -> None:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     entrypoint = next(line for line in lines if line.startswith("ENTRYPOINT "))
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["sidecar"]
+
+
+def test_the_dockerfile_lists_the_variables_serve_help_lists() -> None:
+    """One list: the names the Dockerfile documents (its indented comment lines of names
+    only) are those 'serve --help' lists, in its order; any variable it sets beyond Python's
+    and pip's own is one of them."""
+    text = (ROOT / "Dockerfile").read_text()
+    listed = [
+        name
+        for line in text.splitlines()
+        if re.fullmatch(r"#   [A-Z][A-Z0-9_]*( [A-Z][A-Z0-9_]*)*", line)
+        for name in line[4:].split()
+    ]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve", "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    rows = help_text.partition("\nenvironment")[2].splitlines()[1:]
+    names = [row.split()[0].partition("=")[0] for row in rows if row.startswith("  ") and row[2] != " "]
+    assert names and listed == names
+    env_lines = re.findall(r"^ENV ((?:.*\\\n)*.*)$", text, re.MULTILINE)
+    set_names = re.findall(r"\b([A-Z][A-Z0-9_]*)=", " ".join(env_lines))
+    assert [n for n in set_names if not n.startswith(("PYTHON", "PIP_")) and n not in listed] == []

@@ -335,6 +335,28 @@ def test_bench_run_without_the_harness_says_where_it_looked(tmp_path: Path) -> N
     assert f"{tmp_path}/compare.sh" in done.stderr and "BENCH_SHARED" in done.stderr
 
 
+def test_bench_fleet_help_prints_its_usage_and_starts_nothing(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_LOG": str(tmp_path / "log")}
+    done = subprocess.run(
+        [ROOT / "bench" / "fleet.sh", "--help"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "BENCH_SHARED" in done.stdout and "flock /tmp/bench.lock" in done.stdout
+    assert not (tmp_path / "log").exists()  # no run began: nothing written, no Redis started
+    odd = subprocess.run([ROOT / "bench" / "fleet.sh", "--rounds=3"], capture_output=True, text=True, timeout=30)
+    assert odd.returncode == 2 and "unknown argument" in odd.stderr
+
+
+def test_bench_fleet_without_the_harness_says_where_it_looked(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "BENCH_SHARED": str(tmp_path), "SIDECAR_LOG": str(tmp_path / "log")}
+    done = subprocess.run(
+        [ROOT / "bench" / "fleet.sh"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}/compare.sh" in done.stderr and "BENCH_SHARED" in done.stderr
+    assert not (tmp_path / "log").exists()
+
+
 # --- bench/ab.sh and bench/ratio.py (how docs/benchmark.md's table is made) -------------------
 
 

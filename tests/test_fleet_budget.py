@@ -65,3 +65,24 @@ async def test_failures_under_the_limit_block_nobody(backend: Backend, redis_srv
 
 async def _count_is(r: Redis, value: str) -> bool:
     return bool(await r.get("sidecar:fails:127.0.0.1") == value)
+
+
+async def test_a_full_failure_table_counts_what_it_drops(backend: Backend, redis_srv: RedisServer) -> None:
+    # limits.tracked_clients bounds the table in front of the fleet's count: a failure from
+    # one more client key drops the oldest key's count (and its block, here: the fleet's
+    # count is what decides, and the next failure learns the block again). Counted, not silent.
+    text = fleet_yaml(redis_srv.url, duplicate="allow", limits="auth_failures: 4, auth_window: 1m, tracked_clients: 2")
+    async with replicas() as group:
+        a = await group.start(config_for(backend.url, text), "a")
+        assert a.sample("sidecar_auth_clients_evicted_total") == 0
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            status, _, _ = await rejected(a, "/edge/ws", WRONG, local_addr=(host, 0))
+            assert status == 401
+        assert a.sample("sidecar_auth_clients_evicted_total") == 2
+        assert len(a.running.runtime.failures) == 2
+        async with redis_srv.client() as r:  # the fleet's count kept every one of them
+            await until(lambda: _counted(r, 4))
+
+
+async def _counted(r: Redis, keys: int) -> bool:
+    return len(await r.keys("sidecar:fails:*")) == keys

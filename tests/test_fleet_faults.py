@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,9 @@ from redis.exceptions import RedisError
 
 from .conftest import AGENT, GOOD, Sidecar, config_for
 from .fleet import RedisServer, fleet_yaml, redis_srv, replicas, state_of
+from .netfault import proxy
 from .upstream import Backend
-from .wire import echoes, log_fields, rejected, until, ws_connect
+from .wire import closed_by_peer, echoes, log_fields, rejected, until, ws_connect
 
 __all__ = ["redis_srv"]  # the fixture
 
@@ -164,3 +166,62 @@ async def test_while_redis_is_down_each_replica_keeps_its_own_budget(backend: Ba
         async with ws_connect(b) as ws:  # the other one's count is its own
             await echoes(ws)
         assert a.sample("sidecar_state_errors_total", op="budget") >= 3
+
+
+async def test_a_replace_message_lost_with_a_silent_subscription_is_told_again(
+    backend: Backend, redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A's subscription goes silent (a middlebox forgot the connection: no FIN, no RST, and
+    # Redis still counts the subscriber), so B's 'replace' is lost on the way. A pings its
+    # subscription, finds it gone, subscribes again (counted, logged); B tells again every
+    # second: the old session ends with 4409 long before the replace bound (60 s connect
+    # timeout + two closing bounds) or a renewal (every 10 s) would end it.
+    caplog.set_level(logging.INFO, "sidecar")
+    text = partial(
+        fleet_yaml, duplicate="replace", state="lease_ttl: 30s, timeout: 250ms", upstream=", connect_timeout: 60s"
+    )
+    async with replicas() as group, proxy(redis_srv.port) as path:
+        a = await group.start(config_for(backend.url, text(path.url())), "a")
+        b = await group.start(config_for(backend.url, text(redis_srv.url)), "b")
+        async with ws_connect(a) as old:
+            await echoes(old)
+            assert path.freeze_subscribers() == 1
+            newer = asyncio.ensure_future(ws_connect(b))
+            assert await closed_by_peer(old, timeout=20) == (4409, "replaced by a newer session for this agent id")
+            async with await newer as new:
+                await echoes(new)
+        assert a.sample("sidecar_state_errors_total", op="control") >= 1
+        assert a.sample("sidecar_state_up") == 1  # a lost subscription is not Redis down
+        assert b.sample("sidecar_state_errors_total", op="control") == 0  # its PINGs were answered all along
+        lost = log_fields(caplog, "state.subscription_lost")
+        assert lost and "ping" in lost[0]["error"]
+        assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]
+
+
+async def test_a_claim_queued_behind_a_slow_batch_waits_no_longer_than_the_timeout(
+    backend: Backend, redis_srv: RedisServer
+) -> None:
+    # Redis answers every call within state.timeout (1 s), but slowly (0.8 s a round trip):
+    # a claim that arrives while another's batch is in flight waits for it and then for its
+    # own, up to 1.6 s in all. The handshake's bound is the claim's, whole: past state.timeout the
+    # replica decides alone (fail-open), and counts it.
+    text = fleet_yaml("", duplicate="reject", state="lease_ttl: 3s, timeout: 1s")
+    async with replicas() as group, proxy(redis_srv.port) as slow:
+        a = await group.start(config_for(backend.url, text.replace('redis: ""', f'redis: "{slow.url()}"')), "a")
+        async with ws_connect(a, headers=agent("warm")) as ws:  # the scripts are loaded: one round trip each
+            await echoes(ws)
+        await until(lambda: _none_held(redis_srv))  # its release landed: no batch in flight
+        assert a.sample("sidecar_state_errors_total", op="claim") == 0
+        slow.delay = 0.4
+        evalsha = slow.watch(b"EVALSHA")
+        first = asyncio.ensure_future(ws_connect(a, headers=agent("x")))
+        await evalsha.wait()  # x's claim is in flight
+        async with ws_connect(a, headers=agent("y")) as y:  # y's claim queues behind it
+            await echoes(y)
+        assert a.sample("sidecar_state_errors_total", op="claim") >= 1  # y's, at least
+        async with await first as x:
+            await echoes(x)
+
+
+async def _none_held(server: RedisServer) -> bool:
+    return not await leases(server)

@@ -5,9 +5,12 @@ a replica killed outright holds its agents no longer than lease_ttl."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import signal
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -15,9 +18,21 @@ from websockets.exceptions import InvalidStatus
 from .conftest import GOOD, config_for
 from .fleet import RedisServer, fleet_yaml, process_replica, redis_srv, replicas
 from .upstream import Backend
-from .wire import close_code, closed_by_peer, echoes, masked_frame, open_raw_websocket, rejected, until, ws_connect
+from .wire import (
+    close_code,
+    closed_by_peer,
+    echoes,
+    log_fields,
+    masked_frame,
+    open_raw_websocket,
+    rejected,
+    until,
+    ws_connect,
+)
 
 __all__ = ["redis_srv"]  # the fixture
+
+LEASE = "sidecar:lease:edge:edge_13238407486"
 
 
 async def test_reject_holds_across_replicas(backend: Backend, redis_srv: RedisServer) -> None:
@@ -124,3 +139,37 @@ async def test_a_killed_replica_holds_its_agents_no_longer_than_the_lease(
                 return True
 
             await until(admitted, timeout=2 + 5)  # lease_ttl + 5 s
+
+
+async def test_two_processes_with_one_replica_id_hold_leases_of_their_own(
+    backend: Backend, redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restarted process keeps its RAILWAY_REPLICA_ID, and during a deploy two processes may
+    # carry one: a lease names its holder process (a nonce per process, a serial per session),
+    # so neither mistakes the other's lease for a stale one of its own.
+    caplog.set_level(logging.INFO, "sidecar")
+    config = config_for(backend.url, fleet_yaml(redis_srv.url, duplicate="reject"))
+    async with replicas() as group:
+        first = await group.start(config, "same")
+        second = await group.start(config, "same")
+        async with ws_connect(first) as ws, redis_srv.client() as r:
+            await echoes(ws)
+            held = json.loads(await r.get(LEASE))
+            assert (held["replica"], held["session"]) == ("same", 1)
+            status, headers, _ = await rejected(second, "/edge/ws", GOOD)
+            assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
+            await echoes(ws)  # untouched, and still the holder
+            assert json.loads(await r.get(LEASE)) == held
+
+    replace = config_for(backend.url, fleet_yaml(redis_srv.url, duplicate="replace", state="lease_ttl: 30s"))
+    async with replicas() as group:
+        first = await group.start(replace, "same")
+        second = await group.start(replace, "same")
+        async with ws_connect(first) as old:
+            await echoes(old)
+            newer = asyncio.ensure_future(ws_connect(second))
+            assert await closed_by_peer(old) == (4409, "replaced by a newer session for this agent id")
+            async with await newer as new:
+                await echoes(new)
+        # Told on the holder process's own channel, not found later by a renewal (every 10 s here).
+        assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]

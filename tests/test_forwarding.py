@@ -1,23 +1,83 @@
-"""sidecar.forwarding: what the backend is sent and what the client gets back, as a
-table (no sockets)."""
+"""sidecar.forwarding: what the backend is sent, as a table (no sockets): the rules held by
+a readable model (``forward_headers`` here), and the data plane's ``forward_fields`` held to
+the model."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from sidecar.config import AgentIdRule, AuthPolicy, Route, Upstream
-from sidecar.forwarding import forward_fields, forward_headers, response_headers, upstream_query
+from sidecar.forwarding import _dashed, _dropped, forward_fields, upstream_query
+from sidecar.headers import FORWARDED_PREFIX, tokens
 
 UPSTREAM = Upstream("backend", "http://127.0.0.1:8000")
 POLICY = AuthPolicy("edge", agent_id=AgentIdRule())
 WS = Route("edge", True, UPSTREAM, paths=("/edge/ws",), auth=POLICY, forward_authorization=True)
 HTTP = Route("default", False, UPSTREAM, prefix="/")
 IDENTITY = frozenset({"x-edge-agent-id"})
+
+
+def forward_headers(
+    headers: MultiMapping[str],
+    route: Route,
+    agent_id: str | None,
+    *,
+    identity: frozenset[str],
+    remote: str | None,
+    scheme: str,
+    host: str,
+    trusted: bool = False,
+    query_token: Sequence[str] = (),
+    request_id: str | None = None,
+) -> CIMultiDict[str]:
+    """The model of :func:`sidecar.forwarding.forward_fields` the tables below hold the rules
+    to (readable: a multidict in, a multidict out): the request's end-to-end headers, minus
+    what the sidecar owns, plus its own.
+
+    ``identity`` names the headers the sidecar vouches for (the agent id headers of
+    every auth policy): a client's copy never passes, on any route, catch-all included.
+    ``X-Forwarded-For/-Proto/-Host`` are the sidecar's own view of the connection,
+    unless ``trusted`` (the peer is a configured proxy): then the proxy's are kept
+    and the peer appended to ``X-Forwarded-For``. ``query_token``: the tokens the
+    request carried in its query (RFC 6750 section 2.3), passed on as ``Authorization``
+    where the route forwards it, never in the URL. ``request_id``: sent as the one
+    ``X-Request-Id`` (a client's own is dropped, in any spelling), so the backend logs
+    the id the sidecar does.
+    """
+    drop = _dropped(route.websocket, route.auth is not None and not route.forward_authorization, identity)
+    named = tokens(headers, "Connection")  # RFC 9110 section 7.6.1: these are hop-by-hop too
+    if named:
+        drop = drop | {_dashed(name) for name in named}
+    if request_id is not None:
+        drop = drop | {"x-request-id"}
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in headers.items() if (d := _dashed(k)) not in drop and not d.startswith(FORWARDED_PREFIX)
+    )
+    rule = route.auth.agent_id if route.auth is not None else None
+    # Set after the Connection-token filtering: a client cannot strip these.
+    if rule is not None and agent_id is not None:
+        out[rule.forward_header] = agent_id
+    if trusted:
+        # A proxy we trust (Railway's edge) saw the client first: keep its view, add ours.
+        chain = ", ".join(headers.getall("X-Forwarded-For", ()))
+        remote = f"{chain}, {remote}" if chain and remote else chain or remote
+        scheme = headers.get("X-Forwarded-Proto", scheme)
+        host = headers.get("X-Forwarded-Host", host)
+    if remote:
+        out["X-Forwarded-For"] = remote
+    out["X-Forwarded-Proto"] = scheme
+    out["X-Forwarded-Host"] = host
+    if request_id is not None:
+        out["X-Request-Id"] = request_id
+    if route.forward_authorization and query_token and "Authorization" not in headers:
+        out["Authorization"] = f"Bearer {query_token[0]}"
+    return out
 
 
 def forwarded(
@@ -143,19 +203,6 @@ def test_a_query_token_goes_on_as_authorization(
 )
 def test_upstream_query(route: Route, query: str, sent: str) -> None:
     assert upstream_query(query, route) == sent
-
-
-def test_response_headers_drop_hop_by_hop_and_keep_repeats() -> None:
-    sent = CIMultiDict(
-        [
-            ("Set-Cookie", "a=1"),
-            ("Set-Cookie", "b=2"),
-            ("Connection", "X-Hop"),
-            ("X-Hop", "1"),
-            ("Transfer-Encoding", "chunked"),
-        ]
-    )
-    assert list(response_headers(sent).items()) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
 
 
 # --- forward_fields: the same decisions on raw fields, for the data plane's hot path ----------

@@ -13,11 +13,12 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, MultiDict
 
-from sidecar.auth import admit, check_bearer, resolve_agent_id, www_authenticate
+from sidecar.auth import admit, resolve_agent_id, www_authenticate
 from sidecar.config import DEFAULT_AGENT_ID_PATTERN, AgentIdRule, AuthPolicy, digest_secret
 from sidecar.reasons import Reason
 
 from .conftest import OLD_SECRET, SECRET
+from .test_auth import check_bearer
 
 # --- strategies ---------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ import base64
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.handshake import handshake_problem, offered_protocols, wants_websocket
+from sidecar.h1 import decode_fields
+from sidecar.handshake import deflate_answer_problem, handshake_problem, offered_protocols, wants_websocket
 from sidecar.headers import tokens
+from sidecar.requests import Request
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()  # 16 bytes
 VALID = [
@@ -181,6 +183,11 @@ WANTS = [
     ([("Upgrade", " websocket ")], True),
     ([("Upgrade", "h2c")], False),
     ([("Upgrade", "websockets")], False),
+    ([("Upgrade", "x-websocket")], False),
+    ([("Upgrade", "websocket/13")], False),
+    ([("Upgrade", "websocket, h2c")], True),
+    ([("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket")], True),
+    ([("Connection", "Upgrade"), ("Upgrade", "WebSocket")], True),
     ([("Connection", "websocket")], False),
     ([], False),
 ]
@@ -189,6 +196,16 @@ WANTS = [
 @pytest.mark.parametrize(("hdrs", "expected"), WANTS, ids=[repr(w[0]) for w in WANTS])
 def test_wants_websocket(hdrs: list[tuple[str, str]], expected: bool) -> None:
     assert wants_websocket(CIMultiDict(hdrs)) is expected
+
+
+@pytest.mark.parametrize(("hdrs", "expected"), WANTS, ids=[repr(w[0]) for w in WANTS])
+def test_the_listener_and_the_dispatcher_make_the_one_decision(hdrs: list[tuple[str, str]], expected: bool) -> None:
+    """The listener (stop parsing, keep what follows for a relay) and the dispatcher (a
+    WebSocket route or a plain one) must agree on every head, or a plain request's
+    successors are swallowed as frames."""
+    fields = [(name.encode(), value.encode()) for name, value in hdrs]
+    request = Request("GET", b"/", (1, 1), fields, keep_alive=True)
+    assert request.websocket_like() is wants_websocket(decode_fields(fields)) is expected
 
 
 def test_tokens_lower_cases_and_splits_every_value() -> None:
@@ -209,3 +226,27 @@ PROTOCOLS = [
 @pytest.mark.parametrize(("hdrs", "expected"), PROTOCOLS, ids=[repr(p[0]) for p in PROTOCOLS])
 def test_offered_protocols(hdrs: list[tuple[str, str]], expected: list[str]) -> None:
     assert offered_protocols(CIMultiDict(hdrs)) == expected
+
+
+DEFLATE_ANSWERS = [
+    ("permessage-deflate", "permessage-deflate", True),
+    ("permessage-deflate; client_max_window_bits", "permessage-deflate; client_max_window_bits=10", True),
+    ("permessage-deflate", "permessage-deflate; client_max_window_bits=10", False),  # RFC 7692 7.1.2.2
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; client_no_context_takeover", True),
+    ("permessage-deflate", "permessage-deflate; server_max_window_bits=10", True),
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=12", False),
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate", False),  # 15 when absent
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=9", True),
+    ("permessage-deflate; server_max_window_bits=10, permessage-deflate", "permessage-deflate", True),  # the 2nd
+    ("permessage-deflate", "permessage-deflate; x_unknown", False),
+    ("permessage-deflate", "permessage-deflate; server_no_context_takeover; server_no_context_takeover", False),
+    ("permessage-deflate", "permessage-deflate, permessage-deflate", False),
+    ("Permessage-Deflate; Client_Max_Window_Bits", 'permessage-deflate; CLIENT_MAX_WINDOW_BITS="9"', True),
+]
+
+
+@pytest.mark.parametrize(("offers", "answer", "fine"), DEFLATE_ANSWERS, ids=[a[1] for a in DEFLATE_ANSWERS])
+def test_a_permessage_deflate_answer_must_fit_an_offer(offers: str, answer: str, fine: bool) -> None:
+    problem = deflate_answer_problem(offers, answer)
+    assert (problem is None) is fine
+    assert problem is None or "did not offer" in problem

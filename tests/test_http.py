@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -13,7 +14,18 @@ import pytest
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
-from .wire import exchange, log_fields, plain, scrape, until
+from .wire import (
+    exchange,
+    log_fields,
+    parse_response,
+    plain,
+    raw_upstream,
+    read_response,
+    reason_of,
+    scrape,
+    statuses,
+    until,
+)
 
 
 def http(sidecar: Sidecar, path: str) -> str:
@@ -321,3 +333,240 @@ async def test_agent_id_with_unicode_controls_is_refused_whatever_the_pattern(
     assert response.startswith(b"HTTP/1.1 400 ")
     assert b"X-Sidecar-Reason: invalid_agent_id" in response
     assert backend.seen == []
+
+
+async def test_a_read_full_of_pipelined_refusals_is_answered_whole(sidecar: Sidecar, backend: Backend) -> None:
+    """Refusals are answered at once, inside the dispatch of the request they refuse: each
+    answer takes the next request in turn. 2,000 of them in one read all get their answer
+    (recursing once a request, the stack gave out at about 200 and the connection died
+    with a RecursionError)."""
+    one = b"GET /edge/ws HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = await exchange(sidecar.port, one * 2000 + b"GET /edge/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert statuses(answer) == [426] * 2001
+    assert backend.seen == []
+
+
+# --- an upstream that misbehaves, played byte by byte -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON", b"garbage", b"HTTP/1.1 200 OK\r\n"],
+    ids=["second-response", "garbage", "half-a-head"],
+)
+async def test_bytes_after_the_end_of_a_response_are_dropped_with_its_connection(
+    start_sidecar: StartSidecar, after: bytes
+) -> None:
+    """An upstream that writes more than the response asked for, in the same write: the
+    client gets the response and nothing else (the rest would answer its next request),
+    and that upstream connection is closed, never pooled for another request."""
+    connections: list[list[bytes]] = []  # the paths each upstream connection was asked for
+    closed: list[bool] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        paths: list[bytes] = []
+        connections.append(paths)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                path = (await reader.readuntil(b"\r\n\r\n")).split(b" ")[1]
+                paths.append(path)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s" % (len(path), path, after))
+                await writer.drain()
+        closed.append(True)
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        for path in (b"/first", b"/second"):
+            writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            response = await read_response(reader)
+            assert (response.status, response.body) == (200, path)
+        writer.close()
+        await until(lambda: len(closed) == 2)
+    assert connections == [[b"/first"], [b"/second"]]  # each closed after its response
+
+
+ENDLESS = 64 * 1024  # past the 41 KiB a head may take to be read, before anything ends it
+CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing", [b"1;" + b"e" * ENDLESS, b"0\r\nX-Trailer: " + b"a" * ENDLESS], ids=["chunk-line", "trailers"]
+)
+async def test_a_chunk_line_or_trailers_from_the_client_that_never_end_are_refused(
+    sidecar: Sidecar, backend: Backend, framing: bytes
+) -> None:
+    """llhttp skips chunk extensions and httptools buffers a trailer's value whole: without a
+    limit, a client could send them for ever (and grow the trailer in memory)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"POST /anything HTTP/1.1\r\nHost: x\r\n" + CHUNKED + framing)  # and never a line end
+    answer = await asyncio.wait_for(reader.read(), 10)  # until the sidecar closes
+    writer.close()
+    assert statuses(answer) == [431]
+    assert reason_of(answer) == "headers_too_large"
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("response", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"1;" + b"e" * ENDLESS, 200),
+        (b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"0\r\nX-Trailer: " + b"a" * ENDLESS, 200),
+        (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * ENDLESS, 502),
+        (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000) for i in range(10)) + b"\r\n", 502),
+    ],
+    ids=["chunk-line", "trailers", "head", "head-over-32-kib"],
+)
+async def test_a_chunk_line_trailers_or_head_from_the_upstream_over_the_limits_are_cut_off(
+    start_sidecar: StartSidecar, response: bytes, status: int
+) -> None:
+    """The same limits hold for what the upstream sends: a head that never ends or is over
+    32 KiB (even whole in one read) is 502; a body's framing that never ends cuts the
+    response short (its head is already the client's); the upstream connection is closed."""
+    closed = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)  # and never a line end
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the sidecar hangs up
+        closed.set()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, plain("GET", "/x"))
+        await asyncio.wait_for(closed.wait(), 10)
+    assert statuses(answer) == [status]
+    if status == 502:
+        assert reason_of(answer) == "upstream_unavailable"
+        assert b"X-Huge" not in answer and b"X-Big" not in answer
+    else:
+        assert not answer.endswith(b"0\r\n\r\n")  # no last chunk: the client knows it was cut short
+
+
+async def test_read_timeout_does_not_cut_off_an_upload_still_sending(start_sidecar: StartSidecar) -> None:
+    """read_timeout bounds the wait for the backend's answer; while the client is still
+    sending the body the backend is waiting too, and the exchange is not idle."""
+    received: list[bytes] = []
+    got = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        while len(received) < 4:
+            received.append(await reader.readexactly(1))
+            got.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url, READ_TIMEOUT.replace("300ms", "1s")))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+        for byte in b"abcd":
+            writer.write(bytes([byte]))
+            await asyncio.wait_for(got.wait(), 10)
+            got.clear()
+            await asyncio.sleep(0.4)  # the client is slow: four bytes take longer than read_timeout
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert statuses(answer) == [200]
+    assert b"".join(received) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"POST /anything HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n0\r\n\r\n",
+        b"POST /anything HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ],
+    ids=["http-1.0", "not-chunked-last"],
+)
+async def test_a_request_transfer_encoding_that_cannot_frame_it_is_refused(
+    sidecar: Sidecar, backend: Backend, request_: bytes
+) -> None:
+    """RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; section 6.3:
+    a request whose last coding is not chunked has no length. Either is 400 and the
+    connection closes, so the request after it is never read."""
+    answer = await exchange(sidecar.port, request_ + b"GET /hidden HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [400]
+    assert reason_of(answer) == "bad_request"
+    assert backend.seen == []
+
+
+async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(start_sidecar: StartSidecar) -> None:
+    """RFC 9112 section 6.3: the connection's end delimits it; the client gets it whole, its
+    codings kept and chunked by the sidecar, and a proper end."""
+    body = gzip.compress(b"hello " * 100)
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, plain("GET", "/x"))
+    response = parse_response(answer)
+    assert (response.status, response.headers["Transfer-Encoding"]) == (200, "gzip, chunked")
+    chunks, rest = [], response.body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        chunks.append(rest[: int(size, 16)])
+        rest = rest[int(size, 16) + 2 :]
+        if size == b"0":
+            break
+    assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
+
+
+async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: Sidecar, backend: Backend) -> None:
+    """``Expect: 100-continue`` and no 100: the client may send its body or not (RFC 9110
+    section 10.1.1), and what comes next cannot be told apart from a next request. The
+    refusal says ``Connection: close`` and the connection ends after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"POST /edge/message HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    response = await read_response(reader)  # no token: refused before the body is asked for
+    assert (response.status, response.headers["X-Sidecar-Reason"]) == (401, "missing_token")
+    assert response.headers["Connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
+    writer.close()
+    assert backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("after_head", "connections_used"),
+    [(b"", [[b"HEAD /a HTTP/1.1", b"GET /b HTTP/1.1"]]), (b"x" * 1000, [[b"HEAD /a HTTP/1.1"], [b"GET /b HTTP/1.1"]])],
+    ids=["head-only", "a-body-it-should-not-send"],
+)
+async def test_a_head_response_ends_at_its_head_and_both_connections_go_on(
+    start_sidecar: StartSidecar, after_head: bytes, connections_used: list[list[bytes]]
+) -> None:
+    """A HEAD's Content-Length describes a body that is not sent: the answer ends with the head
+    and the client's next request is answered on the same connection. So is the upstream's,
+    unless something followed the head in its read (a body a HEAD must not get): then that
+    connection is closed, and the bytes are never the next request's answer."""
+    connections: list[list[bytes]] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines: list[bytes] = []
+        connections.append(lines)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+                body = after_head if lines[-1].startswith(b"HEAD ") else b"y" * 1000
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + body)
+                await writer.drain()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert (head.status, head.headers["Content-Length"]) == (200, "1000")
+        writer.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await read_response(reader)
+        writer.close()
+    assert (response.status, response.body) == (200, b"y" * 1000)
+    assert connections == connections_used

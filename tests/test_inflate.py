@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.inflate import Meter
+from sidecar.inflate import Meter, resets
 
 from .framing import split
 
@@ -98,6 +98,52 @@ def test_a_sender_that_resets_per_message_is_measured_with_a_fresh_inflater_each
     assert meter.inflated == 4000
 
 
+def finished(message: bytes) -> bytes:
+    """A message compressed as one deflate stream ending in a block with BFINAL set (RFC 7692
+    section 7.2.3.3): nothing to remove at its end."""
+    squeeze = compressor()
+    return squeeze.compress(message) + squeeze.flush(zlib.Z_FINISH)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_after_a_final_block_the_next_message_is_measured_by_a_fresh_inflater(reset: bool) -> None:
+    """An inflater past BFINAL reads nothing more: the next message, a bomb, must still be
+    measured (and refused), and an ordinary one counted."""
+    meter = Meter(LIMIT, reset=reset)
+    assert feed_all(meter, finished(b"hello " * 100)) is None
+    assert feed_all(meter, deflated(b"after the end")) is None
+    assert feed_all(meter, finished(b"and again")) is None
+    assert meter.inflated == 600 + len(b"after the end") + len(b"and again")
+    assert feed_all(meter, deflated(bytes(32 * 1024 * 1024)), [5, 100]) == meter.too_big
+
+
+def test_a_bomb_behind_a_final_block_in_the_same_message_is_still_measured() -> None:
+    message = finished(b"short") + deflated(bytes(32 * 1024 * 1024))
+    assert feed_all(Meter(LIMIT), message, [3, 40]) == f"message larger than {LIMIT} bytes"
+
+
+def test_the_size_of_a_message_is_counted_over_all_its_frames() -> None:
+    meter = Meter(LIMIT)
+    pieces = split(deflated(bytes(LIMIT + 1)), [8, 16, 24])
+    assert [meter.feed(piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)][-1] == meter.too_big
+
+
+@pytest.mark.parametrize(
+    ("agreed", "expected"),
+    [
+        ("permessage-deflate", (False, False)),
+        ("permessage-deflate; client_no_context_takeover", (True, False)),
+        ("Permessage-Deflate; Server_No_Context_Takeover; client_max_window_bits=10", (False, True)),
+        ("permessage-deflate;server_no_context_takeover;client_no_context_takeover", (True, True)),
+        ("x-other; client_no_context_takeover, permessage-deflate", (False, False)),
+    ],
+)
+def test_which_senders_reset_per_message_is_read_from_the_agreed_extension(
+    agreed: str, expected: tuple[bool, bool]
+) -> None:
+    assert resets(agreed) == expected
+
+
 @pytest.mark.parametrize("junk", [b"\xff\xff\xff\xff", b"\x07" * 40])
 def test_data_that_is_not_deflate_is_refused(junk: bytes) -> None:
     assert Meter(LIMIT).feed(junk, True) == "compressed message is not valid deflate data"
@@ -117,3 +163,22 @@ def test_every_message_is_counted_at_its_size_however_it_is_cut(
         payload = deflated(message, squeeze if takeover else None)
         assert feed_all(meter, payload, cuts) is None
     assert meter.inflated == sum(map(len, messages))
+
+
+@given(
+    messages=st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), max_size=6),
+    cuts=st.lists(st.integers(0, 5000), max_size=5),
+)
+def test_messages_ending_in_a_final_block_or_a_flush_are_all_counted(
+    messages: list[tuple[bytes, bool]], cuts: list[int]
+) -> None:
+    """A sender may end any message with a final block (its compressor then starts afresh)
+    or a sync flush (its window kept): every message is counted whole, whatever the mix."""
+    squeeze, meter = compressor(), Meter(1 << 20)
+    for message, final in messages:
+        if final:
+            payload, squeeze = squeeze.compress(message) + squeeze.flush(zlib.Z_FINISH), compressor()
+        else:
+            payload = deflated(message, squeeze)
+        assert feed_all(meter, payload, cuts) is None
+    assert meter.inflated == sum(len(message) for message, _ in messages)

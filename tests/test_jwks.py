@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import gzip
 import json
+import math
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -122,11 +124,12 @@ async def test_plain_http_resolves_only_to_loopback_or_private_addresses(
 
 
 @contextlib.asynccontextmanager
-async def kept(*urls: str) -> AsyncIterator[tuple[KeyCache, Metrics]]:
-    """A cache of ``urls`` running as it does while the sidecar serves (first fetches done)."""
+async def kept(*urls: str, policies: dict[str, list[str]] | None = None) -> AsyncIterator[tuple[KeyCache, Metrics]]:
+    """A cache of ``urls`` (or of ``policies``: URL -> policy names) running as it does
+    while the sidecar serves (first fetches done)."""
     metrics = Metrics()
     cache = KeyCache(metrics)
-    cache.configure(urls)
+    cache.configure(policies if policies is not None else urls)
     running = cache.running()
     await running.__anext__()
     try:
@@ -186,5 +189,35 @@ async def test_the_cache_stops_at_once_even_as_a_fetch_is_woken() -> None:
         async with asyncio.timeout(10):  # a bound for a shared machine; the stop is immediate
             async with kept(server.url) as (cache, _):
                 cache.wanted(server.url)  # an unknown kid, as the cleanup begins
+    finally:
+        await server.stop()
+
+
+def last_success(metrics: Metrics, policy: str) -> float | None:
+    return metrics.registry.get_sample_value("sidecar_jwks_last_success_timestamp_seconds", {"policy": policy})
+
+
+async def test_each_successful_fetch_sets_its_policies_last_success_gauge(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await Jwks(ec_signer()).start()
+    down = "http://127.0.0.1:1/jwks"  # nothing listens there: never fetched
+    try:
+        before = time.time()
+        async with kept(policies={server.url: ["edge", "fleet"], down: ["other"]}) as (cache, metrics):
+            first = last_success(metrics, "edge")
+            assert first is not None and before <= first <= time.time()
+            assert (last_success(metrics, "fleet"), last_success(metrics, "other")) == (first, 0.0)
+            cache.wanted(server.url)
+            await until(lambda: refreshes(metrics, "success") == 2)
+            second = last_success(metrics, "edge")
+            assert second is not None and first <= second <= time.time()
+            server.hold = asyncio.Event()  # the issuer stops answering: the gauge stays
+            monkeypatch.setattr(jwks, "FETCH_TIMEOUT", 0.2)
+            cache._sources[server.url].wanted_at = -math.inf
+            cache.wanted(server.url)
+            await until(lambda: refreshes(metrics, "failure") == 2)  # the other URL's, then this one's
+            assert last_success(metrics, "edge") == second
+            cache.configure({server.url: ["edge"]})  # a reload: fleet and other are gone, and so are their series
+            assert (last_success(metrics, "fleet"), last_success(metrics, "other")) == (None, None)
+            assert last_success(metrics, "edge") == second
     finally:
         await server.stop()

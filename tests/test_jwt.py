@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 import jwt
@@ -20,6 +22,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from sidecar.runtime import Runtime
+from sidecar.sessions import Cancellable, Session, WallClock
 
 from .conftest import AGENT, SECRET, Sidecar, StartSidecar, config_for
 from .issuer import (
@@ -34,6 +37,7 @@ from .issuer import (
     ec_signer,
     ed_signer,
     hs256,
+    hs256_raw,
     rsa_signer,
     signed,
     tampered,
@@ -273,20 +277,77 @@ async def test_an_expired_token_is_401_token_expired_with_its_challenge(sidecar:
     assert len(runtime(sidecar).failures) == 0  # a genuine token, expired: not a guess at a secret
 
 
+@pytest.mark.parametrize("exp", ["1" + "0" * 400, "1e400", '"99999999999"'], ids=["huge", "overflow", "string"])
+async def test_an_exp_that_is_not_a_numeric_date_is_401_invalid_token(
+    sidecar: Sidecar, backend: Backend, exp: str
+) -> None:
+    payload = claims("edge_1")
+    payload.pop("exp")
+    text = json.dumps(payload)[:-1] + f', "exp": {exp}}}'
+    status, reason, body, _ = await refused(sidecar, bearer(hs256_raw(text)))
+    assert (status, reason, body["error"]) == (401, "invalid_token", "invalid_token")
+    assert backend.seen == []
+
+
 # --- expiry ends the session -------------------------------------------------------------
+
+
+@dataclass
+class Timer:
+    when: float
+    callback: Callable[[Session], None]
+    session: Session
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock(WallClock):
+    """A wall clock the test moves: expiry callbacks run when :meth:`advance` passes them."""
+
+    def __init__(self) -> None:
+        self.time = time.time()
+        self.due: list[Timer] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def call_at(self, when: float, callback: Callable[[Session], None], session: Session) -> Cancellable:
+        self.due.append(Timer(when, callback, session))
+        return self.due[-1]
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+        for timer in [t for t in self.due if t.when <= self.time]:
+            self.due.remove(timer)
+            if not timer.cancelled:
+                timer.callback(timer.session)
 
 
 async def test_an_open_session_is_closed_with_4401_at_expiry_and_its_backend_leg_with_1001(
     backend: Backend, start_sidecar: StartSidecar, jwks: Jwks
 ) -> None:
     sidecar = await start(start_sidecar, backend, jwks, jwt_yaml(jwt="      leeway: 0s\n"))
-    async with ws_connect(sidecar, headers=bearer(hs256(claims("edge_3", ttl=2)))) as ws:
-        await echoes(ws)
+    clock = runtime(sidecar).sessions.clock = ManualClock()
+    async with ws_connect(sidecar, headers=bearer(hs256(claims("edge_3", ttl=600)))) as ws:
+        await echoes(ws)  # open: the token is valid for ten minutes more
+        (session,) = runtime(sidecar).sessions.sessions()
+        assert [timer.when for timer in clock.due] == [session.expires_at]
+        clock.advance(599)
+        await echoes(ws)  # not yet
+        clock.advance(2)  # exp is now in the past
         assert await closed_by_peer(ws) == (4401, "token expired")
     await until(lambda: backend.closes == [(1001, "sidecar closing the session")])
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="4401") == 1)
     assert sidecar.sample("sidecar_ws_token_expiries_total", route="edge") == 1
     assert len(runtime(sidecar).sessions) == 0
+
+
+async def test_the_registrys_wall_clock_calls_back_at_a_wall_clock_time() -> None:
+    called = asyncio.Event()
+    WallClock().call_at(time.time() - 1, lambda _: called.set(), cast(Session, None))  # already due: at once
+    await called.wait()
 
 
 async def test_with_on_expiry_ignore_an_open_session_has_no_expiry(

@@ -86,6 +86,23 @@ def test_token_exits_2_with_a_clear_message(config: Path, args: list[str], env: 
     assert says in result.stderr, result.stderr
 
 
+def test_token_refuses_a_secret_shorter_than_the_algorithms_hash(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(CONFIG.replace("algorithms: [HS256]", "algorithms: [HS256, HS512]"))
+    secret = "s" * 40  # enough for HS256, not for HS512 (RFC 7518 section 3.2: 64 bytes)
+    for command in ("token", "check"):
+        args = ["edge_1", "--config", str(path)] if command == "token" else [str(path)]
+        result = run(command, *args, EDGE_JWT_SECRET=secret)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert f"{path}:7: error: auth.edge.jwt.secrets: a secret is shorter than 64 bytes, too short for HS512" in (
+            result.stderr
+        ), result.stderr
+        assert secret not in result.stderr
+        if command == "token":
+            assert result.stderr.splitlines()[-1] == f"sidecar token: {path} has errors (see above)"
+
+
 def test_check_prints_the_key_fingerprints_never_the_keys(config: Path) -> None:
     result = run("check", str(config), EDGE_JWT_SECRET=JWT_SECRET, EDGE_JWT_SECRET_PREVIOUS=JWT_SECRET_PREVIOUS)
     assert result.returncode == 0, result.stderr

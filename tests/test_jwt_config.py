@@ -151,6 +151,14 @@ MISTAKES = [
         "6: error: auth.e.jwt.agent_claim: must name",
     ),
     ("unknown-key", "      secrets: ['${JWT_SECRET}']\n      kid: x\n", "6: error: auth.e.jwt: unknown key 'kid'"),
+    *(
+        (
+            f"claim-{claim}",
+            f"      secrets: ['${{JWT_SECRET}}']\n      agent_claim: {claim}\n",
+            f"6: error: auth.e.jwt.agent_claim: {claim!r} is a registered claim (RFC 7519 section 4.1)",
+        )
+        for claim in ("iss", "aud", "exp", "nbf", "iat", "jti")
+    ),
 ]
 
 
@@ -160,6 +168,32 @@ def test_each_mistake_is_an_error_at_its_line(jwt: str, expected: str) -> None:
     errors = [p for p in problems if ": error: " in p]
     assert config is None
     assert len(errors) == 1 and errors[0].startswith(f"routes.yaml:{expected}"), errors
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "length", "need"),
+    [("HS384", 47, 48), ("HS512", 63, 64), ("HS256, HS512", 48, 64)],
+    ids=["hs384", "hs512", "the-longest-listed"],
+)
+def test_a_secret_shorter_than_its_algorithms_hash_is_an_error(algorithms: str, length: int, need: int) -> None:
+    secret = "k" * length
+    config, problems = load(
+        policy_yaml(f"      secrets: ['${{JWT_SECRET}}']\n      algorithms: [{algorithms}]\n"),
+        {**ENV, "JWT_SECRET": secret},
+    )
+    assert config is None
+    longest = algorithms.split(", ")[-1]
+    assert problems == [
+        f"routes.yaml:5: error: auth.e.jwt.secrets: a secret is shorter than {need} bytes, too short for "
+        f"{longest} (RFC 7518 section 3.2); generate one with 'openssl rand -base64 48'"
+    ]
+    assert not any(secret in p for p in problems)
+    # Long enough for every algorithm listed: no problem.
+    config, problems = load(
+        policy_yaml(f"      secrets: ['${{JWT_SECRET}}']\n      algorithms: [{algorithms}]\n"),
+        {**ENV, "JWT_SECRET": "k" * need},
+    )
+    assert config is not None and problems == []
 
 
 def test_a_jwt_secret_that_is_also_a_bearer_secret_is_an_error() -> None:

@@ -272,3 +272,65 @@ def test_every_package_is_shipped() -> None:
     listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     packages = sorted(name for name, path in FILES.items() if path.name == "__init__.py")
     assert sorted(listed) == packages
+
+
+# --- dead code ---------------------------------------------------------------------------
+
+# Called by a framework, by name: asyncio's protocol callbacks, prometheus_client's
+# collectors; and llhttp's parser callbacks (httptools), every ``on_*``.
+CALLED_BY_NAME = frozenset(
+    {"connection_made", "connection_lost", "data_received", "eof_received", "pause_writing", "resume_writing"}
+    | {"get_buffer", "buffer_updated", "collect"}
+)
+
+
+def unused_definitions(package: Path) -> list[str]:
+    """Functions, methods and classes of ``package`` that none of its modules names (as a
+    name, an attribute, an imported name or a string): code only the tests call, or nobody.
+    Members of a ``typing.Protocol`` describe another library's object, and are left out."""
+    trees = {path: ast.parse(path.read_text(), str(path)) for path in sorted(package.rglob("*.py"))}
+    used: set[str] = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                used.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.alias):
+                used.add(node.name.rpartition(".")[2])
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+                used.add(node.value)
+    protocols = {
+        id(member)
+        for tree in trees.values()
+        for cls in ast.walk(tree)
+        if isinstance(cls, ast.ClassDef) and any(ast.unparse(base).endswith("Protocol") for base in cls.bases)
+        for member in cls.body
+    }
+    unused = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) or id(node) in protocols:
+                continue
+            name = node.name
+            if name.startswith("__") or name.startswith("on_") or name in CALLED_BY_NAME or name in used:
+                continue
+            unused.append(f"{path.relative_to(package.parent)}:{node.lineno} {name}")
+    return unused
+
+
+def test_no_function_is_dead_code() -> None:
+    # An import under another name counts as a use (server.py: log_fields as client_settings).
+    assert unused_definitions(PACKAGE) == []
+
+
+def test_the_dead_code_finder_finds_what_nothing_calls(tmp_path: Path) -> None:
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "def used(): ...\ndef dead(): ...\nclass C:\n    def gone(self): ...\n    def on_url(self): ...\n",
+            "b.py": "from .a import used as renamed\nrenamed()\nC().x\n",
+        },
+    )
+    assert unused_definitions(package) == ["pkg/a.py:2 dead", "pkg/a.py:4 gone"]

@@ -75,6 +75,26 @@ async def test_an_idle_connection_the_upstream_closes_or_writes_to_leaves_the_po
     pool.close()
 
 
+async def test_a_connection_given_back_paused_still_sees_the_upstream_close_it(
+    server: tuple[str, list[asyncio.StreamWriter]],
+) -> None:
+    """Reading from an upstream is paused while its client's write buffer is full; a response
+    that ends then goes back to the pool paused. Idle, it must read again: else the upstream's
+    FIN is never seen, and the dead connection is lent to the next request."""
+    url, held = server
+    pool = Pool(idle_timeout=60)
+    target = pool.target(Upstream("b", url))
+    connection = await pool.open(target)
+    assert connection.transport is not None
+    connection.transport.pause_reading()
+    pool.give(connection)
+    await until(lambda: len(held) == 1)
+    held[0].close()  # the upstream's FIN, as a server closing an idle keep-alive connection sends it
+    await until(lambda: pool.idle() == 0)
+    assert pool.take(target) is None
+    pool.close()
+
+
 async def test_the_pool_is_bounded_and_closing_it_closes_the_idle(
     server: tuple[str, list[asyncio.StreamWriter]],
 ) -> None:

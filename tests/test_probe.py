@@ -527,6 +527,7 @@ async def test_a_server_that_quotes_the_token_back(raw_server: Callable[[str], A
         (["ws://h/", "--token-env", "UNSET_VAR"], {}, "--token-env UNSET_VAR: the variable is not set"),
         (["ws://h/", "--token-env", "EMPTY_VAR"], {"EMPTY_VAR": ""}, "--token-env EMPTY_VAR: the variable is empty"),
         (["ws://h/", "-H", "no colon"], {}, "-H takes 'Name: value'"),
+        (["ws://h/", "-H", f"Authorization Bearer {TOKEN}"], {}, "this one has no ':'"),  # probe(): TOKEN unshown
         (["ws://h/", "--timeout", "0"], {}, "--timeout takes seconds"),
         (["ws://h/", "--token", "a", "--token-env", "X"], {}, "not allowed with argument"),
         (["ws://h/", "--timeout", "soon"], {}, "invalid float value"),
@@ -537,3 +538,48 @@ async def test_bad_usage_exits_2(args: list[str], env: dict[str, str], says: str
     run = await probe(*args, token=None, env=env)
     assert (run.code, run.out) == (2, "")
     assert says in run.err
+
+
+# --- credentials the user put in the URL or in -H headers ---------------------------------
+
+QUERY_SECRET = "query-secret-5b1e9c77"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "secret"),
+    [
+        (f"/edge/ws?edge_agent_id=edge_1&token={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?access_token={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?edge_agent_id=edge_1&sig={TOKEN}", [], TOKEN),  # any value equal to the token
+        (f"/edge/ws?{TOKEN}", [], TOKEN),  # a bare query: its name is the value
+        ("/edge/ws", ["-H", f"Cookie: session={QUERY_SECRET}"], QUERY_SECRET),
+        ("/edge/ws", ["-H", f"Proxy-Authorization: Basic {QUERY_SECRET}"], QUERY_SECRET),
+        ("/edge/ws", ["-H", f"X-Api-Key: {QUERY_SECRET}"], QUERY_SECRET),
+    ],
+    ids=["token", "access_token", "equal-to-the-token", "bare", "cookie", "proxy-authorization", "api-key"],
+)
+@pytest.mark.parametrize("output", ["human", "json"])
+async def test_credentials_in_the_url_or_headers_are_never_shown(
+    raw_server: Callable[[str], Awaitable[RawServer]], path: str, headers: list[str], secret: str, output: str
+) -> None:
+    server = await raw_server("echo")  # quotes the request back: its line, and its last header in Server
+    json_flag = ["--json"] if output == "json" else []
+    # Without --token-env when the secret is another: the request it quotes must carry no token.
+    token = TOKEN if secret == TOKEN else None
+    run = await probe(f"ws://127.0.0.1:{server.port}{path}", *json_flag, *headers, token=token)
+    assert run.code == 1
+    assert secret not in run.out + run.err
+    assert "(withheld: it contains the token)" in run.out
+    if output == "human":
+        heading = run.out.splitlines()[0]
+        assert heading.startswith(f"probe ws://127.0.0.1:{server.port}/edge/ws")
+        query = path.partition("?")[2]
+        shown = "&".join(p.split("=")[0] + "=…" if "=" in p else "…" for p in query.split("&")) if query else ""
+        assert heading.split(" ")[1] == f"ws://127.0.0.1:{server.port}/edge/ws" + (f"?{shown}" if shown else "")
+
+
+async def test_credentials_in_the_urls_userinfo_are_refused_unshown() -> None:
+    run = await probe(f"ws://agent:{QUERY_SECRET}@127.0.0.1:1/edge/ws", "--json")
+    assert (run.code, run.out) == (2, "")
+    assert "credentials do not belong in the URL" in run.err
+    assert QUERY_SECRET not in run.err

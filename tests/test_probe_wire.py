@@ -89,6 +89,24 @@ def test_header_option_refuses(option: str) -> None:
         wire.parse_header_option(option)
 
 
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ("Authorization Bearer s3cr3t-9f2c", "this one has no ':'"),
+        ("X-Api-Key=s3cr3t-9f2c", "this one has no ':'"),
+        ("Authorization=Bearer s3cr3t-9f2c:x", "the name before its ':' has other characters"),
+    ],
+    ids=["colon-forgotten", "equals-for-colon", "equals-then-a-colon-in-the-value"],
+)
+def test_a_mistyped_header_option_is_refused_without_quoting_it(option: str, says: str) -> None:
+    """The commonest -H typos hold the credential in what would be the name: the usage
+    error says what is wrong, never the text (SECURITY.md row 14)."""
+    with pytest.raises(ValueError) as refused:
+        wire.parse_header_option(option)
+    assert says in str(refused.value)
+    assert "s3cr3t" not in str(refused.value)
+
+
 def test_request_bytes() -> None:
     target = wire.parse_target("ws://h:8080/edge/ws?edge_agent_id=edge_1")
     headers = wire.request_headers(target, "dGhlIHNhbXBsZSBub25jZQ==", token=TOKEN, agent_id="edge_1", extra=[])
@@ -499,3 +517,25 @@ def test_a_reason_the_probe_has_no_words_for_points_at_its_troubleshooting_row()
     hint = rp.answer_hint(answer, path="/edge/ws", token=None)
     assert f"docs/troubleshooting.md#reason-{reason}" in hint
     assert "README" not in hint
+
+
+def test_credentials_are_the_urls_credential_values_and_the_credential_headers() -> None:
+    target = wire.parse_target("ws://h/p?edge_agent_id=edge_1&access_token=a%2Bb&bare&Sig=s1")
+    assert target.shown() == "ws://h/p?edge_agent_id=…&access_token=…&…&Sig=…"
+    headers = [
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Authorization", "Bearer t1"),
+        ("Cookie", "a=c1; b=c2"),
+        ("X-Edge-Agent-Id", "edge_1"),
+    ]
+    assert wire.credentials(target, headers) == [
+        "a%2Bb",
+        "a+b",
+        "s1",
+        "Bearer t1",
+        "t1",
+        "a=c1; b=c2",
+        "b=c2",
+        "c1",
+        "c2",
+    ]

@@ -119,8 +119,10 @@ async def prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus]:
 def config_text(dead_upstream: str) -> str:
     """The shipped routes.yaml, with: no catch-all (so a plain request can miss every route),
     fast keep-alive pings (so a mute backend is cut off in a test's time), and routes to a
-    backend that is not there (502 upstream_unavailable on both kinds of route)."""
+    backend that is not there (502 upstream_unavailable on both kinds of route), and a JWKS
+    there too (its policy's last-success gauge at 0: never fetched)."""
     data = yaml.safe_load((ROOT / "routes.yaml").read_text())
+    data["auth"]["edge"]["jwt"] = {"jwks_url": f"{dead_upstream}/jwks"}
     data["listen"]["keepalive_interval"] = "200ms"
     data["upstreams"]["dead"] = {"url": dead_upstream}
     data["routes"] = [route for route in data["routes"] if route.get("prefix") != "/"]

@@ -14,13 +14,22 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.closing import End
+from sidecar.legs import Leg
 from sidecar.metrics import Tally
-from sidecar.relay import Relay
+from sidecar.relay import Relay, Transport
 from sidecar.wheel import Wheel
 
 from .relaying import Options, close_of, front, played_upstream, read_masked_frame
 from .upstream import Backend
-from .wire import close_code, closed_by_peer, echoes, masked_frame, open_raw_websocket, read_frame, until
+from .wire import (
+    close_code,
+    closed_by_peer,
+    echoes,
+    masked_frame,
+    open_raw_websocket,
+    read_frame,
+    until,
+)
 
 pytestmark = pytest.mark.both_loops
 
@@ -253,11 +262,10 @@ async def test_a_stop_in_the_middle_of_a_large_message_waits_for_its_end(backend
         writer.transport.pause_reading()  # type: ignore[attr-defined]
         writer.write(masked_frame(0x1, b"send %d" % size))
         session = await door.session()
-        await until(lambda: session.down.bytes > 0)
-        last = -1
-        while session.down.bytes != last:  # until backpressure holds it
-            last = session.down.bytes
-            await asyncio.sleep(0.2)
+        client = session.client.get_protocol()
+        assert isinstance(client, Leg)
+        await until(lambda: client.writing_paused)  # backpressure: the backend is no longer read
+        assert client.other.paused and not session.upstream.is_reading()
         assert 0 < session.down.bytes < size  # in the middle of the frame
         session.relay.stop(4409, "replaced by a newer session for this agent id")
         writer.transport.resume_reading()  # type: ignore[attr-defined]
@@ -336,18 +344,89 @@ async def test_an_upstream_gone_in_the_middle_of_a_frame_leaves_the_client_abort
     would be read as the rest of that frame's payload, so the client's connection is
     aborted instead (it sees 1006), and no invented bytes are sent."""
 
+    forwarded = asyncio.Event()  # the client has the half frame: the upstream may vanish
+
     async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"\x82\x7e\x10\x00" + b"h" * 1000)  # 4096 bytes announced, 1000 sent
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await forwarded.wait()
         writer.transport.abort()
 
     async with played_upstream(half) as port, front(port) as door:
         reader, writer, _ = await open_raw_websocket(door.port)
-        received = await asyncio.wait_for(reader.read(), 10)  # until the connection ends
+        received = await asyncio.wait_for(reader.readexactly(1004), 10)
+        forwarded.set()
+        received += await asyncio.wait_for(reader.read(), 10)  # until the connection ends
         assert received == b"\x82\x7e\x10\x00" + b"h" * 1000  # exactly what the upstream sent
         assert await (await door.session()).ended() == End("upstream", 1006)
         writer.close()
+
+
+async def test_once_the_session_has_ended_the_bounds_on_its_ending_are_no_ops(backend: Backend) -> None:
+    """A bound that comes round after the session ended (its timer already due when it was
+    cancelled, or run by hand here) does nothing: no exception, no new timer on the wheel,
+    the outcome unchanged."""
+    async with front(backend.port) as door:
+        async with connect(door.url) as ws:
+            await echoes(ws, "hello")
+            session = await door.session()
+        end = await session.ended()
+        relay = session.relay
+        relay._give_up()
+        relay._abort_all()
+        relay.stop(1012, "too late")
+        assert len(door.wheel) == 0
+        assert relay.ended.result() == end
+
+
+class _Held(asyncio.Protocol):
+    """A connection's protocol before a relay takes it over: it only hears of the end."""
+
+    def __init__(self) -> None:
+        self.transport: Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] # uvloop's is no asyncio.Transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(None)
+
+
+async def test_a_relay_given_a_connection_already_lost_ends_as_that_side_gone() -> None:
+    """The upstream's connection was lost (its previous protocol told) before the relay took
+    it over: uvloop refuses writes and new buffer limits on it. The relay starts anyway,
+    counts that side as gone, and the client is sent 1011, nothing raised."""
+    loop = asyncio.get_running_loop()
+    accepted: list[_Held] = []
+    server = await loop.create_server(lambda: accepted.append(_Held()) or accepted[-1], "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # the client
+        _, upstream = await loop.create_connection(_Held, "127.0.0.1", port)  # the upstream leg
+        await until(lambda: len(accepted) == 2)
+        client, backend_side = accepted[0].transport, accepted[1].transport
+        assert client is not None and backend_side is not None and upstream.transport is not None
+        backend_side.abort()  # the backend goes away before the relay starts
+        await upstream.lost
+        relay = Relay(
+            max_message_size=1 << 20,
+            deflate=False,
+            close_timeout=2.0,
+            stall_timeout=60.0,
+            keepalive_interval=0.0,
+            wheel=Wheel(0.02),
+            up=Tally("edge", "upstream"),
+            down=Tally("edge", "downstream"),
+            context={"route": "edge"},
+        )
+        relay.start(client, b"", upstream.transport, b"")
+        close = await asyncio.wait_for(read_frame(reader), 10)
+        assert (close.first, close_of(close.payload)) == (0x88, (1011, "upstream went away"))
+        writer.close()
+        assert (await asyncio.wait_for(relay.ended, 10)).initiator == "upstream"
+    finally:
+        server.close()
 
 
 async def test_each_leg_pings_with_a_payload_of_its_own() -> None:

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from sidecar.closing import End
-from sidecar.legs import HIGH_WATER
+from sidecar.legs import HIGH_WATER, Leg
 
 from .relaying import Options, front
 from .upstream import Backend
@@ -176,10 +176,10 @@ async def test_a_client_that_stops_reading_pushes_back_on_the_upstream(backend: 
         writer.transport.pause_reading()  # type: ignore[attr-defined]
         writer.write(masked_frame(0x1, b"flood %d %d" % (count, size)))
         session = await door.session()
-        last = -1
-        while backend.flood_sent != last:  # until the backend is stuck
-            last = backend.flood_sent
-            await asyncio.sleep(0.5)
+        client = session.client.get_protocol()
+        assert isinstance(client, Leg)
+        await until(lambda: client.writing_paused)  # the client's buffer is past its mark ...
+        assert client.other.paused and not session.upstream.is_reading()  # ... so the backend is not read
         assert backend.flood_sent < count / 2
         held = session.client.get_write_buffer_size()
         assert 0 < held <= HIGH_WATER + 1024 * 1024  # the mark, plus at most one read

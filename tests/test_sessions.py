@@ -206,16 +206,6 @@ async def test_drain_refuses_the_connecting_and_ends_the_open() -> None:
         assert late.cause is EndCause.DRAINING
 
 
-async def test_end_agent_ends_its_sessions_only() -> None:
-    registry = Registry()
-    route = replace(ROUTE, duplicate_agent="allow")
-    sessions = [Session(route, "a1"), Session(route, "a1"), Session(route, "a2")]
-    async with admit(registry, sessions[0]), admit(registry, sessions[1]), admit(registry, sessions[2]):
-        assert registry.end_agent("a1", EndCause.REPLACED) == 2
-        assert registry.end_agent("a1", EndCause.REPLACED) == 0  # already ending
-        assert [s.cause for s in sessions] == [EndCause.REPLACED, EndCause.REPLACED, None]
-
-
 async def test_an_open_session_is_ended_at_its_tokens_expiry_and_counted() -> None:
     registry = Registry()
     expired: list[Session] = []

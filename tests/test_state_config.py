@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.config import Config, StateConfig, load_config
 from sidecar.config.model import display_url
-from sidecar.fleet.layout import Names, decode, encode, lease_replica, lease_value
+from sidecar.fleet.layout import Holder, Names, decode, encode, lease_holder, lease_value
 from sidecar.replica import replica_id
 
 from .conftest import ROOT, SIDECAR, process_env
@@ -214,12 +214,15 @@ def test_key_names_are_prefixed_and_never_collide() -> None:
     assert names.fails("2001:db8::/64") == "sidecar:fails:2001%3Adb8%3A%3A%2F64"
     assert names.blocked("10.0.0.1") == "sidecar:blocked:10.0.0.1"
     assert (names.fleet, names.replica("web-1:42")) == ("sidecar:fleet", "sidecar:replica:web-1%3A42")
+    assert names.replica("web-1:42", "9f") == "sidecar:replica:web-1%3A42:9f"  # one process's own
     assert Names("other:").lease("edge", "edge_1") == "other:lease:edge:edge_1"
 
 
 def test_lease_values_and_messages() -> None:
-    value = lease_value("b", "0123")
-    assert lease_replica(value) == "b"
-    assert lease_replica("not json") is None and lease_replica('["b"]') is None
+    value = lease_value("b", "0123", 7)
+    assert value == '{"replica":"b","process":"0123","session":7}'
+    assert lease_holder(value) == Holder("b", "0123")
+    assert lease_holder('{"replica":"b","session":"x"}') == Holder("b", None)  # written by an older version
+    assert lease_holder("not json") is None and lease_holder('["b"]') is None
     assert decode(encode("block", key="k", ms=5)) == {"op": "block", "key": "k", "ms": 5}
     assert decode(b"nope") is None and decode('{"no": "op"}') is None

@@ -28,6 +28,7 @@ from .issuer import (
     ec_signer,
     ed_signer,
     hs256,
+    hs256_raw,
     rsa_signer,
     signed,
     tampered,
@@ -188,6 +189,30 @@ def test_another_agent_claim() -> None:
         "edge_9", pytest.approx(time.time() + 300, abs=5)
     )
     assert verify(hs256(claims("edge_9")), policy, KEYS) == Failed(Reason.INVALID_TOKEN, "no 'agent' claim")
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value",
+    ["1" + "0" * 400, "-1" + "0" * 400, "1e400", '"1700000000"', '"99999999999"', "true", "false", "[1]", "null"],
+    ids=["huge-int", "huge-negative", "huge-float", "string-past", "string-future", "true", "false", "list", "null"],
+)
+def test_a_date_claim_that_is_not_a_numeric_date_is_invalid_token(claim: str, value: str) -> None:
+    now = int(time.time())
+    dates = {"exp": str(now + 300), "nbf": str(now - 10), "iat": str(now - 10), claim: value}
+    payload = '{"sub":"edge_1","iss":"%s","aud":"%s",%s}' % (  # noqa: UP031 - JSON by hand
+        ISSUER,
+        AUDIENCE,
+        ",".join(f'"{k}":{v}' for k, v in dates.items()),
+    )
+    outcome = verify(hs256_raw(payload), POLICY, KEYS)
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.reason is Reason.INVALID_TOKEN, outcome
+
+
+def test_a_date_in_float_range_is_a_date() -> None:
+    outcome = verify(hs256(claims(exp=1e308)), POLICY, KEYS)
+    assert outcome == Verified("edge_1", 1e308)
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+from typing import Any
 from unittest.mock import ANY
 
 import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sidecar import websocket
+from sidecar.frames import Scanner
+from sidecar.legs import Leg
+from sidecar.relay import Relay
+
 from .conftest import AGENT, GOOD, OLD_SECRET, SECRET, Sidecar, StartSidecar, config_for, edge_yaml
+from .relaying import _accept_for
 from .upstream import Backend
 from .wire import (
     closed_by_peer,
@@ -24,7 +32,9 @@ from .wire import (
     open_raw_websocket,
     parse_response,
     raw_upstream,
+    read_frame,
     rejected,
+    statuses,
     until,
     ws_connect,
 )
@@ -194,17 +204,36 @@ async def test_oversized_message_from_upstream_closes_with_1009(backend: Backend
         assert code == 1009
 
 
-async def test_client_that_stops_reading_pushes_back_on_the_upstream(sidecar: Sidecar, backend: Backend) -> None:
+def relays_started(monkeypatch: pytest.MonkeyPatch) -> list[Relay]:
+    """Every relay the sidecar starts from now on, to watch its legs."""
+    started: list[Relay] = []
+    start = Relay.start
+
+    def recorded(self: Relay, *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Relay, "start", recorded)
+    return started
+
+
+async def held_back(relays: list[Relay]) -> None:
+    """Until the first relay's client buffer is past its mark and the backend is not read."""
+    await until(lambda: relays and relays[0]._client.writing_paused)
+    assert relays[0]._upstream.paused and not relays[0]._upstream.transport.is_reading()
+
+
+async def test_client_that_stops_reading_pushes_back_on_the_upstream(
+    sidecar: Sidecar, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """128 MiB offered while the client reads nothing: the backend must be made to wait
     (what is in flight is bounded by socket buffers, not by the sidecar), and once the
     client reads, every byte arrives."""
     count, size = 128, 1024 * 1024
+    relays = relays_started(monkeypatch)
     async with ws_connect(sidecar, max_queue=1, max_size=2 * size) as ws:
         await ws.send(f"flood {count} {size}")
-        last = -1
-        while backend.flood_sent != last:  # until the backend is stuck
-            last = backend.flood_sent
-            await asyncio.sleep(0.5)
+        await held_back(relays)
         assert backend.flood_sent < count / 2
         for _ in range(count):
             assert len(await asyncio.wait_for(ws.recv(), 10)) == size
@@ -344,6 +373,55 @@ async def test_upstream_101_without_valid_accept_is_not_a_tunnel(start_sidecar: 
         "upstream_rejected",
         "101",
     )
+
+
+@pytest.mark.parametrize(
+    ("answered", "route", "offer"),
+    [
+        (b"Sec-WebSocket-Protocol: chat.v9", "", {"subprotocols": ["chat.v1"]}),
+        (b"Sec-WebSocket-Protocol: chat.v1", "", {}),  # the client offered none at all
+        (b"Sec-WebSocket-Protocol: chat.v1, chat.v2", "", {"subprotocols": ["chat.v1", "chat.v2"]}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", "", {"compression": "deflate"}),  # never offered upstream
+        (b"Sec-WebSocket-Extensions: x-webkit-deflate-frame", ", compression: true", {"compression": "deflate"}),
+        (b"Sec-WebSocket-Extensions: permessage-deflate", ", compression: true", {"compression": None}),
+        (
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=10",
+            ", compression: true",
+            {"compression": None, "additional_headers": GOOD | {"Sec-WebSocket-Extensions": "permessage-deflate"}},
+        ),
+        (b"Sec-WebSocket-Extensions: permessage-deflate; x-unknown", ", compression: true", {"compression": "deflate"}),
+    ],
+)
+async def test_an_upstream_101_choosing_what_was_not_offered_is_refused_and_never_relayed(
+    start_sidecar: StartSidecar, answered: bytes, route: str, offer: dict[str, Any]
+) -> None:
+    """RFC 6455 section 4.1: a client whose server names a subprotocol or an extension it did
+    not offer must fail the connection. The sidecar is that client upstream: 502
+    upstream_rejected to its own client, the upstream's connection closed, nothing relayed."""
+    upstream_closed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _accept_for(head) + b"\r\n" + answered + b"\r\n\r\n"
+        )
+        writer.write(b"\x81\x05hello")  # a first message that must never reach the client
+        upstream_closed.set_result(await reader.read())  # what the sidecar sent after the head: nothing
+
+    async with raw_upstream(upstream) as url:
+        sidecar = await start_sidecar(config_for(url, edge_yaml(auth=", agent_id: {}", route=route)))
+        options = dict(offer)  # (shared by the runs on each loop)
+        sent = options.pop("additional_headers", GOOD)
+        status, headers, body = await rejected(sidecar, "/edge/ws", sent, **options)
+        assert await asyncio.wait_for(upstream_closed, 10) == b""
+    assert (status, headers["X-Sidecar-Reason"], headers["X-Sidecar-Upstream-Status"]) == (
+        502,
+        "upstream_rejected",
+        "101",
+    )
+    assert "did not offer" in body["detail"]
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") == 0
 
 
 # --- slow or oversized handshakes, shutdown --------------------------------------------
@@ -488,11 +566,12 @@ STALL = edge_yaml(listen="close_timeout: 500ms")
 
 
 async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown(
-    backend: Backend, start_sidecar: StartSidecar
+    backend: Backend, start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sidecar = await start_sidecar(config_for(backend.url, STALL))
+    relays = relays_started(monkeypatch)
     ws = await flooded_non_reader(sidecar, backend)
-    await asyncio.sleep(0.5)  # let the buffers fill
+    await held_back(relays)  # the buffers are full
     await asyncio.wait_for(sidecar.running.close(), 20)  # bounded by close_timeout, not by the client
     assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1012") == 1)
@@ -585,3 +664,152 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_told(
     assert stalled == {"route": "edge", "peer": "client", "stall_timeout_s": 0.5, "request_id": ANY}
     await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
     ws.transport.abort()
+
+
+# --- pipelining: a request waiting behind another -------------------------------------------
+
+
+async def test_a_pipelined_upgrade_waits_unread_until_the_request_before_it_is_answered(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """While a request is answered and the next is already parsed, the listener reads no
+    more from the client (what it holds is bounded); it reads again once its turn comes,
+    and the upgrade behind the slow answer still becomes a session."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"first;"), 10)  # the backend now waits for release
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None and conn.transport.is_reading()
+        writer.write(handshake("/edge/ws", GOOD))
+        await until(lambda: conn.transport is None or not conn.transport.is_reading())
+        assert conn.transport is not None, "the connection was closed, not paused"
+        backend.release.set()
+        await asyncio.wait_for(reader.readuntil(b"second\r\n0\r\n\r\n"), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(masked_frame(0x1, b"after the wait"))
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(b"after the wait")), 10)
+        assert frame[2:] == b"after the wait"
+    finally:
+        writer.close()
+
+
+async def test_a_relay_that_takes_over_a_client_buffer_already_full_starts_held_back(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    """A client pipelines many requests and an upgrade, then reads nothing: when the relay
+    takes its connection over, the write buffer is already past its high-water mark (the
+    listener was told, the relay never will be). The relay must know from the start and
+    not read the backend's flood; once the client reads, everything arrives, in order."""
+    count = 1000  # about 200 KiB of answers: past the mark and what the small socket buffers hold
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+    reader, writer = await asyncio.open_connection(sock=client)
+    try:
+        await until(lambda: sidecar.running.front.connections)
+        (conn,) = sidecar.running.front.connections
+        assert conn.transport is not None
+        transport = conn.transport
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        flood = masked_frame(0x1, b"flood 64 1048576")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count + handshake("/edge/ws", GOOD) + flood)
+        await until(lambda: isinstance(transport.get_protocol(), Leg))
+        leg = transport.get_protocol()
+        assert isinstance(leg, Leg)
+        assert leg.writing_paused and leg.other.paused  # the backend is not read from the start
+        await until(lambda: backend.flood_sent > 0)
+        assert transport.get_write_buffer_size() < 2 * 1024 * 1024  # the answers and a read at most
+        writer.transport.resume_reading()  # type: ignore[attr-defined]
+        for _ in range(count):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(int(length.partition(b":")[2]))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101 ")
+        for _ in range(64):
+            frame = await asyncio.wait_for(read_frame(reader), 10)
+            assert (frame.first, len(frame.payload)) == (0x82, 1048576)
+    finally:
+        writer.close()
+    assert backend.flood_sent == 64
+
+
+@pytest.mark.parametrize("upgrade", ["websockets", "x-websocket", "websocket/13"])
+async def test_an_upgrade_to_something_else_is_a_plain_request_and_its_successor_is_answered(
+    sidecar: Sidecar, backend: Backend, upgrade: str
+) -> None:
+    """The listener and the dispatcher make one decision: a head whose Upgrade only looks like
+    websocket is a plain request to both, so the pipelined request after it is parsed and
+    answered too, not kept as frames for a relay that never comes."""
+    first = f"GET /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+    second = "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert statuses(await exchange(sidecar.port, (first + second).encode())) == [200, 200]
+    assert [seen.path for seen in backend.seen] == ["/first", "/second"]
+
+
+# --- a bug in the session: logged once, 1011 to both legs, nothing left open -----------------
+
+
+async def test_a_bug_reading_the_client_ends_the_session_with_1011_to_both_legs_logged_once(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    scan = Scanner.scan
+
+    def broken(self: Scanner, data: bytes) -> Any:
+        if self._mask:  # the client's direction only
+            raise RuntimeError("a bug in the scanner")
+        return scan(self, data)
+
+    async with ws_connect(sidecar) as ws:
+        monkeypatch.setattr(Scanner, "scan", broken)
+        for i in range(3):  # each read fails the same way: logged once all the same
+            await ws.send(f"message {i}")
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: sidecar.sample("sidecar_ws_connections_active", route="edge") == 0)
+
+
+async def test_a_bug_as_the_relay_starts_still_closes_both_legs_with_1011(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
+    start = Relay.start
+
+    def broken(self: Relay, *args: Any, **kwargs: Any) -> None:
+        start(self, *args, **kwargs)
+        raise RuntimeError("a bug after the relay took over")
+
+    monkeypatch.setattr(Relay, "start", broken)
+    async with ws_connect(sidecar) as ws:
+        assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1011, "sidecar error")]
+    assert len(log_fields(caplog, "ws.relay_failed")) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)  # the session's task is over
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+
+
+async def test_a_bug_before_the_101_closes_the_clients_connection_and_the_upstreams(
+    sidecar: Sidecar, backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug writing the 101")
+
+    monkeypatch.setattr(websocket, "_switching", broken)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    try:
+        writer.write(handshake("/edge/ws", GOOD))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, never left waiting
+    finally:
+        writer.close()
+    assert len(backend.seen) == 1  # the upstream leg was open ...
+    await until(lambda: backend.ws_open == 0)  # ... and is closed too
+    assert len([r for r in caplog.records if r.getMessage() == "ws.session_failed"]) == 1
+    await until(lambda: not sidecar.running.dispatcher.tasks)

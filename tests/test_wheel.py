@@ -150,6 +150,52 @@ def test_a_loop_held_up_runs_every_tick_it_missed_in_order() -> None:
     assert ran == list(range(10))
 
 
+class CountedSlots(dict[int, Any]):
+    """The wheel's slots, counting how many are looked up as it turns."""
+
+    looked = 0
+
+    def pop(self, key: int, *default: Any) -> Any:
+        self.looked += 1
+        return super().pop(key, *default)
+
+
+@pytest.mark.parametrize("gap", ["idle", "held up"])
+def test_a_long_gap_costs_what_is_pending_not_a_step_per_tick_missed(gap: str) -> None:
+    """After a day idle (nothing pending), or a loop held up a day with a timer pending, the
+    next turn looks at the slots that hold timers, not at each of the 1.7 million ticks."""
+    loop = FakeLoop()
+    wheel = wheel_on(loop)
+    ran: list[str] = []
+    wheel.call_later(0.0, lambda: ran.append("first"))
+    loop.advance(1.0)
+    slots = CountedSlots()
+    wheel._slots = slots
+    if gap == "idle":
+        loop.advance(86_400.0)
+        wheel.call_later(0.1, lambda: ran.append("after"))
+        loop.advance(1.0)
+    else:
+        wheel.call_later(0.1, lambda: ran.append("after"))
+        wheel.call_later(3_600.0, lambda: ran.append("later"))
+        loop.now += 86_400.0
+        loop.advance(0.0)
+    assert ran[:2] == ["first", "after"] and len(ran) == (2 if gap == "idle" else 3)
+    assert slots.looked < 10
+
+
+def test_a_timer_cancelled_by_one_that_runs_before_it_in_its_tick_never_runs() -> None:
+    loop = FakeLoop()
+    wheel = wheel_on(loop)
+    ran: list[str] = []
+    handles = {}
+    wheel.call_later(0.1, lambda: (ran.append("first"), handles["second"].cancel()))
+    handles["second"] = wheel.call_later(0.1, lambda: ran.append("second"))  # the same tick
+    loop.advance(1.0)
+    assert ran == ["first"]
+    assert not handles["second"].pending and len(wheel) == 0
+
+
 def test_a_callback_that_raises_is_reported_and_the_others_still_run() -> None:
     loop = FakeLoop()
     wheel = wheel_on(loop)

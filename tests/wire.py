@@ -120,6 +120,13 @@ def statuses(data: bytes) -> list[int]:
     return found
 
 
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    """The next response on a kept-alive raw connection, its body delimited by Content-Length."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(parse_response(head).headers.get("Content-Length", "0"))
+    return parse_response(head + await asyncio.wait_for(reader.readexactly(length), 10))
+
+
 def reason_of(data: bytes) -> str | None:
     """The ``X-Sidecar-Reason`` of the first response in ``data``: why the sidecar refused."""
     return parse_response(data).headers.get("X-Sidecar-Reason")

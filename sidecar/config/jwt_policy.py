@@ -3,11 +3,12 @@ credential kind beside the shared ``bearer`` secrets.
 
 Every key is read, every problem recorded with its line (``Reader``), as for the rest of
 the file. The rules that keep verification sound are enforced here, before anything
-serves: ``none`` is never an algorithm; an HMAC secret is at least 32 bytes (RFC 7518
-section 3.2) and never one of the policy's bearer secrets (every edge device holds
-those: any of them could sign a token for any agent); a JWKS comes over https, or http
-to a loopback or private address only; a policy with no key at all is an error. Which
-key verifies which token is :mod:`sidecar.tokens`' business. Pure: no I/O.
+serves: ``none`` is never an algorithm; an HMAC secret is at least as long as the hash
+of every HMAC algorithm listed (RFC 7518 section 3.2: 32, 48, 64 bytes) and never one of
+the policy's bearer secrets (every edge device holds those: any of them could sign a
+token for any agent); a JWKS comes over https, or http to a loopback or private address
+only; a policy with no key at all is an error. Which key verifies which token is
+:mod:`sidecar.tokens`' business. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _ON_EXPIRY: dict[str, OnExpiry] = {"close": "close", "ignore": "ignore"}
 _FROM_SECRETS = ("HS256",)
 _FROM_JWKS = ("RS256", "ES256", "EdDSA")
 _KNOWN = HMAC_ALGORITHMS + ASYMMETRIC_ALGORITHMS
+# Registered claims that cannot name an agent (sub, "the subject", is the default and fits).
+_REGISTERED = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti"})
 
 
 def private_address(host: str) -> bool:
@@ -48,7 +51,9 @@ def jwt_policy(
     m = rd.mapping(node, where, _KEYS)
     if m is None:
         return None, ()
-    secrets, incomplete, names = _secrets(rd, m["secrets"], f"{where}.secrets") if "secrets" in m else ((), False, ())
+    secrets, incomplete, names, lengths = (
+        _secrets(rd, m["secrets"], f"{where}.secrets") if "secrets" in m else ((), False, (), ())
+    )
     if any(hashlib.sha256(key).digest() in bearer_digests for key in secrets):
         rd.error(
             m["secrets"],
@@ -60,11 +65,19 @@ def jwt_policy(
         rd.error(node, f"{where}: no key is set (secrets empty and no jwks_url); no token could ever be verified")
     sources = (bool(secrets) or incomplete, url is not None)  # HMAC keys, a JWKS
     algorithms = _algorithms(rd, m, where, sources)
+    _check_key_lengths(rd, lengths, f"{where}.secrets", algorithms)
     _warn_about_sources(rd, m.get("algorithms", node), where, algorithms, sources)
     fields = Fields(rd, m, where)
     claim = fields.string("agent_claim", JwtPolicy.agent_claim)
     if not claim:
         rd.error(m["agent_claim"], f"{where}.agent_claim: must name a claim (such as sub)")
+        claim = JwtPolicy.agent_claim
+    elif claim in _REGISTERED:
+        rd.error(
+            m["agent_claim"],
+            f"{where}.agent_claim: {claim!r} is a registered claim (RFC 7519 section 4.1) with a meaning of its "
+            "own, not an agent id; use sub, or a claim of your own",
+        )
         claim = JwtPolicy.agent_claim
     policy = JwtPolicy(
         secrets=secrets,
@@ -79,10 +92,14 @@ def jwt_policy(
     return policy, names
 
 
-def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], bool, tuple[str, ...]]:
+def _secrets(
+    rd: Reader, node: Node, where: str
+) -> tuple[tuple[bytes, ...], bool, tuple[str, ...], tuple[tuple[Node, int], ...]]:
     """The HMAC keys that are set, current first; whether some entry is unset or invalid
-    (then an empty list is not reported again); and the variables the list names."""
+    (then an empty list is not reported again); the variables the list names; and each
+    kept key's entry with its length (checked against the algorithms once they are read)."""
     keys: list[bytes] = []
+    lengths: list[tuple[Node, int]] = []
     used: list[str] = []
     incomplete = False
     for item in rd.sequence(node, where) or []:
@@ -107,7 +124,27 @@ def _secrets(rd: Reader, node: Node, where: str) -> tuple[tuple[bytes, ...], boo
             incomplete = True
             continue
         keys.append(key)
-    return tuple(dict.fromkeys(keys)), incomplete, tuple(dict.fromkeys(used))
+        lengths.append((item, len(key)))
+    return tuple(dict.fromkeys(keys)), incomplete, tuple(dict.fromkeys(used)), tuple(lengths)
+
+
+def _check_key_lengths(
+    rd: Reader, lengths: tuple[tuple[Node, int], ...], where: str, algorithms: tuple[str, ...]
+) -> None:
+    """Each secret at least as long as the output of every HMAC algorithm listed (RFC 7518
+    section 3.2: HS384 48 bytes, HS512 64); never quoting the value, nor its length."""
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    if not hmac:
+        return
+    longest = max(hmac, key=lambda a: int(a[2:]))
+    need = int(longest[2:]) // 8
+    for item, length in lengths:
+        if length < need:
+            rd.error(
+                item,
+                f"{where}: a secret is shorter than {need} bytes, too short for {longest} (RFC 7518 section "
+                "3.2); generate one with 'openssl rand -base64 48'",
+            )
 
 
 def _jwks_url(rd: Reader, node: Node, where: str) -> tuple[str | None, bool]:

@@ -47,7 +47,9 @@ def load_config(
     bearer = bearer_texts(root)
     reader = Reader(file, env, strict, secret_names(bearer), secret_values(bearer, env) | state_secrets(root, env))
     config = _build(reader, root, text)
-    problems = reader.problems
+    # In file order (sections are read in an order of their own); the whole file's first,
+    # and problems of one line in the order they were found (a stable sort).
+    problems = sorted(reader.problems, key=lambda p: (p.line, p.column))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return config, problems

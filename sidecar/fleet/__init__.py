@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 
 from .. import roster
@@ -44,8 +45,9 @@ class Fleet:
         self.settings = settings
         self.link = Link(settings, metrics)
         self.names = Names(settings.key_prefix)
-        self.agents = FleetAgents(self.link, self.names, replica, settings.lease_ttl, metrics)
-        self.control = Control(self.link, self.names, replica)
+        self.process = secrets.token_hex(8)  # this process, among any that share its replica id
+        self.agents = FleetAgents(self.link, self.names, replica, self.process, settings.lease_ttl, metrics)
+        self.control = Control(self.link, self.names, replica, self.process)
         self._budget: FleetBudget | None = None
         self._renew_now = asyncio.Event()
         self._renewing: asyncio.Task[None] | None = None
@@ -70,7 +72,8 @@ class Fleet:
         self.control.start()
         if self.link.up:  # listening before serving: no message for this replica is missed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.control.listening.wait(), self.settings.timeout)
+                async with asyncio.timeout(self.settings.timeout):
+                    await self.control.listening.wait()
         self._renewing = asyncio.ensure_future(self._renew_forever())
 
     async def sessions(self, agent_id: str | None) -> Answers:
@@ -83,11 +86,14 @@ class Fleet:
         return await self.control.ask("end", agent_id=agent_id)
 
     async def close(self) -> None:
+        """After the drain, in this order: stop what starts work (the renewal, the
+        messages from other replicas), flush what this process owes Redis (releases queued
+        or in flight, those that failed, failed-auth counts on their way), then close the
+        client. Each flush is bounded by ``state.timeout``; nothing is left running."""
         if self._renewing is not None:
             self._renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
-        await self.agents.release_orphans()
         await self.control.close()
         await self.agents.close()
         if self._budget is not None:
@@ -97,7 +103,8 @@ class Fleet:
     async def _renew_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._renew_now.wait(), self.agents.renew_every)
+                async with asyncio.timeout(self.agents.renew_every):
+                    await self._renew_now.wait()
             self._renew_now.clear()
             try:
                 await self.agents.renew()

@@ -22,7 +22,7 @@ from ..limits import FailureTable
 from .layout import FAIL, Names, encode
 from .link import Link, Unavailable
 
-MAX_PENDING = 1000  # failures on their way to Redis; past this a flood is counted locally only
+MAX_PENDING = 1000  # failures on their way to Redis; past this a flood is counted locally only (budget_overflow)
 MAX_BLOCK_MS = 24 * 3600 * 1000  # a block message asking for longer is not one of ours
 
 
@@ -34,12 +34,16 @@ class FleetBudget:
         self._capacity = capacity
         self._script = link.redis.register_script(FAIL)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def failed(self, key: str, limit: int, window: float) -> None:
         """A failed authentication from ``key``: counted in Redis, in the background."""
-        if not self._link.up or len(self._tasks) >= MAX_PENDING:
+        if not self._link.up or self._closed:
             with contextlib.suppress(Unavailable):
                 self._link.skip("budget")
+            return
+        if len(self._tasks) >= MAX_PENDING:  # a flood faster than Redis answers: this one counted here only
+            self._link.count("budget_overflow")
             return
         task = asyncio.ensure_future(self._count(key, limit, window))
         self._tasks.add(task)
@@ -52,10 +56,10 @@ class FleetBudget:
             self._block(key, ms)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Flush: the failures on their way to Redis land (each bounded by ``state.timeout``)."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
 
     async def _count(self, key: str, limit: int, window: float) -> None:
         window_ms = max(1, int(window * 1000))

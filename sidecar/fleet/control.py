@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from ..logs import event
 from .layout import REPLY_TTL_MS, Names, decode, encode
 from .link import FAILURES, MAX_BACKOFF, Link, Unavailable
 
 ASK_WAIT = 2.0  # seconds to collect the fleet's answers: a replica slower than this is left out
-LISTEN_POLL = 1.0  # seconds a read of the subscription waits before it looks again
+PING_WORD = "sidecar:subscription"  # the subscription's PING carries it, so its answer is known
+PING_EVERY = 2.0  # seconds between two PINGs on the subscription: a silent one is found within this + state.timeout
 
 Message = dict[str, Any]
 
@@ -37,12 +39,17 @@ class Answers:
     answers: list[Any]
     heard: int  # how many replicas heard the question (some may not have answered in time)
 
+    @property
+    def missing(self) -> int:
+        """Replicas that heard the question and did not answer in time: what they did is unknown."""
+        return max(0, self.heard - len(self.answers))
+
 
 class Control:
-    def __init__(self, link: Link, names: Names, replica: str) -> None:
+    def __init__(self, link: Link, names: Names, replica: str, process: str) -> None:
         self._link = link
         self._names = names
-        self._channels = (names.fleet, names.replica(replica))
+        self._channels = (names.fleet, names.replica(replica, process))
         self._handlers: dict[str, Callable[[Message], None]] = {}
         self._answerers: dict[str, Callable[[Message], object]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -67,7 +74,8 @@ class Control:
                 await task
 
     async def ask(self, op: str, **fields: Any) -> Answers:
-        """Put ``op`` to every replica (this one included); :exc:`Unavailable` if Redis does not answer."""
+        """Put ``op`` to every replica (this one included): the answers collected within
+        :data:`ASK_WAIT`. :exc:`Unavailable` if Redis does not take the question."""
         reply = self._names.reply(secrets.token_hex(8))
         message = encode(op, reply=reply, **fields)
         heard = int(await self._link.call("admin", lambda redis: redis.publish(self._names.fleet, message)))
@@ -75,10 +83,13 @@ class Control:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ASK_WAIT
         wait = max(0.01, min(0.1, self._link.timeout / 2))  # a blocking pop, well within state.timeout
-        while len(answers) < heard and loop.time() < deadline:
-            popped = await self._link.call("admin", lambda redis: redis.blpop([reply], timeout=wait))
-            if popped:
-                answers.append(json.loads(popped[1]))
+        # Once asked, the question is out: a failure while collecting leaves the answers
+        # short (the replicas that heard it act on it all the same), never unasked.
+        with contextlib.suppress(Unavailable):
+            while len(answers) < heard and loop.time() < deadline:
+                popped = await self._link.call("admin", lambda redis: redis.blpop([reply], timeout=wait))
+                if popped:
+                    answers.append(json.loads(popped[1]))
         with contextlib.suppress(Unavailable):
             await self._link.call("admin", lambda redis: redis.delete(reply))
         return Answers(answers, heard)
@@ -94,19 +105,51 @@ class Control:
                     await pubsub.subscribe(*self._channels)
                 self.listening.set()
                 pause = 0.0
-                while True:
-                    message = await pubsub.get_message(timeout=LISTEN_POLL)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["data"])
+                await self._read(pubsub)
+                lost = f"no answer to a ping within {self._link.timeout * 1000:g} ms"
             except FAILURES as exc:
-                # The subscription broke: so did Redis, most likely. The probe finds out.
+                # The subscription broke: so did Redis, perhaps. The probe finds out.
                 self._link.fail("control", exc)
-                pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
+                lost = self._link.describe(exc)
             finally:
                 self.listening.clear()
                 close: Callable[[], Awaitable[None]] = pubsub.aclose  # redis-py leaves it unannotated
                 with contextlib.suppress(*FAILURES):
-                    await close()
+                    async with asyncio.timeout(self._link.timeout):
+                        await close()
+            # Messages sent meanwhile are lost: their senders tell again (replace), or a
+            # second path catches them (the renewal's lease check, the next budget failure).
+            pause = min(max(pause * 2, 0.05), MAX_BACKOFF)
+            self._link.count("control")
+            event(logging.WARNING, "state.subscription_lost", error=lost, resubscribe_in_s=round(pause, 3))
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Dispatch what arrives; return when the subscription stops answering: a PING on
+        it every :data:`PING_EVERY` seconds must be answered within ``state.timeout``, so
+        a connection that died silently (no FIN, no RST) is found within seconds."""
+        loop = asyncio.get_running_loop()
+        next_ping, pinged = loop.time() + PING_EVERY, None  # pinged: when the unanswered PING left
+        while True:
+            now = loop.time()
+            if pinged is None and now >= next_ping:
+                async with asyncio.timeout(self._link.timeout):
+                    await pubsub.ping(PING_WORD)
+                pinged = now
+            if pinged is not None and now - pinged >= self._link.timeout:
+                return
+            until = pinged + self._link.timeout if pinged is not None else next_ping
+            # Read raw: the PONG's shape depends on the protocol (RESP2: ['pong', word];
+            # RESP3: the word), and redis-py's message parsing drops the RESP3 one.
+            response = await pubsub.parse_response(block=False, timeout=max(0.001, until - now))
+            if response is None:
+                continue
+            if _is_pong(response):
+                pinged, next_ping = None, loop.time() + PING_EVERY
+                continue
+            handle: Callable[..., Awaitable[Message | None]] = pubsub.handle_message  # unannotated in redis-py
+            message = await handle(response, ignore_subscribe_messages=True)
+            if message is not None and message.get("type") == "message":
+                self._dispatch(message["data"])
 
     def _dispatch(self, data: str | bytes) -> None:
         message = decode(data)
@@ -132,6 +175,13 @@ class Control:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _is_pong(response: object) -> bool:
+    """The answer to the subscription's PING, in either protocol's shape."""
+    if isinstance(response, list) and len(response) == 2 and str(response[0]).lower() == "pong":
+        return bool(response[1] == PING_WORD)
+    return response == PING_WORD
 
 
 async def _push(redis: Redis, key: str, data: str) -> None:

@@ -13,7 +13,7 @@ name                           kind (expiry)           what
 ``p fails:{client}``           counter (window)        failed authentications in the window
 ``p blocked:{client}``         string (window)         the client key is refused (429)
 ``p reply:{request}``          list (10 s)             the replicas' answers to one request
-``p replica:{replica}``        channel                 messages for one replica (``replace``)
+``p replica:{replica}:{proc}``  channel                 messages for one process (``replace``)
 ``p fleet``                    channel                 messages for all (``block``, ``list``,
                                                        ``end``)
 =============================  ======================  =====================================
@@ -50,27 +50,43 @@ class Names:
     def reply(self, request: str) -> str:
         return f"{self.prefix}reply:{request}"
 
-    def replica(self, replica: str) -> str:
-        return f"{self.prefix}replica:{quote(replica, safe='')}"
+    def replica(self, replica: str, process: str | None = None) -> str:
+        """The channel of one process of ``replica`` (``None``: a value written before
+        leases named their process: the replica's channel, as it was then)."""
+        name = f"{self.prefix}replica:{quote(replica, safe='')}"
+        return name if process is None else f"{name}:{quote(process, safe='')}"
 
     @property
     def fleet(self) -> str:
         return f"{self.prefix}fleet"
 
 
-def lease_value(replica: str, session: str) -> str:
-    """What a lease holds: the holder's replica (to tell it) and its session's own token
-    (so that only that session renews or deletes it)."""
-    return json.dumps({"replica": replica, "session": session}, separators=(",", ":"))
+@dataclass(frozen=True)
+class Holder:
+    """Who a lease value names: the replica, and the process within it (its nonce)."""
+
+    replica: str
+    process: str | None  # None: a value written before leases named their process
 
 
-def lease_replica(value: str) -> str | None:
-    """The replica a lease value names (``None``: not a value this layout wrote)."""
+def lease_value(replica: str, process: str, session: int) -> str:
+    """What a lease holds: the holder's replica and process (to tell it, on the process's
+    own channel) and its session's serial in that process. The process is a nonce drawn at
+    start, so two processes with one replica id (a restart, a deploy) never share a value:
+    only the session that wrote a value renews or deletes it."""
+    return json.dumps({"replica": replica, "process": process, "session": session}, separators=(",", ":"))
+
+
+def lease_holder(value: str) -> Holder | None:
+    """The holder a lease value names (``None``: not a value this layout wrote)."""
     try:
-        replica = json.loads(value).get("replica")
+        fields = json.loads(value)
+        replica, process = fields.get("replica"), fields.get("process")
     except (ValueError, AttributeError):
         return None
-    return replica if isinstance(replica, str) else None
+    if not isinstance(replica, str):
+        return None
+    return Holder(replica, process if isinstance(process, str) else None)
 
 
 def encode(op: str, **fields: Any) -> str:

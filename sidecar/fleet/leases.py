@@ -12,10 +12,14 @@ decides while Redis does not answer (fail-open).
 its channel) and ends its session with 4409; its release frees the lease, which the new
 session claims, within the same bound as in one process. Pub/sub can lose a message, so
 a renewal that finds another session's value in a lease ends its own session too; and
-nobody listening on the holder's channel means its replica is gone: the lease is taken
-at once. When Redis comes back (empty, after a restart), the renewal writes each
-missing lease again (:data:`~.layout.RENEW`): no session is dropped, and duplicates are
-caught again.
+nobody listening on the holder's channel means its process is gone: the lease is taken
+at once. A lease value names its holder process (:func:`~.layout.lease_value`: a nonce
+per process, a serial per session), and each process listens on a channel of its own: a
+process that shares its replica id with another (a restart, a deploy) never takes, renews
+or deletes that one's leases as if they were its own.
+
+When Redis comes back (empty, after a restart), the renewal writes each missing lease
+again (:data:`~.layout.RENEW`): no session is dropped, and duplicates are caught again.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
-import secrets
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +39,12 @@ from ..logs import event
 from ..metrics import Metrics
 from ..sessions import EndCause, LocalAgents, Session
 from .batch import Batch
-from .layout import RELEASE, RENEW, SYNC, TAKE, Names, encode, lease_replica, lease_value
+from .layout import RELEASE, RENEW, SYNC, TAKE, Names, encode, lease_holder, lease_value
 from .link import Link, Unavailable
 
 RENEW_CHUNK = 500  # leases per renewal call: one call stays short for Redis
 FIRST_POLL, MAX_POLL = 0.02, 0.25  # waiting for a replaced session's lease to be freed
+RETELL = 1.0  # seconds between two replace messages to a holder that still holds the lease
 
 
 Request = tuple[str, str, str]  # ('c' claim or 'r' release, the lease's key, this session's value)
@@ -67,11 +72,15 @@ class Lease:
 class FleetAgents:
     """The fleet's agent table, as seen from this replica."""
 
-    def __init__(self, link: Link, names: Names, replica: str, lease_ttl: float, metrics: Metrics) -> None:
+    def __init__(
+        self, link: Link, names: Names, replica: str, process: str, lease_ttl: float, metrics: Metrics
+    ) -> None:
         self.local = LocalAgents()
         self._link = link
         self._names = names
         self._replica = replica
+        self._process = process  # this process's nonce: its lease values are its own
+        self._serial = itertools.count(1)  # each session's number in this process
         self._ttl_ms = int(lease_ttl * 1000)
         self.renew_every = lease_ttl / 3
         self._metrics = metrics
@@ -96,6 +105,17 @@ class FleetAgents:
             return False  # a session of this process holds it: replace() deals with it
         lease = self._hold(session)
         try:
+            # The claim as a whole (the batch in flight ahead of it, its own, and the take
+            # of a stale value) is what the handshake waits for: bounded by state.timeout.
+            async with asyncio.timeout(self._link.timeout):
+                return await self._claim(lease)
+        except TimeoutError:
+            self._link.timed_out("claim")
+            lease.state, lease.holder = Held.UNKNOWN, ""
+            return True  # this replica's table decided; the renewal asserts the lease later
+
+    async def _claim(self, lease: Lease) -> bool:
+        try:
             holder = await self._sync(("c", lease.key, lease.value))
         except Unavailable:
             return True  # this replica's table decided; the renewal asserts the lease later
@@ -111,12 +131,17 @@ class FleetAgents:
         # A holder in this process first, exactly as without a fleet.
         await self.local.replace(session, within=within)
         lease = self._leases.get(session) or self._hold(session)
-        told: set[str] = set()
+        told: dict[str, float] = {}  # holder -> when it was last told
         pause = FIRST_POLL
         while session.cause is None:  # else ended while waiting (the drain): admit() refuses it
             if not lease.holder:
                 try:
-                    lease.holder = await self._sync(("c", lease.key, lease.value))
+                    async with asyncio.timeout(self._link.timeout):  # the batch ahead of it included
+                        lease.holder = await self._sync(("c", lease.key, lease.value))
+                except TimeoutError:
+                    self._link.timed_out("replace")
+                    lease.state = Held.UNKNOWN
+                    return
                 except Unavailable:
                     lease.state = Held.UNKNOWN
                     return
@@ -124,10 +149,14 @@ class FleetAgents:
                     lease.state = Held.HELD
                     return
                 lease.state = Held.REFUSED
-            if lease.holder not in told:
-                told.add(lease.holder)
-                if not await self._tell(session, lease.holder) and await self._take(lease, expected=lease.holder):
-                    return  # nobody answers for the holder: its replica is gone
+            last = told.get(lease.holder)
+            if last is None or loop.time() - last >= RETELL:
+                # Pub/sub delivers at most once: told again every RETELL seconds while the
+                # lease is held, until it is gone or the bound is reached.
+                told[lease.holder] = loop.time()
+                heard = await self._tell(session, lease.holder, again=last is not None)
+                if not heard and last is None and await self._take(lease, expected=lease.holder):
+                    return  # nobody listens for the holder: its process is gone
             remaining = deadline - loop.time()
             if remaining <= 0:
                 # The bound is reached: this session takes the lease; the old session's
@@ -164,11 +193,13 @@ class FleetAgents:
                     self._orphan(key, value)
 
     async def close(self) -> None:
-        for task in [*self._tasks]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Flush what this process still owes Redis (the renewal and the messages are
+        stopped by now): the releases queued or in flight land, then those that failed are
+        tried once more; each call bounded by ``state.timeout``. Nothing is left running."""
+        if self._tasks:
+            await asyncio.wait([*self._tasks])  # releases of orphans a message asked for
         await self._sync.close()
+        await self.release_orphans()
 
     # --- what other replicas say, and the renewal -----------------------------------------
 
@@ -177,7 +208,8 @@ class FleetAgents:
         frees the lease for the newer session."""
         session = self._sessions.get(value)
         if session is None:  # ended meanwhile, or its release did not reach Redis: free it now
-            self._orphan(key, value)
+            if self._stale(value):  # only ever a value of this process's: never another's lease
+                self._orphan(key, value)
             self._spawn(self.release_orphans())
             return
         self._replaced(session, why="told")
@@ -224,7 +256,7 @@ class FleetAgents:
     def _hold(self, session: Session) -> Lease:
         assert session.agent_id is not None
         key = self._names.lease(session.route.name, session.agent_id)
-        lease = Lease(key, lease_value(self._replica, secrets.token_hex(8)))
+        lease = Lease(key, lease_value(self._replica, self._process, next(self._serial)))
         self._leases[session] = lease
         self._sessions[lease.value] = session
         return lease
@@ -236,21 +268,25 @@ class FleetAgents:
         return lease
 
     def _stale(self, holder: str) -> bool:
-        """A value this replica wrote that no session of it holds any more (a release
-        that failed, or this replica's previous process): nobody to wait for."""
-        return lease_replica(holder) == self._replica and holder not in self._sessions
+        """A value this process wrote that no session of it holds any more (a release
+        that failed): nobody to wait for. Another process's value, even one with this
+        replica id (a restart, a deploy), is never stale: its holder is told or expires."""
+        named = lease_holder(holder)
+        return named is not None and named.process == self._process and holder not in self._sessions
 
-    async def _tell(self, session: Session, holder: str) -> bool:
-        """Tell the holder's replica to end its session; False if nobody will."""
-        replica = lease_replica(holder)
-        if replica is None or self._stale(holder):
+    async def _tell(self, session: Session, holder: str, *, again: bool = False) -> bool:
+        """Tell the holder's process, on its own channel, to end its session; False if nobody will."""
+        named = lease_holder(holder)
+        if named is None or self._stale(holder):
             return False
-        event(logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=replica)
-        message = encode("replace", key=self._leases[session].key, value=holder)
-        try:
-            listeners = await self._link.call(
-                "replace", lambda redis: redis.publish(self._names.replica(replica), message)
+        if not again:
+            event(
+                logging.INFO, "ws.replacing", route=session.route.name, agent_id=session.agent_id, holder=named.replica
             )
+        message = encode("replace", key=self._leases[session].key, value=holder)
+        channel = self._names.replica(named.replica, named.process)
+        try:
+            listeners = await self._link.call("replace", lambda redis: redis.publish(channel, message))
         except Unavailable:
             return True  # not known: wait, bounded
         return int(listeners) > 0

@@ -112,6 +112,16 @@ class Link:
         finally:
             self._durations[op].observe(loop.time() - started)
 
+    def count(self, op: str) -> None:
+        """A decision made alone, or a loss, under ``op``: counted in ``sidecar_state_errors_total``."""
+        self._errors[op].inc()
+
+    def timed_out(self, op: str) -> None:
+        """``op``, made of several calls or a wait for a batch, took longer than
+        ``state.timeout`` as a whole: counted, and Redis is as good as down."""
+        self._errors[op].inc()
+        self.fail(op, TimeoutError())
+
     def skip(self, op: str) -> None:
         """Redis is down: ``op`` is not tried (counted), :exc:`Unavailable`."""
         self._errors[op].inc()
@@ -131,7 +141,7 @@ class Link:
             logging.WARNING,
             "state.down",
             op=op,
-            error=self._describe(exc),
+            error=self.describe(exc),
             fallback="each replica decides with its own agent table and failed-auth budget",
         )
         if self._probe is None or self._probe.done():
@@ -170,7 +180,8 @@ class Link:
             self._durations["connect"].observe(loop.time() - started)
         return None
 
-    def _describe(self, exc: BaseException) -> str:
+    def describe(self, exc: BaseException) -> str:
+        """``exc`` as a log field: the timeout in words, or the error without the URL's password."""
         if isinstance(exc, TimeoutError):
             return f"no answer within {self.timeout * 1000:g} ms"
         text = f"{type(exc).__name__}: {exc}"
