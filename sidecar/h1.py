@@ -186,6 +186,10 @@ def answer_head(
     return b"".join(out)
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 section 9.2.2
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with a Content-Length even when empty
+
 # --- what the sidecar passes back --------------------------------------------------------
 
 # Response fields never passed back (RFC 9110 section 7.6.1), plus any named in Connection.
@@ -208,7 +212,9 @@ def relayed_head(
     none, and the framing to the client: chunked to HTTP/1.1 for a chunked or close-delimited
     body, close-delimited to HTTP/1.0 (RFC 9112 section 6). Returns (head, re-chunked,
     delimited by the backend's close, client kept alive, the backend's Keep-Alive value).
-    :exc:`ValueError` for fields over 32 KiB in all, as for a request's."""
+    :exc:`ValueError` for fields over 32 KiB in all, as for a request's, and for a body it
+    cannot pass on as it is: chunked anywhere but last (re-chunked, it would be chunked twice,
+    RFC 9112 section 6.1), or coded otherwise for HTTP/1.0 (which cannot be told the coding)."""
     if sum(len(name) + len(value) + 4 for name, value in fields) > MAX_HEAD_BYTES:
         raise ValueError("the response head is over 32 KiB")
     lowered = [name.lower() for name, _ in fields]
@@ -220,7 +226,8 @@ def relayed_head(
     coded = b",".join(v for n, (_, v) in zip(lowered, fields, strict=True) if n == b"transfer-encoding")
     # RFC 9112 section 6.3: chunked last, the chunks end the body; any other coding last, the
     # connection's end does (the codings are passed on, re-chunked); Content-Length is moot
-    chunked = coded.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    codings = [c for c in (c.strip().lower() for c in coded.split(b",")) if c]
+    chunked = codings[-1:] == [b"chunked"]
     out = [b"HTTP/%d.%d %d %s\r\n" % (*version, status, reason)]
     for lower, field in zip(lowered, fields, strict=True):
         if lower not in hop and not (coded and lower == b"content-length"):
@@ -231,11 +238,13 @@ def relayed_head(
         out.append(date)
     rechunked = until_eof = False
     if not no_body and (coded or b"content-length" not in lowered):
+        if b"chunked" in codings[:-1] or (version < (1, 1) and codings not in ([], [b"chunked"])):
+            raise ValueError("a transfer coding the client cannot be sent as it is")
         until_eof = not chunked
         if version >= (1, 1):
             rechunked = True
-            codings = coded if chunked else coded + b", chunked" if coded else b"chunked"
-            out.append(b"Transfer-Encoding: %s\r\n" % codings)
+            passed = coded if chunked else coded + b", chunked" if coded else b"chunked"
+            out.append(b"Transfer-Encoding: %s\r\n" % passed)
         else:
             keep = False  # HTTP/1.0: the end of the connection is the end of the body
     if not keep:
@@ -244,13 +253,6 @@ def relayed_head(
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
     return b"".join(out), rechunked, until_eof, keep, hint
-
-
-def ends_with_heads(data: bytes, heads: int) -> bool:
-    """Does ``data``, a read in which ``heads`` response heads ended, end where the last of them
-    did, with nothing else in it? An empty line ends a head and is found nowhere else in one
-    (llhttp refuses bare CR and LF). False when in doubt: a head's end split over two reads."""
-    return data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == heads
 
 
 def chunk(data: bytes) -> bytes:

@@ -12,8 +12,9 @@ hop-by-hop fields dropped (RFC 9110 section 7.6.1), repeated ones such as Set-Co
 
 The upstream connection goes back to the pool only when the response was read to its end
 with nothing after it in the read, the request fully sent, and neither side asked to close;
-never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch), nor after
-a HEAD's head unless its read ended exactly there (the parser is stopped at the head).
+never after a 101 (RFC 9110 section 15.2.2: a plain request never asks to switch) or a HEAD:
+its parser is stopped at the head, so nothing would see a body a faulty backend sends after
+it, late, as the start of the next response on that connection (maybe another client's).
 """
 
 from __future__ import annotations
@@ -39,9 +40,6 @@ from .runtime import Runtime
 from .upstream import UpstreamError, rejection_for
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client closed the request before the response"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 section 9.2.2
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def proxy(conn: Listener, request: Request, ctx: Context, rt: Runtime, route: Route) -> None:
@@ -58,10 +56,10 @@ class Forward(Handler, Exchange):
     """One request, from its head to the end of its response (see the module docstring)."""
 
     __slots__ = (
-        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_heads",
-        "_hint", "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason",
-        "_retried", "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done",
-        "request", "route", "rt", "target", "upstream",
+        "_answered", "_chunked_down", "_chunked_up", "_connecting", "_ended", "_extra", "_fields", "_first", "_hint",
+        "_interim", "_keep_client", "_keep_upstream", "_last", "_out", "_parser", "_pending", "_reason", "_retried",
+        "_sent_all", "_stall", "_status", "_timer", "_until_eof", "agent_id", "conn", "ctx", "done", "request", "route",
+        "rt", "target", "upstream",
     )  # fmt: skip
 
     def __init__(
@@ -79,7 +77,6 @@ class Forward(Handler, Exchange):
         self._sent_all = False  # the request is sent to its end
         self._parser = httptools.HttpResponseParser(self)
         self._stall = h1.Stall()  # a head, chunk line or trailers that never end: stopped
-        self._heads = 0  # response heads that ended in the current read
         self._fields: list[h1.Field] = []
         self._reason = b""
         self._status = 0
@@ -114,7 +111,7 @@ class Forward(Handler, Exchange):
         head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (request.method.encode(), target, self.target.host_field, fields)]
         if request.complete:
             data = b"".join(body)
-            if data or request.method in _BODY_METHODS or h1.has_body(request.fields):
+            if data or request.method in h1.BODY_METHODS or h1.has_body(request.fields):
                 head.append(b"Content-Length: %d\r\n" % len(data))
             self._sent_all = True
         else:
@@ -127,7 +124,7 @@ class Forward(Handler, Exchange):
                 head.append(b"Content-Length: %d\r\n" % length)
             data = b"".join(body)
             if "100-continue" in self.ctx.headers.get("Expect", "").lower() and request.version >= (1, 1):
-                self._out.append(_CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
+                self._out.append(h1.CONTINUE)  # RFC 9110 section 10.1.1: Expect is not passed on
                 self._flush()
         head.append(b"\r\n")
         self._first = b"".join(head) + data
@@ -160,13 +157,16 @@ class Forward(Handler, Exchange):
         connection.exchange = self
         transport = connection.transport
         assert transport is not None
+        if self.conn.writing_paused:  # full before this exchange had an upstream: not read until it drains
+            transport.pause_reading()
         pending, self._pending = self._pending, []
         transport.write(self._first + b"".join(pending))
-        if not (self._sent_all and connection.reused and self.request.method in _IDEMPOTENT):
+        if not (self._sent_all and connection.reused and self.request.method in h1.IDEMPOTENT):
             self._first = b""  # it will not be sent again
         if self._sent_all is False and self.request.complete:
             self._end_body()
-        self.conn.resume(PAUSE_BODY)
+        # the client's body waits while the upstream's buffer is full, filled by this write or before
+        (self.conn.pause if connection.writing_paused else self.conn.resume)(PAUSE_BODY)
         self._last = self.conn.front.loop.time()
         self._timer = self.conn.front.schedule(self.route.upstream.read_timeout, self._check_read)
 
@@ -196,12 +196,11 @@ class Forward(Handler, Exchange):
     def upstream_data(self, data: bytes) -> None:
         self._last = self.conn.front.loop.time()
         self._first = b""  # something came back: never sent again
-        self._heads = 0
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
             if self._ended:  # what followed the end is dropped, never parsed as the next response
-                self._extra = self.request.method != "HEAD" or not h1.ends_with_heads(data, self._heads)
+                self._extra = True  # closed, never reused (a HEAD's too: its parser stops at the head)
             elif not isinstance(exc.__context__, _Stop) and not isinstance(exc, _Stop):
                 self._broke(UpstreamError("ClientResponseError"))
                 return
@@ -226,7 +225,6 @@ class Forward(Handler, Exchange):
             self._fields.append((name, value))  # not after the head: a trailer, dropped
 
     def on_headers_complete(self) -> None:
-        self._heads += 1
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:

@@ -67,7 +67,7 @@ class Exchange:
 class Connection(asyncio.Protocol):
     """One connection to an upstream: idle in the pool, or lent to one exchange."""
 
-    __slots__ = ("_pool", "exchange", "idle_until", "reused", "target", "transport")
+    __slots__ = ("_pool", "exchange", "idle_until", "reused", "target", "transport", "writing_paused")
 
     def __init__(self, pool: Pool, target: Target) -> None:
         self._pool = pool
@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.idle_until = 0.0
         self.reused = False  # it has carried an exchange before
+        self.writing_paused = False  # its write buffer is past its mark: an exchange taking it over is told
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = socket_transport(transport)
@@ -97,10 +98,12 @@ class Connection(asyncio.Protocol):
             exchange.upstream_lost(exc)
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.exchange is not None:
             self.exchange.upstream_paused(True)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.exchange is not None:
             self.exchange.upstream_paused(False)
 

@@ -41,7 +41,7 @@ upgrade, ping, close. Stops at the first step that fails and names the fix. Exit
 its length and fingerprint are (compare with 'sidecar fingerprint' where the server runs).
 
 example, on the edge machine:
-  sidecar probe "wss://<backend>/edge/ws?edge_agent_id=$AGENT" --token-env EDGE_SECRET
+  sidecar probe "wss://<sidecar domain>/edge/ws?edge_agent_id=$AGENT" --token-env EDGE_SECRET
 """
 
 

@@ -26,7 +26,18 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 # Sent as is: RFC 3986's path and query characters, and '%' (an escape the user typed).
 _PATH_SAFE = "/?:@!$&'()*+,;=-._~%"
 # A query parameter or header whose name says it carries a credential (Sec-WebSocket-* aside).
-_CREDENTIAL_NAME = re.compile(r"token|secret|key|pass|auth|sig|session|cookie|jwt|credential|api", re.IGNORECASE)
+_CREDENTIAL_NAME = re.compile(
+    r"token|secret|key|pass|pwd|auth|sig|session|cookie|jwt|credential|api|ticket|hmac", re.IGNORECASE
+)
+# Query parameters that are credentials only as the whole name (OAuth's ?code=, ?pw=...):
+# inside a longer one they are ordinary (country_code). Not ?t=: socket.io's cache-buster.
+_CREDENTIAL_QUERY = frozenset({"code", "pw", "pin", "otp", "hash"})
+# A subprotocol offered in Sec-WebSocket-Protocol that carries one (browsers cannot set
+# Authorization on a WebSocket): Kubernetes' prefix, a word naming a credential, or a
+# piece of at least 16 letters and digits, or at least 8 with a digit (a random value).
+_K8S_BEARER = "base64url.bearer.authorization.k8s.io."
+_PROTOCOL_WORD = re.compile(r"bearer|token|auth|jwt|secret|pass|key|credential|session", re.IGNORECASE)
+_MARKER = re.compile(r"[A-Za-z]+(?:[-_.][A-Za-z]+)*")  # words only: 'bearer', 'access_token'
 
 
 class ProtocolViolation(Exception):
@@ -104,7 +115,7 @@ def parse_target(url: str) -> Target:
     found = [
         value
         for name, _, raw in (pair.partition("=") for pair in pairs)
-        if raw and _CREDENTIAL_NAME.search(unquote(name))
+        if raw and (_CREDENTIAL_NAME.search(unquote(name)) or unquote(name).lower() in _CREDENTIAL_QUERY)
         for value in (raw, quote(raw, safe=_PATH_SAFE), unquote(raw))
     ]
     return Target(tls, parts.hostname, port if port else (443 if tls else 80), resource, names, tuple(found))
@@ -116,10 +127,51 @@ def credentials(target: Target, headers: list[tuple[str, str]]) -> list[str]:
     whole, without their scheme (``Bearer x``) and each cookie's value."""
     found = list(target.credentials)
     for name, value in headers:
-        if _CREDENTIAL_NAME.search(name) and not name.lower().startswith("sec-websocket-"):
+        if name.lower() == "sec-websocket-protocol":
+            found += protocol_credentials(value)
+        elif _CREDENTIAL_NAME.search(name) and not name.lower().startswith("sec-websocket-"):
             found += [value, value.split(" ", 1)[-1]]
             found += [c.partition("=")[2].strip() for c in value.split(";")] if name.lower() == "cookie" else []
     return [s for s in dict.fromkeys(found) if s]
+
+
+def protocol_credentials(value: str) -> list[str]:
+    """The subprotocols offered in ``value`` that carry a credential: one that follows a
+    word naming it (``bearer, <token>``), Kubernetes' ``base64url.bearer.authorization.k8s.io.<token>``
+    (and the token, decoded), or one that looks random or has such a word beside other
+    characters (``x-token.5b1e9c77``). Ordinary names (``graphql-ws``, ``ocpp1.6``) are not."""
+    found: list[str] = []
+    after_marker = False
+    for entry in (e.strip(" \t") for e in value.split(",")):
+        if not entry:
+            continue
+        if entry.lower().startswith(_K8S_BEARER):
+            encoded = entry[len(_K8S_BEARER) :]
+            found += [entry, encoded, _base64url_text(encoded)]
+        elif after_marker or _random_looking(entry):
+            found.append(entry)
+        elif _PROTOCOL_WORD.search(entry):
+            if not (_MARKER.fullmatch(entry) and len(entry) <= 32):
+                found.append(entry)
+            else:  # a word alone names what comes next
+                after_marker = True
+                continue
+        after_marker = False
+    # Not a subprotocol token, but typed: 'Bearer <token>' as one entry; its token alone too.
+    found += [c.split()[-1] for c in found if len(c.split()) > 1]
+    return [s for s in found if s]
+
+
+def _random_looking(entry: str) -> bool:
+    pieces = re.split(r"[^A-Za-z0-9]+", entry)
+    return any(len(p) >= 16 or (len(p) >= 8 and any(c.isdigit() for c in p)) for p in pieces)
+
+
+def _base64url_text(encoded: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 def parse_header_option(text: str) -> tuple[str, str]:

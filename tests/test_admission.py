@@ -281,7 +281,7 @@ async def test_a_session_replaced_while_it_waits_is_refused_never_opened(
     middle = asyncio.ensure_future(rejected(sidecar, "/edge/ws", GOOD, open_timeout=20))
     await until(lambda: len(runtime(sidecar).sessions) == 2)  # the middle one admitted, waiting
     async with ws_connect(sidecar, "/edge/ws?n=3", open_timeout=20) as last:
-        status, headers, body = await middle
+        status, headers, body = await asyncio.wait_for(middle, 30)
         assert (status, headers["X-Sidecar-Reason"]) == (409, "duplicate_agent")
         assert body["detail"] == "replaced by a newer session for this agent id"
         await echoes(last)

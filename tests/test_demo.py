@@ -156,6 +156,19 @@ async def test_printed_python_client_and_websocat_get_their_messages_back(demo: 
     assert (await demo.stop())[0] == 0
 
 
+async def test_the_printed_probe_passes_every_step_and_shows_no_token(demo: Demo) -> None:
+    out = await shell(demo.command("# the probe"), clean_env())  # exit 0: every step passed
+    lines = out.splitlines()
+    url = demo.command("# WebSocket with websocat").split("'")[1]  # the same URL websocat is given
+    assert lines[0].startswith(f"probe {url.split('?')[0]}?edge_agent_id=… (token: 32 bytes, fp1:")
+    assert [line.split()[:2] for line in lines[1:6]] == [
+        [step, "ok"] for step in ("resolve", "connect", "upgrade", "ping", "close")
+    ]
+    assert lines[6].startswith("OK: every step passed")
+    assert token_of(demo) not in out
+    assert (await demo.stop())[0] == 0
+
+
 async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> None:
     d = await start_demo(clean_env(EDGE_SECRET=SECRET, **ports()))
     try:
@@ -167,6 +180,8 @@ async def test_with_the_users_secret_the_commands_read_it_from_the_shell() -> No
         assert typed.splitlines()[1] == "hi"
         answer = await shell(d.command("# POST /edge/message"), shell_env)
         assert answer.startswith("HTTP/1.1 200 OK")
+        probed = await shell(d.command("# the probe"), shell_env)
+        assert probed.splitlines()[-1].startswith("OK: every step passed")
     finally:
         code, logged = await d.stop()
     assert code == 0 and SECRET not in logged

@@ -57,7 +57,7 @@ async def test_releases_in_flight_or_queued_at_shutdown_reach_redis(backend: Bac
             link.delay = 0.3  # each call now takes 0.6 s (state.timeout is 1 s)
             sent = link.watch(b"EVALSHA")
             await x.close()
-            await sent.wait()  # x's release is in flight
+            await asyncio.wait_for(sent.wait(), 10)  # x's release is in flight
             await y.close()  # y's waits behind it
             await until(lambda: len(a.running.runtime.sessions) == 0)
         await stop(group.started, a)
@@ -77,7 +77,7 @@ async def test_failed_auth_counts_on_their_way_at_shutdown_reach_redis(
         link.delay = 0.3  # each call now takes 0.6 s (state.timeout is 1 s)
         sent = link.watch(b"EVALSHA")
         assert (await rejected(a, "/edge/ws", WRONG))[0] == 401
-        await sent.wait()  # the count is on its way
+        await asyncio.wait_for(sent.wait(), 10)  # the count is on its way
         await stop(group.started, a)
         assert await r.get("sidecar:fails:127.0.0.1") == "2"
         assert fleet_tasks() == []

@@ -188,7 +188,7 @@ async def test_a_replace_message_lost_with_a_silent_subscription_is_told_again(
             assert path.freeze_subscribers() == 1
             newer = asyncio.ensure_future(ws_connect(b))
             assert await closed_by_peer(old, timeout=20) == (4409, "replaced by a newer session for this agent id")
-            async with await newer as new:
+            async with await asyncio.wait_for(newer, 20) as new:
                 await echoes(new)
         assert a.sample("sidecar_state_errors_total", op="control") >= 1
         assert a.sample("sidecar_state_up") == 1  # a lost subscription is not Redis down
@@ -215,11 +215,11 @@ async def test_a_claim_queued_behind_a_slow_batch_waits_no_longer_than_the_timeo
         slow.delay = 0.4
         evalsha = slow.watch(b"EVALSHA")
         first = asyncio.ensure_future(ws_connect(a, headers=agent("x")))
-        await evalsha.wait()  # x's claim is in flight
+        await asyncio.wait_for(evalsha.wait(), 10)  # x's claim is in flight
         async with ws_connect(a, headers=agent("y")) as y:  # y's claim queues behind it
             await echoes(y)
         assert a.sample("sidecar_state_errors_total", op="claim") >= 1  # y's, at least
-        async with await first as x:
+        async with await asyncio.wait_for(first, 20) as x:
             await echoes(x)
 
 

@@ -68,7 +68,7 @@ async def test_replace_across_replicas_closes_the_old_session_with_4409(
             newer = asyncio.ensure_future(ws_connect(b))
             code, reason = await closed_by_peer(old)
             assert (code, reason) == (4409, "replaced by a newer session for this agent id")
-            async with await newer as new:
+            async with await asyncio.wait_for(newer, 20) as new:
                 await echoes(new)
                 assert a.sample("sidecar_sessions_replaced_remote_total") == 1
                 assert b.sample("sidecar_sessions_replaced_remote_total") == 0
@@ -127,7 +127,7 @@ async def test_a_killed_replica_holds_its_agents_no_longer_than_the_lease(
         async with connect(doomed.url("/edge/ws"), additional_headers=GOOD) as ws:
             await echoes(ws)
             doomed.process.send_signal(signal.SIGKILL)  # no drain, no release: only the TTL ends the lease
-            await doomed.process.wait()
+            await asyncio.wait_for(doomed.process.wait(), 10)
 
             async def admitted() -> bool:
                 try:
@@ -169,7 +169,7 @@ async def test_two_processes_with_one_replica_id_hold_leases_of_their_own(
             await echoes(old)
             newer = asyncio.ensure_future(ws_connect(second))
             assert await closed_by_peer(old) == (4409, "replaced by a newer session for this agent id")
-            async with await newer as new:
+            async with await asyncio.wait_for(newer, 20) as new:
                 await echoes(new)
         # Told on the holder process's own channel, not found later by a renewal (every 10 s here).
         assert [f["found_by"] for f in log_fields(caplog, "ws.replaced_remote")] == ["told"]

@@ -100,15 +100,28 @@ def test_a_relayed_head_drops_hop_by_hop_fields_and_keeps_repeats() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "heads", "ends"),
+    ("coding", "version", "passed"),
     [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1, True),
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 2, True),  # an interim head first
-        (b"X: y\r\n\r\n", 1, True),  # the head began in an earlier read
-        (b"HTTP/1.1 200 OK\r\n\r\nhello", 1, False),  # a body a HEAD must not get
-        (b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 1, False),  # a second head, unasked for
-        (b"\n", 1, False),  # the empty line split over two reads: in doubt
+        (b"chunked", (1, 1), b"chunked"),
+        (b"gzip", (1, 1), b"gzip, chunked"),  # read to the close, chunked by the sidecar
+        (b"gzip, chunked", (1, 1), b"gzip, chunked"),
+        (b"chunked", (1, 0), None),  # close-delimited, no Transfer-Encoding to HTTP/1.0
+        (b"gzip", (1, 0), ValueError),  # it would reach the client still coded, unnamed
+        (b"gzip, chunked", (1, 0), ValueError),
+        (b"chunked, gzip", (1, 1), ValueError),  # re-chunked, it would be chunked twice
+        (b"chunked, chunked", (1, 1), ValueError),
     ],
 )
-def test_ends_with_heads(data: bytes, heads: int, ends: bool) -> None:
-    assert h1.ends_with_heads(data, heads) is ends
+def test_a_relayed_heads_transfer_coding(coding: bytes, version: tuple[int, int], passed: object) -> None:
+    fields = [(b"Transfer-Encoding", coding)]
+    if passed is ValueError:
+        with pytest.raises(ValueError, match="transfer coding"):
+            h1.relayed_head(fields, 200, b"OK", version, no_body=False, keep=True, date=b"")
+        h1.relayed_head(fields, 200, b"OK", version, no_body=True, keep=True, date=b"")  # a HEAD's: no body to pass
+        return
+    head, rechunked, until_eof, keep, _ = h1.relayed_head(
+        fields, 200, b"OK", version, no_body=False, keep=True, date=b""
+    )
+    te = [line for line in head.split(b"\r\n") if line.lower().startswith(b"transfer-encoding:")]
+    assert te == ([] if passed is None else [b"Transfer-Encoding: " + passed])
+    assert (rechunked, until_eof, keep) == (version >= (1, 1), not coding.endswith(b"chunked"), version >= (1, 1))

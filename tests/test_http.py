@@ -7,10 +7,14 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
+from sidecar.httpproxy import Forward
+from sidecar.listener import Listener
 
 from .conftest import AGENT, GOOD, ROOT, SECRET, Sidecar, StartSidecar, config_for, free_port
 from .upstream import Backend
@@ -521,6 +525,45 @@ async def test_a_response_whose_last_coding_is_not_chunked_is_read_to_the_close(
     assert (b"".join(chunks), rest) == (body, b"")  # whole, and the last chunk ends it
 
 
+CODED = gzip.compress(b"hello " * 100)
+
+
+@pytest.mark.parametrize(
+    ("request_", "response"),
+    [
+        (b"GET /x HTTP/1.0\r\n\r\n", b"Transfer-Encoding: gzip\r\n\r\n" + CODED),
+        (
+            b"GET /x HTTP/1.0\r\n\r\n",
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(CODED), CODED),
+        ),
+        (plain("GET", "/x"), b"Transfer-Encoding: chunked, gzip\r\n\r\n" + gzip.compress(b"5\r\nhello\r\n0\r\n\r\n")),
+    ],
+    ids=["gzip-to-http-1.0", "gzip-chunked-to-http-1.0", "chunked-not-last"],
+)
+async def test_a_response_coding_that_cannot_be_passed_on_as_it_is_is_502(
+    start_sidecar: StartSidecar, request_: bytes, response: bytes
+) -> None:
+    """RFC 9112 section 6.1: an HTTP/1.0 client cannot be sent Transfer-Encoding, so a body
+    coded otherwise than chunked would reach it still coded with nothing naming the coding;
+    and chunked may be applied once only, so a body chunked before another coding (read to
+    the close) cannot be re-chunked for an HTTP/1.1 client. Either is refused: 502, the
+    mapping of any response the sidecar cannot pass on, and none of the body is sent."""
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + response)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        answer = await exchange(sidecar.port, request_)
+    assert statuses(answer) == [502]
+    assert reason_of(answer) == "upstream_unavailable"
+    assert CODED not in answer and b"Transfer-Encoding" not in answer
+
+
 async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: Sidecar, backend: Backend) -> None:
     """``Expect: 100-continue`` and no 100: the client may send its body or not (RFC 9110
     section 10.1.1), and what comes next cannot be told apart from a next request. The
@@ -535,18 +578,14 @@ async def test_a_refusal_before_a_held_back_body_closes_the_connection(sidecar: 
     assert backend.seen == []
 
 
-@pytest.mark.parametrize(
-    ("after_head", "connections_used"),
-    [(b"", [[b"HEAD /a HTTP/1.1", b"GET /b HTTP/1.1"]]), (b"x" * 1000, [[b"HEAD /a HTTP/1.1"], [b"GET /b HTTP/1.1"]])],
-    ids=["head-only", "a-body-it-should-not-send"],
-)
-async def test_a_head_response_ends_at_its_head_and_both_connections_go_on(
-    start_sidecar: StartSidecar, after_head: bytes, connections_used: list[list[bytes]]
+@pytest.mark.parametrize("after_head", [b"", b"x" * 1000], ids=["head-only", "a-body-it-should-not-send"])
+async def test_a_head_response_ends_at_its_head_and_the_client_connection_goes_on(
+    start_sidecar: StartSidecar, after_head: bytes
 ) -> None:
     """A HEAD's Content-Length describes a body that is not sent: the answer ends with the head
-    and the client's next request is answered on the same connection. So is the upstream's,
-    unless something followed the head in its read (a body a HEAD must not get): then that
-    connection is closed, and the bytes are never the next request's answer."""
+    and the client's next request is answered on the same connection. The upstream's is closed
+    after a HEAD, whatever followed the head (a body a HEAD must not get, now or later): those
+    bytes are never the next request's answer."""
     connections: list[list[bytes]] = []
 
     async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -569,4 +608,161 @@ async def test_a_head_response_ends_at_its_head_and_both_connections_go_on(
         response = await read_response(reader)
         writer.close()
     assert (response.status, response.body) == (200, b"y" * 1000)
-    assert connections == connections_used
+    assert connections == [[b"HEAD /a HTTP/1.1"], [b"GET /b HTTP/1.1"]]
+
+
+@pytest.mark.parametrize(
+    "late", [b"hello", b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"], ids=["body", "a-response"]
+)
+async def test_a_body_sent_late_after_a_head_never_reaches_another_client(
+    start_sidecar: StartSidecar, late: bytes
+) -> None:
+    """RFC 9110 section 9.3.2: a HEAD's response has no content, but a faulty backend (one that
+    answers HEAD as GET) may send one, and not in the same read as the head. The HEAD's upstream
+    connection is never pooled, so another client's request never goes on it: were it pooled,
+    the late bytes would be that request's answer (a 502 for 'hello'; 'POISON' served as it)."""
+    connections: list[list[bytes]] = []
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines: list[bytes] = []
+        connections.append(lines)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+                if lines[-1].startswith(b"HEAD "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")  # the body comes later
+                else:  # late: with the next request's answer
+                    stray = late if len(lines) > 1 and lines[-2].startswith(b"HEAD ") else b""
+                    writer.write(stray + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        head = await exchange(sidecar.port, plain("HEAD", "/x"))
+        assert (statuses(head), parse_response(head).body) == ([200], b"")
+        answer = await exchange(sidecar.port, plain("GET", "/y"))  # another client
+    assert statuses(answer) == [200]
+    assert parse_response(answer).body == b"ok"
+    assert connections == [[b"HEAD /x HTTP/1.1"], [b"GET /y HTTP/1.1"]]
+
+
+async def test_a_response_behind_a_client_buffer_already_full_is_not_read_ahead_of_the_client(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A client pipelines requests whose answers fill its write buffer past the high-water mark
+    and then a request for a large body, and reads nothing. The Forward that takes over hears
+    of the full buffer before it has an upstream connection: once it has one, it must not read
+    it (it was read at full speed, the whole body held for a client that reads nothing: 42 MB
+    in the review's run). When the client reads, everything arrives, in order."""
+    size, count = 16 * 1024 * 1024, 1000  # 1,000 answers of the sidecar's own: about 200 KiB
+    body = bytes(range(256)) * (size // 256)
+    upstreams: list[asyncio.StreamWriter] = []
+    sent_all = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        upstreams.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()  # returns once the kernel took the last byte
+            sent_all.set()
+            await reader.read()
+
+    def held_back() -> bool:  # the upstream is not read, and it has bytes the kernel would not take
+        handler = conn.handler
+        upstream = handler.upstream if isinstance(handler, Forward) else None
+        reading = upstream is None or upstream.transport is None or upstream.transport.is_reading()
+        return not reading and upstreams[0].transport.get_write_buffer_size() > 0
+
+    async with raw_upstream(speak) as url:
+        sidecar = await start_sidecar(config_for(url))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=client)
+        try:
+            await until(lambda: sidecar.running.front.connections)
+            (conn,) = sidecar.running.front.connections
+            assert isinstance(conn, Listener) and conn.transport is not None
+            transport = conn.transport
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * count + b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await until(lambda: sent_all.is_set() or (upstreams and held_back()))
+            assert not sent_all.is_set(), "the upstream was read to the end for a client that reads nothing"
+            unsent = upstreams[0].transport.get_write_buffer_size()
+            assert size - unsent < 2 * 1024 * 1024  # the kernel's buffers at most: blocked well before the end
+            assert transport.get_write_buffer_size() < 2 * 1024 * 1024  # the answers and a read at most
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+            for _ in range(count):
+                assert (await read_response(reader)).status == 200
+            response = await read_response(reader)
+        finally:
+            writer.close()
+    assert (response.status, response.body == body) == (200, True)
+    assert sent_all.is_set()
+
+
+async def test_an_upload_is_not_read_ahead_of_an_upstream_whose_buffer_the_first_write_filled(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A large upload to a backend that reads slowly: the first write upstream (the head and
+    the body read with it) already fills the upstream connection's buffer past its mark. The
+    client's body must then wait (the pause this write caused was undone as the exchange
+    attached, and nothing ever paused it again: the whole upload was held in memory). A pooled
+    connection whose buffer an earlier exchange left full is handed over the same way (its
+    state is kept on the connection). Then the backend reads, and gets every byte."""
+    size = 16 * 1024 * 1024
+    body = bytes(range(256)) * (size // 256)
+    release = asyncio.Event()
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await release.wait()  # a slow backend: nothing more is read until the test says so
+            received = await reader.readexactly(length)
+            answer = b"ok" if received == body else b"corrupted"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the backend takes little unread
+    listening.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(speak, sock=listening)
+    async with server:
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        sidecar = await start_sidecar(config_for(url))
+        for sock in sidecar.running.servers[0].sockets:  # a client's first read brings a lot of body
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        pool = sidecar.running.runtime.pool
+        connection = await pool.open(pool.target(config_for(url).routes[-1].upstream))
+        assert connection.transport is not None  # a kept-alive connection with a small send buffer:
+        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pool.give(connection)  # the kernel takes a few KiB, the rest of a write stays in the sidecar
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        try:
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + body)
+            await until(lambda: sidecar.running.front.connections)
+            (conn,) = sidecar.running.front.connections
+            assert isinstance(conn, Listener)
+
+            def held_back() -> bool:  # the client is not read, and it has bytes the kernel would not take
+                transport = conn.transport
+                return (
+                    transport is not None
+                    and not transport.is_reading()
+                    and writer.transport.get_write_buffer_size() > 0
+                )
+
+            await until(lambda: writer.transport.get_write_buffer_size() == 0 or held_back())
+            assert connection.exchange is not None, "the pooled connection was not the one taken"
+            assert connection.transport.get_write_buffer_size() < 2 * 1024 * 1024  # bounded, not the upload
+            assert writer.transport.get_write_buffer_size() > size // 2, "the upload was read into the sidecar"
+            release.set()
+            response = await read_response(reader)
+        finally:
+            writer.close()
+    assert (response.status, response.body) == (200, b"ok")

@@ -347,7 +347,7 @@ async def test_an_open_session_is_closed_with_4401_at_expiry_and_its_backend_leg
 async def test_the_registrys_wall_clock_calls_back_at_a_wall_clock_time() -> None:
     called = asyncio.Event()
     WallClock().call_at(time.time() - 1, lambda _: called.set(), cast(Session, None))  # already due: at once
-    await called.wait()
+    await asyncio.wait_for(called.wait(), 10)
 
 
 async def test_with_on_expiry_ignore_an_open_session_has_no_expiry(

@@ -1,5 +1,6 @@
 """The package's shape: no import cycle, no module over about 400 lines, pure modules
-free of aiohttp and asyncio, every package shipped. Read from the source (AST), no imports.
+free of aiohttp and asyncio, every package shipped; and no test that can hang. Read from
+the source (AST), no imports.
 
 Every ``import`` statement counts, wherever it is: at module level, inside a function
 (a lazy import hides a cycle, it does not remove it), under ``if``. A module's implicit
@@ -334,3 +335,73 @@ def test_the_dead_code_finder_finds_what_nothing_calls(tmp_path: Path) -> None:
         },
     )
     assert unused_definitions(package) == ["pkg/a.py:2 dead", "pkg/a.py:4 gone"]
+
+
+# --- the tests themselves: none hangs ------------------------------------------------------
+# There is no per-test timeout (no pytest-timeout): a test that awaits an event, a process or a
+# future with no bound hangs the run when the code under test is wrong, instead of failing.
+
+
+def _under_a_timeout(node: ast.AST) -> bool:
+    """``async with asyncio.timeout(...)``: the awaits inside it are bounded."""
+    return isinstance(node, ast.AsyncWith) and any(
+        isinstance(item.context_expr, ast.Call)
+        and isinstance(item.context_expr.func, ast.Attribute)
+        and item.context_expr.func.attr in ("timeout", "timeout_at")
+        for item in node.items
+    )
+
+
+def unbounded_awaits(source: str) -> list[str]:
+    """``test:line`` for each await, in the body of an ``async def test_...``, of an event's
+    or process's ``.wait()`` or of a bare future or task, neither in ``asyncio.wait_for``
+    nor under ``asyncio.timeout`` (functions nested in a test are the servers it plays)."""
+    found = []
+
+    def visit(node: ast.AST, test: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                continue
+            if _under_a_timeout(child):
+                continue
+            if isinstance(child, ast.Await):
+                value = child.value
+                call = value if isinstance(value, ast.Call) and not value.args and not value.keywords else None
+                wait = call is not None and isinstance(call.func, ast.Attribute) and call.func.attr == "wait"
+                if wait or isinstance(value, ast.Name | ast.Attribute):
+                    found.append(f"{test}:{child.lineno}")
+            visit(child, test)
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("test_"):
+            visit(node, node.name)
+    return found
+
+
+def test_no_test_awaits_without_a_bound() -> None:
+    found = [
+        f"{path.name}:{where}"
+        for path in sorted((ROOT / "tests").glob("test_*.py"))
+        for where in unbounded_awaits(path.read_text())
+    ]
+    assert found == [], "wrap these in asyncio.wait_for(..., 10)"
+
+
+def test_the_unbounded_await_finder_finds_them() -> None:
+    source = """
+async def test_x(process, fut, box):
+    await done.wait()
+    await fut
+    await box.future
+    await process.wait()
+    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.wait_for(fut, 10)
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await fut
+    async def server(reader, writer):
+        await hold.wait()
+async def helper():
+    await fut
+"""
+    assert unbounded_awaits(source) == ["test_x:3", "test_x:4", "test_x:5", "test_x:6"]

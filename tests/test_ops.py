@@ -98,7 +98,7 @@ async def test_a_health_checker_hanging_up_does_not_fail_the_others(
     impatient.write(readyz)
     await asyncio.sleep(0.1)
     impatient.close()  # hangs up while the probe they share runs
-    assert (await patient).startswith(b"HTTP/1.1 200 ")
+    assert (await asyncio.wait_for(patient, 20)).startswith(b"HTTP/1.1 200 ")
     assert (await exchange(sidecar.port, readyz)).startswith(b"HTTP/1.1 200 ")
 
 
@@ -155,7 +155,7 @@ async def test_a_request_in_flight_is_answered_during_the_drain(backend: Backend
     async with aiohttp.ClientSession() as http, http.get(sidecar.url("/stream", "http")) as response:
         assert await response.content.readexactly(6) == b"first;"
         stopping = asyncio.ensure_future(sidecar.running.drain())
-        await stopping
+        await asyncio.wait_for(stopping, 20)
         closing = asyncio.ensure_future(sidecar.running.close())
         backend.release.set()
         assert await response.read() == b"second"

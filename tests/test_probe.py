@@ -540,9 +540,22 @@ async def test_bad_usage_exits_2(args: list[str], env: dict[str, str], says: str
     assert says in run.err
 
 
+async def test_help_gives_the_command_the_readme_and_troubleshooting_give() -> None:
+    """One command to type on the edge machine, the same in --help, the README and
+    docs/troubleshooting.md: at the sidecar's domain (the backend's has no sidecar in front)."""
+    run = await probe("--help", token=None)
+    assert run.code == 0
+    [command] = [line.strip() for line in run.out.splitlines() if line.strip().startswith("sidecar probe ")]
+    assert command == 'sidecar probe "wss://<sidecar domain>/edge/ws?edge_agent_id=$AGENT" --token-env EDGE_SECRET'
+    for doc in ("README.md", "docs/troubleshooting.md"):
+        assert f"```sh\n{command}\n```" in (ROOT / doc).read_text(), doc
+
+
 # --- credentials the user put in the URL or in -H headers ---------------------------------
 
 QUERY_SECRET = "query-secret-5b1e9c77"
+WORD_SECRET = "opensesame"  # neither long nor random-looking: a credential only by what precedes it
+K8S_TOKEN = base64.urlsafe_b64encode(QUERY_SECRET.encode()).decode().rstrip("=")
 
 
 @pytest.mark.parametrize(
@@ -550,13 +563,40 @@ QUERY_SECRET = "query-secret-5b1e9c77"
     [
         (f"/edge/ws?edge_agent_id=edge_1&token={QUERY_SECRET}", [], QUERY_SECRET),
         (f"/edge/ws?access_token={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?edge_agent_id=edge_1&ticket={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?code={QUERY_SECRET}&state=s", [], QUERY_SECRET),  # OAuth's authorization code
+        (f"/edge/ws?user=u&pw={QUERY_SECRET}", [], QUERY_SECRET),
+        (f"/edge/ws?pwd={QUERY_SECRET}", [], QUERY_SECRET),
         (f"/edge/ws?edge_agent_id=edge_1&sig={TOKEN}", [], TOKEN),  # any value equal to the token
         (f"/edge/ws?{TOKEN}", [], TOKEN),  # a bare query: its name is the value
         ("/edge/ws", ["-H", f"Cookie: session={QUERY_SECRET}"], QUERY_SECRET),
         ("/edge/ws", ["-H", f"Proxy-Authorization: Basic {QUERY_SECRET}"], QUERY_SECRET),
         ("/edge/ws", ["-H", f"X-Api-Key: {QUERY_SECRET}"], QUERY_SECRET),
+        # Browsers cannot set Authorization on a WebSocket: the token rides as a subprotocol.
+        ("/edge/ws", ["-H", f"Sec-WebSocket-Protocol: x-token.{QUERY_SECRET}"], QUERY_SECRET),
+        ("/edge/ws", ["-H", f"Sec-WebSocket-Protocol: graphql-ws, bearer, {WORD_SECRET}"], WORD_SECRET),
+        (
+            "/edge/ws",
+            ["-H", f"Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{K8S_TOKEN}, base64.binary.k8s.io"],
+            K8S_TOKEN,
+        ),
     ],
-    ids=["token", "access_token", "equal-to-the-token", "bare", "cookie", "proxy-authorization", "api-key"],
+    ids=[
+        "token",
+        "access_token",
+        "ticket",
+        "code",
+        "pw",
+        "pwd",
+        "equal-to-the-token",
+        "bare",
+        "cookie",
+        "proxy-authorization",
+        "api-key",
+        "subprotocol-random-looking",
+        "subprotocol-after-bearer",
+        "subprotocol-kubernetes",
+    ],
 )
 @pytest.mark.parametrize("output", ["human", "json"])
 async def test_credentials_in_the_url_or_headers_are_never_shown(
@@ -576,6 +616,34 @@ async def test_credentials_in_the_url_or_headers_are_never_shown(
         query = path.partition("?")[2]
         shown = "&".join(p.split("=")[0] + "=…" if "=" in p else "…" for p in query.split("&")) if query else ""
         assert heading.split(" ")[1] == f"ws://127.0.0.1:{server.port}/edge/ws" + (f"?{shown}" if shown else "")
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+async def test_ordinary_subprotocol_names_are_shown(
+    raw_server: Callable[[str], Awaitable[RawServer]], output: str
+) -> None:
+    """Only the subprotocols that carry a credential are withheld: a server quoting names
+    like these back is shown as it is."""
+    server = await raw_server("echo")
+    offered = "graphql-transport-ws, ocpp1.6, v12.stomp"
+    json_flag = ["--json"] if output == "json" else []
+    url = f"ws://127.0.0.1:{server.port}/edge/ws"
+    run = await probe(url, *json_flag, "-H", f"Sec-WebSocket-Protocol: {offered}", token=None)
+    assert run.code == 1
+    assert "withheld" not in run.out
+    assert f"Server: Sec-WebSocket-Protocol: {offered}" in run.out
+
+
+async def test_ordinary_query_parameters_are_shown_in_what_the_server_quotes(
+    raw_server: Callable[[str], Awaitable[RawServer]],
+) -> None:
+    """Only credential parameters are withheld: a name that merely contains ``code``, or
+    socket.io's ``t=`` cache-buster, leaves the server's text readable."""
+    server = await raw_server("echo")
+    query = "edge_agent_id=edge_1&country_code=us&EIO=4&t=N8hyd6w"
+    run = await probe(f"ws://127.0.0.1:{server.port}/edge/ws?{query}", "--json", token=None)
+    assert run.code == 1
+    assert run.json["hint"].startswith(f"the sidecar refused it (400 bad_request): GET /edge/ws?{query} HTTP/1.1")
 
 
 async def test_credentials_in_the_urls_userinfo_are_refused_unshown() -> None:

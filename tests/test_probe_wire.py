@@ -5,6 +5,8 @@ uses. The probe against real servers is in test_probe.py."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -539,3 +541,53 @@ def test_credentials_are_the_urls_credential_values_and_the_credential_headers()
         "c1",
         "c2",
     ]
+
+
+@pytest.mark.parametrize(
+    ("offered", "credentials"),
+    [
+        ("graphql-ws", []),
+        ("graphql-transport-ws, subscriptions-transport-ws, ocpp1.6, ocpp2.0.1, v12.stomp, mqtt", []),
+        ("actioncable-v1-json, actioncable-unsupported, wamp.2.json", []),
+        ("bearer, opensesame", ["opensesame"]),
+        ("Bearer,opensesame, graphql-ws", ["opensesame"]),  # only the entry after the word
+        ("access_token, abc", ["abc"]),
+        ("x-token.query-secret-5b1e9c77", ["x-token.query-secret-5b1e9c77"]),
+        ("chat, 3q2+7wYAAAAAAAAAAAAAAAAA", ["3q2+7wYAAAAAAAAAAAAAAAAA"]),  # random-looking alone
+        ("auth.v1", ["auth.v1"]),  # a credential word beside other characters
+        ("Bearer opensesame", ["Bearer opensesame", "opensesame"]),  # typed as the Authorization value
+        (
+            "base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0, base64.binary.k8s.io",
+            ["base64url.bearer.authorization.k8s.io.cXVlcnktc2VjcmV0", "cXVlcnktc2VjcmV0", "query-secret"],
+        ),
+    ],
+)
+def test_subprotocols_that_carry_a_credential(offered: str, credentials: list[str]) -> None:
+    assert wire.protocol_credentials(offered) == credentials
+    target = wire.parse_target("ws://h/p")
+    assert wire.credentials(target, [("Sec-WebSocket-Protocol", offered)]) == credentials
+
+
+@pytest.mark.parametrize(
+    ("query", "credentials"),
+    [
+        ("edge_agent_id=edge_1&ticket=k1&code=c1&pw=p1&pwd=p2&passwd=p3&pin=1234&otp=9&hash=h1&hmac=m1", None),
+        ("edge_agent_id=edge_1&country_code=us&zipcode=1&decode=x&t=N8hyd6w&EIO=4&transport=websocket", []),
+    ],
+    ids=["credentials", "ordinary"],
+)
+def test_credential_query_names(query: str, credentials: list[str] | None) -> None:
+    target = wire.parse_target(f"ws://h/p?{query}")
+    if credentials is None:  # every value but the agent id's
+        credentials = [pair.partition("=")[2] for pair in query.split("&")[1:]]
+    assert list(dict.fromkeys(target.credentials)) == credentials
+
+
+def test_troubleshooting_names_exactly_the_credential_query_names() -> None:
+    """docs/troubleshooting.md lists the query names the probe treats as credentials: the
+    list is the code's, word for word."""
+    text = " ".join((Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text().split())
+    listed = re.search(r"from the query \(a name with (.+?) in it, in any case, or that is exactly (.+?); not", text)
+    assert listed is not None
+    assert re.findall(r"`([^`]+)`", listed.group(1)) == wire._CREDENTIAL_NAME.pattern.split("|")
+    assert sorted(re.findall(r"`([^`]+)`", listed.group(2))) == sorted(wire._CREDENTIAL_QUERY)

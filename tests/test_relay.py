@@ -408,7 +408,7 @@ async def test_a_relay_given_a_connection_already_lost_ends_as_that_side_gone() 
         client, backend_side = accepted[0].transport, accepted[1].transport
         assert client is not None and backend_side is not None and upstream.transport is not None
         backend_side.abort()  # the backend goes away before the relay starts
-        await upstream.lost
+        await asyncio.wait_for(upstream.lost, 10)
         relay = Relay(
             max_message_size=1 << 20,
             deflate=False,

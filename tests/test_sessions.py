@@ -147,7 +147,7 @@ async def test_replace_ends_the_old_session_and_waits_for_it() -> None:
         assert old.cause is EndCause.REPLACED
         assert old.state is State.CLOSED
         assert len(registry.agents) == 1
-    await running
+    await asyncio.wait_for(running, 10)
     assert order == ["old closed", "new admitted"]
 
 
@@ -260,7 +260,7 @@ async def test_an_operator_ends_a_session_with_4403() -> None:
     session = Session(ROUTE, "a1")
     session.move(State.OPEN)
     session.end(EndCause.OPERATOR)
-    cause = await session.stopped
+    cause = await asyncio.wait_for(session.stopped, 10)
     assert (cause.code, cause.reason, session.state) == (4403, "closed by operator", State.CLOSING)
 
 

@@ -127,7 +127,7 @@ async def test_with_retry_a_backend_that_starts_late_is_reached(
         pytest.fail(f"no retry: {connecting.exception()!r}")
     backend = await Backend(port=port).start()
     try:
-        async with await connecting as ws:
+        async with await asyncio.wait_for(connecting, 20) as ws:
             await echoes(ws, "awake?")
     finally:
         await backend.stop()

@@ -481,7 +481,7 @@ async def test_stopping_the_sidecar_closes_sessions_with_1012_to_the_client_and_
         await ws.recv()
         closing = asyncio.ensure_future(sidecar.running.close())
         code, reason = await closed_by_peer(ws)
-        await closing
+        await asyncio.wait_for(closing, 20)
     assert (code, reason) == (1012, "service restart: reconnect")
     assert backend.closes == [(1001, "sidecar closing the session")]
 
@@ -607,7 +607,7 @@ async def test_a_handshake_in_flight_at_shutdown_is_answered_503_draining(
     await until(lambda: backend.seen)  # the backend is still deciding
     await asyncio.wait_for(sidecar.running.close(), 20)
     with pytest.raises(InvalidStatus) as refused:  # an answer, not a dropped connection (1006)
-        await connecting
+        await asyncio.wait_for(connecting, 20)
     response = refused.value.response
     assert (response.status_code, response.headers["X-Sidecar-Reason"]) == (503, "draining")
     assert response.headers["Retry-After"] == "1"
