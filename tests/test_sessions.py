@@ -165,10 +165,10 @@ async def test_a_session_cancelled_while_admitted_gives_its_place_and_agent_id_b
                 raise AssertionError("admitted while the older session holds on")
 
         waiting = asyncio.ensure_future(newer())
-        assert await old.stopped is EndCause.REPLACED  # the newer one is inside admission, waiting
+        assert await asyncio.wait_for(old.stopped, 10) is EndCause.REPLACED  # the newer one waits in admission
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await waiting
+            await asyncio.wait_for(waiting, 10)
         assert new.state is State.CLOSED
         assert len(registry) == 1 and new not in registry.sessions()
         assert len(registry.agents) == 0  # its claim released; the old one's had been replaced
