@@ -101,7 +101,7 @@ class Dispatcher:
         conn.answer(refuse(ctx, self.rt, Rejection(error.reason)), request)
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
+        task = asyncio.get_running_loop().create_task(work)  # ensure_future's own path for a coroutine
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

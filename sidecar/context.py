@@ -7,8 +7,8 @@ the canonical path, the route or the request's correlation id.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from multidict import MultiDict, MultiDictProxy, MultiMapping
@@ -92,4 +92,4 @@ def request_id(headers: MultiMapping[str]) -> str:
         values = headers.getall(name, ())
         if len(values) == 1 and _REQUEST_ID.fullmatch(values[0]):
             return values[0]
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # secrets.token_hex(16), without its three calls around os.urandom

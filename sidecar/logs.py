@@ -48,6 +48,8 @@ def correlate(request_id: str) -> None:
 def event(level: int, name: str, **fields: Any) -> None:
     """Log event ``name`` with ``fields`` (``None`` values are left out), at ``level``, or at
     ``debug`` if it is one of a burst that :data:`SUMMARY` counts instead."""
+    if not logger.isEnabledFor(level):
+        return  # nor at debug, to which a summary lowers a line: nothing to log or count
     level = SUMMARY.level(level, name, fields)
     if logger.isEnabledFor(level):
         kept = {k: v for k, v in fields.items() if v is not None}

@@ -10,13 +10,14 @@ event loop's task count, both computed at scrape time: nothing per request.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import INF, floatToGoString
 
 from .config import Config
 
@@ -48,36 +49,17 @@ class Metrics:
         self.http_rejections = Counter(
             "sidecar_http_rejections", "Plain HTTP requests refused, by reason.", ["route", "reason"], registry=r
         )
-        self.ws_active = Gauge("sidecar_ws_connections_active", "WebSocket sessions open now.", ["route"], registry=r)
-        self.ws_connections = Counter(
-            "sidecar_ws_connections", "WebSocket sessions established.", ["route"], registry=r
-        )
+        # sidecar_ws_connections_active, _connections_total, _closes_total, _handshake_duration_seconds
+        # and _session_duration_seconds
+        self.sessions = SessionCollector()
+        r.register(self.sessions)
         self.relayed = RelayCollector()
         r.register(self.relayed)
-        self.ws_closes = Counter(
-            "sidecar_ws_closes",
-            "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
-            ["route", "initiator", "code"],
-            registry=r,
-        )
         self.ws_cut_off = Counter(
             "sidecar_ws_cut_off",
             "WebSocket peers the sidecar cut off, by peer (client, upstream) and cause: dead (did not "
             "answer its keep-alive ping) or stalled (took no data for stall_timeout while some waited).",
             ["route", "peer", "cause"],
-            registry=r,
-        )
-        self.ws_handshake_duration = Histogram(
-            "sidecar_ws_handshake_duration_seconds",
-            "From the client's upgrade request to its 101, upstream handshake included.",
-            ["route"],
-            registry=r,
-        )
-        self.ws_session_duration = Histogram(
-            "sidecar_ws_session_duration_seconds",
-            "WebSocket session lifetimes.",
-            ["route"],
-            buckets=_SESSION_BUCKETS,
             registry=r,
         )
         self.http_requests = Counter(
@@ -168,7 +150,6 @@ class Metrics:
             registry=r,
         )
         self.http = RequestSeries(self.http_requests, self.http_duration)
-        self.children = Children()
         ProcessCollector(registry=r)  # process_open_fds, process_resident_memory_bytes, ...
         r.register(TaskCollector())
 
@@ -210,19 +191,106 @@ class RequestSeries:
         timer.observe(seconds)
 
 
-class Children:
-    """Label children looked up once per label values, for what every session or request
-    counts: ``metric.labels(...)`` takes a lock and builds a key on each call."""
+_HANDSHAKE_BUCKETS = Histogram.DEFAULT_BUCKETS  # the handshake histogram's, as it always had
+
+
+class RouteSessions:
+    """One route's session counts and timings, plain numbers (see :class:`SessionCollector`)."""
+
+    __slots__ = ("_closes", "active", "durations", "established", "handshakes", "name")
+
+    def __init__(self, name: str, closes: dict[tuple[str, str, str], int]) -> None:
+        self.name = name
+        self.established = 0
+        self.active = 0
+        self._closes = closes
+        # Per bucket (each bound's own, not cumulative), then the sum: as a Histogram keeps them.
+        self.handshakes = Timings(_HANDSHAKE_BUCKETS)
+        self.durations = Timings(_SESSION_BUCKETS_INF)
+
+    def opened(self, handshake: float) -> None:
+        """A session established (its 101 sent ``handshake`` seconds after the request): counted, and open."""
+        self.established += 1
+        self.active += 1
+        timings = self.handshakes
+        timings.counts[bisect_left(timings.bounds, handshake)] += 1
+        timings.total += handshake
+
+    def closed(self, initiator: str, code: str, duration: float) -> None:
+        """An open session ended after ``duration`` seconds: who closed first, the code as a label."""
+        self.active -= 1
+        key = (self.name, initiator, code)
+        self._closes[key] = self._closes.get(key, 0) + 1
+        timings = self.durations
+        timings.counts[bisect_left(timings.bounds, duration)] += 1
+        timings.total += duration
+
+
+class Timings:
+    """A histogram's state as plain numbers: observations per bucket (the first bound not below
+    the value, as prometheus_client's Histogram finds it) and their sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """The cumulative counts by ``le``, written as prometheus_client writes a bound."""
+        cumulative, out = 0, []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            cumulative += count
+            out.append((str(floatToGoString(bound)), float(cumulative)))  # type: ignore[no-untyped-call]
+        return out
+
+
+_SESSION_BUCKETS_INF = (*_SESSION_BUCKETS, INF)
+
+
+class SessionCollector(Collector):
+    """The session series, as prometheus_client's Gauge, Counters and Histograms exported them
+    (names, types, help, labels, buckets): ``sidecar_ws_connections_active``,
+    ``sidecar_ws_connections_total``, ``sidecar_ws_closes_total``,
+    ``sidecar_ws_handshake_duration_seconds`` and ``sidecar_ws_session_duration_seconds``.
+    Plain numbers while sessions come and go, families only when Prometheus scrapes: a
+    session pays no lock, no label lookup and no observation call for them."""
 
     def __init__(self) -> None:
-        self._made: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._routes: dict[str, RouteSessions] = {}
+        self._closes: dict[tuple[str, str, str], int] = {}
 
-    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
-        key = (metric, values)
-        child = self._made.get(key)
-        if child is None:
-            child = self._made[key] = metric.labels(*values)
-        return child
+    def route(self, name: str) -> RouteSessions:
+        counts = self._routes.get(name)
+        if counts is None:
+            counts = self._routes[name] = RouteSessions(name, self._closes)
+        return counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        active = GaugeMetricFamily("sidecar_ws_connections_active", "WebSocket sessions open now.", labels=["route"])
+        established = CounterMetricFamily("sidecar_ws_connections", "WebSocket sessions established.", labels=["route"])
+        handshakes = HistogramMetricFamily(
+            "sidecar_ws_handshake_duration_seconds",
+            "From the client's upgrade request to its 101, upstream handshake included.",
+            labels=["route"],
+        )
+        durations = HistogramMetricFamily(
+            "sidecar_ws_session_duration_seconds", "WebSocket session lifetimes.", labels=["route"]
+        )
+        for name, counts in list(self._routes.items()):
+            active.add_metric([name], counts.active)
+            established.add_metric([name], counts.established)
+            handshakes.add_metric([name], counts.handshakes.buckets(), counts.handshakes.total)
+            durations.add_metric([name], counts.durations.buckets(), counts.durations.total)
+        closes = CounterMetricFamily(
+            "sidecar_ws_closes",
+            "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
+            labels=["route", "initiator", "code"],
+        )
+        for labels, count in list(self._closes.items()):
+            closes.add_metric(list(labels), count)
+        yield from (active, established, closes, handshakes, durations)
 
 
 class TaskCollector(Collector):

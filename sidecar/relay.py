@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
+import os
 from collections.abc import Mapping
 
 from .closing import (
@@ -112,8 +112,9 @@ class Relay:
         # (permessage-deflate's *_no_context_takeover, sidecar.inflate.resets).
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
         meters = [Meter(max_message_size, reset=reset) if deflate else None for reset in resets]
-        self._client = _leg("client", self, up, max_message_size, meters[0])
-        self._upstream = _leg("upstream", self, down, max_message_size, meters[1])
+        tokens = os.urandom(16).hex().encode()  # one draw for both legs' ping payloads (secrets.token_hex's)
+        self._client = _leg("client", self, up, max_message_size, meters[0], tokens[:16])
+        self._upstream = _leg("upstream", self, down, max_message_size, meters[1], tokens[16:])
         self._client.other, self._upstream.other = self._upstream, self._client
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
@@ -238,7 +239,8 @@ class Relay:
             if self._deadline is not None:
                 self._deadline.cancel()
             assert self._end is not None
-            self.ended.set_result(dataclasses.replace(self._end, cut=self._cut))
+            end = self._end  # made anew only for a cut-off peer: replace() is a dozen calls
+            self.ended.set_result(end if end.cut == self._cut else dataclasses.replace(end, cut=self._cut))
 
     def failed(self, leg: Leg | None, error: Exception) -> None:
         """A bug in the relay (``leg``: met reading that leg's peer, which is read no more),
@@ -337,12 +339,13 @@ class Relay:
         self._abort(leg)
 
 
-def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, meter: Meter | None) -> Leg:
+def _leg(side: Side, relay: Relay, tally: Tally, max_message_size: int, meter: Meter | None, token: bytes) -> Leg:
     """``meter``: what the peer's compressed messages inflate to, on a permessage-deflate session."""
     scanner = Scanner(from_client=side == "client", max_message_size=max_message_size, deflate=meter is not None)
-    # The payload of the sidecar's pings to this peer: unique to the session and the leg,
-    # recognisable in a capture, and no more than a control frame carries.
-    leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + secrets.token_hex(8).encode())
+    # The payload of the sidecar's pings to this peer: unique to the session and the leg
+    # (``token``: 16 random hex digits), recognisable in a capture, and no more than a
+    # control frame carries.
+    leg = Leg(side, relay, scanner, tally, b"sidecar-keepalive " + token)
     if meter is not None:
         leg.meter = meter
         scanner.boundaries = True  # a compressed frame is held from its start: see sidecar.legs

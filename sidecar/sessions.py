@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,10 @@ class State(enum.Enum):
     OPEN = "open"  # relaying
     CLOSING = "closing"  # ending: asked to from outside, or a side closed
     CLOSED = "closed"  # its place is free
+
+    # Members are singletons compared by identity: hashed by identity too, in C, rather than
+    # by Enum's __hash__ (a Python call) on every transition a session takes.
+    __hash__ = object.__hash__
 
 
 # The transitions a session may take (h11-style: the state machine as data).
@@ -239,38 +243,12 @@ class Registry:
         chosen = [s for s in self._live if state is None or s.state is state]
         return sorted(chosen, key=lambda s: s.started)
 
-    @contextlib.asynccontextmanager
-    async def admit(self, session: Session, *, max_sessions: int, close_timeout: float) -> AsyncIterator[Session]:
+    def admit(self, session: Session, *, max_sessions: int, close_timeout: float) -> Admission:
         """Hold a place for ``session`` (refused: 503 over_capacity), then apply its route's
         duplicate-agent policy (refused: 409 duplicate_agent). Counted from here, the
         upstream handshake included, so a burst cannot overshoot a cap. Leaving the block
         frees the place and moves the session to CLOSED, whatever happened in it."""
-        route = session.route
-        if not self._counts.acquire(route.name, route.max_sessions, max_sessions):
-            session.move(State.CLOSED)
-            full = Rejection(Reason.OVER_CAPACITY, agent_id=session.agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
-            raise Refused(full)
-        self._live.add(session)
-        expiry = self._expiry(session)
-        claimed = False
-        try:
-            if session.agent_id is not None and route.duplicate_agent != "allow":
-                claimed = True
-                if not await self.agents.claim(session):
-                    if route.duplicate_agent == "reject":
-                        raise Refused(Rejection(Reason.DUPLICATE_AGENT, agent_id=session.agent_id))
-                    within = route.upstream.connect_timeout + 2 * closing_bound(close_timeout)
-                    await self.agents.replace(session, within=within)
-            session.refuse_if_ended()  # ended while it waited: the drain, or a newer session
-            yield session
-        finally:
-            if expiry is not None:
-                expiry.cancel()
-            self._live.discard(session)
-            self._counts.release(route.name)
-            if claimed:
-                await self.agents.release(session)
-            session.move(State.CLOSED)
+        return Admission(self, session, max_sessions, close_timeout)
 
     def _expiry(self, session: Session) -> Cancellable | None:
         """One timer per session with an expiry, from admission to release: nothing per
@@ -330,6 +308,58 @@ class Registry:
             _, pending = await asyncio.wait(waits, timeout=closing_bound(close_timeout))
             for wait in pending:
                 wait.cancel()
+
+
+class Admission:
+    """:meth:`Registry.admit`'s context manager: a class rather than an async generator,
+    which costs a session a generator, its finaliser hooks and contextlib's wrapper."""
+
+    __slots__ = ("_claimed", "_close_timeout", "_expiry", "_max_sessions", "_registry", "_session")
+
+    def __init__(self, registry: Registry, session: Session, max_sessions: int, close_timeout: float) -> None:
+        self._registry = registry
+        self._session = session
+        self._max_sessions = max_sessions
+        self._close_timeout = close_timeout
+        self._expiry: Cancellable | None = None
+        self._claimed = False
+
+    async def __aenter__(self) -> Session:
+        registry, session = self._registry, self._session
+        route = session.route
+        if not registry._counts.acquire(route.name, route.max_sessions, self._max_sessions):
+            session.move(State.CLOSED)
+            full = Rejection(Reason.OVER_CAPACITY, agent_id=session.agent_id, retry_after=OVER_CAPACITY_RETRY_AFTER)
+            raise Refused(full)
+        registry._live.add(session)
+        self._expiry = registry._expiry(session)
+        try:
+            if session.agent_id is not None and route.duplicate_agent != "allow":
+                self._claimed = True
+                if not await registry.agents.claim(session):
+                    if route.duplicate_agent == "reject":
+                        raise Refused(Rejection(Reason.DUPLICATE_AGENT, agent_id=session.agent_id))
+                    within = route.upstream.connect_timeout + 2 * closing_bound(self._close_timeout)
+                    await registry.agents.replace(session, within=within)
+            session.refuse_if_ended()  # ended while it waited: the drain, or a newer session
+        except BaseException:
+            await self._release()
+            raise
+        return session
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._release()
+
+    async def _release(self) -> None:
+        """Free the place, whatever happened: the only code that does."""
+        registry, session = self._registry, self._session
+        if self._expiry is not None:
+            self._expiry.cancel()
+        registry._live.discard(session)
+        registry._counts.release(session.route.name)
+        if self._claimed:
+            await registry.agents.release(session)
+        session.move(State.CLOSED)
 
 
 def _nothing(session: Session) -> None:

@@ -16,7 +16,7 @@ connection ...): the names are in refusal details, log lines and operators' aler
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import hashlib
 import logging
 import os
@@ -25,6 +25,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import httptools
 
@@ -63,7 +64,7 @@ class HandshakeRefused(UpstreamError):
 
 def accept_for(key: bytes) -> bytes:
     """``Sec-WebSocket-Accept`` for ``key`` (RFC 6455 section 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)  # base64.b64encode's own call
 
 
 def failure(exc: BaseException) -> UpstreamError | None:
@@ -113,11 +114,9 @@ class Upgraded:
 class _Handshake(asyncio.Protocol):
     """Reads the backend's answer to the upgrade request, nothing more."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: Transport | None = None
-        self.done: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.done: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []
         self._read = 0
@@ -173,14 +172,19 @@ class _Handshake(asyncio.Protocol):
 
 
 async def _upgrade_once(
-    target: Target, tls: ssl.SSLContext | None, request: bytes, key: bytes, offered: Sequence[str], deflate: str | None
+    loop: asyncio.AbstractEventLoop,
+    target: Target,
+    tls: ssl.SSLContext | None,
+    request: bytes,
+    key: bytes,
+    offered: Sequence[str],
+    deflate: str | None,
 ) -> Upgraded:
-    loop = asyncio.get_running_loop()
     transport, handshake = await loop.create_connection(
-        _Handshake, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
+        partial(_Handshake, loop), target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
     )
     try:
-        handshake.transport = socket_transport(transport)
+        assert handshake.transport is not None  # connection_made
         handshake.transport.write(request)
         status, fields, pending = await handshake.done
         if status != 101:
@@ -224,7 +228,7 @@ def upgrade_request(
     """The upgrade request (RFC 6455 section 4.1) and its key. ``fields``: the forwarded
     fields, already written out; ``deflate``: the client's permessage-deflate offer, passed
     on as it was written, or ``None``."""
-    key = base64.b64encode(os.urandom(16))
+    key = binascii.b2a_base64(os.urandom(16), newline=False)
     out = [
         b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         % (
@@ -262,37 +266,56 @@ async def open_websocket(
     deadline = loop.time() + route.upstream.connect_timeout
     attempts = route.retry.attempts if route.retry is not None else 1
     last: Exception | None = None
+    # The deadline cancels this task where it waits (asyncio.timeout_at's way, without its
+    # context manager's calls): a cancellation of its own becomes the timeout.
+    task = asyncio.current_task(loop)
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_at(deadline, expire)
     try:
-        async with asyncio.timeout_at(deadline):
-            for attempt in range(1, attempts + 1):
-                request, key = upgrade_request(target, path, fields, protocols, deflate)
-                try:
-                    return await _upgrade_once(target, tls, request, key, protocols, deflate)
-                except Exception as exc:
-                    why = _worth_retrying(exc)
-                    if why is None or attempt == attempts or route.retry is None:
-                        raise
-                    last = exc
-                    # Exponential backoff, jittered so that agents reconnecting together
-                    # after a backend restart do not retry in lockstep.
-                    delay = route.retry.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                    if loop.time() + delay >= deadline:
-                        raise  # the next try could not start in time: report this failure
-                    event(
-                        logging.INFO,
-                        "ws.upstream_retry",
-                        route=route.name,
-                        agent_id=agent_id,
-                        attempt=attempt,
-                        attempts=attempts,
-                        error=why,
-                        retry_in_s=round(delay, 3),
-                    )
-                    await asyncio.sleep(delay)
+        for attempt in range(1, attempts + 1):
+            request, key = upgrade_request(target, path, fields, protocols, deflate)
+            try:
+                return await _upgrade_once(loop, target, tls, request, key, protocols, deflate)
+            except Exception as exc:
+                why = _worth_retrying(exc)
+                if why is None or attempt == attempts or route.retry is None:
+                    raise
+                last = exc
+                # Exponential backoff, jittered so that agents reconnecting together
+                # after a backend restart do not retry in lockstep.
+                delay = route.retry.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                if loop.time() + delay >= deadline:
+                    raise  # the next try could not start in time: report this failure
+                event(
+                    logging.INFO,
+                    "ws.upstream_retry",
+                    route=route.name,
+                    agent_id=agent_id,
+                    attempt=attempt,
+                    attempts=attempts,
+                    error=why,
+                    retry_in_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        if not expired or task.uncancel() > 0:
+            raise  # cancelled from outside (too)
+        if last is None:
+            raise TimeoutError from None  # the first try hung: the backend did not answer in time
+        raise last from None
     except TimeoutError:
         if last is None:
-            raise  # the first try hung: the backend did not answer in time
+            raise
         raise last from None
+    finally:
+        timer.cancel()
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

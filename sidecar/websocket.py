@@ -72,7 +72,8 @@ def start_session(conn: Listener, request: Request, ctx: Context, rt: Runtime) -
     assert ctx.route is not None
     check_handshake(ctx, request)
     agent_id = authenticate(ctx, rt, ctx.route)
-    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at)
+    loop = conn.front.loop  # not asked for again (asyncio's get_running_loop() is a getpid() each)
+    session = Session(ctx.route, agent_id, ctx.client, expires_at=ctx.expires_at, stopped=loop.create_future())
     conn.handler = _Watch(session)
     return _session(conn, request, ctx, rt, session)
 
@@ -105,8 +106,9 @@ async def _session(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
 
 async def _open(
     conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session
-) -> tuple[Transport, bytes, Upgraded, bool] | None:
-    """The upstream handshake, then the client's 101; ``None`` if the client went away."""
+) -> tuple[Transport, bytes, Upgraded, bool, float] | None:
+    """The upstream handshake, then the client's 101 (and how long it took from the request);
+    ``None`` if the client went away."""
     upgraded = await _connect(conn, request, ctx, rt, session)
     if conn.current is not request or conn.transport is None:
         upgraded.transport.abort()  # the client went away as the upstream said yes
@@ -115,11 +117,9 @@ async def _open(
         conn.transport.write(_switching(ctx, upgraded, conn))
         paused = conn.writing_paused  # the relay starts held back if the client's buffer is full
         client, tail = conn.take_over()
+        handshake = conn.front.loop.time() - ctx.started
         rt.sessions.opened(session)
         route = session.route
-        rt.metrics.children.of(rt.metrics.ws_handshake_duration, route.name).observe(
-            conn.front.loop.time() - ctx.started
-        )
         assert ctx.path is not None
         event(
             logging.INFO,
@@ -134,7 +134,7 @@ async def _open(
     except BaseException:
         upgraded.transport.abort()  # not left open behind a session that never began
         raise
-    return client, tail, upgraded, paused
+    return client, tail, upgraded, paused, handshake
 
 
 async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, session: Session) -> Upgraded:
@@ -147,8 +147,20 @@ async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
     )
     deflate = _deflate_offer(ctx) if route.compression else None
     target = rt.pool.target(route.upstream)
-    connecting = asyncio.ensure_future(
-        open_websocket(
+    # The session ending cancels this task where it waits: no second task, no wait on two futures.
+    task = asyncio.current_task(conn.front.loop)
+    assert task is not None
+    waiting, ended = True, False
+
+    def cancel(_: asyncio.Future[EndCause]) -> None:
+        nonlocal ended
+        if waiting:
+            ended = True
+            task.cancel()
+
+    session.stopped.add_done_callback(cancel)
+    try:
+        upgraded = await open_websocket(
             route,
             target,
             rt.pool.tls(target),
@@ -158,24 +170,18 @@ async def _connect(conn: Listener, request: Request, ctx: Context, rt: Runtime, 
             deflate,
             agent_id=session.agent_id,
         )
-    )
-    try:
-        either: set[asyncio.Future[Any]] = {connecting, session.stopped}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not connecting.done():
-            connecting.cancel()
-            await asyncio.wait({connecting})
-    try:
-        upgraded = connecting.result()
     except asyncio.CancelledError:
-        session.refuse_if_ended()  # cancelled only because the session ended: raises
+        if ended and task.uncancel() == 0:
+            session.refuse_if_ended()  # cancelled only because the session ended: raises
         raise
     except Exception as exc:
         failure = rejection_for(exc, session.agent_id)
         if failure is None:
             raise
         raise Refused(failure) from None
+    finally:
+        waiting = False
+        session.stopped.remove_done_callback(cancel)
     try:
         session.refuse_if_ended()  # as the upstream handshake finished
     except BaseException:
@@ -211,14 +217,14 @@ def _switching(ctx: Context, upgraded: Upgraded, conn: Listener) -> bytes:
     return b"".join(out)
 
 
-async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, paused: bool) -> None:
-    """Relay one session and account for it: gauge, counters, histogram, log line."""
-    loop = asyncio.get_running_loop()
+async def _run(
+    session: Session, rt: Runtime, client: Transport, tail: bytes, upgraded: Upgraded, paused: bool, handshake: float
+) -> None:
+    """Relay one session and account for it: gauge, counters, histograms, log line."""
+    loop = session.stopped.get_loop()
     metrics, route, config = rt.metrics, session.route, rt.config
-    children = metrics.children
-    children.of(metrics.ws_connections, route.name).inc()
-    active = children.of(metrics.ws_active, route.name)
-    active.inc()
+    counts = metrics.sessions.route(route.name)
+    counts.opened(handshake)
     up = metrics.relayed.open(route.name, "upstream")
     down = metrics.relayed.open(route.name, "downstream")
     opened = loop.time()
@@ -247,7 +253,16 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
         # The sidecar ending the session (a drain, a newer session) tells the relay directly:
         # a callback, not a wait on two futures for the session's whole life.
         session.stopped.add_done_callback(stopped)
-        end = await asyncio.shield(relay.ended)
+        # asyncio.shield's way, without its calls: cancelling this task cancels the waiter,
+        # never relay.ended (the relay resolves it once both connections are gone).
+        waiter: asyncio.Future[End] = loop.create_future()
+
+        def ended(done: asyncio.Future[End]) -> None:
+            if not waiter.cancelled():
+                waiter.set_result(done.result())
+
+        relay.ended.add_done_callback(ended)
+        end = await waiter
     except asyncio.CancelledError:
         relay.stop(*SIDECAR_ERROR)
         raise
@@ -260,10 +275,8 @@ async def _run(session: Session, rt: Runtime, client: Transport, tail: bytes, up
             session.move(State.CLOSING)
         metrics.relayed.close(up)
         metrics.relayed.close(down)
-        active.dec()
         duration = loop.time() - opened
-        children.of(metrics.ws_session_duration, route.name).observe(duration)
-        children.of(metrics.ws_closes, route.name, end.initiator, close_code_label(end.code)).inc()
+        counts.closed(end.initiator, close_code_label(end.code), duration)
         if end.cut is not None:
             metrics.ws_cut_off.labels(route.name, *end.cut).inc()
         if logger.isEnabledFor(logging.INFO):

@@ -220,6 +220,20 @@ def test_a_line_of_another_event_writes_the_counts_first(caplog: pytest.LogCaptu
     assert record.__dict__["fields"]["counts"] == {"invalid_token": 1, "rate_limited": 1}
 
 
+def test_a_line_below_the_level_is_neither_written_nor_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At warning (the benchmarks' level), a session's info lines cost no summary bookkeeping.
+    caplog.set_level(logging.WARNING, logger="sidecar")
+    summary = Summary(Clock(), burst=1)
+    monkeypatch.setattr(logs, "SUMMARY", summary)
+    for _ in range(3):
+        logs.event(logging.INFO, "ws.closed", code=1000)
+    assert caplog.records == [] and summary._seen == {} and summary._counts == {}
+    logs.event(logging.WARNING, "ws.rejected", reason="invalid_token")
+    assert [r.getMessage() for r in caplog.records] == ["ws.rejected"] and summary._seen == {"ws.rejected": 1}
+
+
 async def test_a_drain_of_many_sessions_is_summarised_by_close_code_each_kept_at_debug(
     backend: Backend, start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

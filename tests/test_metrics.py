@@ -4,6 +4,7 @@ scraper sees them (a real scrape of the metrics listener, a real session)."""
 from __future__ import annotations
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sidecar.metrics import STATE_OPS, Metrics
 from sidecar.replica import this_replica
@@ -75,3 +76,57 @@ async def test_the_fleet_series_are_there_from_the_start_without_redis(
         assert scraped[f'sidecar_state_operation_duration_seconds_count{{op="{op}"}}'] == 0
     (info,) = [(k, v) for k, v in scraped.items() if k.startswith("sidecar_replica_info")]
     assert info == (f'sidecar_replica_info{{replica="{this_replica()}",state="in-process"}}', 1.0)
+
+
+def test_session_series_are_exported_as_prometheus_clients_metrics_exported_them() -> None:
+    """The session series are plain numbers made into families at scrape time: the lines a
+    scrape shows are the ones prometheus_client's Gauge, Counters and Histograms wrote for
+    the same sessions (bucket bounds included: an observation on a bound counts in it)."""
+    sessions = {
+        # route: (handshake s, how it ended (initiator, code), duration s); None: still open
+        "edge": [(0.003, ("client", "1000"), 0.5), (0.005, ("client", "1000"), 10.0), (2.7, ("sidecar", "1012"), 9e4)],
+        "b": [(0.25, None, 0.0), (0.0001, ("upstream", "1006"), 3600.0)],
+    }
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    active = Gauge("sidecar_ws_connections_active", "WebSocket sessions open now.", ["route"], registry=reference)
+    established = Counter("sidecar_ws_connections", "WebSocket sessions established.", ["route"], registry=reference)
+    closes = Counter(
+        "sidecar_ws_closes",
+        "WebSocket sessions ended, by who closed first (client, upstream, sidecar) and the close code.",
+        ["route", "initiator", "code"],
+        registry=reference,
+    )
+    handshakes = Histogram(
+        "sidecar_ws_handshake_duration_seconds",
+        "From the client's upgrade request to its 101, upstream handshake included.",
+        ["route"],
+        registry=reference,
+    )
+    durations = Histogram(
+        "sidecar_ws_session_duration_seconds",
+        "WebSocket session lifetimes.",
+        ["route"],
+        buckets=(1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0),
+        registry=reference,
+    )
+    for route, list_ in sessions.items():
+        counts = metrics.sessions.route(route)
+        for handshake, end, duration in list_:
+            counts.opened(handshake)
+            established.labels(route).inc()
+            active.labels(route).inc()
+            handshakes.labels(route).observe(handshake)
+            if end is not None:
+                counts.closed(*end, duration)
+                active.labels(route).dec()
+                closes.labels(route, *end).inc()
+                durations.labels(route).observe(duration)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        names = ("_connections_active", "_connections_total", "_closes_total", "_handshake_dur", "_session_dur")
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if any(f"sidecar_ws{name}" in line for name in names))
+
+    assert lines(metrics.registry) == lines(reference)
+    assert metrics.registry.get_sample_value("sidecar_ws_connections_active", {"route": "b"}) == 1

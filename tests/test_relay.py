@@ -427,3 +427,28 @@ async def test_a_relay_given_a_connection_already_lost_ends_as_that_side_gone() 
         assert (await asyncio.wait_for(relay.ended, 10)).initiator == "upstream"
     finally:
         server.close()
+
+
+async def test_each_leg_pings_with_a_payload_of_its_own() -> None:
+    """One random draw per session makes both legs' ping payloads: each 16 hex digits after
+    the marker, and never the same for the two legs (a pong names the leg it answers)."""
+    payloads = []
+    for _ in range(20):
+        relay = Relay(
+            max_message_size=1024,
+            deflate=False,
+            close_timeout=1.0,
+            stall_timeout=1.0,
+            keepalive_interval=0.0,
+            wheel=Wheel(0.1),
+            up=Tally("edge", "upstream"),
+            down=Tally("edge", "downstream"),
+            context={"route": "edge"},
+        )
+        client, upstream = relay._client.token, relay._upstream.token
+        for token in (client, upstream):
+            marker, digits = token.split(b" ")
+            assert marker == b"sidecar-keepalive" and len(digits) == 16 and int(digits, 16) >= 0
+        assert client != upstream
+        payloads += [client, upstream]
+    assert len(set(payloads)) == len(payloads)

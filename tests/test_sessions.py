@@ -151,6 +151,30 @@ async def test_replace_ends_the_old_session_and_waits_for_it() -> None:
     assert order == ["old closed", "new admitted"]
 
 
+async def test_a_session_cancelled_while_admitted_gives_its_place_and_agent_id_back() -> None:
+    """Cancelled inside admission (waiting for the older session of its agent to end):
+    the place and the agent id are freed there and then, and the session is CLOSED."""
+    registry = Registry()
+    old = Session(ROUTE, "a1")
+    async with admit(registry, old):
+        registry.opened(old)  # never ends by itself: the newer session waits for it
+        new = Session(ROUTE, "a1")
+
+        async def newer() -> None:
+            async with admit(registry, new):
+                raise AssertionError("admitted while the older session holds on")
+
+        waiting = asyncio.ensure_future(newer())
+        assert await asyncio.wait_for(old.stopped, 10) is EndCause.REPLACED  # the newer one waits in admission
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 10)
+        assert new.state is State.CLOSED
+        assert len(registry) == 1 and new not in registry.sessions()
+        assert len(registry.agents) == 0  # its claim released; the old one's had been replaced
+    assert len(registry) == 0
+
+
 async def test_drain_refuses_the_connecting_and_ends_the_open() -> None:
     registry = Registry()
     connecting, open_ = Session(ROUTE, None), Session(ROUTE, None)

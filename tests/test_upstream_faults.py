@@ -4,6 +4,7 @@ real backend process where one is killed."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import signal
 import sys
@@ -12,6 +13,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection
+
+from sidecar.config import Route, Upstream
+from sidecar.pool import Target
+from sidecar.upstream import accept_for, open_websocket, upgrade_request
 
 from .conftest import GOOD, ROOT, StartSidecar, config_for, edge_yaml, free_port, spawned
 from .upstream import Backend
@@ -40,6 +45,23 @@ async def silent_upstream() -> AsyncIterator[str]:
         yield url
         for writer in held:
             writer.transport.abort()
+
+
+async def test_the_deadline_is_a_timeout_and_leaves_the_task_as_it_found_it(silent_upstream: str) -> None:
+    """open_websocket's deadline cancels its own task, and takes that cancellation back: the
+    caller gets TimeoutError, and a task cancelled from outside meanwhile stays cancelled."""
+    route = Route("edge", True, Upstream("backend", silent_upstream, connect_timeout=0.2), paths=("/edge/ws",))
+    target = Target.of(route.upstream)
+    with pytest.raises(TimeoutError):
+        await open_websocket(route, target, None, "/edge/ws", b"", (), None)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+    hanging = asyncio.ensure_future(open_websocket(route, target, None, "/edge/ws", b"", (), None))
+    await asyncio.sleep(0)  # it is connecting
+    hanging.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(hanging, 10)
 
 
 @pytest.mark.parametrize("retry", ["", ", retry: {attempts: 5, backoff: 50ms}"], ids=["no-retry", "retry"])
@@ -204,3 +226,12 @@ async def test_a_retry_the_deadline_cuts_short_reports_the_backends_last_answer(
         "503",
     )
     assert len(tries) == 2
+
+
+def test_the_accept_and_the_key_are_rfc_6455s() -> None:
+    # Section 1.3's sample, and a fresh 16-byte key, base64 without a newline (section 4.1).
+    assert accept_for(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    target = Target.of(Upstream("backend", "http://127.0.0.1:1"))
+    request, key = upgrade_request(target, "/edge/ws", b"", (), None)
+    assert len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    assert b"\r\nSec-WebSocket-Key: " + key + b"\r\n" in request

@@ -161,6 +161,23 @@ async def test_client_vanishing_gives_upstream_1001(sidecar: Sidecar, backend: B
     await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="client", code="1006") == 1)
 
 
+async def test_a_session_task_cancelled_while_relaying_still_closes_both_sides(
+    sidecar: Sidecar, backend: Backend
+) -> None:
+    # Cancelling the session's task (a shutdown's last resort) must not cancel the relay's end:
+    # the relay closes both legs (1011 to the client, 1001 upstream) and the session is counted.
+    ws = await ws_connect(sidecar)
+    await echoes(ws, "x")
+    (task,) = sidecar.running.dispatcher.tasks
+    task.cancel()
+    assert await closed_by_peer(ws) == (1011, "sidecar error")
+    await until(lambda: backend.closes)
+    assert backend.closes == [(1001, "sidecar closing the session")]
+    await until(lambda: sidecar.sample("sidecar_ws_closes_total", route="edge", initiator="sidecar", code="1011") == 1)
+    assert sidecar.sample("sidecar_ws_connections_active", route="edge") == 0
+    assert task.cancelled()
+
+
 SMALL = edge_yaml(route=", max_message_size: 1KiB")
 
 
@@ -612,6 +629,23 @@ async def test_the_drain_answers_a_handshake_the_backend_sits_on(backend: Backen
     assert refused.value.response.headers["X-Sidecar-Reason"] == "draining"
     await until(lambda: backend.hangs_abandoned == 1)  # the upstream handshake was given up, too
     assert sidecar.sample("sidecar_ws_rejections_total", route="edge", reason="draining") == 1
+
+
+async def test_a_client_gone_while_the_backend_sits_on_its_handshake_ends_the_session_at_once(
+    backend: Backend, start_sidecar: StartSidecar
+) -> None:
+    # connect_timeout is 60 s: the upstream handshake is given up because the client left,
+    # not because time ran out, and the session's place is free again.
+    sidecar = await start_sidecar(config_for(backend.url, HANGING))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(handshake("/edge/ws", GOOD))
+    await until(lambda: backend.seen)
+    assert len(sidecar.running.runtime.sessions) == 1
+    writer.close()
+    await until(lambda: backend.hangs_abandoned == 1)
+    await until(lambda: len(sidecar.running.runtime.sessions) == 0)
+    assert await reader.read() == b""  # nothing answered: nobody to answer
+    assert sidecar.sample("sidecar_ws_connections_total", route="edge") in (None, 0)
 
 
 STALLED = edge_yaml(listen="stall_timeout: 500ms")
