@@ -49,6 +49,7 @@ class StandIn:
         self.written: list[bytes] = []
         self.peer = peer
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -64,8 +65,14 @@ class StandIn:
 
     abort = close
 
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
 
     def get_write_buffer_size(self) -> int:
         return 0

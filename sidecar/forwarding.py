@@ -61,34 +61,24 @@ def forward_fields(
     of the same rules (``forward_headers`` there), which says what each argument does.
     ``reframed``: the sidecar frames the body itself, so the client's Content-Length is
     dropped too."""
-    drop = _dropped_raw(route.websocket, route.auth is not None and not route.forward_authorization, identity)
-    if reframed:
-        drop = drop | _LENGTH
-    if request_id is not None:
-        drop = drop | _REQUEST_ID
-    connection = [value for name, value in fields if name.lower() == b"connection"]
-    if connection:
-        named = {t.strip().lower().replace(b"_", b"-") for value in connection for t in value.split(b",")}
-        drop = drop | named
-    out: list[bytes] = []
-    chain: list[bytes] = []
-    given_proto: bytes | None = None
-    given_host: bytes | None = None
-    has_authorization = False
-    for name, value in fields:
-        lower = name.lower()
-        dashed = lower.replace(b"_", b"-") if b"_" in lower else lower
-        if lower == b"authorization":
-            has_authorization = True
-        if dashed in drop or dashed.startswith(b"x-forwarded-"):
-            if lower == b"x-forwarded-for":
-                chain.append(value)
-            elif lower == b"x-forwarded-proto" and given_proto is None:
-                given_proto = value
-            elif lower == b"x-forwarded-host" and given_host is None:
-                given_host = value
-            continue
-        out.append(name + b": " + value + b"\r\n")
+    names = tuple([name for name, _ in fields])
+    strip_authorization = route.auth is not None and not route.forward_authorization
+    key = (route.websocket, strip_authorization, identity, reframed, request_id is not None)
+    plan = _PLANS.get((key, names))
+    if plan is None:
+        plan = _plan(_drop_for(*key), names)
+        if len(_PLANS) >= _PLANS_HELD:
+            _PLANS.clear()  # names are the client's: a flood of new ones only keeps this cold
+        if len(names) <= 32 and sum(map(len, names)) <= 1024:
+            _PLANS[(key, names)] = plan
+    kept, chained, proto_at, host_at, has_authorization, connection = plan
+    if connection:  # the fields Connection names are hop-by-hop too: this request's own plan
+        named = {t.strip().lower().replace(b"_", b"-") for i in connection for t in fields[i][1].split(b",")}
+        kept, chained, proto_at, host_at, has_authorization, _ = _plan(_drop_for(*key) | named, names)
+    out = [b"%s: %s\r\n" % fields[i] for i in kept]
+    chain = [fields[i][1] for i in chained]
+    given_proto = fields[proto_at][1] if proto_at is not None else None
+    given_host = fields[host_at][1] if host_at is not None else None
     rule = route.auth.agent_id if route.auth is not None else None
     if rule is not None and agent_id is not None:
         out.append(b"%s: %s\r\n" % (rule.forward_header.encode("latin-1"), agent_id.encode("utf-8", "surrogateescape")))
@@ -111,6 +101,51 @@ def forward_fields(
 
 _LENGTH = frozenset({b"content-length"})
 _REQUEST_ID = frozenset({b"x-request-id"})
+
+# A request's field names -> what forward_fields keeps of them (names repeat from request to
+# request; values do not matter but for Connection's, which a plan only points at).
+Plan = tuple[tuple[int, ...], tuple[int, ...], int | None, int | None, bool, tuple[int, ...]]
+_PLANS: dict[tuple[tuple[bool, bool, frozenset[str], bool, bool], tuple[bytes, ...]], Plan] = {}
+_PLANS_HELD = 256
+
+
+def _drop_for(
+    websocket: bool, strip_authorization: bool, identity: frozenset[str], reframed: bool, request_id: bool
+) -> frozenset[bytes]:
+    drop = _dropped_raw(websocket, strip_authorization, identity)
+    if reframed:
+        drop = drop | _LENGTH
+    if request_id:
+        drop = drop | _REQUEST_ID
+    return drop
+
+
+def _plan(drop: frozenset[bytes], names: tuple[bytes, ...]) -> Plan:
+    """Which fields pass (by index), which are the client's X-Forwarded-For chain and its
+    first X-Forwarded-Proto and -Host, whether it sent Authorization, which are Connection."""
+    kept: list[int] = []
+    chain: list[int] = []
+    proto: int | None = None
+    host: int | None = None
+    has_authorization = False
+    connection: list[int] = []
+    for i, name in enumerate(names):
+        lower = name.lower()
+        dashed = lower.replace(b"_", b"-")
+        if lower == b"authorization":
+            has_authorization = True
+        elif lower == b"connection":
+            connection.append(i)
+        if dashed in drop or dashed.startswith(b"x-forwarded-"):
+            if lower == b"x-forwarded-for":
+                chain.append(i)
+            elif lower == b"x-forwarded-proto" and proto is None:
+                proto = i
+            elif lower == b"x-forwarded-host" and host is None:
+                host = i
+            continue
+        kept.append(i)
+    return tuple(kept), tuple(chain), proto, host, has_authorization, tuple(connection)
 
 
 @functools.lru_cache(maxsize=64)

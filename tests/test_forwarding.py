@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, MultiMapping
 
+from sidecar import forwarding
 from sidecar.config import AgentIdRule, AuthPolicy, Route, Upstream
 from sidecar.forwarding import _dashed, _dropped, forward_fields, upstream_query
 from sidecar.headers import FORWARDED_PREFIX, tokens
@@ -259,3 +260,28 @@ def test_forward_fields_reframed_drops_content_length_in_every_spelling() -> Non
     raw = [(b"Content-Length", b"3"), (b"content_length", b"3"), (b"Accept", b"a")]
     got = forward_fields(raw, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h", reframed=True)
     assert got == b"Accept: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+
+
+def test_a_plan_kept_for_these_names_still_reads_each_requests_connection() -> None:
+    """What forward_fields keeps is planned once per list of names; the fields Connection
+    names are this request's own: the same names with another Connection value drop others."""
+
+    def sent(named: bytes) -> bytes:
+        raw = [(b"Connection", named), (b"X-A", b"1"), (b"X-B", b"2")]
+        return forward_fields(raw, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h")
+
+    tail = b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+    assert sent(b"x-a") == b"X-B: 2\r\n" + tail
+    assert sent(b"X_B") == b"X-A: 1\r\n" + tail
+    assert sent(b"keep-alive") == b"X-A: 1\r\nX-B: 2\r\n" + tail
+
+
+def test_the_plans_kept_stay_bounded_whatever_names_clients_send() -> None:
+    for n in range(3 * forwarding._PLANS_HELD):
+        raw = [(b"X-Name-%d" % n, b"v")]
+        got = forward_fields(raw, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h")
+        assert got.startswith(b"X-Name-%d: v\r\n" % n)
+    long = [(b"X-" + b"n" * 2000, b"v")]
+    forward_fields(long, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h")
+    assert len(forwarding._PLANS) <= forwarding._PLANS_HELD
+    assert all(sum(map(len, names)) <= 1024 for _, names in forwarding._PLANS)
