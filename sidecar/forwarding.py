@@ -64,17 +64,11 @@ def forward_fields(
     names = tuple([name for name, _ in fields])
     strip_authorization = route.auth is not None and not route.forward_authorization
     key = (route.websocket, strip_authorization, identity, reframed, request_id is not None)
-    plan = _PLANS.get((key, names))
-    if plan is None:
-        plan = _plan(_drop_for(*key), names)
-        if len(_PLANS) >= _PLANS_HELD:
-            _PLANS.clear()  # names are the client's: a flood of new ones only keeps this cold
-        if len(names) <= 32 and sum(map(len, names)) <= 1024:
-            _PLANS[(key, names)] = plan
-    kept, chained, proto_at, host_at, has_authorization, connection = plan
-    if connection:  # the fields Connection names are hop-by-hop too: this request's own plan
-        named = {t.strip().lower().replace(b"_", b"-") for i in connection for t in fields[i][1].split(b",")}
-        kept, chained, proto_at, host_at, has_authorization, _ = _plan(_drop_for(*key) | named, names)
+    plan = _plan_for(key, names, _NONE_NAMED)
+    if plan[5]:  # the fields Connection names are hop-by-hop too: the plan for those names
+        named = frozenset(t.strip().lower().replace(b"_", b"-") for i in plan[5] for t in fields[i][1].split(b","))
+        plan = _plan_for(key, names, named)
+    kept, chained, proto_at, host_at, has_authorization, _ = plan
     out = [b"%s: %s\r\n" % fields[i] for i in kept]
     chain = [fields[i][1] for i in chained]
     given_proto = fields[proto_at][1] if proto_at is not None else None
@@ -102,11 +96,25 @@ def forward_fields(
 _LENGTH = frozenset({b"content-length"})
 _REQUEST_ID = frozenset({b"x-request-id"})
 
-# A request's field names -> what forward_fields keeps of them (names repeat from request to
-# request; values do not matter but for Connection's, which a plan only points at).
+# A request's field names (and those its Connection names) -> what forward_fields keeps of
+# them: names repeat from request to request; values do not matter but for Connection's.
 Plan = tuple[tuple[int, ...], tuple[int, ...], int | None, int | None, bool, tuple[int, ...]]
-_PLANS: dict[tuple[tuple[bool, bool, frozenset[str], bool, bool], tuple[bytes, ...]], Plan] = {}
+PlanKey = tuple[bool, bool, frozenset[str], bool, bool]
+_PLANS: dict[tuple[PlanKey, tuple[bytes, ...], frozenset[bytes]], Plan] = {}
 _PLANS_HELD = 256
+_NONE_NAMED: frozenset[bytes] = frozenset()
+
+
+def _plan_for(key: PlanKey, names: tuple[bytes, ...], named: frozenset[bytes]) -> Plan:
+    """The plan for these names, ``named`` by Connection besides, from the bounded cache."""
+    plan = _PLANS.get((key, names, named))
+    if plan is None:
+        plan = _plan(_drop_for(*key) | named, names)
+        if len(_PLANS) >= _PLANS_HELD:
+            _PLANS.clear()  # names are the client's: a flood of new ones only keeps this cold
+        if len(names) <= 32 and sum(map(len, names)) + sum(map(len, named)) <= 1024:
+            _PLANS[(key, names, named)] = plan
+    return plan
 
 
 def _drop_for(

@@ -274,6 +274,7 @@ def test_a_plan_kept_for_these_names_still_reads_each_requests_connection() -> N
     assert sent(b"x-a") == b"X-B: 2\r\n" + tail
     assert sent(b"X_B") == b"X-A: 1\r\n" + tail
     assert sent(b"keep-alive") == b"X-A: 1\r\nX-B: 2\r\n" + tail
+    assert sent(b"x-a") == b"X-B: 2\r\n" + tail  # the plan for these names and x-a, kept: the same
 
 
 def test_the_plans_kept_stay_bounded_whatever_names_clients_send() -> None:
@@ -283,5 +284,8 @@ def test_the_plans_kept_stay_bounded_whatever_names_clients_send() -> None:
         assert got.startswith(b"X-Name-%d: v\r\n" % n)
     long = [(b"X-" + b"n" * 2000, b"v")]
     forward_fields(long, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h")
+    named_long = [(b"Connection", b"x-" + b"n" * 2000), (b"X-A", b"1")]
+    forward_fields(named_long, HTTP, None, identity=IDENTITY, remote=None, scheme="http", host="h")
     assert len(forwarding._PLANS) <= forwarding._PLANS_HELD
-    assert all(sum(map(len, names)) <= 1024 for _, names in forwarding._PLANS)
+    assert all(sum(map(len, names)) <= 1024 for _, names, _ in forwarding._PLANS)
+    assert all(sum(map(len, names)) + sum(map(len, named)) <= 1024 for _, names, named in forwarding._PLANS)
