@@ -44,7 +44,7 @@ def context_of(conn: Listener, request: Request | None, rt: Runtime) -> Context:
     loop = conn.front.loop
     if request is None:
         return Context("", "", (1, 1), _NO_HEADERS, conn.peer, conn.peer, False, False, loop.time())
-    headers = CIMultiDictProxy(h1.decode_fields(request.fields))
+    headers = request.headers()
     client, trusted = rt.clients.identify(conn.peer, headers)
     target = request.target.decode("utf-8", "surrogateescape")
     return Context(

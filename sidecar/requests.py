@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from multidict import CIMultiDictProxy
+
 from . import h1
 from .handshake import wants_websocket
 from .wheel import Timer as Timer  # re-exported: what a Schedule returns
@@ -80,6 +82,7 @@ class Request:
     """One request as parsed, until it is answered."""
 
     __slots__ = (
+        "_headers",
         "complete",
         "fields",
         "keep_alive",
@@ -107,13 +110,21 @@ class Request:
         self.received = 0
         self.sink: Handler | None = None  # where the body goes once a handler took it
         self.tail = b""  # what followed an upgrade request (the client's first frames)
+        self._headers: CIMultiDictProxy[str] | None = None
+
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields as the pure checks read them (:func:`sidecar.h1.decode_fields`), decoded
+        once for the listener's upgrade decision and the dispatcher's context alike."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(h1.decode_fields(self.fields))
+        return self._headers
 
     def websocket_like(self) -> bool:
         """Does the head ask to upgrade to WebSocket (RFC 6455 section 4.1)? It may still
         be refused as a handshake: then the connection closes after the answer. The
         dispatcher's decision too (:func:`sidecar.handshake.wants_websocket`): were they
         to differ, a plain request's successors would be kept as frames for no relay."""
-        return wants_websocket(h1.decode_fields(self.fields))
+        return wants_websocket(self.headers())
 
     def held_back(self) -> bool:
         """Is the rest of the body held back until the client hears ``100 Continue`` (RFC 9110
